@@ -1,0 +1,286 @@
+"""Step 1 of RSCA: PCA of spectra with missing pixels (``MaskedPCA``).
+
+Masked pixels are *missing*, not zero. The fit is the classic EM algorithm for PCA with missing
+values (missing entries are re-imputed from the current rank-K reconstruction until the
+reconstruction of the *observed* entries stops improving), run with a warm-started block subspace
+iteration so that every EM step costs one streaming pass over the data:
+
+* the data may be a (memory-mapped) float32 matrix far larger than one wants to copy: it is read
+  in row chunks; only N × (K + oversample) scores and P × (K + oversample) bases live in memory;
+* each pass reads a chunk, imputes its missing pixels from the previous model, accumulates the
+  column sums (for the mean) and both products ``C V`` and ``Cᵀ C V`` of the centred matrix ``C``;
+  the shift of the mean inside a pass is corrected exactly afterwards;
+* a Rayleigh–Ritz step on that basis yields the components, explained variances and scores.
+
+On complete data this is ordinary PCA (for P ≤ ``exact_below`` the basis is the whole pixel space
+and the answer is exact after one pass; above, subspace iteration runs to ``tol``).
+The fixed point with missing data is the least-squares rank-K fit of the observed entries.
+"""
+from __future__ import annotations
+
+import numpy as np
+from tqdm.auto import tqdm
+
+
+def _check_matrix(X, name="X"):
+    if not hasattr(X, "shape") or not hasattr(X, "dtype"):
+        X = np.asarray(X)
+    if X.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (stars × pixels), got shape {X.shape}")
+    if not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
+        raise ValueError(f"{name} must be real-valued, got dtype {X.dtype}")
+    return X
+
+
+def _check_mask(mask, shape):
+    if mask is None:
+        return None
+    if not hasattr(mask, "shape"):
+        mask = np.asarray(mask)
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"mask shape {tuple(mask.shape)} does not match data shape {tuple(shape)}")
+    if getattr(mask, "dtype", np.dtype(bool)) != np.dtype(bool):
+        raise ValueError(f"mask must be boolean (True = missing), got dtype {mask.dtype}")
+    return mask
+
+
+def _chunk_rows(n_pixels, itemsize, target_bytes=48 << 20):
+    return int(max(64, min(1 << 16, target_bytes // max(1, n_pixels * itemsize))))
+
+
+class MaskedPCA:
+    """PCA of a data matrix with missing entries (boolean ``mask``, True = missing).
+
+    Parameters
+    ----------
+    n_components : int
+        K, the number of principal components kept.
+    random_state : int or None
+        Seed of the random starting basis (the result is deterministic for a seed).
+    max_iter : int
+        Maximum number of passes over the data.
+    tol : float
+        Convergence tolerance: stop when the relative decrease of the squared reconstruction error
+        of the observed entries is below ``tol`` and the top-K subspace moved by less than
+        ``sqrt(tol)`` (largest principal angle, radians) between passes.
+    oversample : int
+        Extra basis vectors carried by the subspace iteration.
+    exact_below : int
+        With at most this many pixels, the whole pixel space is the basis (exact eigen-solve).
+    chunk_rows : int or None
+        Rows read per chunk (default: ~48 MB per chunk).
+    progress : bool
+        Show a tqdm progress bar over passes.
+
+    Attributes
+    ----------
+    components_ : (K, P) ndarray, orthonormal rows (principal axes, by decreasing variance).
+    mean_ : (P,) ndarray, mean of the completed data.
+    explained_variance_ : (K,) ndarray, variance along each axis (ddof = 1).
+    n_iter_ : int, passes made.  converged_ : bool.
+    objective_ : list of float, squared error on observed entries after each pass (from pass 2).
+    """
+
+    def __init__(self, n_components, *, random_state=None, max_iter=100, tol=1e-6, oversample=10,
+                 exact_below=1024, chunk_rows=None, progress=False):
+        self.n_components = n_components
+        self.random_state = random_state
+        self.max_iter = max_iter
+        self.tol = tol
+        self.oversample = oversample
+        self.exact_below = exact_below
+        self.chunk_rows = chunk_rows
+        self.progress = progress
+
+    # ------------------------------------------------------------------ helpers
+    def _validate_params(self, n, p):
+        k = self.n_components
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"n_components must be a positive integer, got {k!r}")
+        if k > min(n, p):
+            raise ValueError(f"n_components={k} is larger than the data allows "
+                             f"(min(n_stars, n_pixels) = {min(n, p)})")
+        if int(self.max_iter) < 1:
+            raise ValueError("max_iter must be at least 1")
+
+    def _iter_chunks(self, X, mask, dtype):
+        n, p = X.shape
+        step = self.chunk_rows or _chunk_rows(p, np.dtype(dtype).itemsize)
+        for a in range(0, n, step):
+            b = min(n, a + step)
+            chunk = np.array(X[a:b], dtype=dtype, copy=True)
+            m = None if mask is None else np.asarray(mask[a:b], dtype=bool)
+            if m is not None and not m.any():
+                m = None
+            bad = ~np.isfinite(chunk)
+            if m is not None:
+                bad &= ~m
+            if bad.any():
+                r, c = np.argwhere(bad)[0]
+                raise ValueError(f"non-finite value at observed entry (row {a + r}, column {c}); "
+                                 "mask it or fix the data")
+            yield a, b, chunk, m
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, X, mask=None):
+        self._fit(X, mask)
+        return self
+
+    def fit_transform(self, X, mask=None):
+        """Fit and return the (N, K) scores of the training rows (at the EM fixed point)."""
+        return self._fit(X, mask)
+
+    def _fit(self, X, mask):
+        X = _check_matrix(X)
+        mask = _check_mask(mask, X.shape)
+        n, p = X.shape
+        self._validate_params(n, p)
+        K = int(self.n_components)
+        dtype = np.float32 if X.dtype == np.float32 else np.float64
+        rng = np.random.default_rng(self.random_state)
+
+        # Pass 0: observed column means and counts (also validates the data).
+        colsum = np.zeros(p)
+        nobs = np.zeros(p)
+        n_missing = 0
+        for a, b, chunk, m in self._iter_chunks(X, mask, dtype):
+            if m is not None:
+                chunk[m] = 0
+                nobs += (b - a) - m.sum(0)
+                n_missing += int(m.sum())
+            else:
+                nobs += b - a
+            colsum += chunk.sum(0, dtype=np.float64)
+        mu_fill = np.divide(colsum, nobs, out=np.zeros(p), where=nobs > 0)
+        has_missing = n_missing > 0
+        self.missing_fraction_ = n_missing / float(n * p)
+        empty_cols = nobs == 0
+
+        if p <= self.exact_below:
+            kb = p
+            V = np.eye(p)
+        else:
+            kb = min(p, n, K + int(self.oversample))
+            V, _ = np.linalg.qr(rng.standard_normal((p, kb)))
+        mu_center = mu_fill.copy()           # mean the pass centres with
+        W_prev = Z_prev = None               # model of the previous pass (for imputation)
+        self.objective_ = []
+        self.converged_ = False
+        Y = np.empty((n, kb), dtype=dtype)
+        bar = tqdm(total=self.max_iter, desc=f"MaskedPCA K={K}", unit="pass", disable=not self.progress,
+                   leave=False)
+        try:
+            for it in range(int(self.max_iter)):
+                Vd = V.astype(dtype)
+                B = np.zeros((p, kb))
+                colsum = np.zeros(p)
+                sq_err = 0.0
+                for a, b, chunk, m in self._iter_chunks(X, mask, dtype):
+                    if m is not None:
+                        if Z_prev is None:
+                            recon = np.broadcast_to(mu_center.astype(dtype), chunk.shape)
+                        else:
+                            recon = (Z_prev[a:b] @ W_prev.T).astype(dtype) + mu_center.astype(dtype)
+                            obs_err = np.where(m, 0, chunk - recon)
+                            sq_err += float(np.einsum("ij,ij->", obs_err, obs_err, dtype=np.float64))
+                        np.copyto(chunk, recon, where=m)
+                    elif Z_prev is not None:
+                        resid = chunk - ((Z_prev[a:b] @ W_prev.T).astype(dtype) + mu_center.astype(dtype))
+                        sq_err += float(np.einsum("ij,ij->", resid, resid, dtype=np.float64))
+                    colsum += chunk.sum(0, dtype=np.float64)
+                    chunk -= mu_center.astype(dtype)
+                    yc = chunk @ Vd
+                    Y[a:b] = yc
+                    B += (chunk.T @ yc).astype(np.float64)
+                mu_new = colsum / n
+                delta = mu_new - mu_center
+                dv = delta @ V
+                Yd = Y.astype(np.float64, copy=False) if dtype == np.float64 else Y
+                if np.any(delta != 0):
+                    Yd = Y.astype(np.float64) - dv[None, :]
+                    B -= n * np.outer(delta, dv)
+                H = V.T @ B
+                H = (H + H.T) / 2
+                lam, E = np.linalg.eigh(H)
+                idx = np.argsort(lam)[::-1]
+                lam, E = lam[idx], E[:, idx]
+                W = V @ E[:, :K]
+                Z = np.asarray(Yd, dtype=np.float64) @ E[:, :K]
+                # Deterministic signs: the largest |loading| of each component is positive.
+                sign = np.sign(W[np.argmax(np.abs(W), axis=0), np.arange(K)])
+                sign[sign == 0] = 1
+                W *= sign
+                Z *= sign
+                W[empty_cols] = 0.0
+                # Convergence bookkeeping.
+                moved = 0.0
+                if W_prev is not None:
+                    s = np.linalg.svd(W_prev.T @ W, compute_uv=False)
+                    moved = float(np.sqrt(max(0.0, 1.0 - min(1.0, s.min() ** 2))))
+                if Z_prev is not None:
+                    self.objective_.append(sq_err)
+                mu_center = mu_new
+                W_prev, Z_prev = W, Z
+                V, _ = np.linalg.qr(B) if kb < p else (V, None)
+                bar.update(1)
+                if len(self.objective_) >= 2:
+                    o0, o1 = self.objective_[-2], self.objective_[-1]
+                    rel = (o0 - o1) / max(o0, np.finfo(float).tiny)
+                    bar.set_postfix(rel_change=f"{rel:.1e}", moved=f"{moved:.1e}")
+                else:
+                    rel = np.inf
+                exact_basis = kb == p
+                if not has_missing and (exact_basis or (it > 0 and moved < self.tol)):
+                    self.converged_ = True
+                    break
+                if has_missing and it > 0 and rel < self.tol and moved < np.sqrt(self.tol):
+                    self.converged_ = True
+                    break
+        finally:
+            bar.close()
+        self.n_iter_ = it + 1
+        self.components_ = W.T.copy()
+        self.mean_ = mu_center
+        self.explained_variance_ = lam[:K] / max(n - 1, 1)
+        self.n_features_in_ = p
+        return Z
+
+    # ------------------------------------------------------------------ projection
+    def _check_fitted(self):
+        if not hasattr(self, "components_"):
+            raise ValueError("this MaskedPCA is not fitted yet; call fit(X, mask) first")
+
+    def transform(self, X, mask=None, max_iter=500, tol=1e-10):
+        """Scores of (new) rows: least-squares fit of the observed pixels by the K components."""
+        self._check_fitted()
+        X = _check_matrix(X)
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {X.shape[1]} pixels, the model was fitted on {self.n_features_in_}")
+        mask = _check_mask(mask, X.shape)
+        dtype = np.float64
+        W = self.components_.T  # (P, K)
+        out = np.empty((X.shape[0], W.shape[1]))
+        for a, b, chunk, m in self._iter_chunks(X, mask, dtype):
+            chunk -= self.mean_
+            if m is None:
+                out[a:b] = chunk @ W
+                continue
+            chunk[m] = 0.0
+            z = chunk @ W
+            # Fixed-point iteration z <- Wᵀ(x_obs + W_m z) converges to the observed-pixel LS fit.
+            for _ in range(max_iter):
+                fill = np.where(m, z @ W.T, 0.0)
+                z_new = (chunk + fill) @ W
+                done = np.max(np.abs(z_new - z)) <= tol * (1 + np.max(np.abs(z_new)))
+                z = z_new
+                if done:
+                    break
+            out[a:b] = z
+        return out
+
+    def inverse_transform(self, Z):
+        self._check_fitted()
+        Z = np.asarray(Z, dtype=float)
+        if Z.ndim != 2 or Z.shape[1] != self.components_.shape[0]:
+            raise ValueError(f"Z must have shape (n, {self.components_.shape[0]}), got {Z.shape}")
+        return Z @ self.components_ + self.mean_

@@ -1,0 +1,479 @@
+"""The on-disk dataset bundle shared by the simulator, the APOGEE loader, the CLI and the app.
+
+A bundle is a directory::
+
+    meta.json        format version, n_stars, n_pixels, kind ("simulated" | "real"), uid,
+                     provenance (simulator parameters or loader cut-flow); written LAST, so a
+                     bundle whose writing was interrupted never loads as if complete
+    stars.csv        one row per star: apogee_id, cluster ("" for field stars), teff, logg, fe_h,
+                     x_h_c … x_h_ce (the 21 species), ak_targ, vhelio_avg, snr, visits, plus any
+                     extra columns (e.g. ``true_*`` labels of the simulator)
+    spectra.npy      (N, 8575) float32 pseudo-continuum-normalised flux (memory-mapped on load)
+    mask.npy         (N, 8575) bool, True = missing / untrustworthy pixel (memory-mapped)
+    errors.npy       optional (N, 8575) float32 flux errors (memory-mapped)
+    wavelength.npy   (8575,) float64, Å
+    cache/           cached compressions (``pca-*.npz``), reused for the same K, mask and seed
+
+Cluster stars are the rows with a non-empty ``cluster``; they are never part of the field set.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .constants import (ABUNDANCE_COLUMNS, MISSING_VALUE, N_PIXELS, SPECIES, abundance_column,
+                        apogee_wavelength, ranges_to_mask)
+
+FORMAT_VERSION = 1
+REQUIRED_COLUMNS = ("apogee_id", "cluster", "teff", "logg", "fe_h", *ABUNDANCE_COLUMNS,
+                    "ak_targ", "vhelio_avg", "snr", "visits")
+STRING_COLUMNS = ("apogee_id", "cluster", "visits", "telescope", "field")
+ARRAY_FILES = {"spectra": ("spectra.npy", np.float32), "mask": ("mask.npy", np.bool_),
+               "errors": ("errors.npy", np.float32)}
+
+
+class BundleError(ValueError):
+    """A dataset bundle is missing, truncated or inconsistent. The message names the file."""
+
+
+def _npy_shape(path: Path):
+    """Shape and dtype of a .npy file from its header, checking the file is not truncated."""
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            offset = fh.tell()
+    except FileNotFoundError:
+        raise BundleError(f"{path}: file missing") from None
+    except Exception as exc:  # numpy raises ValueError for a bad magic string / header
+        raise BundleError(f"{path}: not a valid .npy file ({exc})") from None
+    expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    actual = path.stat().st_size
+    if actual < expected:
+        raise BundleError(f"{path}: truncated ({actual} bytes, expected {expected} for shape {shape})")
+    return tuple(shape), dtype
+
+
+@dataclass
+class Compression:
+    """A cached PCA compression of a bundle's spectra (fitted on field + cluster stars together)."""
+    k: int
+    seed: int
+    components: np.ndarray          # (K, P)
+    mean: np.ndarray                # (P,)
+    explained_variance: np.ndarray  # (K,)
+    scores: np.ndarray              # (N, K), one row per star of the bundle
+    mask_key: str = ""
+    path: Path | None = None
+
+    def truncate(self, k: int) -> "Compression":
+        """The leading ``k`` components (an approximation of a K=k fit when pixels are missing)."""
+        if not 1 <= k <= self.k:
+            raise ValueError(f"cannot truncate a K={self.k} compression to K={k}")
+        return Compression(k, self.seed, self.components[:k], self.mean, self.explained_variance[:k],
+                           self.scores[:, :k], self.mask_key, self.path)
+
+
+@dataclass
+class RateInputs:
+    """Everything ``doppelganger_rates`` needs, taken from one bundle."""
+    z_pop: np.ndarray
+    z_clust: np.ndarray
+    cluster_ids: np.ndarray
+    pop_vhelio: np.ndarray
+    pop_ak: np.ndarray
+    clust_vhelio: np.ndarray
+    clust_ak: np.ndarray
+    description: dict = field(default_factory=dict)
+
+    def as_kwargs(self) -> dict:
+        return dict(pop_vhelio=self.pop_vhelio, pop_ak=self.pop_ak,
+                    clust_vhelio=self.clust_vhelio, clust_ak=self.clust_ak)
+
+
+class Dataset:
+    """A survey: a star table, spectra, a missing-pixel mask and the wavelength grid.
+
+    Construct in memory with ``Dataset(stars, spectra, mask, wavelength, meta=…)`` or load with
+    :meth:`Dataset.load`. Large bundles are written incrementally with :meth:`Dataset.create`.
+    """
+
+    def __init__(self, stars: pd.DataFrame, spectra, mask, wavelength=None, *, errors=None,
+                 meta: dict | None = None, path: str | os.PathLike | None = None):
+        self.stars = _normalise_stars(stars)
+        self.spectra = spectra
+        self.mask = mask
+        self.errors = errors
+        self.wavelength = apogee_wavelength(spectra.shape[1]) if wavelength is None else np.asarray(wavelength)
+        self.meta = dict(meta or {})
+        self.meta.setdefault("kind", "simulated")
+        self.path = Path(path) if path is not None else None
+        self._validate()
+
+    # ------------------------------------------------------------------ basic properties
+    def _validate(self, where: str = "dataset"):
+        n = len(self.stars)
+        if self.spectra.ndim != 2 or self.spectra.shape[0] != n:
+            raise BundleError(f"{where}: spectra shape {self.spectra.shape} does not match {n} stars")
+        if self.mask.shape != self.spectra.shape:
+            raise BundleError(f"{where}: mask shape {self.mask.shape} differs from spectra {self.spectra.shape}")
+        if self.errors is not None and self.errors.shape != self.spectra.shape:
+            raise BundleError(f"{where}: errors shape {self.errors.shape} differs from spectra {self.spectra.shape}")
+        if self.wavelength.shape != (self.spectra.shape[1],):
+            raise BundleError(f"{where}: wavelength has {self.wavelength.shape} entries, spectra have "
+                              f"{self.spectra.shape[1]} pixels")
+        missing = [c for c in REQUIRED_COLUMNS if c not in self.stars.columns]
+        if missing:
+            raise BundleError(f"{where}: star table lacks column(s) {', '.join(missing)}")
+        if self.stars["apogee_id"].duplicated().any():
+            dup = self.stars.loc[self.stars["apogee_id"].duplicated(), "apogee_id"].iloc[0]
+            raise BundleError(f"{where}: duplicate apogee_id {dup!r}")
+
+    @property
+    def n_stars(self) -> int:
+        return len(self.stars)
+
+    @property
+    def n_pixels(self) -> int:
+        return self.spectra.shape[1]
+
+    @property
+    def kind(self) -> str:
+        return self.meta.get("kind", "simulated")
+
+    @property
+    def is_simulated(self) -> bool:
+        return self.kind == "simulated"
+
+    @property
+    def label(self) -> str:
+        """A short tag to put on every figure/table made from this dataset ("simulated" / "real")."""
+        return "simulated" if self.is_simulated else "real"
+
+    @property
+    def name(self) -> str:
+        return self.meta.get("name") or (self.path.name if self.path else "in-memory dataset")
+
+    @property
+    def is_cluster(self) -> np.ndarray:
+        return self.stars["cluster"].to_numpy(dtype=object) != ""
+
+    @property
+    def field_index(self) -> np.ndarray:
+        return np.flatnonzero(~self.is_cluster)
+
+    @property
+    def cluster_index(self) -> np.ndarray:
+        return np.flatnonzero(self.is_cluster)
+
+    @property
+    def cluster_names(self) -> list[str]:
+        """Cluster names, sorted."""
+        return sorted(set(self.stars["cluster"][self.is_cluster]))
+
+    def cluster_sizes(self) -> pd.Series:
+        return self.stars.loc[self.is_cluster, "cluster"].value_counts().sort_index()
+
+    def summary(self) -> dict:
+        sizes = self.cluster_sizes()
+        return {"name": self.name, "kind": self.kind, "n_stars": self.n_stars,
+                "n_field": int((~self.is_cluster).sum()), "n_cluster_stars": int(self.is_cluster.sum()),
+                "n_clusters": int(len(sizes)), "n_pixels": self.n_pixels,
+                "missing_fraction": float(np.mean(self.mask[: min(2000, self.n_stars)])) if self.n_stars else 0.0,
+                "uid": self.meta.get("uid", "")}
+
+    # ------------------------------------------------------------------ labels
+    def abundances(self, species=SPECIES, rows=None) -> np.ndarray:
+        """[X/H] of the given species as an (n, len(species)) float array; −9999.99 becomes NaN."""
+        cols = [abundance_column(s) for s in species]
+        tab = self.stars.iloc[rows] if rows is not None else self.stars
+        a = tab[cols].to_numpy(dtype=float)
+        a[a <= MISSING_VALUE + 1] = np.nan
+        return a
+
+    # ------------------------------------------------------------------ I/O
+    @classmethod
+    def load(cls, path, mmap: bool = True) -> "Dataset":
+        """Load a bundle; arrays are memory-mapped. Raises :class:`BundleError` naming the bad file."""
+        path = Path(path)
+        if not path.is_dir():
+            raise BundleError(f"{path}: no such dataset directory")
+        meta_path = path / "meta.json"
+        if not meta_path.exists():
+            raise BundleError(f"{meta_path}: missing - the bundle is incomplete (interrupted write?) "
+                              "or not a dataset bundle")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise BundleError(f"{meta_path}: unreadable ({exc})") from None
+        if not isinstance(meta, dict) or meta.get("format") != "rsca-bundle":
+            raise BundleError(f"{meta_path}: not an RSCA Lab bundle description")
+        if int(meta.get("version", 0)) > FORMAT_VERSION:
+            raise BundleError(f"{meta_path}: format version {meta.get('version')} is newer than this "
+                              f"RSCA Lab understands ({FORMAT_VERSION})")
+        n, p = int(meta["n_stars"]), int(meta["n_pixels"])
+        arrays = {}
+        for key, (fname, dtype) in ARRAY_FILES.items():
+            fpath = path / fname
+            if key == "errors" and not fpath.exists():
+                arrays[key] = None
+                continue
+            shape, dt = _npy_shape(fpath)
+            if shape != (n, p):
+                raise BundleError(f"{fpath}: shape {shape}, expected ({n}, {p}) from meta.json")
+            if dt != np.dtype(dtype):
+                raise BundleError(f"{fpath}: dtype {dt}, expected {np.dtype(dtype)}")
+            arrays[key] = np.load(fpath, mmap_mode="r" if mmap else None)
+        wpath = path / "wavelength.npy"
+        shape, _ = _npy_shape(wpath)
+        if shape != (p,):
+            raise BundleError(f"{wpath}: shape {shape}, expected ({p},)")
+        wavelength = np.load(wpath)
+        spath = path / "stars.csv"
+        if not spath.exists():
+            raise BundleError(f"{spath}: file missing")
+        try:
+            stars = pd.read_csv(spath, dtype={c: str for c in STRING_COLUMNS}, keep_default_na=False,
+                                na_values={c: ["", "nan", "NaN"] for c in _numeric_guess(spath)})
+        except Exception as exc:
+            raise BundleError(f"{spath}: unreadable ({exc})") from None
+        if len(stars) != n:
+            raise BundleError(f"{spath}: {len(stars)} rows, expected {n} from meta.json")
+        try:
+            return cls(stars, arrays["spectra"], arrays["mask"], wavelength, errors=arrays["errors"],
+                       meta=meta, path=path)
+        except BundleError as exc:
+            raise BundleError(f"{path}: {exc}") from None
+
+    def save(self, path, overwrite: bool = False) -> Path:
+        """Write the bundle to ``path`` atomically (a temporary directory renamed at the end)."""
+        path = Path(path)
+        with Dataset.create(path, self.n_stars, self.n_pixels, with_errors=self.errors is not None,
+                            overwrite=overwrite) as w:
+            for start in range(0, self.n_stars, 4096):
+                sl = slice(start, start + 4096)
+                w.spectra[sl] = self.spectra[sl]
+                w.mask[sl] = self.mask[sl]
+                if self.errors is not None:
+                    w.errors[sl] = self.errors[sl]
+            w.finish(self.stars, self.wavelength, {k: v for k, v in self.meta.items()
+                                                   if k not in ("uid", "format", "version", "n_stars", "n_pixels")})
+        self.path = path
+        return path
+
+    @staticmethod
+    def create(path, n_stars: int, n_pixels: int = N_PIXELS, with_errors: bool = True,
+               overwrite: bool = False) -> "BundleWriter":
+        """Start writing a bundle incrementally: fill ``writer.spectra[i] = …`` then ``writer.finish(stars, …)``."""
+        return BundleWriter(Path(path), n_stars, n_pixels, with_errors, overwrite)
+
+    # ------------------------------------------------------------------ compression
+    def mask_key(self, extra_mask_ranges=()) -> str:
+        ranges = sorted((int(a), int(b)) for a, b in (extra_mask_ranges or ()))
+        return hashlib.sha1(json.dumps([self.meta.get("uid", ""), ranges]).encode()).hexdigest()[:12]
+
+    def effective_mask(self, extra_mask_ranges=()):
+        """The bundle mask with extra [start, stop) pixel ranges masked for every star (lazy if none)."""
+        if not extra_mask_ranges:
+            return self.mask
+        return _OredMask(self.mask, ranges_to_mask(extra_mask_ranges, self.n_pixels))
+
+    def cache_dir(self) -> Path:
+        env = os.environ.get("RSCA_CACHE_DIR")
+        if env:
+            d = Path(env) / (self.meta.get("uid") or "memory")
+        elif self.path is not None:
+            d = self.path / "cache"
+        else:
+            d = Path(tempfile.gettempdir()) / "rsca-cache" / (self.meta.get("uid") or "memory")
+        return d
+
+    def compress(self, k: int, seed: int = 0, extra_mask_ranges=(), progress: bool = False,
+                 use_cache: bool = True, **pca_options) -> Compression:
+        """PCA-with-missing-values compression of all spectra, cached on disk beside the bundle.
+
+        A cached result is reused when the same ``k``, effective mask and ``seed`` are asked again.
+        """
+        from .compress import MaskedPCA
+
+        k = int(k)
+        key = self.mask_key(extra_mask_ranges)
+        fname = f"pca-k{k}-seed{int(seed)}-{key}.npz"
+        cdir = self.cache_dir()
+        fpath = cdir / fname
+        if use_cache and self.meta.get("uid") and fpath.exists():
+            try:
+                with np.load(fpath) as z:
+                    comp = Compression(k, int(seed), z["components"], z["mean"], z["explained_variance"],
+                                       z["scores"], key, fpath)
+                if comp.scores.shape == (self.n_stars, k):
+                    return comp
+            except Exception:
+                pass  # unreadable cache entry: recompute and overwrite it
+        pca = MaskedPCA(k, random_state=seed, progress=progress, **pca_options)
+        mask = self.effective_mask(extra_mask_ranges)
+        scores = pca.fit_transform(self.spectra, mask)
+        comp = Compression(k, int(seed), pca.components_.astype(np.float32), pca.mean_,
+                           pca.explained_variance_, scores, key, None)
+        if use_cache and self.meta.get("uid"):
+            try:
+                cdir.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=cdir, suffix=".npz.tmp")
+                with os.fdopen(fd, "wb") as fh:
+                    np.savez(fh, components=comp.components, mean=comp.mean,
+                             explained_variance=comp.explained_variance, scores=comp.scores)
+                os.replace(tmp, fpath)
+                comp.path = fpath
+            except OSError:
+                pass  # read-only location: the result is still returned
+        return comp
+
+    def rate_inputs(self, input: str = "spectra", k: int = 30, seed: int = 0, species=None,
+                    extra_mask_ranges=(), progress: bool = False) -> RateInputs:
+        """Field/cluster representations plus pair-filter metadata for ``doppelganger_rates``.
+
+        ``input`` is ``"spectra"`` (PCA scores, K components), ``"abundances"`` (the 21 species) or
+        ``"subset"`` (``species``, default the paper's Fe, Mg, Ni, Si, Al, C, N).
+        """
+        from .constants import PAPER_SUBSET
+
+        if input == "spectra":
+            z = self.compress(k, seed=seed, extra_mask_ranges=extra_mask_ranges, progress=progress).scores
+            desc = {"input": "spectra", "k": int(k), "seed": int(seed)}
+        elif input in ("abundances", "subset"):
+            sp = list(SPECIES) if input == "abundances" else list(species or PAPER_SUBSET)
+            z = self.abundances(sp)
+            if np.isnan(z).any():
+                bad = int(np.isnan(z).any(axis=1).sum())
+                raise ValueError(f"{bad} stars lack a measured abundance among {', '.join(sp)}")
+            desc = {"input": input, "species": sp}
+        else:
+            raise ValueError(f"input must be 'spectra', 'abundances' or 'subset', not {input!r}")
+        fi, ci = self.field_index, self.cluster_index
+        st = self.stars
+        return RateInputs(
+            z_pop=np.asarray(z[fi], dtype=float), z_clust=np.asarray(z[ci], dtype=float),
+            cluster_ids=st["cluster"].to_numpy(dtype=object)[ci],
+            pop_vhelio=st["vhelio_avg"].to_numpy(float)[fi], pop_ak=st["ak_targ"].to_numpy(float)[fi],
+            clust_vhelio=st["vhelio_avg"].to_numpy(float)[ci], clust_ak=st["ak_targ"].to_numpy(float)[ci],
+            description=desc | {"dataset": self.name, "kind": self.kind})
+
+
+class _OredMask:
+    """Lazy ``mask | pixel_mask[None, :]`` that slices like an array, without copying N × P."""
+
+    def __init__(self, mask, pixel_mask):
+        self._mask, self._pix = mask, pixel_mask
+        self.shape, self.dtype, self.ndim = mask.shape, np.dtype(bool), 2
+
+    def __getitem__(self, idx):
+        if isinstance(idx, tuple):
+            raise TypeError("only row indexing is supported")
+        return self._mask[idx] | self._pix
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.asarray(self._mask) | self._pix[None, :]
+        return out if dtype is None else out.astype(dtype)
+
+
+class BundleWriter:
+    """Writes a bundle into a temporary sibling directory; ``finish`` renames it into place."""
+
+    def __init__(self, path: Path, n_stars: int, n_pixels: int, with_errors: bool, overwrite: bool):
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path}: already exists (pass overwrite=True / --overwrite to replace it)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=path.parent))
+        self.n_stars, self.n_pixels = int(n_stars), int(n_pixels)
+        shape = (self.n_stars, self.n_pixels)
+        fmt = np.lib.format
+        self.spectra = fmt.open_memmap(self.tmp / "spectra.npy", mode="w+", dtype=np.float32, shape=shape)
+        self.mask = fmt.open_memmap(self.tmp / "mask.npy", mode="w+", dtype=np.bool_, shape=shape)
+        self.errors = (fmt.open_memmap(self.tmp / "errors.npy", mode="w+", dtype=np.float32, shape=shape)
+                       if with_errors else None)
+        self._done = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if not self._done:
+            self.abort()
+        return False
+
+    def abort(self):
+        for arr in (self.spectra, self.mask, self.errors):
+            if arr is not None:
+                del arr
+        self.spectra = self.mask = self.errors = None
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def finish(self, stars: pd.DataFrame, wavelength=None, meta: dict | None = None) -> Path:
+        stars = _normalise_stars(stars)
+        if len(stars) != self.n_stars:
+            raise ValueError(f"star table has {len(stars)} rows, bundle was created for {self.n_stars}")
+        missing = [c for c in REQUIRED_COLUMNS if c not in stars.columns]
+        if missing:
+            raise ValueError(f"star table lacks column(s) {', '.join(missing)}")
+        wavelength = apogee_wavelength(self.n_pixels) if wavelength is None else np.asarray(wavelength, float)
+        for arr in (self.spectra, self.mask, self.errors):
+            if arr is not None:
+                arr.flush()
+        self.spectra = self.mask = self.errors = None
+        np.save(self.tmp / "wavelength.npy", wavelength)
+        stars.to_csv(self.tmp / "stars.csv", index=False)
+        full_meta = dict(meta or {})
+        full_meta.update(format="rsca-bundle", version=FORMAT_VERSION, n_stars=self.n_stars,
+                         n_pixels=self.n_pixels, uid=uuid.uuid4().hex)
+        full_meta.setdefault("kind", "simulated")
+        (self.tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, default=_json_default))
+        if self.path.exists():
+            old = self.path.with_name(self.path.name + ".old-" + uuid.uuid4().hex[:6])
+            os.replace(self.path, old)
+            os.replace(self.tmp, self.path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.tmp, self.path)
+        self._done = True
+        return self.path
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"cannot store {type(o).__name__} in meta.json")
+
+
+def _numeric_guess(spath: Path):
+    """Column names of stars.csv that are not string columns (so that "" means NaN there)."""
+    with open(spath) as fh:
+        header = fh.readline().strip().split(",")
+    return [c for c in header if c not in STRING_COLUMNS]
+
+
+def _normalise_stars(stars: pd.DataFrame) -> pd.DataFrame:
+    stars = stars.reset_index(drop=True).copy()
+    for c in STRING_COLUMNS:
+        if c in stars.columns:
+            stars[c] = stars[c].astype(object).where(stars[c].notna(), "").astype(str)
+            stars[c] = stars[c].replace({"nan": "", "None": ""}).str.strip()
+    return stars

@@ -1,0 +1,229 @@
+"""The doppelganger rate (SPEC §2, paper Sec. 4.2), exact and fast.
+
+For each cluster c with n_c ≥ 2 members, with the RSCA map fitted without c (leave-one-cluster-out,
+``cv=True``) or on all clusters (``cv=False``):
+
+* intra-cluster distances: all n_c(n_c−1)/2 member pairs;
+* inter-cluster distances: every (member of c, field star) pair with |ΔVHELIO_AVG| < 5 km/s and
+  |ΔAK_TARG| < 0.05;
+* rate_c = fraction of inter-cluster distances strictly below the median intra-cluster distance.
+
+The global rate is the mean of the defined rate_c weighted by n_c. A cluster whose every pair is
+removed by the filter has an undefined rate (NaN): it is left out of the mean, with a warning.
+
+Speed: the field sphering depends only on the field, so it is done once; a fold refits only steps
+3–4 (K × K work). Candidate field stars of a cluster are found by binary search in VHELIO_AVG, and
+distances use one matrix product per cluster, with pairs within rounding of the median recomputed
+exactly, so that the strict "<" is decided as a direct computation would.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .rsca import RSCA, check_cluster_ids, check_representation, check_top_n, group_indices
+
+
+class UndefinedRateWarning(UserWarning):
+    """A cluster's rate (or the global rate) is undefined and was left out."""
+
+
+@dataclass
+class DoppelgangerResult:
+    """Output of :func:`doppelganger_rates`."""
+    global_rate: float
+    per_cluster: pd.DataFrame
+    intra_distances: dict = field(default_factory=dict)
+    inter_distances: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def n_stars_used(self) -> int:
+        ok = self.per_cluster["rate"].notna()
+        return int(self.per_cluster.loc[ok, "n_stars"].sum())
+
+    def to_dict(self) -> dict:
+        rows = [{"name": r.cluster, "n_stars": int(r.n_stars),
+                 "rate": None if pd.isna(r.rate) else float(r.rate),
+                 "median_intra": None if pd.isna(r.median_intra) else float(r.median_intra),
+                 "n_inter_pairs": int(r.n_inter_pairs)} for r in self.per_cluster.itertuples()]
+        g = None if np.isnan(self.global_rate) else float(self.global_rate)
+        return {"global_rate": g, "clusters": rows, "settings": self.settings}
+
+    def to_json(self, **kw) -> str:
+        return json.dumps(self.to_dict(), **kw)
+
+
+def _check_meta(arr, name, n):
+    a = np.asarray(arr, dtype=float)
+    if a.shape != (n,):
+        raise ValueError(f"{name} has shape {a.shape}, expected ({n},)")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} contains NaN or inf values")
+    return a
+
+
+class _PairFilter:
+    """Candidate field stars for a set of members, by binary search on VHELIO_AVG."""
+
+    def __init__(self, pop_v, pop_ak, max_dv, max_dak):
+        self.order = np.argsort(pop_v, kind="stable")
+        self.v_sorted = pop_v[self.order]
+        self.pop_v, self.pop_ak = pop_v, pop_ak
+        self.max_dv, self.max_dak = max_dv, max_dak
+
+    def candidates(self, mv, mak):
+        lo_v, hi_v = mv.min() - self.max_dv, mv.max() + self.max_dv
+        pad = 1e-9 * (1 + abs(lo_v) + abs(hi_v))
+        a = np.searchsorted(self.v_sorted, lo_v - pad, side="left")
+        b = np.searchsorted(self.v_sorted, hi_v + pad, side="right")
+        cand = self.order[a:b]
+        ak = self.pop_ak[cand]
+        pad_ak = 1e-9 * (1 + np.abs(mak).max())
+        keep = (ak > mak.min() - self.max_dak - pad_ak) & (ak < mak.max() + self.max_dak + pad_ak)
+        cand = np.sort(cand[keep])
+        pair_ok = ((np.abs(self.pop_v[cand][None, :] - mv[:, None]) < self.max_dv)
+                   & (np.abs(self.pop_ak[cand][None, :] - mak[:, None]) < self.max_dak))
+        return cand, pair_ok
+
+
+def _pair_distances(Ym, Yf):
+    """Euclidean distances between rows of Ym and rows of Yf, by one matrix product."""
+    d2 = (Ym * Ym).sum(1)[:, None] + (Yf * Yf).sum(1)[None, :] - 2.0 * (Ym @ Yf.T)
+    return d2
+
+
+def _intra(Ym):
+    iu = np.triu_indices(len(Ym), k=1)
+    diff = Ym[iu[0]] - Ym[iu[1]]
+    return np.sqrt((diff * diff).sum(1))
+
+
+def _count_below(Ym, Yf, pair_ok, median, keep):
+    """Number of allowed pairs with distance < median (exact near the threshold), and the distances."""
+    d2 = _pair_distances(Ym, Yf)
+    scale = (Ym * Ym).sum(1)[:, None] + (Yf * Yf).sum(1)[None, :] + median * median
+    m2 = median * median
+    near = pair_ok & (np.abs(d2 - m2) <= 1e-9 * scale + 1e-300)
+    below = pair_ok & ~near & (d2 < m2)
+    n_below = int(below.sum())
+    if near.any():
+        ii, jj = np.nonzero(near)
+        diff = Ym[ii] - Yf[jj]
+        exact = np.sqrt((diff * diff).sum(1))
+        n_below += int((exact < median).sum())
+        d2 = d2.copy()
+        d2[ii, jj] = exact ** 2
+    dist = np.sqrt(np.maximum(d2[pair_ok], 0.0)) if keep else None
+    return n_below, int(pair_ok.sum()), dist
+
+
+def doppelganger_rates(Z_pop, Z_clust, cluster_ids, *, pop_vhelio=None, pop_ak=None, clust_vhelio=None,
+                       clust_ak=None, cv=True, top_n=None, max_dvhelio=5.0, max_dak=0.05,
+                       keep_distances=True, **rsca_options) -> DoppelgangerResult:
+    """Per-cluster and global doppelganger rates of the RSCA representation (SPEC §2).
+
+    ``top_n`` may also be a list (e.g. ``[1, 2, 4, None]``): then a dict {top_n: result} is
+    returned, computed in one pass over the folds.
+    Passing ``None`` for all four metadata arrays disables the pair filter.
+    """
+    multi = isinstance(top_n, (list, tuple))
+    top_ns = list(top_n) if multi else [top_n]
+    Z_pop = check_representation(Z_pop, "Z_pop")
+    K = Z_pop.shape[1]
+    Z_clust = check_representation(Z_clust, "Z_clust", K)
+    ids = check_cluster_ids(cluster_ids, len(Z_clust))
+    for n in top_ns:
+        check_top_n(n, K)
+    if len(Z_pop) == 0:
+        raise ValueError("Z_pop is empty: the field set has no stars")
+    meta = (pop_vhelio, pop_ak, clust_vhelio, clust_ak)
+    if any(m is None for m in meta) and not all(m is None for m in meta):
+        raise ValueError("pass all four of pop_vhelio, pop_ak, clust_vhelio, clust_ak, or none of them")
+    use_filter = meta[0] is not None
+    if use_filter:
+        if not (max_dvhelio > 0 and max_dak > 0):
+            raise ValueError("max_dvhelio and max_dak must be positive")
+        pv = _check_meta(pop_vhelio, "pop_vhelio", len(Z_pop))
+        pa = _check_meta(pop_ak, "pop_ak", len(Z_pop))
+        cvh = _check_meta(clust_vhelio, "clust_vhelio", len(Z_clust))
+        ca = _check_meta(clust_ak, "clust_ak", len(Z_clust))
+        pfilter = _PairFilter(pv, pa, float(max_dvhelio), float(max_dak))
+    est = RSCA(**rsca_options)
+    est._check_params(K)
+    groups = group_indices(ids)
+    usable = [c for c, idx in groups.items() if len(idx) >= 2]
+    need = 3 if (cv and est.variant != "raw") else 2
+    if len(usable) < need:
+        raise ValueError(f"need at least {need} clusters with 2 or more stars"
+                         f"{' for leave-one-cluster-out' if need == 3 else ''}; got {len(usable)}")
+    singles = [c for c, idx in groups.items() if len(idx) < 2]
+    if singles:
+        warnings.warn(f"{len(singles)} cluster(s) with a single star have no rate: {', '.join(singles[:5])}",
+                      UndefinedRateWarning, stacklevel=2)
+
+    # Step 2 is shared by every fold: it depends on the field only.
+    mean, sphere = est.fit_population(Z_pop)
+    S_pop = (Z_pop - mean) @ sphere.T
+    S_cl = (Z_clust - mean) @ sphere.T
+    full_geom = None if cv else est.fit_clusters(S_cl, groups)
+
+    results = {n: {"rows": [], "intra": {}, "inter": {}} for n in top_ns}
+    for name in groups:
+        idx = groups[name]
+        if len(idx) < 2:
+            for n in top_ns:
+                results[n]["rows"].append((name, len(idx), np.nan, np.nan, 0))
+            continue
+        if cv and est.variant != "raw":
+            others = {k: v for k, v in groups.items() if k != name}
+            sorted_sub = np.sort(np.concatenate(list(others.values())))
+            remap = {k: np.searchsorted(sorted_sub, v) for k, v in others.items()}
+            geom = est.fit_clusters(S_cl[sorted_sub], remap)
+        else:
+            geom = full_geom if full_geom is not None else est.fit_clusters(S_cl, groups)
+        if use_filter:
+            cand, pair_ok = pfilter.candidates(cvh[idx], ca[idx])
+        else:
+            cand = np.arange(len(S_pop))
+            pair_ok = np.ones((len(idx), len(cand)), dtype=bool)
+        for n in top_ns:
+            A = geom.matrix(n)
+            Ym = S_cl[idx] @ A.T
+            Yf = S_pop[cand] @ A.T
+            intra = _intra(Ym)
+            med = float(np.median(intra))
+            n_below, n_pairs, dist = _count_below(Ym, Yf, pair_ok, med, keep_distances)
+            rate = n_below / n_pairs if n_pairs else np.nan
+            results[n]["rows"].append((name, len(idx), rate, med, n_pairs))
+            if keep_distances:
+                results[n]["intra"][name] = intra
+                results[n]["inter"][name] = dist
+
+    settings = {"cv": bool(cv), "max_dvhelio": float(max_dvhelio) if use_filter else None,
+                "max_dak": float(max_dak) if use_filter else None, "pair_filter": use_filter,
+                "k": int(K), "n_field": int(len(Z_pop)), "n_cluster_stars": int(len(Z_clust)),
+                **est.get_params()}
+    out = {}
+    for n in top_ns:
+        df = pd.DataFrame(results[n]["rows"], columns=["cluster", "n_stars", "rate", "median_intra",
+                                                       "n_inter_pairs"])
+        undefined = df[(df.n_stars >= 2) & df.rate.isna()]
+        if len(undefined):
+            warnings.warn(f"{len(undefined)} cluster(s) have no field star passing the pair filter; their "
+                          f"rate is undefined and left out of the global rate: "
+                          f"{', '.join(undefined.cluster.astype(str)[:5])}", UndefinedRateWarning, stacklevel=2)
+        ok = df.rate.notna()
+        if ok.any():
+            g = float(np.average(df.rate[ok], weights=df.n_stars[ok]))
+        else:
+            g = np.nan
+            warnings.warn("no cluster has a defined rate; the global rate is undefined",
+                          UndefinedRateWarning, stacklevel=2)
+        out[n] = DoppelgangerResult(g, df, results[n]["intra"], results[n]["inter"],
+                                    settings | {"top_n": n})
+    return out if multi else out[top_ns[0]]

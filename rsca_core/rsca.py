@@ -1,0 +1,277 @@
+"""Steps 2–4 of RSCA (SPEC §1): sphere, reparametrize, rescale — a single linear map.
+
+``RSCA(...).fit(Z_pop, Z_clust, cluster_ids)`` learns ``y = (z - mean_) @ components_.T`` where the
+rows of ``components_`` are the output axes in order of importance (σ_i ascending). The pieces of the
+map are kept for teaching and plotting: ``sphere_`` (whitening), ``rotation_`` (reparametrization,
+rows = basis vectors in the sphered space) and ``scales_`` / ``weights_`` (rescaling).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+VARIANTS = ("raw", "scaled", "transformed")
+MAD_TO_SIGMA = 1.4826
+
+
+def check_representation(Z, name, n_features=None):
+    """A finite 2-D float array (rows = stars); clear ValueError otherwise."""
+    try:
+        Z = np.asarray(Z, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a numeric array") from None
+    if Z.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (stars × features), got shape {Z.shape}")
+    if not np.all(np.isfinite(Z)):
+        bad = int((~np.isfinite(Z)).any(axis=1).sum())
+        raise ValueError(f"{name} contains NaN or inf values ({bad} rows)")
+    if n_features is not None and Z.shape[1] != n_features:
+        raise ValueError(f"{name} has {Z.shape[1]} features, expected {n_features}")
+    return Z
+
+
+def check_cluster_ids(cluster_ids, n):
+    ids = np.asarray(cluster_ids, dtype=object)
+    if ids.ndim != 1 or len(ids) != n:
+        raise ValueError(f"cluster_ids has {len(ids) if ids.ndim == 1 else ids.shape} entries, "
+                         f"expected one per cluster star ({n})")
+    ids = np.array([str(v) for v in ids], dtype=object)
+    if np.any(ids == ""):
+        raise ValueError("cluster_ids contains empty names")
+    return ids
+
+
+def group_indices(ids):
+    """{name: row indices}, names sorted."""
+    names, inv = np.unique(ids.astype(str), return_inverse=True)
+    return {str(nm): np.flatnonzero(inv == i) for i, nm in enumerate(names)}
+
+
+def robust_spread(x, axis=0):
+    """Normal-consistent median absolute deviation: 1.4826 · median(|x − median(x)|)."""
+    med = np.median(x, axis=axis, keepdims=True)
+    return MAD_TO_SIGMA * np.median(np.abs(x - med), axis=axis)
+
+
+def intra_cluster_spread(T, groups, robust=True, pooled=True):
+    """σ_c per axis of ``T`` (rows = cluster stars) from clusters with ≥ 2 members.
+
+    pooled:   σ² = Σ_j (n_j − 1) s_j² / (Σ_j n_j − J)   (SPEC §1 step 4)
+    unpooled: σ² = mean_j s_j²  (every cluster counts the same, whatever its size)
+    s_j is the normal-consistent MAD (robust) or the sample std with ddof = 1.
+    """
+    s2, dof = [], []
+    for idx in groups.values():
+        if len(idx) < 2:
+            continue
+        x = T[idx]
+        s = robust_spread(x) if robust else np.std(x, axis=0, ddof=1)
+        s2.append(s ** 2)
+        dof.append(len(idx) - 1)
+    if len(s2) < 1:
+        raise ValueError("no cluster with at least 2 stars")
+    s2, dof = np.array(s2), np.array(dof, dtype=float)
+    if pooled:
+        return np.sqrt((dof[:, None] * s2).sum(0) / dof.sum())
+    return np.sqrt(s2.mean(0))
+
+
+def axis_scales(sigma_c, relative=True):
+    """σ_i of Eq. 4 with σ_pop = 1: sqrt(σ_c² / (1 − σ_c²)); ∞ (weight 0) where σ_c ≥ 1."""
+    sigma_c = np.asarray(sigma_c, dtype=float)
+    if np.any(sigma_c <= 0):
+        i = int(np.flatnonzero(sigma_c <= 0)[0])
+        raise ValueError(f"the intra-cluster spread is zero on axis {i}: duplicate stars, or more "
+                         "features than the cluster stars can constrain")
+    if not relative:
+        return sigma_c.copy()
+    out = np.full_like(sigma_c, np.inf)
+    ok = sigma_c < 1
+    out[ok] = np.sqrt(sigma_c[ok] ** 2 / (1.0 - sigma_c[ok] ** 2))
+    return out
+
+
+def sphere_population(Z_pop):
+    """Mean and PCA-whitening matrix of the field (rows of the matrix = scaled principal axes)."""
+    mean = Z_pop.mean(axis=0)
+    cov = np.cov(Z_pop, rowvar=False, ddof=1).reshape(Z_pop.shape[1], Z_pop.shape[1])
+    lam, vec = np.linalg.eigh(cov)
+    lam, vec = lam[::-1], vec[:, ::-1]
+    if lam[-1] <= 1e-12 * max(lam[0], 1e-300):
+        raise ValueError("the field representation is degenerate (a feature is constant or a linear "
+                         "combination of others); reduce K")
+    return mean, vec.T / np.sqrt(lam)[:, None]
+
+
+def residual_rotation(S_clust, groups):
+    """Orthonormal basis (rows) of the PCA of cluster-mean-subtracted stars, by decreasing variance."""
+    R = np.array(S_clust, dtype=float, copy=True)
+    for idx in groups.values():
+        R[idx] -= R[idx].mean(axis=0)
+    lam, vec = np.linalg.eigh(R.T @ R)
+    vec = vec[:, ::-1]
+    sign = np.sign(vec[np.argmax(np.abs(vec), axis=0), np.arange(vec.shape[1])])
+    sign[sign == 0] = 1
+    return (vec * sign).T
+
+
+class ClusterGeometry:
+    """Steps 3–4 fitted on sphered cluster stars: rotation, per-axis scales and their order."""
+
+    def __init__(self, S_clust, groups, *, rotate=True, robust=True, pooled=True, relative=True):
+        K = S_clust.shape[1]
+        self.rotation = residual_rotation(S_clust, groups) if rotate else np.eye(K)
+        T = S_clust @ self.rotation.T
+        self.sigma_c = intra_cluster_spread(T, groups, robust=robust, pooled=pooled)
+        scales = axis_scales(self.sigma_c, relative=relative)
+        self.order = np.argsort(scales, kind="stable")
+        self.scales = scales[self.order]
+        self.weights = np.where(np.isfinite(self.scales), 1.0 / self.scales, 0.0)
+
+    def matrix(self, top_n=None):
+        """(n_out, K) map from sphered space to the output space (importance order)."""
+        n = len(self.order) if top_n is None else int(top_n)
+        return self.weights[:n, None] * self.rotation[self.order[:n]]
+
+
+class RSCA:
+    """Relevant scaled component analysis (de Mijolla & Ness 2022), SPEC §1 steps 2–6.
+
+    Parameters
+    ----------
+    variant : {"transformed", "scaled", "raw"}
+        "transformed" = sphere + reparametrize + rescale; "scaled" = rescale only, on inputs
+        standardised with the field mean and std; "raw" = identity (distances in the input space).
+    robust : bool
+        Intra-cluster spread by normal-consistent MAD (True) or by the sample std (False).
+    pooled : bool
+        Pooled variance estimator over clusters (True) or the plain mean of cluster variances.
+    relative_scaling : bool
+        Divide each axis by σ_i = sqrt(σ_c²/(1 − σ_c²)) (Eq. 4; σ_c ≥ 1 → weight 0), or by σ_c.
+    top_n : int or None
+        Keep only the N most discriminative output axes (smallest σ_i).
+
+    Attributes (after fit)
+    ----------------------
+    mean_ : (K,)            field mean subtracted first
+    components_ : (K, K)     whole linear map, rows = output axes by importance
+    scales_ : (K,)           σ_i of each output axis, ascending (inf = uninformative)
+    weights_ : (K,)          1 / scales_ (0 where the axis carries no information)
+    order_ : (K,)            index of each output axis in the reparametrized basis
+    sigma_c_ : (K,)          intra-cluster spread of each reparametrized axis (before ordering)
+    sphere_ : (K, K)         step-2 map (whitening; for "scaled" a diagonal standardisation)
+    rotation_ : (K, K)       step-3 basis (rows), identity for "scaled"
+    n_features_in_, n_clusters_used_
+    """
+
+    def __init__(self, variant="transformed", robust=True, pooled=True, relative_scaling=True, top_n=None):
+        self.variant = variant
+        self.robust = robust
+        self.pooled = pooled
+        self.relative_scaling = relative_scaling
+        self.top_n = top_n
+
+    def get_params(self, deep=True):
+        return {k: getattr(self, k) for k in ("variant", "robust", "pooled", "relative_scaling", "top_n")}
+
+    def set_params(self, **params):
+        for k, v in params.items():
+            if k not in self.get_params():
+                raise ValueError(f"unknown RSCA parameter {k!r}")
+            setattr(self, k, v)
+        return self
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"RSCA({args})"
+
+    # ------------------------------------------------------------------ validation
+    def _check_params(self, K):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, not {self.variant!r}")
+        check_top_n(self.top_n, K)
+
+    def fit_population(self, Z_pop):
+        """Step 2 only (depends on the field alone): returns (mean, sphere matrix)."""
+        K = Z_pop.shape[1]
+        if self.variant == "raw":
+            return np.zeros(K), np.eye(K)
+        if Z_pop.shape[0] < K + 1:
+            raise ValueError(f"K={K} is larger than the data allows: {Z_pop.shape[0]} field stars "
+                             f"cannot constrain a {K}-dimensional covariance")
+        if self.variant == "scaled":
+            sd = Z_pop.std(axis=0, ddof=1)
+            if np.any(sd <= 0):
+                raise ValueError(f"feature {int(np.flatnonzero(sd <= 0)[0])} is constant over the field")
+            return Z_pop.mean(axis=0), np.diag(1.0 / sd)
+        return sphere_population(Z_pop)
+
+    def fit_clusters(self, S_clust, groups):
+        """Steps 3–4 on sphered cluster stars: a :class:`ClusterGeometry`."""
+        K = S_clust.shape[1]
+        if self.variant == "raw":
+            g = ClusterGeometry.__new__(ClusterGeometry)
+            g.rotation, g.order = np.eye(K), np.arange(K)
+            g.sigma_c = np.full(K, np.nan)
+            g.scales, g.weights = np.ones(K), np.ones(K)
+            return g
+        usable = {k: v for k, v in groups.items() if len(v) >= 2}
+        dof = sum(len(v) for v in usable.values()) - len(usable)
+        if self.variant == "transformed" and dof < K:
+            raise ValueError(f"K={K} is larger than the data allows: the cluster stars give only "
+                             f"{dof} degrees of freedom (stars minus clusters)")
+        return ClusterGeometry(S_clust, usable, rotate=self.variant == "transformed", robust=self.robust,
+                               pooled=self.pooled, relative=self.relative_scaling)
+
+    # ------------------------------------------------------------------ estimator API
+    def fit(self, Z_pop, Z_clust, cluster_ids):
+        Z_pop = check_representation(Z_pop, "Z_pop")
+        Z_clust = check_representation(Z_clust, "Z_clust", Z_pop.shape[1])
+        ids = check_cluster_ids(cluster_ids, len(Z_clust))
+        K = Z_pop.shape[1]
+        self._check_params(K)
+        groups = group_indices(ids)
+        usable = sum(len(v) >= 2 for v in groups.values())
+        if usable < 2:
+            raise ValueError(f"RSCA needs at least 2 clusters with 2 or more stars; got {usable}")
+        mean, sphere = self.fit_population(Z_pop)
+        geom = self.fit_clusters((Z_clust - mean) @ sphere.T, groups)
+        self.mean_ = mean
+        self.sphere_ = sphere
+        self.rotation_ = geom.rotation
+        self.sigma_c_ = geom.sigma_c
+        self.order_ = geom.order
+        self.scales_ = geom.scales
+        self.weights_ = geom.weights
+        self.components_ = geom.matrix() @ sphere
+        self.n_features_in_ = K
+        self.n_clusters_used_ = usable
+        return self
+
+    def transform(self, Z, top_n=None):
+        """Project ``Z`` (n × K) into the RSCA space: (n × top_n) axes by importance."""
+        if not hasattr(self, "components_"):
+            raise ValueError("this RSCA is not fitted yet; call fit(Z_pop, Z_clust, cluster_ids) first")
+        Z = check_representation(Z, "Z", self.n_features_in_)
+        n = self.top_n if top_n is None else top_n
+        check_top_n(n, self.n_features_in_)
+        A = self.components_ if n is None else self.components_[: int(n)]
+        return (Z - self.mean_) @ A.T
+
+    def fit_transform(self, Z_pop, Z_clust, cluster_ids):
+        return self.fit(Z_pop, Z_clust, cluster_ids).transform(Z_pop)
+
+    def spectral_components(self, pca_components):
+        """Each output axis as a vector in pixel space: ``components_ @ pca_components`` (K × P)."""
+        pc = np.asarray(pca_components, dtype=float)
+        if pc.ndim != 2 or pc.shape[0] != self.n_features_in_:
+            raise ValueError(f"pca_components must have {self.n_features_in_} rows")
+        return self.components_ @ pc
+
+
+def check_top_n(top_n, K):
+    if top_n is None:
+        return
+    if isinstance(top_n, bool) or not isinstance(top_n, (int, np.integer)):
+        raise ValueError(f"top_n must be an integer or None, got {top_n!r}")
+    if not 1 <= int(top_n) <= K:
+        raise ValueError(f"top_n={top_n} is out of range 1..{K}")
