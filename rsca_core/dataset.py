@@ -199,7 +199,7 @@ class Dataset:
         """[X/H] of the given species as an (n, len(species)) float array; −9999.99 becomes NaN."""
         cols = [abundance_column(s) for s in species]
         tab = self.stars.iloc[rows] if rows is not None else self.stars
-        a = tab[cols].to_numpy(dtype=float)
+        a = tab[cols].to_numpy(dtype=float, copy=True)
         a[a <= MISSING_VALUE + 1] = np.nan
         return a
 

@@ -1,0 +1,106 @@
+"""MaskedPCA: ordinary PCA on complete data, a better fit than mean imputation with missing pixels."""
+import numpy as np
+import pytest
+
+from rsca_core import MaskedPCA
+
+
+def low_rank(n=300, p=200, rank=6, noise=0.05, seed=0, dtype=float):
+    rng = np.random.default_rng(seed)
+    L = rng.standard_normal((n, rank)) * np.geomspace(8, 1, rank)
+    X = L @ rng.standard_normal((rank, p)) + noise * rng.standard_normal((n, p)) + 3.0
+    return X.astype(dtype)
+
+
+def svd_pca(X, k):
+    mu = X.mean(0)
+    _, s, vt = np.linalg.svd(X - mu, full_matrices=False)
+    return vt[:k], s[:k] ** 2 / (len(X) - 1), mu
+
+
+def subspace_gap(A, B):
+    """1 − smallest cosine of the principal angles between the row spaces of A and B."""
+    s = np.linalg.svd(A @ B.T, compute_uv=False)
+    return 1 - s.min()
+
+
+@pytest.mark.parametrize("p", [200, 1500])  # exact basis / randomized subspace iteration
+def test_complete_data_is_ordinary_pca(p):
+    X = low_rank(p=p)
+    pca = MaskedPCA(5, random_state=0).fit(X)
+    comps, var, mu = svd_pca(X, 5)
+    assert subspace_gap(pca.components_, comps) < 1e-6
+    for i in range(5):  # each axis, not only the subspace
+        assert abs(pca.components_[i] @ comps[i]) == pytest.approx(1, abs=1e-6)
+    assert np.allclose(pca.explained_variance_, var, rtol=1e-6)
+    assert np.allclose(pca.mean_, mu)
+    assert np.allclose(pca.components_ @ pca.components_.T, np.eye(5), atol=1e-10)
+
+
+def test_missing_pixels_beat_mean_imputation_on_held_out_pixels():
+    X = low_rank(n=400, p=300, seed=1)
+    rng = np.random.default_rng(2)
+    mask = rng.random(X.shape) < 0.10
+    mask[:, 40:70] |= rng.random((400, 1)) < 0.3  # blocks of missing pixels, as in chip gaps/bands
+    held = (~mask) & (rng.random(X.shape) < 0.05)  # observed pixels we hide and predict
+    train_mask = mask | held
+    Xobs = np.where(train_mask, -999.0, X)  # garbage under the mask must not matter
+
+    pca = MaskedPCA(6, random_state=0, tol=1e-9, max_iter=500)
+    Z = pca.fit_transform(Xobs, train_mask)
+    err_em = np.sqrt(np.mean((pca.inverse_transform(Z) - X)[held] ** 2))
+
+    # baseline: fill missing pixels with the column mean, ordinary PCA
+    col_mean = np.nanmean(np.where(train_mask, np.nan, X), axis=0)
+    Xf = np.where(train_mask, col_mean, X)
+    comps, _, mu = svd_pca(Xf, 6)
+    rec = (Xf - mu) @ comps.T @ comps + mu
+    err_mean = np.sqrt(np.mean((rec - X)[held] ** 2))
+    assert err_em < 0.5 * err_mean
+    assert err_em < 0.1  # close to the noise level 0.05
+
+
+def test_transform_is_least_squares_on_observed_pixels():
+    X = low_rank(n=200, p=120, seed=3)
+    pca = MaskedPCA(4, random_state=0).fit(X)
+    rng = np.random.default_rng(4)
+    new = X[:10] + 0.01 * rng.standard_normal((10, 120))
+    m = rng.random(new.shape) < 0.2
+    z = pca.transform(np.where(m, np.nan, new), m)
+    W = pca.components_.T
+    for i in range(10):
+        o = ~m[i]
+        expected, *_ = np.linalg.lstsq(W[o], new[i, o] - pca.mean_[o], rcond=None)
+        assert np.allclose(z[i], expected, atol=1e-8)
+
+
+def test_deterministic_and_memmap_float32(tmp_path):
+    X = low_rank(n=500, p=1300, seed=5, dtype=np.float32)
+    rng = np.random.default_rng(6)
+    mask = rng.random(X.shape) < 0.05
+    path = tmp_path / "x.npy"
+    np.save(path, X)
+    mm = np.load(path, mmap_mode="r")
+    a = MaskedPCA(5, random_state=7).fit(mm, mask)
+    b = MaskedPCA(5, random_state=7).fit(X.copy(), mask)
+    assert np.array_equal(a.components_, b.components_)
+    assert np.array_equal(np.load(path), X), "input file untouched"
+    c = MaskedPCA(5, random_state=8, tol=1e-10, max_iter=300).fit(mm, mask)
+    assert subspace_gap(a.components_, c.components_) < 1e-4  # another seed, same answer
+
+
+def test_errors():
+    X = low_rank(n=20, p=10)
+    with pytest.raises(ValueError, match="larger than the data allows"):
+        MaskedPCA(11).fit(X)
+    with pytest.raises(ValueError, match="mask shape"):
+        MaskedPCA(2).fit(X, np.zeros((20, 9), bool))
+    Xn = X.copy()
+    Xn[3, 4] = np.nan
+    with pytest.raises(ValueError, match=r"row 3, column 4"):
+        MaskedPCA(2).fit(Xn)
+    m = np.zeros_like(X, dtype=bool)
+    m[3, 4] = True
+    MaskedPCA(2).fit(Xn, m)  # NaN under the mask is fine
+    with pytest.raises(ValueError, match="not fitted"):
+        MaskedPCA(2).transform(X)
