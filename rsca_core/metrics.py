@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from .rsca import RSCA, check_cluster_ids, check_representation, check_top_n, group_indices
 
@@ -71,7 +72,7 @@ class _PairFilter:
     """Candidate field stars for a set of members, by binary search on VHELIO_AVG."""
 
     def __init__(self, pop_v, pop_ak, max_dv, max_dak):
-        self.order = np.argsort(pop_v, kind="stable")
+        self.order = np.argsort(pop_v)
         self.v_sorted = pop_v[self.order]
         self.pop_v, self.pop_ak = pop_v, pop_ak
         self.max_dv, self.max_dak = max_dv, max_dak
@@ -85,7 +86,7 @@ class _PairFilter:
         ak = self.pop_ak[cand]
         pad_ak = 1e-9 * (1 + np.abs(mak).max())
         keep = (ak > mak.min() - self.max_dak - pad_ak) & (ak < mak.max() + self.max_dak + pad_ak)
-        cand = np.sort(cand[keep])
+        cand = cand[keep]
         pair_ok = ((np.abs(self.pop_v[cand][None, :] - mv[:, None]) < self.max_dv)
                    & (np.abs(self.pop_ak[cand][None, :] - mak[:, None]) < self.max_dak))
         return cand, pair_ok
@@ -106,8 +107,9 @@ def _intra(Ym):
 def _count_below(Ym, Yf, pair_ok, median, keep):
     """Number of allowed pairs with distance < median (exact near the threshold), and the distances."""
     d2 = _pair_distances(Ym, Yf)
-    scale = (Ym * Ym).sum(1)[:, None] + (Yf * Yf).sum(1)[None, :] + median * median
     m2 = median * median
+    # rounding of the product form is below 1e-9 of this bound; closer pairs are recomputed exactly
+    scale = (Ym * Ym).sum(1).max(initial=0) + (Yf * Yf).sum(1).max(initial=0) + m2
     near = pair_ok & (np.abs(d2 - m2) <= 1e-9 * scale + 1e-300)
     below = pair_ok & ~near & (d2 < m2)
     n_below = int(below.sum())
@@ -166,43 +168,15 @@ def doppelganger_rates(Z_pop, Z_clust, cluster_ids, *, pop_vhelio=None, pop_ak=N
         warnings.warn(f"{len(singles)} cluster(s) with a single star have no rate: {', '.join(singles[:5])}",
                       UndefinedRateWarning, stacklevel=2)
 
-    # Step 2 is shared by every fold: it depends on the field only.
-    mean, sphere = est.fit_population(Z_pop)
-    S_pop = (Z_pop - mean) @ sphere.T
-    S_cl = (Z_clust - mean) @ sphere.T
-    full_geom = None if cv else est.fit_clusters(S_cl, groups)
-
     results = {n: {"rows": [], "intra": {}, "inter": {}} for n in top_ns}
-    for name in groups:
-        idx = groups[name]
-        if len(idx) < 2:
-            for n in top_ns:
-                results[n]["rows"].append((name, len(idx), np.nan, np.nan, 0))
-            continue
-        if cv and est.variant != "raw":
-            others = {k: v for k, v in groups.items() if k != name}
-            sorted_sub = np.sort(np.concatenate(list(others.values())))
-            remap = {k: np.searchsorted(sorted_sub, v) for k, v in others.items()}
-            geom = est.fit_clusters(S_cl[sorted_sub], remap)
-        else:
-            geom = full_geom if full_geom is not None else est.fit_clusters(S_cl, groups)
-        if use_filter:
-            cand, pair_ok = pfilter.candidates(cvh[idx], ca[idx])
-        else:
-            cand = np.arange(len(S_pop))
-            pair_ok = np.ones((len(idx), len(cand)), dtype=bool)
-        for n in top_ns:
-            A = geom.matrix(n)
-            Ym = S_cl[idx] @ A.T
-            Yf = S_pop[cand] @ A.T
-            intra = _intra(Ym)
-            med = float(np.median(intra))
-            n_below, n_pairs, dist = _count_below(Ym, Yf, pair_ok, med, keep_distances)
-            rate = n_below / n_pairs if n_pairs else np.nan
-            results[n]["rows"].append((name, len(idx), rate, med, n_pairs))
-            if keep_distances:
-                results[n]["intra"][name] = intra
-                results[n]["inter"][name] = dist
+    # Thin matrices only (K ≤ a few dozen): BLAS threads add more overhead than they save.
+    with threadpool_limits(limits=1, user_api="blas"):
+        # Step 2 is shared by every fold: it depends on the field only.
+        mean, sphere = est.fit_population(Z_pop)
+        S_cl = (Z_clust - mean) @ sphere.T
+        full_geom = None if cv else est.fit_clusters(S_cl, groups)
+        _fold_loop(groups, est, cv, full_geom, (Z_pop, mean, sphere), S_cl, top_ns, results,
+                   keep_distances, (pfilter, cvh, ca) if use_filter else None)
 
     settings = {"cv": bool(cv), "max_dvhelio": float(max_dvhelio) if use_filter else None,
                 "max_dak": float(max_dak) if use_filter else None, "pair_filter": use_filter,
@@ -227,3 +201,40 @@ def doppelganger_rates(Z_pop, Z_clust, cluster_ids, *, pop_vhelio=None, pop_ak=N
         out[n] = DoppelgangerResult(g, df, results[n]["intra"], results[n]["inter"],
                                     settings | {"top_n": n})
     return out if multi else out[top_ns[0]]
+
+
+def _fold_loop(groups, est, cv, full_geom, pop, S_cl, top_ns, results, keep_distances, flt):
+    Z_pop, mean, sphere = pop
+    for name in groups:
+        idx = groups[name]
+        if len(idx) < 2:
+            for n in top_ns:
+                results[n]["rows"].append((name, len(idx), np.nan, np.nan, 0))
+            continue
+        if cv and est.variant != "raw":
+            others = {k: v for k, v in groups.items() if k != name}
+            sorted_sub = np.sort(np.concatenate(list(others.values())))
+            remap = {k: np.searchsorted(sorted_sub, v) for k, v in others.items()}
+            geom = est.fit_clusters(S_cl[sorted_sub], remap)
+        else:
+            geom = full_geom if full_geom is not None else est.fit_clusters(S_cl, groups)
+        if flt is not None:
+            pfilter, cvh, ca = flt
+            cand, pair_ok = pfilter.candidates(cvh[idx], ca[idx])
+        else:
+            cand = slice(None)
+            pair_ok = np.ones((len(idx), len(Z_pop)), dtype=bool)
+        Zf = Z_pop[cand] - mean
+        for n in top_ns:
+            A = geom.matrix(n)
+            Ym = S_cl[idx] @ A.T
+            Yf = Zf @ (A @ sphere).T
+            intra = _intra(Ym)
+            med = float(np.median(intra))
+            n_below, n_pairs, dist = _count_below(Ym, Yf, pair_ok, med, keep_distances)
+            rate = n_below / n_pairs if n_pairs else np.nan
+            results[n]["rows"].append((name, len(idx), rate, med, n_pairs))
+            if keep_distances:
+                results[n]["intra"][name] = intra
+                results[n]["inter"][name] = dist
+

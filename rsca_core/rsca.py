@@ -52,24 +52,42 @@ def robust_spread(x, axis=0):
     return MAD_TO_SIGMA * np.median(np.abs(x - med), axis=axis)
 
 
+def _padded(T, groups):
+    """Stack clusters into a (J, n_max, K) array padded with NaN, plus their sizes."""
+    sizes = np.array([len(v) for v in groups.values()])
+    out = np.full((len(sizes), sizes.max(), T.shape[1]), np.nan)
+    for j, idx in enumerate(groups.values()):
+        out[j, : len(idx)] = T[idx]
+    return out, sizes
+
+
+def _sorted_median(sorted_vals, sizes):
+    """Medians along axis 1 of NaN-padded, sorted (J, n_max, K) arrays (NaNs sort last)."""
+    j = np.arange(len(sizes))
+    lo, hi = sorted_vals[j, (sizes - 1) // 2], sorted_vals[j, sizes // 2]
+    return 0.5 * (lo + hi)
+
+
 def intra_cluster_spread(T, groups, robust=True, pooled=True):
     """σ_c per axis of ``T`` (rows = cluster stars) from clusters with ≥ 2 members.
 
     pooled:   σ² = Σ_j (n_j − 1) s_j² / (Σ_j n_j − J)   (SPEC §1 step 4)
     unpooled: σ² = mean_j s_j²  (every cluster counts the same, whatever its size)
     s_j is the normal-consistent MAD (robust) or the sample std with ddof = 1.
+    All clusters are handled at once on a padded array (this runs once per CV fold).
     """
-    s2, dof = [], []
-    for idx in groups.values():
-        if len(idx) < 2:
-            continue
-        x = T[idx]
-        s = robust_spread(x) if robust else np.std(x, axis=0, ddof=1)
-        s2.append(s ** 2)
-        dof.append(len(idx) - 1)
-    if len(s2) < 1:
+    groups = {k: v for k, v in groups.items() if len(v) >= 2}
+    if not groups:
         raise ValueError("no cluster with at least 2 stars")
-    s2, dof = np.array(s2), np.array(dof, dtype=float)
+    P, sizes = _padded(T, groups)
+    if robust:
+        med = _sorted_median(np.sort(P, axis=1), sizes)
+        dev = np.sort(np.abs(P - med[:, None, :]), axis=1)
+        s2 = (MAD_TO_SIGMA * _sorted_median(dev, sizes)) ** 2
+    else:
+        mean = np.nansum(P, axis=1) / sizes[:, None]
+        s2 = np.nansum((P - mean[:, None, :]) ** 2, axis=1) / (sizes[:, None] - 1)
+    dof = (sizes - 1).astype(float)
     if pooled:
         return np.sqrt((dof[:, None] * s2).sum(0) / dof.sum())
     return np.sqrt(s2.mean(0))
@@ -93,7 +111,12 @@ def axis_scales(sigma_c, relative=True):
 def sphere_population(Z_pop):
     """Mean and PCA-whitening matrix of the field (rows of the matrix = scaled principal axes)."""
     mean = Z_pop.mean(axis=0)
-    cov = np.cov(Z_pop, rowvar=False, ddof=1).reshape(Z_pop.shape[1], Z_pop.shape[1])
+    K = Z_pop.shape[1]
+    cov = np.zeros((K, K))
+    for a in range(0, len(Z_pop), 8192):  # centred in cache-sized blocks: exact and copy-free
+        Zc = Z_pop[a:a + 8192] - mean
+        cov += Zc.T @ Zc
+    cov /= len(Z_pop) - 1
     lam, vec = np.linalg.eigh(cov)
     lam, vec = lam[::-1], vec[:, ::-1]
     if lam[-1] <= 1e-12 * max(lam[0], 1e-300):
