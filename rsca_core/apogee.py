@@ -148,7 +148,9 @@ def read_occam_members(path) -> pd.DataFrame:
         cols = _columns_ci(hdul[1].columns.names, OCCAM_MEMBER_COLUMNS, f"{path} (OCCAM members)")
         out = {"APOGEE_ID": _strings(data[cols["APOGEE_ID"]]), "CLUSTER": _strings(data[cols["CLUSTER"]])}
         for c in ("CG_PROB", "RV_PROB", "FEH_PROB", "PM_PROB"):
-            out[c] = np.asarray(data[cols[c]], dtype=float)
+            a = np.asarray(data[cols[c]])
+            # keep float32 columns float32: the threshold is compared in the file's precision
+            out[c] = a.astype(a.dtype.newbyteorder("=")) if a.dtype.kind == "f" else a.astype(float)
     return pd.DataFrame(out)
 
 
@@ -169,7 +171,9 @@ def select_stars(allstar: pd.DataFrame, members: pd.DataFrame):
     mem = members[members["APOGEE_ID"].isin(set(ids))]
     n_not_found = int(len(members) - len(mem))
     any_member = pd.Series(ids).isin(set(mem["APOGEE_ID"])).to_numpy()
-    high = mem[mem["CG_PROB"] > MIN_CG_PROB].sort_values("CG_PROB", ascending=False, kind="stable")
+    cg_col = mem["CG_PROB"].to_numpy()
+    threshold = cg_col.dtype.type(MIN_CG_PROB) if cg_col.dtype.kind == "f" else MIN_CG_PROB
+    high = mem[cg_col > threshold].sort_values("CG_PROB", ascending=False, kind="stable")
     high = high[~high["APOGEE_ID"].duplicated(keep="first")]  # a star in two clusters: most probable
     id_series = pd.Series(ids)
     cluster_of = id_series.map(dict(zip(high["APOGEE_ID"], high["CLUSTER"]))).fillna("").to_numpy(dtype=object)
