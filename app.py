@@ -1,0 +1,111 @@
+"""RSCA Lab dashboard: explore, teach and host RSCA in the browser.
+
+Run it with ``python app.py`` (http://127.0.0.1:8050; ``--host``/``--port`` or the environment
+variables RSCA_HOST / RSCA_PORT change that) or, on a server, ``gunicorn app:server``.
+
+Environment variables (all optional):
+
+RSCA_DATASET      dataset bundle shown by default (default: data/default, built on first
+                  ``python app.py`` start if missing)
+RSCA_DATA_DIR     folder whose bundles are offered in the dataset menus (default: data/)
+RSCA_CACHE_TYPE   result cache: "simple" (default, per process), "filesystem" (shared by all
+                  gunicorn workers) or "redis"
+RSCA_CACHE_DIR    where the filesystem cache and the background-job store live
+RSCA_REDIS_URL    Redis URL for RSCA_CACHE_TYPE=redis
+RSCA_K_FIT        size of the one PCA compression that all K <= RSCA_K_FIT are cut from (default 60)
+
+Every page talks to ``rsca_core`` only through :mod:`pages._service`.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import dash
+import dash_bootstrap_components as dbc
+import flask
+from dash import dcc, html
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # so that ``pages._service`` imports when started from elsewhere
+    sys.path.insert(0, str(HERE))
+
+from pages import _service as service  # noqa: E402
+
+NAV = (("Explore", "/"), ("Clusters", "/clusters"), ("Curves", "/curves"),
+       ("Systematics", "/systematics"), ("Inside RSCA", "/inside"), ("Data", "/data"))
+
+
+def _navbar():
+    return dbc.Navbar(
+        dbc.Container([
+            dbc.NavbarBrand("RSCA Lab", href="/", class_name="fw-bold"),
+            dbc.Nav([dbc.NavItem(dbc.NavLink(name, href=href, active="exact", id=f"nav-{href.strip('/') or 'explore'}"))
+                     for name, href in NAV], navbar=True, class_name="me-auto"),
+            html.Span("chemical likeness of stars - de Mijolla & Ness (2022)",
+                      className="navbar-text small text-light d-none d-lg-inline"),
+        ], fluid=True),
+        color="dark", dark=True, class_name="mb-3")
+
+
+def create_app() -> dash.Dash:
+    """Build the Dash app (pages, caches, background-job manager, health route)."""
+    server = flask.Flask(__name__)
+    service.init_app(server)
+    app = dash.Dash(
+        __name__, server=server, use_pages=True, pages_folder=str(HERE / "pages"),
+        assets_folder=str(HERE / "assets"), serve_locally=True,
+        external_stylesheets=[service.BOOTSTRAP_CSS_URL], external_scripts=[],
+        background_callback_manager=service.background_manager(),
+        suppress_callback_exceptions=True, title="RSCA Lab", update_title=None)
+    app.layout = html.Div([
+        _navbar(),
+        dbc.Container(dash.page_container, fluid=True, class_name="pb-5"),
+    ])
+
+    @server.route("/healthz")
+    def healthz():
+        return flask.jsonify(service.health()), 200
+
+    return app
+
+
+app = create_app()
+server = app.server
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Serve the RSCA Lab dashboard.")
+    parser.add_argument("--host", default=os.environ.get("RSCA_HOST", "127.0.0.1"),
+                        help="interface to listen on (env RSCA_HOST; default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None,
+                        help="port (env RSCA_PORT; default 8050)")
+    parser.add_argument("--debug", action="store_true", help="Dash debug mode (reloader, dev tools)")
+    parser.add_argument("--no-build", action="store_true",
+                        help="do not build the default simulated dataset if it is missing")
+    args = parser.parse_args(argv)
+    port = args.port
+    if port is None:
+        try:
+            port = int(os.environ.get("RSCA_PORT", "8050"))
+        except ValueError:
+            print(f"error: RSCA_PORT={os.environ['RSCA_PORT']!r} is not a port number", file=sys.stderr)
+            return 2
+    if not 0 < port < 65536:
+        print(f"error: port {port} is outside 1..65535", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.no_build:
+        try:
+            service.ensure_default_dataset(progress=True)
+        except Exception as exc:  # the app still starts; the pages explain what is missing
+            print(f"warning: default dataset not available ({exc})", file=sys.stderr)
+    app.run(host=args.host, port=port, debug=args.debug)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,669 @@
+"""The one door between the dashboard pages and ``rsca_core``.
+
+Every page asks this module for data; nothing else in ``pages/`` imports ``rsca_core``. It
+
+* finds and loads dataset bundles (by a short *key*, never by a path taken from a URL);
+* parses and validates the page settings (from a URL query string or from the controls) and turns
+  bad values into :class:`UserError` messages for the page;
+* runs the expensive computations and caches them with flask-caching, keyed by the dataset's uid
+  plus every parameter (SimpleCache per process by default, a shared filesystem or Redis cache by
+  environment variable, see ``app.py``);
+* hands out the background-callback manager (diskcache) for long runs.
+
+It holds no mutable module state apart from caches (memoisation only).
+"""
+from __future__ import annotations
+
+import functools
+import io
+import json
+import logging
+import math
+import os
+import tempfile
+import traceback
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from urllib.parse import urlencode
+
+import numpy as np
+import pandas as pd
+from flask_caching import Cache
+
+log = logging.getLogger("rsca_lab")
+
+ROOT = Path(__file__).resolve().parent.parent
+BOOTSTRAP_CSS_URL = "/vendor/bootstrap/bootstrap.min.css"
+
+K_MIN, K_MAX = 2, 60
+DEFAULT_K = 30
+SEED = 0
+INPUTS = ("spectra", "abundances", "subset")
+INPUT_LABELS = {"spectra": "spectra (PCA)", "abundances": "all 21 abundances", "subset": "abundance subset"}
+SPECIES = ("C", "CI", "N", "O", "Na", "Mg", "Al", "Si", "S", "K", "Ca", "Ti", "TiII",
+           "V", "Cr", "Mn", "Fe", "Co", "Ni", "Cu", "Ce")          # same as rsca_core.SPECIES
+PAPER_SUBSET = ("Fe", "Mg", "Ni", "Si", "Al", "C", "N")            # same as rsca_core.PAPER_SUBSET
+HIST_BINS = 40
+MAX_PARAM_CHARS = 2000
+
+cache = Cache()
+
+
+class UserError(ValueError):
+    """A problem the user can fix (bad input, missing dataset): shown as a message in the page."""
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration, caches, health
+# ---------------------------------------------------------------------------------------------
+def k_fit() -> int:
+    """Size of the one compression per dataset that every K <= k_fit() is cut from."""
+    try:
+        return max(K_MAX, int(os.environ.get("RSCA_K_FIT", K_MAX)))
+    except ValueError:
+        return K_MAX
+
+
+def state_dir() -> Path:
+    d = os.environ.get("RSCA_CACHE_DIR")
+    return Path(d) if d else Path(tempfile.gettempdir()) / "rsca-lab"
+
+
+def cache_config() -> dict:
+    kind = os.environ.get("RSCA_CACHE_TYPE", "simple").strip().lower()
+    timeout = int(os.environ.get("RSCA_CACHE_TIMEOUT", "86400"))
+    base = {"CACHE_DEFAULT_TIMEOUT": timeout, "CACHE_IGNORE_ERRORS": True,
+            "CACHE_THRESHOLD": int(os.environ.get("RSCA_CACHE_THRESHOLD", "300")),
+            "CACHE_KEY_PREFIX": "rsca_"}
+    if kind in ("simple", "simplecache"):
+        return base | {"CACHE_TYPE": "SimpleCache"}
+    if kind in ("filesystem", "filesystemcache", "fs"):
+        d = state_dir() / "results"
+        d.mkdir(parents=True, exist_ok=True)
+        return base | {"CACHE_TYPE": "FileSystemCache", "CACHE_DIR": str(d)}
+    if kind in ("redis", "rediscache"):
+        url = os.environ.get("RSCA_REDIS_URL")
+        if not url:
+            raise RuntimeError("RSCA_CACHE_TYPE=redis needs RSCA_REDIS_URL (e.g. redis://localhost:6379/0)")
+        return base | {"CACHE_TYPE": "RedisCache", "CACHE_REDIS_URL": url}
+    if kind in ("null", "none", "off"):
+        return base | {"CACHE_TYPE": "NullCache"}
+    raise RuntimeError(f"RSCA_CACHE_TYPE={kind!r}: expected simple, filesystem, redis or none")
+
+
+def init_app(server) -> None:
+    """Attach the result cache and the local Bootstrap stylesheet route to the Flask server."""
+    import flask
+    import flask_bootstrap
+
+    cache.init_app(server, config=cache_config())
+    css_dir = Path(flask_bootstrap.__file__).parent / "static" / "bootstrap5" / "css"
+
+    @server.route("/vendor/bootstrap/<path:name>")
+    def _bootstrap_css(name):  # served from the installed Bootstrap-Flask package: no CDN
+        if name not in ("bootstrap.min.css", "bootstrap.min.css.map"):
+            flask.abort(404)
+        resp = flask.send_from_directory(css_dir, name, max_age=86400)
+        return resp
+
+
+def background_manager(cached: bool = False):
+    """diskcache-backed manager for background callbacks (shared by all workers on the machine).
+
+    ``cached=True`` returns a manager whose finished results are cached on disk and shared between
+    users and workers (keyed by the callback's arguments plus the dataset registry state)."""
+    import diskcache
+    from dash import DiskcacheManager
+
+    d = state_dir() / "jobs"
+    d.mkdir(parents=True, exist_ok=True)
+    handle = diskcache.Cache(str(d))
+    if cached:
+        return DiskcacheManager(handle, cache_by=[_registry_fingerprint], expire=7 * 86400)
+    return DiskcacheManager(handle)
+
+
+def _registry_fingerprint() -> str:
+    """Changes whenever a dataset bundle is rebuilt (its uid changes), so cached jobs go stale."""
+    parts = []
+    for c in dataset_choices():
+        try:
+            parts.append(c["value"] + ":" + _read_meta(c["path"]).get("uid", ""))
+        except Exception:
+            parts.append(c["value"])
+    return "|".join(parts)
+
+
+def health() -> dict:
+    try:
+        import rsca_core  # noqa: F401
+        core = True
+    except Exception:
+        core = False
+    out = {"status": "ok", "core": core}
+    try:
+        meta = _read_meta(default_dataset_path())
+        out["dataset"] = {"kind": meta.get("kind"), "uid": meta.get("uid"), "n_stars": meta.get("n_stars")}
+    except Exception as exc:
+        out["dataset"] = {"error": str(exc)}
+    return out
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for the page. Unexpected errors are logged with their traceback, not shown."""
+    if isinstance(exc, (UserError, ValueError, FileNotFoundError, KeyError)):
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return msg[:500]
+    log.error("unexpected error in a callback:\n%s", "".join(traceback.format_exception(exc)))
+    return f"Internal error ({type(exc).__name__}); the server log has the details."
+
+
+# ---------------------------------------------------------------------------------------------
+# datasets
+# ---------------------------------------------------------------------------------------------
+def default_dataset_path() -> Path:
+    return Path(os.environ.get("RSCA_DATASET") or ROOT / "data" / "default").resolve()
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("RSCA_DATA_DIR") or ROOT / "data").resolve()
+
+
+def _read_meta(path) -> dict:
+    p = Path(path) / "meta.json"
+    try:
+        return json.loads(p.read_text())
+    except FileNotFoundError:
+        raise UserError(f"dataset {Path(path).name!r} is missing ({p} not found): build it on the Data page "
+                        "or with `python -m rsca_core simulate`") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"dataset {Path(path).name!r}: {p} is unreadable ({exc})") from None
+
+
+def dataset_choices() -> list[dict]:
+    """The datasets offered in the menus: the default one plus every bundle under data_dir()."""
+    default = default_dataset_path()
+    out = [{"label": "default", "value": "default", "path": default}]
+    d = data_dir()
+    if d.is_dir():
+        for sub in sorted(d.iterdir()):
+            if (sub.is_dir() and ".tmp" not in sub.name and ".old-" not in sub.name
+                    and (sub / "meta.json").exists() and sub.resolve() != default and sub.name != "default"):
+                out.append({"label": sub.name, "value": sub.name, "path": sub.resolve()})
+    for c in out:
+        try:
+            kind = _read_meta(c["path"]).get("kind", "simulated")
+            c["label"] = f"{c['label']} ({kind})"
+        except UserError:
+            c["label"] = f"{c['label']} (missing)"
+    return out
+
+
+def dataset_path(key) -> Path:
+    for c in dataset_choices():
+        if c["value"] == key:
+            return c["path"]
+    known = ", ".join(c["value"] for c in dataset_choices())
+    raise UserError(f"unknown dataset {_short(key)!r}; available: {known}")
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(path: str, stamp: float):
+    from rsca_core import Dataset
+    return Dataset.load(path)
+
+
+def load(key):
+    """The loaded Dataset of a key (memory-mapped; reloaded when the bundle is rebuilt)."""
+    path = dataset_path(key)
+    meta = path / "meta.json"
+    try:
+        stamp = meta.stat().st_mtime
+    except FileNotFoundError:
+        raise UserError(f"dataset {key!r} is missing ({meta} not found): build it on the Data page "
+                        "or with `python -m rsca_core simulate`") from None
+    try:
+        return _load_cached(str(path), stamp)
+    except ImportError as exc:
+        raise UserError(f"the RSCA engine is not available ({exc})") from None
+    except ValueError as exc:  # BundleError is a ValueError
+        raise UserError(str(exc)) from None
+
+
+def uid(key) -> str:
+    ds = load(key)
+    return ds.meta.get("uid") or str(ds.path)
+
+
+def dataset_label(key) -> str:
+    """"simulated" or "real"."""
+    return load(key).label
+
+
+def cluster_names(key) -> list[str]:
+    return load(key).cluster_names
+
+
+def ensure_default_dataset(progress: bool = True) -> Path:
+    """Build the default simulated bundle if missing (python app.py), then the PCA it needs."""
+    path = default_dataset_path()
+    if not (path / "meta.json").exists():
+        if path != (ROOT / "data" / "default").resolve():
+            raise UserError(f"{path}: no dataset there (RSCA_DATASET)")
+        from rsca_core import simulate
+        simulate.ensure_default_dataset(progress=progress)
+    ds = load("default")
+    if not compression_ready("default"):
+        log.info("computing the K=%d PCA compression of %s once (cached on disk)", k_fit(), path)
+        ds.compress(k_fit(), seed=SEED, progress=progress)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# settings: query string <-> Settings <-> controls
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Settings:
+    ds: str = "default"
+    input: str = "spectra"
+    k: int = DEFAULT_K
+    species: tuple = PAPER_SUBSET
+    clusters: tuple | None = None      # None = every cluster of the dataset
+    cv: bool = True
+    top_n: int | None = None           # None = all axes
+    mask: tuple = ()                    # extra [start, stop) pixel ranges (Systematics page)
+
+    def key(self) -> str:
+        return json.dumps(asdict(self) | {"uid": uid(self.ds)}, sort_keys=True, default=list)
+
+
+def _short(v, n=60) -> str:
+    s = str(v)
+    return s if len(s) <= n else s[:n] + "…"
+
+
+def _one(v):
+    """A query value given several times keeps the last one."""
+    return v[-1] if isinstance(v, list) else v
+
+
+def parse_int(value, name, lo, hi) -> int:
+    if isinstance(value, bool):
+        raise UserError(f"{name} must be a whole number between {lo} and {hi}")
+    if isinstance(value, float):
+        if not math.isfinite(value) or value != int(value):
+            raise UserError(f"{name} must be a whole number between {lo} and {hi}, not {_short(value)}")
+        value = int(value)
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise UserError(f"{name} must be a whole number between {lo} and {hi}, not {_short(value)!r}") from None
+    if not isinstance(value, (int, np.integer)):
+        raise UserError(f"{name} must be a whole number between {lo} and {hi}")
+    if not lo <= value <= hi:
+        raise UserError(f"{name} = {value} is out of range: choose {lo}…{hi}")
+    return int(value)
+
+
+def parse_species(values) -> tuple:
+    if isinstance(values, str):
+        values = [v for v in values.split(",") if v.strip()]
+    lookup = {s.lower(): s for s in SPECIES}
+    out, bad = [], []
+    for v in values or []:
+        s = lookup.get(str(v).strip().lower())
+        (out if s else bad).append(s or v)
+    if bad:
+        raise UserError(f"unknown species {', '.join(_short(b, 20) for b in bad)}; choose among {', '.join(SPECIES)}")
+    if not out:
+        raise UserError("pick at least one species for the abundance subset")
+    return tuple(dict.fromkeys(out))
+
+
+def parse_clusters(key, values) -> tuple | None:
+    """Validated training clusters (None = all). Unknown names are an error naming them."""
+    if values is None:
+        return None
+    if isinstance(values, str):
+        values = [v for v in values.split(",")]
+    values = [str(v).strip() for v in values if str(v).strip()]
+    names = cluster_names(key)
+    bad = [v for v in values if v not in names]
+    if bad:
+        raise UserError(f"unknown cluster(s) {', '.join(_short(b, 30) for b in bad[:5])}"
+                        f"{' …' if len(bad) > 5 else ''} in dataset {key!r}")
+    if len(values) < 2:
+        raise UserError("select at least two clusters to train the map"
+                        + (" (none selected)" if not values else f" (only {values[0]} selected)"))
+    vals = tuple(sorted(set(values)))
+    return None if len(vals) == len(names) else vals
+
+
+def parse_mask(value) -> tuple:
+    if value in (None, "", []):
+        return ()
+    if isinstance(value, str):
+        parts = [p for p in value.replace(";", ",").split(",") if p.strip()]
+    else:
+        parts = list(value)
+    out = []
+    for p in parts:
+        try:
+            a, b = (int(x) for x in str(p).split("-"))
+        except ValueError:
+            raise UserError(f"pixel range {_short(p, 20)!r} must look like START-STOP (e.g. 720-910)") from None
+        if not 0 <= a < b <= 8575:
+            raise UserError(f"pixel range {a}-{b} must satisfy 0 ≤ start < stop ≤ 8575")
+        out.append((a, b))
+    return tuple(sorted(set(out)))
+
+
+def settings_from_query(query: dict, defaults: Settings | None = None) -> tuple[Settings, list[str]]:
+    """Settings from a URL query (as given to a page's ``layout(**query)``), never raising.
+
+    Bad or tampered values fall back to the defaults, and each one gives a message."""
+    s = defaults or Settings()
+    problems: list[str] = []
+    q = {k: _one(v) for k, v in (query or {}).items()}
+    for k, v in q.items():
+        if isinstance(v, str) and len(v) > MAX_PARAM_CHARS:
+            problems.append(f"URL parameter {k!r} is too long; ignored")
+            q[k] = None
+
+    def take(name, fn):
+        nonlocal s
+        if q.get(name) in (None,):
+            return
+        try:
+            s = replace(s, **{name if name != "top" else "top_n": fn(q[name])})
+        except UserError as exc:
+            problems.append(f"URL parameter {name}: {exc}; using the default")
+
+    if q.get("ds") is not None:
+        try:
+            dataset_path(q["ds"])
+            s = replace(s, ds=str(q["ds"]))
+        except UserError as exc:
+            problems.append(f"URL parameter ds: {exc}")
+    take("input", lambda v: v if v in INPUTS else _raise(f"input must be one of {', '.join(INPUTS)}, not {_short(v)!r}"))
+    take("k", lambda v: parse_int(v, "K", K_MIN, K_MAX))
+    take("species", parse_species)
+    take("cv", lambda v: {"1": True, "true": True, "on": True, "0": False, "false": False, "off": False}.get(
+        str(v).lower()) if str(v).lower() in ("1", "true", "on", "0", "false", "off") else _raise(
+        f"cv must be 1 or 0, not {_short(v)!r}"))
+    take("top", lambda v: None if str(v).lower() in ("", "all") else parse_int(v, "top-N", 1, K_MAX))
+    take("mask", parse_mask)
+    if q.get("clusters") is not None:
+        try:
+            s = replace(s, clusters=parse_clusters(s.ds, q["clusters"]))
+        except UserError as exc:
+            problems.append(f"URL parameter clusters: {exc}; using all clusters")
+    return s, problems
+
+
+def _raise(msg):
+    raise UserError(msg)
+
+
+def settings_to_query(s: Settings, keys=("ds", "input", "k", "species", "clusters", "cv", "top")) -> str:
+    """The query string of a view (only values that differ from the defaults)."""
+    d = Settings()
+    q = {}
+    if "ds" in keys and s.ds != d.ds:
+        q["ds"] = s.ds
+    if "input" in keys and s.input != d.input:
+        q["input"] = s.input
+    if "k" in keys and s.k != d.k:
+        q["k"] = s.k
+    if "species" in keys and s.species != d.species and s.input == "subset":
+        q["species"] = ",".join(s.species)
+    if "clusters" in keys and s.clusters is not None:
+        q["clusters"] = ",".join(s.clusters)
+    if "cv" in keys and s.cv != d.cv:
+        q["cv"] = int(s.cv)
+    if "top" in keys and s.top_n is not None:
+        q["top"] = s.top_n
+    if "mask" in keys and s.mask:
+        q["mask"] = ",".join(f"{a}-{b}" for a, b in s.mask)
+    return ("?" + urlencode(q, safe=",")) if q else ""
+
+
+def settings_from_controls(ds, input_, k, species, clusters, cv, top_n, mask=()) -> Settings:
+    """Settings from control values; raises UserError with a message for the page."""
+    if ds is None:
+        raise UserError("choose a dataset")
+    dataset_path(ds)
+    load(ds)
+    if input_ not in INPUTS:
+        raise UserError(f"input must be one of {', '.join(INPUTS)}")
+    if k is None or k == "":
+        raise UserError(f"K must be a whole number between {K_MIN} and {K_MAX}")
+    k = parse_int(k, "K", K_MIN, K_MAX)
+    sp = parse_species(species) if input_ == "subset" else PAPER_SUBSET
+    dims = {"spectra": k, "abundances": len(SPECIES), "subset": len(sp)}[input_]
+    if top_n in (None, "", "all", 0, "0"):
+        top = None
+    else:
+        top = parse_int(top_n, "top-N", 1, dims)
+    cl = parse_clusters(ds, clusters if clusters is not None else [])
+    cvb = bool(cv) if not isinstance(cv, list) else bool(cv)
+    return Settings(ds=ds, input=input_, k=k, species=sp, clusters=cl, cv=cvb, top_n=top, mask=tuple(mask))
+
+
+# ---------------------------------------------------------------------------------------------
+# computations
+# ---------------------------------------------------------------------------------------------
+def compression_path(key, k=None, seed=SEED, mask=()) -> Path:
+    ds = load(key)
+    k = k or k_fit()
+    return ds.cache_dir() / f"pca-k{int(k)}-seed{int(seed)}-{ds.mask_key(mask)}.npz"
+
+
+def compression_ready(key, mask=()) -> bool:
+    return compression_path(key, mask=mask).exists()
+
+
+@functools.lru_cache(maxsize=6)
+def _compression(path: str, uid_: str, kf: int, seed: int, mask: tuple):
+    return _load_cached_path(path).compress(kf, seed=seed, extra_mask_ranges=mask)
+
+
+def _load_cached_path(path):
+    meta = Path(path) / "meta.json"
+    return _load_cached(str(path), meta.stat().st_mtime)
+
+
+def compression(key, k: int, mask=(), allow_compute: bool = False):
+    """The leading ``k`` PCA components of the dataset's one K=k_fit() compression (seed 0).
+
+    Computing that compression takes minutes on a big survey; unless ``allow_compute`` (background
+    jobs, start-up), a missing one is a UserError asking to prepare it on the Data page."""
+    ds = load(key)
+    if not allow_compute and not compression_ready(key, mask):
+        raise UserError(f"the spectra of dataset {key!r} are not compressed yet (K={k_fit()}"
+                        f"{', extra mask ' + str(list(mask)) if mask else ''}); prepare it on the Data page "
+                        f"or run `python -m rsca_core compress --dataset {ds.path} --k {k_fit()}`")
+    comp = _compression(str(ds.path), uid(key), k_fit(), SEED, tuple(mask))
+    return comp.truncate(int(k)) if int(k) < comp.k else comp
+
+
+def rate_inputs(s: Settings, allow_compute: bool = False):
+    """RateInputs of the settings, restricted to the selected clusters."""
+    from rsca_core import RateInputs
+
+    ds = load(s.ds)
+    if s.input == "spectra":
+        z = compression(s.ds, s.k, s.mask, allow_compute=allow_compute).scores
+        desc = {"input": "spectra", "k": s.k, "seed": SEED, "pca": f"leading {s.k} of K={k_fit()}"}
+    else:
+        sp = list(SPECIES) if s.input == "abundances" else list(s.species)
+        z = ds.abundances(sp)
+        nbad = int(np.isnan(z).any(axis=1).sum())
+        if nbad:
+            raise UserError(f"{nbad} stars lack a measured abundance among {', '.join(sp)}")
+        desc = {"input": s.input, "species": sp}
+    fi, ci = ds.field_index, ds.cluster_index
+    st = ds.stars
+    cids = st["cluster"].to_numpy(dtype=object)[ci]
+    if s.clusters is not None:
+        keep = np.isin(cids, np.array(s.clusters, dtype=object))
+        ci, cids = ci[keep], cids[keep]
+    vh, ak = st["vhelio_avg"].to_numpy(float), st["ak_targ"].to_numpy(float)
+    return RateInputs(z_pop=np.asarray(z[fi], float), z_clust=np.asarray(z[ci], float), cluster_ids=cids,
+                      pop_vhelio=vh[fi], pop_ak=ak[fi], clust_vhelio=vh[ci], clust_ak=ak[ci],
+                      description=desc | {"dataset": s.ds, "kind": ds.kind})
+
+
+def _hist(intra, inter, bins=HIST_BINS):
+    intra = np.asarray(intra, float)
+    inter = np.asarray(inter, float)
+    hi = max(np.percentile(inter, 99.5) if inter.size else 0.0, intra.max() if intra.size else 0.0)
+    hi = hi * 1.05 if hi > 0 else 1.0
+    edges = np.linspace(0.0, hi, bins + 1)
+    ci = np.histogram(np.clip(intra, 0, hi), edges)[0]
+    ce = np.histogram(np.clip(inter, 0, hi), edges)[0]
+    return {"edges": edges, "intra": ci, "inter": ce}
+
+
+def _compute_rates(s: Settings) -> dict:
+    from rsca_core import doppelganger_rates
+
+    ri = rate_inputs(s)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = doppelganger_rates(ri.z_pop, ri.z_clust, ri.cluster_ids, **ri.as_kwargs(),
+                                 cv=s.cv, top_n=s.top_n)
+    per = res.per_cluster.reset_index(drop=True).copy()
+    hists = {}
+    for name in per["cluster"]:
+        intra = res.intra_distances.get(name, np.empty(0))
+        inter = res.inter_distances.get(name, np.empty(0))
+        hists[name] = _hist(intra, inter)
+    return {"global_rate": float(res.global_rate), "per_cluster": per, "hists": hists,
+            "n_field": int(len(ri.z_pop)), "n_cluster_stars": int(len(ri.z_clust)),
+            "dims": int(ri.z_pop.shape[1]), "label": dataset_label(s.ds), "settings": asdict(s),
+            "description": ri.description,
+            "warnings": list(dict.fromkeys(str(w.message) for w in caught))}
+
+
+def rates(s: Settings) -> dict:
+    """Doppelganger rates of the settings (global, per cluster, distance histograms), cached."""
+    return _rates_cached(s.key())
+
+
+@cache.memoize()
+def _rates_cached(key: str) -> dict:
+    d = json.loads(key)
+    d.pop("uid")
+    return _compute_rates(settings_from_dict(d))
+
+
+def settings_to_dict(s: Settings) -> dict:
+    return asdict(s)
+
+
+def settings_from_dict(d) -> Settings:
+    return Settings(ds=d["ds"], input=d["input"], k=d["k"], species=tuple(d["species"]),
+                    clusters=None if d["clusters"] is None else tuple(d["clusters"]), cv=d["cv"],
+                    top_n=d["top_n"], mask=tuple(tuple(m) for m in d["mask"]))
+
+
+def fit_map(s: Settings):
+    """The RSCA map fitted (without CV) on the selected clusters, plus its inputs."""
+    from rsca_core import RSCA
+
+    ri = rate_inputs(s)
+    model = RSCA(top_n=s.top_n).fit(ri.z_pop, ri.z_clust, ri.cluster_ids)
+    return model, ri
+
+
+def features(s: Settings, n_features: int = 3) -> dict:
+    """Top RSCA features vs [Fe/H] and VHELIO (field density + cluster members), cached."""
+    return _features_cached(s.key(), n_features)
+
+
+@cache.memoize()
+def _features_cached(key: str, n_features: int) -> dict:
+    d = json.loads(key)
+    d.pop("uid")
+    s = settings_from_dict(d)
+    ds = load(s.ds)
+    model, ri = fit_map(s)
+    yf = np.asarray(model.transform(ri.z_pop))
+    yc = np.asarray(model.transform(ri.z_clust))
+    nf = min(n_features, yf.shape[1])
+    st = ds.stars
+    fi = ds.field_index
+    feh_f = st["fe_h"].to_numpy(float)[fi]
+    vh_f = st["vhelio_avg"].to_numpy(float)[fi]
+    cmask = np.isin(st["cluster"].to_numpy(dtype=object), np.asarray(ri.cluster_ids, dtype=object))
+    # the cluster rows of rate_inputs are in bundle order, like cmask's
+    feh_c = st["fe_h"].to_numpy(float)[cmask]
+    vh_c = st["vhelio_avg"].to_numpy(float)[cmask]
+    out = {"label": dataset_label(s.ds), "features": [], "scales": np.asarray(model.scales_, float)[:nf]}
+
+    def dens(x, y):
+        ok = np.isfinite(x) & np.isfinite(y)
+        x, y = x[ok], y[ok]
+        if x.size == 0:
+            return None
+        xr = np.percentile(x, [0.5, 99.5])
+        yr = np.percentile(y, [0.5, 99.5])
+        if xr[0] == xr[1]:
+            xr = xr + np.array([-0.5, 0.5])
+        if yr[0] == yr[1]:
+            yr = yr + np.array([-0.5, 0.5])
+        nb = int(np.clip(np.sqrt(x.size) / 1.5, 15, 70))
+        h, xe, ye = np.histogram2d(x, y, bins=(nb, max(10, int(nb * 0.7))), range=(xr, yr))
+        return {"counts": h.T, "x": 0.5 * (xe[1:] + xe[:-1]), "y": 0.5 * (ye[1:] + ye[:-1])}
+
+    for i in range(nf):
+        out["features"].append({"index": i, "field": dens(feh_f, yf[:, i]),
+                                "clusters": {"x": feh_c, "y": yc[:, i], "name": np.asarray(ri.cluster_ids)}})
+    out["vhelio"] = {"field": dens(vh_f, yf[:, 0]),
+                     "clusters": {"x": vh_c, "y": yc[:, 0], "name": np.asarray(ri.cluster_ids)}}
+    return out
+
+
+def rates_csv(s: Settings) -> str:
+    r = rates(s)
+    per = r["per_cluster"].copy()
+    header = (f"# RSCA Lab per-cluster doppelganger rates - {r['label'].upper()} data\n"
+              f"# dataset={s.ds} uid={uid(s.ds)} input={s.input} k={s.k if s.input == 'spectra' else ''} "
+              f"cv={int(s.cv)} top_n={s.top_n or 'all'} global_rate={r['global_rate']:.6g}\n")
+    per.insert(0, "data", r["label"])
+    return header + per.to_csv(index=False)
+
+
+def map_npz(s: Settings) -> bytes:
+    """The fitted map (no CV, selected clusters) as an .npz: y = x @ W.T + b for complete spectra."""
+    model, ri = fit_map(s)
+    arrays = {"rsca_mean": model.mean_, "rsca_components": model.components_, "scales": model.scales_,
+              "weights": model.weights_, "order": model.order_,
+              "training_clusters": np.asarray(sorted(set(ri.cluster_ids)), dtype=str),
+              "settings": np.asarray(json.dumps(asdict(s) | {"uid": uid(s.ds), "kind": dataset_label(s.ds)})),
+              "data_kind": np.asarray(dataset_label(s.ds))}
+    if s.input == "spectra":
+        comp = compression(s.ds, s.k, s.mask)
+        pcs = np.asarray(comp.components, float)
+        R = np.asarray(model.components_, float)
+        m = np.asarray(comp.mean, float)
+        W = R @ pcs                                             # z = (x - m) @ P.T ; y = (z - mu) @ R.T
+        b = -(m @ pcs.T + np.asarray(model.mean_, float)) @ R.T
+        arrays |= {"pca_components": pcs, "pca_mean": np.asarray(comp.mean, float),
+                   "wavelength": load(s.ds).wavelength, "W": W, "b": b}
+    else:
+        arrays |= {"species": np.asarray(list(SPECIES) if s.input == "abundances" else list(s.species))}
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def paper_value(s: Settings) -> str:
+    if s.input == "spectra":
+        return "0.020 (spectra, K = 30)" if s.k == 30 else "0.020 (spectra, at K = 30)"
+    if s.input == "subset":
+        return "0.023 (best abundance subset)"
+    return "not quoted for all 21 abundances"

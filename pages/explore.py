@@ -1,0 +1,240 @@
+"""Explore (home): the doppelganger rate of a dataset and the RSCA features, live."""
+from __future__ import annotations
+
+import math
+
+import dash
+import dash_bootstrap_components as dbc
+import numpy as np
+import plotly.colors as pc
+import plotly.graph_objects as go
+from dash import Input, Output, State, callback, dcc, html, no_update
+from plotly.subplots import make_subplots
+
+from . import _service as service
+from . import _ui as ui
+
+dash.register_page(__name__, path="/", name="Explore", title="RSCA Lab - Explore", order=0)
+
+P = "ex"
+PALETTE = pc.qualitative.Alphabet + pc.qualitative.Dark24
+
+
+def cluster_colours(names):
+    return {n: PALETTE[i % len(PALETTE)] for i, n in enumerate(sorted(set(map(str, names))))}
+
+
+def layout(**query):
+    s, problems = service.settings_from_query(query)
+    return html.Div([
+        dcc.Location(id=f"{P}-url", refresh=False),
+        dcc.Store(id=f"{P}-store"),
+        dcc.Download(id=f"{P}-download"),
+        html.H3(["Explore the doppelganger rate", ui.kind_badge(None, id=f"{P}-badge")], className="mb-1"),
+        html.P("How often does a random field star look as similar to a cluster member as that cluster's own "
+               "members look to each other? Change any control: every view updates.",
+               className="text-muted small"),
+        ui.messages(problems, id=f"{P}-url-msg"),
+        dbc.Row([
+            dbc.Col(ui.settings_controls(P, s), md=3),
+            dbc.Col([
+                html.Div(id=f"{P}-msg"),
+                dcc.Loading(html.Div(id=f"{P}-rate"), type="dot", delay_show=400),
+                dbc.Row([
+                    dbc.Col(dbc.Card(dbc.CardBody([
+                        html.Div("Click a bar to see that cluster's histogram.", className="text-muted small"),
+                        ui.graph(f"{P}-bars", height=330)])), lg=7),
+                    dbc.Col(dbc.Card(dbc.CardBody([
+                        ui.graph(f"{P}-hist", height=330)])), lg=5),
+                ], class_name="g-3 mb-3"),
+                dbc.Card(dbc.CardBody([
+                    ui.graph(f"{P}-features", height=380)]), class_name="mb-3"),
+                dbc.Card(dbc.CardBody([
+                    ui.graph(f"{P}-vhelio", height=330)]), class_name="mb-3"),
+                html.Div([
+                    dbc.Button("Per-cluster rates (CSV)", id=f"{P}-dl-csv", color="secondary", size="sm",
+                               class_name="me-2"),
+                    dbc.Button("Fitted map (.npz)", id=f"{P}-dl-map", color="secondary", size="sm",
+                               class_name="me-2"),
+                    dcc.Link("Same settings on the Clusters page →", id=f"{P}-clusters-link", href="/clusters",
+                             className="small ms-2"),
+                    html.Span(" Figures: use the camera icon of each plot for a PNG.", className="small text-muted ms-2"),
+                ]),
+            ], md=9),
+        ]),
+    ])
+
+
+ui.register_settings_callbacks(P)
+
+
+def rate_card(r, s):
+    g = r["global_rate"]
+    shown = "undefined" if (g is None or (isinstance(g, float) and math.isnan(g))) else f"{g:.4f}"
+    per = r["per_cluster"]
+    used = int(per["rate"].notna().sum())
+    what = (f"spectra, K = {s.k} (leading {s.k} of the K = {service.k_fit()} PCA)" if s.input == "spectra"
+            else service.INPUT_LABELS[s.input] + ("" if s.input == "abundances" else f" ({', '.join(s.species)})"))
+    return dbc.Card(dbc.CardBody(dbc.Row([
+        dbc.Col([html.Div("Global doppelganger rate", className="small text-muted"),
+                 html.Div(shown, id=f"{P}-global-rate", className="display-6 fw-bold"),
+                 ui.kind_badge(r["label"])], width="auto"),
+        dbc.Col([html.Div("Paper (APOGEE DR16)", className="small text-muted"),
+                 html.Div(service.paper_value(s), id=f"{P}-paper", className="fs-5")], width="auto"),
+        dbc.Col(html.Ul([
+            html.Li(what),
+            html.Li(f"{'leave-one-cluster-out CV' if s.cv else 'no CV (map fitted on all selected clusters)'}; "
+                    f"top-N = {s.top_n or 'all'}"),
+            html.Li(f"{used} clusters with a rate, {r['n_cluster_stars']} cluster stars, "
+                    f"{r['n_field']:,} field stars"),
+        ], className="small mb-0"))
+    ], align="center")), class_name="mb-3 shadow-sm")
+
+
+def bars_figure(r):
+    per = r["per_cluster"]
+    names = per["cluster"].astype(str).tolist()
+    rates = per["rate"].to_numpy(float)
+    fig = go.Figure(go.Bar(
+        x=names, y=np.nan_to_num(rates, nan=0.0), customdata=np.stack([per["n_stars"], per["n_inter_pairs"]], 1),
+        text=["n/a" if np.isnan(v) else "" for v in rates], textposition="outside",
+        marker_color=["#bbbbbb" if np.isnan(v) else "#3b6ea8" for v in rates],
+        hovertemplate="%{x}<br>rate %{y:.4f}<br>%{customdata[0]} stars, %{customdata[1]} field pairs<extra></extra>"))
+    if r["global_rate"] == r["global_rate"]:
+        fig.add_hline(y=r["global_rate"], line_dash="dash", line_color="#c0392b",
+                      annotation_text=f"global {r['global_rate']:.4f}", annotation_position="top left")
+    fig.update_layout(yaxis_title="doppelganger rate", xaxis_tickangle=-45, clickmode="event",
+                      yaxis_rangemode="tozero")
+    return ui.label_figure(fig, r["label"], "Per-cluster doppelganger rates")
+
+
+def hist_figure(r, name):
+    h = r["hists"][name]
+    per = r["per_cluster"].set_index("cluster")
+    row = per.loc[name]
+    edges = h["edges"]
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    width = edges[1] - edges[0]
+    fig = go.Figure()
+    for key, colour, label in (("inter", "#7f8c8d", "cluster-field pairs"), ("intra", "#e67e22", "within cluster")):
+        c = np.asarray(h[key], float)
+        dens = c / (c.sum() * width) if c.sum() else c
+        fig.add_bar(x=centres, y=dens, width=width, name=f"{label} ({int(c.sum())})", marker_color=colour,
+                    opacity=0.6)
+    if row["median_intra"] == row["median_intra"]:
+        fig.add_vline(x=row["median_intra"], line_color="#c0392b", line_dash="dash",
+                      annotation_text="median intra", annotation_position="top right")
+    rate = "n/a" if row["rate"] != row["rate"] else f"{row['rate']:.4f}"
+    fig.update_layout(barmode="overlay", xaxis_title="distance in RSCA space", yaxis_title="density",
+                      legend={"orientation": "h", "y": -0.25})
+    return ui.label_figure(fig, r["label"], f"{name}: rate {rate} ({int(row['n_stars'])} stars)")
+
+
+def features_figure(f):
+    n = len(f["features"])
+    fig = make_subplots(rows=1, cols=max(n, 1), horizontal_spacing=0.07,
+                        subplot_titles=[f"feature {i + 1} (σ = {f['scales'][i]:.3g})" for i in range(n)])
+    for i, feat in enumerate(f["features"]):
+        _density_panel(fig, feat, i + 1, showlegend=(i == 0))
+        fig.update_xaxes(title_text="[Fe/H]", row=1, col=i + 1)
+    fig.update_layout(legend={"font": {"size": 10}})
+    fig = ui.label_figure(fig, f["label"], "Top RSCA features vs [Fe/H] (field density, cluster members coloured)",
+                          top=70)
+    fig.update_annotations(yshift=4)
+    return fig
+
+
+def _density_panel(fig, feat, col, showlegend):
+    d = feat["field"]
+    if d is not None:
+        fig.add_trace(go.Heatmap(x=d["x"], y=d["y"], z=np.log10(1 + np.asarray(d["counts"])),
+                                 colorscale="Greys", showscale=False, hoverinfo="skip", name="field"),
+                      row=1, col=col)
+    cl = feat["clusters"]
+    colours = cluster_colours(cl["name"])
+    names = np.asarray(cl["name"]).astype(str)
+    for name in sorted(colours):
+        m = names == name
+        fig.add_trace(go.Scatter(x=np.asarray(cl["x"])[m], y=np.asarray(cl["y"])[m], mode="markers", name=name,
+                                 legendgroup=name, showlegend=showlegend,
+                                 marker={"size": 6, "color": colours[name], "line": {"width": 0.5, "color": "white"}},
+                                 hovertemplate=name + "<br>x %{x:.3f}<br>y %{y:.3f}<extra></extra>"),
+                      row=1, col=col)
+
+
+def vhelio_figure(f):
+    fig = make_subplots(rows=1, cols=1)
+    _density_panel(fig, f["vhelio"], 1, showlegend=False)
+    fig.update_xaxes(title_text="VHELIO_AVG (km/s)")
+    fig.update_yaxes(title_text="feature 1")
+    return ui.label_figure(fig, f["label"], "Feature 1 vs VHELIO_AVG (a good feature does not follow the velocity)")
+
+
+@callback(Output(f"{P}-msg", "children"), Output(f"{P}-rate", "children"), Output(f"{P}-bars", "figure"),
+          Output(f"{P}-store", "data"), Output(f"{P}-url", "search"), Output(f"{P}-clusters-link", "href"),
+          Output(f"{P}-badge", "children"),
+          *ui.settings_inputs(P))
+def update(ds, inp, species, k, clusters, cv, top):
+    try:
+        s = service.settings_from_controls(ds, inp, k, species, clusters, cv, top)
+        r = service.rates(s)
+    except Exception as exc:  # a message in the page, never a traceback
+        msg = service.describe_error(exc)
+        return ui.error_alert(msg), None, ui.empty_figure(msg), None, no_update, no_update, no_update
+    q = service.settings_to_query(s)
+    warn = ui.messages(r.get("warnings"), color="warning")
+    return (warn, rate_card(r, s), bars_figure(r), {"settings": service.settings_to_dict(s)}, q, "/clusters" + q,
+            ui.kind_badge(r["label"]))
+
+
+def _settings(store):
+    if not store:
+        return None
+    return service.settings_from_dict(store["settings"])
+
+
+@callback(Output(f"{P}-hist", "figure"), Input(f"{P}-bars", "clickData"), Input(f"{P}-store", "data"))
+def update_hist(click, store):
+    s = _settings(store)
+    if s is None:
+        return ui.empty_figure("no result")
+    try:
+        r = service.rates(s)
+        names = r["per_cluster"]["cluster"].astype(str).tolist()
+        name = None
+        if click and click.get("points"):
+            name = str(click["points"][0].get("x"))
+        if name not in names:
+            name = names[0]
+        return hist_figure(r, name)
+    except Exception as exc:
+        return ui.empty_figure(service.describe_error(exc))
+
+
+@callback(Output(f"{P}-features", "figure"), Output(f"{P}-vhelio", "figure"), Input(f"{P}-store", "data"))
+def update_features(store):
+    s = _settings(store)
+    if s is None:
+        return ui.empty_figure("no result"), ui.empty_figure("no result")
+    try:
+        f = service.features(s)
+        return features_figure(f), vhelio_figure(f)
+    except Exception as exc:
+        msg = service.describe_error(exc)
+        return ui.empty_figure(msg), ui.empty_figure(msg)
+
+
+@callback(Output(f"{P}-download", "data"), Input(f"{P}-dl-csv", "n_clicks"), Input(f"{P}-dl-map", "n_clicks"),
+          State(f"{P}-store", "data"), prevent_initial_call=True)
+def download(_csv, _map, store):
+    s = _settings(store)
+    if s is None:
+        return no_update
+    label = service.dataset_label(s.ds)
+    try:
+        if dash.ctx.triggered_id == f"{P}-dl-csv":
+            return {"content": service.rates_csv(s), "filename": f"rsca-rates-{label}-{s.ds}.csv",
+                    "type": "text/csv"}
+        return dcc.send_bytes(service.map_npz(s), f"rsca-map-{label}-{s.ds}.npz")
+    except Exception:
+        return no_update
