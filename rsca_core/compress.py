@@ -103,22 +103,27 @@ class MaskedPCA:
         if int(self.max_iter) < 1:
             raise ValueError("max_iter must be at least 1")
 
-    def _iter_chunks(self, X, mask, dtype):
+    def _iter_chunks(self, X, mask, dtype, validate=True, center=None):
+        """Row chunks of X as fresh arrays of ``dtype`` (minus ``center``), with their masks."""
         n, p = X.shape
         step = self.chunk_rows or _chunk_rows(p, np.dtype(dtype).itemsize)
         for a in range(0, n, step):
             b = min(n, a + step)
-            chunk = np.array(X[a:b], dtype=dtype, copy=True)
+            if center is None:
+                chunk = np.array(X[a:b], dtype=dtype, copy=True)
+            else:
+                chunk = np.subtract(X[a:b], center, dtype=dtype)
             m = None if mask is None else np.asarray(mask[a:b], dtype=bool)
             if m is not None and not m.any():
                 m = None
-            bad = ~np.isfinite(chunk)
-            if m is not None:
-                bad &= ~m
-            if bad.any():
-                r, c = np.argwhere(bad)[0]
-                raise ValueError(f"non-finite value at observed entry (row {a + r}, column {c}); "
-                                 "mask it or fix the data")
+            if validate:
+                bad = ~np.isfinite(chunk)
+                if m is not None:
+                    bad &= ~m
+                if bad.any():
+                    r, c = np.argwhere(bad)[0]
+                    raise ValueError(f"non-finite value at observed entry (row {a + r}, column {c}); "
+                                     "mask it or fix the data")
             yield a, b, chunk, m
 
     # ------------------------------------------------------------------ fitting
@@ -175,23 +180,23 @@ class MaskedPCA:
                 B = np.zeros((p, kb))
                 colsum = np.zeros(p)
                 sq_err = 0.0
-                for a, b, chunk, m in self._iter_chunks(X, mask, dtype):
-                    if m is not None:
-                        if Z_prev is None:
-                            recon = np.broadcast_to(mu_center.astype(dtype), chunk.shape)
-                        else:
-                            recon = (Z_prev[a:b] @ W_prev.T).astype(dtype) + mu_center.astype(dtype)
-                            obs_err = np.where(m, 0, chunk - recon)
-                            sq_err += float(np.einsum("ij,ij->", obs_err, obs_err, dtype=np.float64))
-                        np.copyto(chunk, recon, where=m)
-                    elif Z_prev is not None:
-                        resid = chunk - ((Z_prev[a:b] @ W_prev.T).astype(dtype) + mu_center.astype(dtype))
-                        sq_err += float(np.einsum("ij,ij->", resid, resid, dtype=np.float64))
+                mu_c = mu_center.astype(dtype)
+                Wd = None if W_prev is None else W_prev.T.astype(dtype)
+                for a, b, chunk, m in self._iter_chunks(X, mask, dtype, validate=False, center=mu_c):
+                    # ``chunk`` is already centred on mu_center; impute, then accumulate C V, Cᵀ C V.
+                    if Z_prev is not None:
+                        recon = Z_prev[a:b].astype(dtype) @ Wd
+                        if m is not None:
+                            np.copyto(chunk, recon, where=m)
+                        np.subtract(chunk, recon, out=recon)  # residual, 0 at imputed entries
+                        sq_err += float(np.einsum("ij,ij->", recon, recon, dtype=np.float64))
+                    elif m is not None:
+                        chunk[m] = 0  # first pass: impute the observed column mean
                     colsum += chunk.sum(0, dtype=np.float64)
-                    chunk -= mu_center.astype(dtype)
                     yc = chunk @ Vd
                     Y[a:b] = yc
-                    B += (chunk.T @ yc).astype(np.float64)
+                    B += chunk.T @ yc
+                colsum += n * mu_center
                 mu_new = colsum / n
                 delta = mu_new - mu_center
                 dv = delta @ V
