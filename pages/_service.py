@@ -667,3 +667,190 @@ def paper_value(s: Settings) -> str:
     if s.input == "subset":
         return "0.023 (best abundance subset)"
     return "not quoted for all 21 abundances"
+
+
+# ---------------------------------------------------------------------------------------------
+# Inside RSCA (teaching)
+# ---------------------------------------------------------------------------------------------
+STEP_NAMES = ("1. Compress", "2. Sphere", "3. Reparametrize", "4. Rescale")
+
+
+def inside_steps(s: Settings, max_field: int = 3000) -> dict:
+    """The four steps of Fig. 1 on the first two PCA components of the dataset (cached)."""
+    return _inside_cached(s.key(), max_field)
+
+
+@cache.memoize()
+def _inside_cached(key: str, max_field: int) -> dict:
+    from rsca_core import RSCA
+
+    d = json.loads(key)
+    d.pop("uid")
+    s = replace(settings_from_dict(d), input="spectra", k=2, top_n=None)
+    ri = rate_inputs(s)
+    model = RSCA().fit(ri.z_pop, ri.z_clust, ri.cluster_ids)
+    rng = np.random.default_rng(0)
+    sub = np.sort(rng.choice(len(ri.z_pop), size=min(max_field, len(ri.z_pop)), replace=False))
+
+    def steps(z):
+        s1 = (z - model.mean_) @ np.asarray(model.sphere_).T
+        s2 = s1 @ np.asarray(model.rotation_).T
+        s3 = np.asarray(model.transform(z))
+        return [np.asarray(z, float), s1, s2, s3]
+
+    return {"field": steps(ri.z_pop[sub]), "clusters": steps(ri.z_clust), "names": np.asarray(ri.cluster_ids),
+            "sigma_c": np.asarray(model.sigma_c_, float), "scales": np.asarray(model.scales_, float),
+            "order": np.asarray(model.order_), "label": dataset_label(s.ds), "n_field": int(len(ri.z_pop))}
+
+
+def axis_vectors(s: Settings, n_axes: int = 5) -> dict:
+    """Each RSCA output axis as a vector in wavelength space (spectra input only), cached."""
+    return _axes_cached(replace(s, input="spectra").key(), n_axes)
+
+
+@cache.memoize()
+def _axes_cached(key: str, n_axes: int) -> dict:
+    d = json.loads(key)
+    d.pop("uid")
+    s = settings_from_dict(d)
+    model, _ri = fit_map(replace(s, top_n=None))
+    comp = compression(s.ds, s.k, s.mask)
+    vec = model.spectral_components(np.asarray(comp.components, float))
+    n = min(n_axes, vec.shape[0])
+    ds = load(s.ds)
+    return {"wavelength": np.asarray(ds.wavelength, float), "vectors": vec[:n],
+            "scales": np.asarray(model.scales_, float)[:n], "label": dataset_label(s.ds), "k": s.k}
+
+
+# ---------------------------------------------------------------------------------------------
+# Data page and background jobs
+# ---------------------------------------------------------------------------------------------
+def dataset_overview(key) -> dict:
+    """What a dataset is: kind, provenance, counts, cut-flow, cluster sizes, compression status."""
+    ds = load(key)
+    summ = ds.summary()
+    prov = ds.meta.get("provenance") or {}
+    cut = prov.get("cutflow") if isinstance(prov, dict) else None
+    sizes = ds.cluster_sizes().rename_axis("cluster").reset_index(name="n_stars")
+    return {"summary": summ, "meta": {k: v for k, v in ds.meta.items() if k != "provenance"},
+            "provenance": prov, "cutflow": pd.DataFrame(cut) if cut else None, "sizes": sizes,
+            "path": str(ds.path), "label": ds.label, "compression_ready": compression_ready(key),
+            "k_fit": k_fit()}
+
+
+class ProgressStream(io.TextIOBase):
+    """A stderr stand-in that turns tqdm's "n/total" output into ``report(fraction, text)`` calls."""
+
+    _pat = None
+
+    def __init__(self, report, min_interval: float = 0.5):
+        import re
+        import time
+
+        self._re = re.compile(r"(?:([^:|\r\n]*):\s*)?\s*(\d+)%\|[^|]*\|\s*(\d+)/(\d+)")
+        self._report, self._min, self._time, self._last = report, min_interval, time.monotonic, 0.0
+
+    last_error = ""
+
+    def write(self, text):
+        for line in text.replace("\r", "\n").splitlines():
+            if line.startswith("error:"):
+                self.last_error = line[6:].strip()
+        m = None
+        for m in self._re.finditer(text):
+            pass
+        if m:
+            now = self._time()
+            done, total = int(m.group(3)), int(m.group(4))
+            if now - self._last >= self._min or done >= total:
+                self._last = now
+                desc = (m.group(1) or "").strip()
+                self._report(done / total if total else 0.0, f"{desc} {done}/{total}".strip())
+        return len(text)
+
+    def flush(self):
+        pass
+
+
+def run_with_progress(fn, report, *args, **kwargs):
+    """Call ``fn`` (which draws tqdm bars on stderr) reporting its progress through ``report``."""
+    import contextlib
+
+    stream = ProgressStream(report)
+    with contextlib.redirect_stderr(stream):
+        out = fn(*args, **kwargs)
+    if stream.last_error and out not in (None, 0):
+        raise UserError(stream.last_error)
+    return out
+
+
+def prepare_compression(key, report=None, mask=()):
+    """Compute (and cache on disk) the dataset's K=k_fit() compression; for a background job."""
+    ds = load(key)
+    if report is None:
+        return ds.compress(k_fit(), seed=SEED, extra_mask_ranges=mask)
+    return run_with_progress(ds.compress, report, k_fit(), seed=SEED, extra_mask_ranges=mask, progress=True)
+
+
+def _simulate_parser():
+    """The argparse parser of ``python -m rsca_core simulate`` (UserError if the simulator is absent)."""
+    import argparse
+
+    try:
+        from rsca_core import cli
+        parser = cli.build_parser()
+    except Exception as exc:
+        raise UserError(f"the RSCA engine's CLI is not available ({exc})") from None
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and "simulate" in action.choices:
+            return action.choices["simulate"]
+    raise UserError("the survey simulator (rsca_core.simulate) is not installed in this build")
+
+
+_NOT_EFFECTS = {"out", "n_field", "seed", "format", "overwrite", "progress", "quiet", "help", "func", "force"}
+
+
+def simulate_options() -> dict:
+    """The switchable effects of the simulator, read from its CLI options (boolean flags)."""
+    import argparse
+
+    sp = _simulate_parser()
+    switches = []
+    for a in sp._actions:
+        if a.dest in _NOT_EFFECTS or not a.option_strings:
+            continue
+        flag = max(a.option_strings, key=len)
+        help_ = (a.help or a.dest.replace("_", " ")).split(";")[0].split(". ")[0]
+        if isinstance(a, argparse.BooleanOptionalAction):
+            pos = next(o for o in a.option_strings if not o.startswith("--no-"))
+            switches.append({"flag": pos, "label": help_, "default": bool(a.default), "kind": "bool-optional"})
+        elif isinstance(a, argparse._StoreFalseAction):   # e.g. --no-dibs: checkbox "dibs" on by default
+            switches.append({"flag": flag, "label": help_, "default": True, "kind": "store-false"})
+        elif isinstance(a, argparse._StoreTrueAction):
+            switches.append({"flag": flag, "label": help_, "default": False, "kind": "store-true"})
+    return {"switches": switches}
+
+
+def build_simulated(name: str, n_field: int, seed: int, flags: dict, report=None) -> Path:
+    """Run the simulator into data_dir()/name with the chosen effects (for a background job)."""
+    from rsca_core import cli
+
+    kinds = {o["flag"]: o for o in simulate_options()["switches"]}
+    out = data_dir() / name
+    if out.exists():
+        raise UserError(f"{out} already exists: choose another name")
+    argv = ["simulate", "--out", str(out), "--n-field", str(int(n_field)), "--seed", str(int(seed))]
+    for flag, on in flags.items():
+        o = kinds.get(flag)
+        if o is None:
+            raise UserError(f"unknown simulator option {_short(flag, 30)}")
+        if o["kind"] == "bool-optional":
+            argv.append(flag if on else "--no-" + flag[2:])
+        elif o["kind"] == "store-false" and not on:
+            argv.append(flag)
+        elif o["kind"] == "store-true" and on:
+            argv.append(flag)
+    rc = run_with_progress(cli.main, report or (lambda f, t: None), argv)
+    if rc:
+        raise UserError(f"the simulator failed (exit code {rc}); see the server log")
+    return out

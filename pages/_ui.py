@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dash_bootstrap_components as dbc
+import plotly.colors as pc
 import plotly.graph_objects as go
 from dash import Input, dcc, html
 
@@ -10,6 +11,12 @@ from . import _service as service
 GRAPH_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2},
                 "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
 TEMPLATE = "plotly_white"
+PALETTE = pc.qualitative.Alphabet + pc.qualitative.Dark24
+
+
+def cluster_colours(names):
+    """A stable colour per cluster name (sorted order)."""
+    return {n: PALETTE[i % len(PALETTE)] for i, n in enumerate(sorted(set(map(str, names))))}
 
 
 def kind_badge(label: str | None, id=None):

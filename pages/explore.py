@@ -6,7 +6,6 @@ import math
 import dash
 import dash_bootstrap_components as dbc
 import numpy as np
-import plotly.colors as pc
 import plotly.graph_objects as go
 from dash import Input, Output, State, callback, dcc, html, no_update
 from plotly.subplots import make_subplots
@@ -17,11 +16,7 @@ from . import _ui as ui
 dash.register_page(__name__, path="/", name="Explore", title="RSCA Lab - Explore", order=0)
 
 P = "ex"
-PALETTE = pc.qualitative.Alphabet + pc.qualitative.Dark24
-
-
-def cluster_colours(names):
-    return {n: PALETTE[i % len(PALETTE)] for i, n in enumerate(sorted(set(map(str, names))))}
+cluster_colours = ui.cluster_colours
 
 
 def layout(**query):
