@@ -1,0 +1,197 @@
+"""Systematics diagnostics (paper App. A–C): they must find what was planted, and only then."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from rsca_core import Dataset
+from rsca_core.constants import ABUNDANCE_COLUMNS, apogee_wavelength
+from rsca_core.diagnostics import (extinction_residuals, find_bands, rv_residuals, visit_keys, visit_overlap,
+                                   visit_similarity)
+
+WL = apogee_wavelength()
+DIB = 15273.0
+
+
+def _gauss(center, sigma):
+    return np.exp(-0.5 * ((WL - center) / sigma) ** 2)
+
+
+def _base(n, rng, n_lat=3):
+    """Stellar-like spectra: a few latent factors driving random absorption lines, noise, bad pixels."""
+    basis = np.zeros((n_lat, len(WL)))
+    for k in range(n_lat):
+        for c in rng.uniform(WL[0], WL[-1], 30):
+            basis[k] -= 0.02 * _gauss(c, 1.5)
+    spec = 1 + rng.standard_normal((n, n_lat)) @ basis + 0.004 * rng.standard_normal((n, len(WL)))
+    mask = rng.random((n, len(WL))) < 0.01
+    return spec, mask
+
+
+def _stars(n, **cols):
+    st = pd.DataFrame({"apogee_id": [f"2M{i:08d}" for i in range(n)], "cluster": "", "teff": 4500.0, "logg": 2.0,
+                       "fe_h": 0.0, "ak_targ": 0.1, "vhelio_avg": 20.0, "snr": 150.0, "visits": ""})
+    for c in ABUNDANCE_COLUMNS:
+        st[c] = 0.0
+    for k, v in cols.items():
+        st[k] = v
+    return st
+
+
+def _planted_dib(on, n=160, seed=0):
+    rng = np.random.default_rng(seed)
+    spec, mask = _base(n, rng)
+    ak = np.where(np.arange(n) % 2 == 0, rng.uniform(0, 0.004, n), rng.uniform(0.6, 1.0, n))
+    if on:
+        spec -= 0.05 * ak[:, None] * _gauss(DIB, 2.0)
+    return Dataset(_stars(n, ak_targ=ak), spec.astype(np.float32), mask, WL)
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_extinction_residual_finds_planted_band(on):
+    ds = _planted_dib(on)
+    res = extinction_residuals(ds, n_components=4)
+    assert res.n_low == 80 and res.n_high == 80
+    near = np.abs(WL - DIB) < 3
+    if on:
+        # mean planted depth at the centre = 0.05 * mean(AK_TARG of the high stars)
+        expect = -0.05 * ds.stars["ak_targ"][ds.stars["ak_targ"] > 0.5].mean()
+        i = int(np.nanargmax(np.abs(res.residual)))
+        assert abs(WL[i] - DIB) < 1.0
+        assert res.residual[i] == pytest.approx(expect, rel=0.1)
+        assert len(res.bands) == 1
+        a, b = res.suggested_ranges[0]
+        assert WL[a] < DIB - 2 and WL[b - 1] > DIB + 2 and (b - a) < 60
+    else:
+        assert len(res.bands) == 0
+        assert np.nanmax(np.abs(res.residual[near])) < 0.003
+    tab = res.to_frame()
+    assert len(tab) == len(WL) and set(tab["data"]) == {"simulated"}
+
+
+def test_rv_residual_finds_planted_systematic():
+    rng = np.random.default_rng(3)
+    n = 160
+    spec, mask = _base(n, rng)
+    v = np.where(np.arange(n) % 2 == 0, rng.uniform(-4.9, 4.9, n), rng.uniform(85, 150, n))
+    spec += 0.0003 * v[:, None] * _gauss(16200.0, 3.0)   # residual that grows with VHELIO_AVG
+    ds = Dataset(_stars(n, vhelio_avg=v), spec.astype(np.float32), mask, WL)
+    res = rv_residuals(ds, n_components=4)
+    assert res.n_low == 80 and res.n_high == 80
+    i = int(np.nanargmax(np.abs(res.residual)))
+    assert abs(WL[i] - 16200.0) < 1.5 and res.residual[i] > 0
+    assert [abs(b.peak_wavelength - 16200) < 1.5 for b in res.bands.itertuples()] == [True]
+    with pytest.raises(ValueError, match="reference stars"):
+        rv_residuals(ds, n_components=4, low=0.01)
+
+
+def test_find_bands_hand_worked():
+    v = np.zeros(40)
+    v[5:8] = -1.0          # run of 3
+    v[9] = -1.0            # gap of one pixel: merged with the run above (merge_gap=3)
+    v[20] = 1.0            # single pixel: dropped (min_width=2)
+    v[30:33] = 0.5         # below threshold 0.6
+    bands, thr, base = find_bands(v, np.arange(40) * 10.0, threshold=0.6, baseline=0.0)
+    assert bands[["start", "stop"]].to_numpy().tolist() == [[5, 10]]
+    assert bands["peak_value"].tolist() == [-1.0] and bands["wave_stop"].tolist() == [90.0]
+    bands, _, _ = find_bands(v, np.arange(40) * 10.0, threshold=0.6, baseline=0.0, merge_gap=0, min_width=1, pad=1)
+    assert bands[["start", "stop"]].to_numpy().tolist() == [[4, 9], [8, 11], [19, 22]]
+    # default threshold: 5 normal-consistent MADs about the median
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal(2000)
+    _, thr, base = find_bands(w, np.arange(2000.0))
+    assert thr == pytest.approx(5 * 1.4826 * np.median(np.abs(w - np.median(w))))
+
+
+def test_visit_keys_and_overlap():
+    a = visit_keys("apo25m-5046-55938-246,apo25m-5046-55940-246")
+    b = visit_keys("apo25m-5047-55938-100, apo25m-5047-55940-100")
+    c = visit_keys("apo25m-5046-55938-246,apo25m-6000-56100-010")
+    assert a == {"55938", "55940"} and visit_overlap(a, b) == 1.0
+    assert visit_overlap(a, c) == pytest.approx(0.5)
+    assert visit_overlap(a, visit_keys("apo25m-1-57000-1")) == 0.0
+    assert np.isnan(visit_overlap(a, visit_keys("")))
+    assert visit_keys("plateA,plateB", key="name") == {"plateA", "plateB"}
+    assert visit_keys("apo25m-5046-55938-246", key="name") == {"apo25m-5046-55938-246"}
+
+
+def _planted_visits(plate_amp, seed=5, sizes=(6, 6, 6, 6, 6, 6), n_field=60):
+    """Clusters observed on two plates each (3 dates per plate); plates add a shared systematic pattern."""
+    rng = np.random.default_rng(seed)
+    n = n_field + sum(sizes)
+    spec, mask = _base(n, rng)
+    cluster = np.array([""] * n_field + sum(([f"OC{j}"] * s for j, s in enumerate(sizes)), []), dtype=object)
+    visits = np.array([f"apo25m-{9000 + i}-{57000 + i}-001" for i in range(n)], dtype=object)
+    start = n_field
+    plate_of = {}
+    for j, s in enumerate(sizes):
+        centre = spec[start].copy()
+        for m in range(s):
+            plate = 2 * j + (m % 2)
+            dates = [56000 + 10 * plate + d for d in range(3)]
+            visits[start + m] = ",".join(f"apo25m-{7000 + plate}-{dt}-{m:03d}" for dt in dates)
+            spec[start + m] = centre + 0.004 * rng.standard_normal(len(WL))
+            plate_of[start + m] = plate
+        start += s
+    patterns = {p: rng.standard_normal(len(WL)) for p in set(plate_of.values())}
+    for i, p in plate_of.items():
+        spec[i] += plate_amp * patterns[p]
+    st = _stars(n, cluster=cluster, visits=visits)
+    return Dataset(st, spec.astype(np.float32), mask, WL)
+
+
+@pytest.mark.parametrize("amp", [0.004, 0.0])
+def test_visit_similarity_separates_pairs_only_with_plate_systematics(amp):
+    ds = _planted_visits(amp)
+    res = visit_similarity(ds, representation="spectra")
+    s = res.summary
+    # each cluster of 6 on two plates: 2 × C(3,2) = 6 together pairs, 9 separate pairs
+    assert (s["n_together"], s["n_separate"], s["n_partial"]) == (36, 54, 0)
+    # brute-force check of one distance: RMS over commonly observed pixels × sqrt(P)
+    r = res.pairs.iloc[0]
+    ia = ds.stars.index[ds.stars["apogee_id"] == r["star_a"]][0]
+    ib = ds.stars.index[ds.stars["apogee_id"] == r["star_b"]][0]
+    ok = ~(ds.mask[ia] | ds.mask[ib])
+    d = ds.spectra[ia, ok].astype(float) - ds.spectra[ib, ok]
+    assert r["distance"] == pytest.approx(np.sqrt(np.mean(d ** 2) * len(WL)), rel=1e-6)
+    if amp:
+        assert s["median_ratio"] < 0.8 and s["mannwhitney_p"] < 1e-6
+    else:
+        assert 0.95 < s["median_ratio"] < 1.05 and s["mannwhitney_p"] > 0.01
+    assert set(res.to_frame()["data"]) == {"simulated"}
+
+
+def test_visit_similarity_partial_and_unknown_pairs():
+    ds = _planted_visits(0.0, sizes=(3, 2), n_field=40)
+    st = ds.stars.copy()
+    cl = st.index[st["cluster"] == "OC0"]
+    st.loc[cl, "visits"] = ["apo25m-1-55000-1,apo25m-1-55001-1", "apo25m-2-55000-2", "apo25m-3-56000-3"]
+    st.loc[st.index[st["cluster"] == "OC1"][0], "visits"] = ""
+    ds2 = Dataset(st, ds.spectra, ds.mask, WL)
+    res = visit_similarity(ds2, representation=np.arange(ds2.n_stars, dtype=float)[:, None])
+    cats = dict(zip(zip(res.pairs["star_a"], res.pairs["star_b"]), res.pairs["category"]))
+    ids = st.loc[cl, "apogee_id"].tolist()
+    assert cats[(ids[0], ids[1])] == "partial" and cats[(ids[0], ids[2])] == "separate"
+    assert cats[(ids[1], ids[2])] == "separate"
+    assert res.summary["n_unknown"] == 1 and res.summary["n_partial"] == 1
+    assert res.pairs["distance"].tolist() == [abs(st.index.get_loc(st.index[st["apogee_id"] == a][0])
+                                                  - st.index.get_loc(st.index[st["apogee_id"] == b][0]))
+                                              for a, b in zip(res.pairs["star_a"], res.pairs["star_b"])]
+
+
+def test_cli_diagnose(tmp_path, capsys):
+    from rsca_core.cli import main
+
+    ds = _planted_dib(True)
+    path = tmp_path / "b"
+    ds.save(path)
+    out = tmp_path / "dib.csv"
+    rc = main(["diagnose", "--dataset", str(path), "--which", "dib", "--n-components", "4", "--out", str(out),
+               "--no-progress"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "simulated" in text and "suggested bands" in text and "--mask-ranges" not in text.split("as ")[0]
+    tab = pd.read_csv(out)
+    assert len(tab) == len(WL) and set(tab["data"]) == {"simulated"}
+    assert abs(tab.loc[tab["residual"].abs().idxmax(), "wavelength"] - DIB) < 1
+    rc = main(["diagnose", "--dataset", str(path), "--which", "dib", "--low", "0.0", "--no-progress"])
+    assert rc == 1 and "reference stars" in capsys.readouterr().err
