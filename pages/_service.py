@@ -46,6 +46,7 @@ SPECIES = ("C", "CI", "N", "O", "Na", "Mg", "Al", "Si", "S", "K", "Ca", "Ti", "T
 PAPER_SUBSET = ("Fe", "Mg", "Ni", "Si", "Al", "C", "N")            # same as rsca_core.PAPER_SUBSET
 HIST_BINS = 40
 MAX_PARAM_CHARS = 2000
+ALL = "__all__"                      # "every cluster" for pages without a cluster selector
 
 cache = Cache()
 
@@ -447,7 +448,7 @@ def settings_from_controls(ds, input_, k, species, clusters, cv, top_n, mask=())
         top = None
     else:
         top = parse_int(top_n, "top-N", 1, dims)
-    cl = parse_clusters(ds, clusters if clusters is not None else [])
+    cl = None if clusters == ALL else parse_clusters(ds, clusters if clusters is not None else [])
     cvb = bool(cv) if not isinstance(cv, list) else bool(cv)
     return Settings(ds=ds, input=input_, k=k, species=sp, clusters=cl, cv=cvb, top_n=top, mask=tuple(mask))
 
@@ -853,4 +854,80 @@ def build_simulated(name: str, n_field: int, seed: int, flags: dict, report=None
     rc = run_with_progress(cli.main, report or (lambda f, t: None), argv)
     if rc:
         raise UserError(f"the simulator failed (exit code {rc}); see the server log")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Systematics (paper App. A-C through rsca_core.diagnostics)
+# ---------------------------------------------------------------------------------------------
+def paper_mask_ranges() -> tuple:
+    from rsca_core import PAPER_MASK_RANGES
+    return tuple(tuple(r) for r in PAPER_MASK_RANGES)
+
+
+def residual_diagnostics(key, n_components: int = 30, max_stars: int = 3000, report=None) -> dict:
+    """App. A (extinction) and App. B (radial velocity) residual spectra, as plain arrays."""
+    from rsca_core import diagnostics
+
+    ds = load(key)
+    out = {"label": ds.label}
+    steps = (("extinction", diagnostics.extinction_residuals), ("rv", diagnostics.rv_residuals))
+    for i, (name, fn) in enumerate(steps):
+        sub = (lambda f, t, i=i: report((i + f) / len(steps), f"{name}: {t}")) if report else None
+        try:
+            kw = dict(n_components=n_components, max_low=max_stars, max_high=max_stars, seed=SEED)
+            r = run_with_progress(fn, sub, ds, progress=True, **kw) if sub else fn(ds, **kw)
+        except ValueError as exc:
+            out[name] = {"error": str(exc)}
+            continue
+        out[name] = {"wavelength": np.asarray(r.wavelength, float).tolist(),
+                     "residual": np.nan_to_num(np.asarray(r.residual, float), nan=0.0).tolist(),
+                     "bands": r.suggested_ranges, "summary": _plain(r.summary()),
+                     "threshold": float(r.threshold), "baseline": float(r.baseline)}
+    return out
+
+
+def visit_comparison(s: Settings) -> dict:
+    """App. C: intra-cluster similarity of siblings observed together vs separately, in the RSCA space
+    of the settings (fitted without CV on the selected clusters)."""
+    from rsca_core import diagnostics
+
+    ds = load(s.ds)
+    model, _ri = fit_map(replace(s, top_n=None))
+    if s.input == "spectra":
+        z = compression(s.ds, s.k, s.mask).scores
+    else:
+        z = ds.abundances(list(SPECIES) if s.input == "abundances" else list(s.species))
+    rep = np.asarray(model.transform(np.asarray(z, float)))
+    vs = diagnostics.visit_similarity(ds, rep, k=s.k)
+    pairs = vs.pairs
+    return {"label": ds.label, "summary": _plain(vs.summary),
+            "together": pairs.loc[pairs["category"] == "together", "similarity"].to_numpy(float).tolist(),
+            "separate": pairs.loc[pairs["category"] == "separate", "similarity"].to_numpy(float).tolist()}
+
+
+def rate_with_mask(s: Settings, mask: tuple, report=None) -> dict:
+    """Global rate of the settings without and with extra masked pixel ranges (computes the
+    masked compression if needed: minutes on a big survey, so call it from a background job)."""
+    base = rates(replace(s, mask=()))["global_rate"] if compression_ready(s.ds) else None
+    if mask and not compression_ready(s.ds, mask):
+        prepare_compression(s.ds, report=report, mask=mask)
+    masked = _compute_rates(replace(s, mask=tuple(mask)))["global_rate"] if mask else base
+    if base is None:
+        base = _compute_rates(replace(s, mask=()))["global_rate"]
+    return {"without": base, "with": masked, "mask": [list(m) for m in mask]}
+
+
+def _plain(d: dict) -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, (np.integer,)):
+            v = int(v)
+        elif isinstance(v, (np.floating, float)):
+            v = None if not np.isfinite(v) else float(v)
+        elif isinstance(v, (np.bool_,)):
+            v = bool(v)
+        elif not isinstance(v, (int, str, bool, type(None), list, tuple, dict)):
+            v = str(v)
+        out[k] = v
     return out
