@@ -110,13 +110,15 @@ def _header_simulated(hdul) -> bool:
     return False
 
 
-def read_allstar(path) -> tuple[pd.DataFrame, bool]:
+def read_allstar(path, visits: bool = True) -> tuple[pd.DataFrame, bool]:
     """Read the columns of an allStar file the loader uses into a DataFrame.
 
     Returns ``(table, simulated)``: ``table`` has the upper-case column names of
     :data:`ALLSTAR_COLUMNS`, with ``X_H``/``X_M`` expanded to ``X_H_<EL>``/``X_M_<EL>`` for the
     26 elements (order :data:`ALLSTAR_ELEMENTS`); ``simulated`` is True if the file says it was
-    written by the simulator (header keyword ``SIMULATD = T``).
+    written by the simulator (header keyword ``SIMULATD = T``). With ``visits=False`` the (wide)
+    VISITS strings are not decoded (see :func:`read_allstar_visits`); the column ``ROW`` keeps each
+    star's row number in the file.
     """
     with _open_table(path, "allStar") as hdul:
         data = hdul[1].data
@@ -124,7 +126,7 @@ def read_allstar(path) -> tuple[pd.DataFrame, bool]:
         cols = _columns_ci(names, ALLSTAR_COLUMNS, f"{path} (allStar)")
         simulated = _header_simulated(hdul)
         out = {}
-        for c in ("APOGEE_ID", "TELESCOPE", "FIELD", "VISITS"):
+        for c in ("APOGEE_ID", "TELESCOPE", "FIELD") + (("VISITS",) if visits else ()):
             out[c] = _strings(data[cols[c]])
         for c in ("TEFF", "LOGG", "AK_TARG", "VHELIO_AVG", "SNR"):
             out[c] = np.asarray(data[cols[c]], dtype=float)
@@ -138,7 +140,18 @@ def read_allstar(path) -> tuple[pd.DataFrame, bool]:
                                  f"{', '.join(ALLSTAR_ELEMENTS)}")
             for j, el in enumerate(ALLSTAR_ELEMENTS):
                 out[f"{arr_name}_{el.upper()}"] = arr[:, j]
+        out["ROW"] = np.arange(n)
     return pd.DataFrame(out), simulated
+
+
+def read_allstar_visits(path, rows) -> np.ndarray:
+    """VISITS strings of the given allStar rows (decoding only those rows of the wide column)."""
+    with _open_table(path, "allStar") as hdul:
+        col = _columns_ci(hdul[1].columns.names, ("VISITS",), f"{path} (allStar)")["VISITS"]
+        rows = np.asarray(rows, dtype=np.int64)
+        if not len(rows):
+            return np.array([], dtype=object)
+        return _strings(hdul[1].data[col][rows])
 
 
 def read_occam_members(path) -> pd.DataFrame:
@@ -423,8 +436,7 @@ def _read_chunk(task):
     fd, tmp = tempfile.mkstemp(dir=workdir, prefix=f".chunk-{index:05d}-", suffix=".tmp")
     with os.fdopen(fd, "wb") as fh:
         np.savez(fh, flux=flux, err=err, status=status, problems=np.array(problems, dtype=str))
-        fh.flush()
-        os.fsync(fh.fileno())
+    # no fsync: a chunk file damaged by a crash fails validation on resume and is simply read again
     os.replace(tmp, out)
     return index, status, problems
 
@@ -612,9 +624,11 @@ def build_apogee(allstar, occam_members, out, spectra_root=None, workers: int | 
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: spectra root folder not found")
 
-    table, simulated = read_allstar(allstar)
+    table, simulated = read_allstar(allstar, visits=False)
     members = read_occam_members(occam_members)
     selected, rows = select_stars(table, members)
+    del table
+    selected["VISITS"] = read_allstar_visits(allstar, selected["ROW"].to_numpy())
     paths = [str(root / aspcapstar_relpath(t, f, i)) for t, f, i in
              zip(selected["TELESCOPE"], selected["FIELD"], selected["APOGEE_ID"])]
 
