@@ -166,7 +166,7 @@ class MaskedPCA:
             V = np.eye(p)
         else:
             kb = min(p, n, K + int(self.oversample))
-            V, _ = np.linalg.qr(rng.standard_normal((p, kb)))
+            V = self._initial_basis(X, mask, kb, mu_fill, rng)
         mu_center = mu_fill.copy()           # mean the pass centres with
         W_prev = Z_prev = None               # model of the previous pass (for imputation)
         self.objective_ = []
@@ -249,6 +249,21 @@ class MaskedPCA:
         self.explained_variance_ = lam[:K] / max(n - 1, 1)
         self.n_features_in_ = p
         return Z
+
+    def _initial_basis(self, X, mask, kb, mu_fill, rng, n_sample=2000):
+        """Starting basis: leading right singular vectors of a random row sample (mean-imputed),
+        completed with random directions. Saves most of the passes a random start would need."""
+        n, p = X.shape
+        rows = np.sort(rng.choice(n, size=min(n, max(n_sample, 4 * kb)), replace=False))
+        sample = np.asarray(X[rows], dtype=np.float64) - mu_fill
+        if mask is not None:
+            sample[np.asarray(mask[rows], dtype=bool)] = 0.0
+        _, _, vt = np.linalg.svd(sample, full_matrices=False)
+        V = vt[:kb].T
+        if V.shape[1] < kb:
+            V = np.hstack([V, rng.standard_normal((p, kb - V.shape[1]))])
+        V += 1e-3 * rng.standard_normal(V.shape) / np.sqrt(p)  # no exact zero overlap with any axis
+        return np.linalg.qr(V)[0]
 
     # ------------------------------------------------------------------ projection
     def _check_fitted(self):
