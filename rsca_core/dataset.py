@@ -300,6 +300,13 @@ class Dataset:
             d = Path(tempfile.gettempdir()) / "rsca-cache" / (self.meta.get("uid") or "memory")
         return d
 
+    def compression_path(self, k: int, seed: int = 0, extra_mask_ranges=()) -> Path:
+        """Where the compression for this K, seed and mask is (or would be) cached."""
+        return self.cache_dir() / f"pca-k{int(k)}-seed{int(seed)}-{self.mask_key(extra_mask_ranges)}.npz"
+
+    def has_compression(self, k: int, seed: int = 0, extra_mask_ranges=()) -> bool:
+        return bool(self.meta.get("uid")) and self.compression_path(k, seed, extra_mask_ranges).exists()
+
     def compress(self, k: int, seed: int = 0, extra_mask_ranges=(), progress: bool = False,
                  use_cache: bool = True, **pca_options) -> Compression:
         """PCA-with-missing-values compression of all spectra, cached on disk beside the bundle.
@@ -310,9 +317,8 @@ class Dataset:
 
         k = int(k)
         key = self.mask_key(extra_mask_ranges)
-        fname = f"pca-k{k}-seed{int(seed)}-{key}.npz"
-        cdir = self.cache_dir()
-        fpath = cdir / fname
+        fpath = self.compression_path(k, seed, extra_mask_ranges)
+        cdir = fpath.parent
         if use_cache and self.meta.get("uid") and fpath.exists():
             try:
                 with np.load(fpath) as z:
