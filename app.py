@@ -86,7 +86,18 @@ def main(argv=None) -> int:
     parser.add_argument("--debug", action="store_true", help="Dash debug mode (reloader, dev tools)")
     parser.add_argument("--no-build", action="store_true",
                         help="do not build the default simulated dataset if it is missing")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="build the default dataset and its PCA compression if missing, then exit "
+                             "(used at Docker build time)")
     args = parser.parse_args(argv)
+    if args.prepare_only:
+        try:
+            path = service.ensure_default_dataset(progress=True)
+        except Exception as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"default dataset ready: {path}")
+        return 0
     port = args.port
     if port is None:
         try:
