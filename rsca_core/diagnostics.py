@@ -175,11 +175,14 @@ def residual_spectrum(ds, low_rows, high_rows, *, n_components: int = N_COMPONEN
                          "loosen the threshold or lower n_components")
     if len(high_rows) == 0:
         raise ValueError("no star in the comparison set; loosen the threshold")
+    from threadpoolctl import threadpool_limits
+
     X = np.asarray(ds.spectra[low_rows], dtype=np.float32)
     M = masks(low_rows)
-    # pixels observed in (almost) no reference star cannot be modelled: leave them out of the fit
     pca = MaskedPCA(n_components, random_state=seed, progress=progress, max_iter=max_iter, tol=tol, **pca_options)
-    pca.fit(np.where(M, 0, X).astype(np.float32), M)
+    # thin matrix products (P × K): multi-threaded BLAS only adds contention (10× slower on 2 busy cores)
+    with threadpool_limits(limits=1, user_api="blas"):
+        pca.fit(np.where(M, 0, X).astype(np.float32), M)
     del X
     P = ds.n_pixels
     total = np.zeros(P)
@@ -190,7 +193,8 @@ def residual_spectrum(ds, low_rows, high_rows, *, n_components: int = N_COMPONEN
         Xh = np.asarray(ds.spectra[rows], dtype=np.float64)
         Mh = masks(rows)
         Xh = np.where(Mh, 0.0, Xh)
-        recon = pca.inverse_transform(pca.transform(Xh, Mh))
+        with threadpool_limits(limits=1, user_api="blas"):
+            recon = pca.inverse_transform(pca.transform(Xh, Mh))
         r = np.where(Mh, 0.0, Xh - recon)
         total += r.sum(0)
         total_abs += np.abs(r).sum(0)
@@ -271,14 +275,15 @@ def rv_residuals(ds, n_components: int = N_COMPONENTS, low: float = RV_LOW, high
 
 
 # ====================================================================== App. C
-_MJD = re.compile(r"^\d{5}$")
+_MJD = re.compile(r"^[5-6]\d{4}$")  # MJD 50000-69999 (1995-2049)
 
 
 def visit_keys(visits: str, key: str = "date") -> frozenset:
     """The set of visit identifiers of one star from its comma-separated VISITS string.
 
     ``key="date"``: the MJD of each visit (DR16 visit names look like ``apo25m-5046-55938-246``,
-    telescope-plate-MJD-fiber; the first 5-digit token is taken as the date, else the whole name);
+    telescope-plate-MJD-fiber: the third token if it looks like an MJD, else the first token that
+    does (5 digits, 50000–69999), else the whole name);
     ``key="name"``: the whole visit names.
     """
     if key not in ("date", "name"):
@@ -289,8 +294,12 @@ def visit_keys(visits: str, key: str = "date") -> frozenset:
         if not v or v.lower() == "nan":
             continue
         if key == "date":
-            toks = [t for t in re.split(r"[-.:/_ ]", v) if _MJD.match(t)]
-            out.add(toks[0] if toks else v)
+            toks = re.split(r"[-.:/_ ]", v)
+            if len(toks) >= 3 and _MJD.match(toks[2]):
+                out.add(toks[2])
+            else:
+                dates = [t for t in toks if _MJD.match(t)]
+                out.add(dates[0] if dates else v)
         else:
             out.add(v)
     return frozenset(out)
@@ -315,7 +324,7 @@ class VisitSimilarity:
         return self.pairs.assign(data=self.label)
 
 
-def _representation(ds, representation, k, seed, cv_exclude=None, extra_mask_ranges=(), progress=False):
+def _representation(ds, representation, k, seed, extra_mask_ranges=(), progress=False, pca_options=None):
     """(N, d) representation of all stars of ``ds`` used for the pair distances."""
     if isinstance(representation, np.ndarray):
         Z = np.asarray(representation, float)
@@ -325,8 +334,14 @@ def _representation(ds, representation, k, seed, cv_exclude=None, extra_mask_ran
     if representation == "spectra":
         return None  # pixel-space distances, computed pair by pair over commonly observed pixels
     if representation in ("pca", "rsca"):
-        Z = np.asarray(ds.compress(k, seed=seed, extra_mask_ranges=extra_mask_ranges, progress=progress).scores,
-                       float)
+        from threadpoolctl import threadpool_limits
+
+        opts = dict(pca_options or {})
+        if opts:  # non-default EM settings must not land in (or come from) the shared on-disk cache
+            opts["use_cache"] = False
+        with threadpool_limits(limits=1, user_api="blas"):
+            comp = ds.compress(k, seed=seed, extra_mask_ranges=extra_mask_ranges, progress=progress, **opts)
+        Z = np.asarray(comp.scores, float)
         if representation == "pca":
             return Z
         variant = "transformed"
@@ -350,7 +365,8 @@ def _representation(ds, representation, k, seed, cv_exclude=None, extra_mask_ran
 
 
 def visit_similarity(ds, representation="rsca", *, k: int = N_COMPONENTS, seed: int = 0, key: str = "date",
-                     normalise: str = "global", extra_mask_ranges=(), progress: bool = False) -> VisitSimilarity:
+                     normalise: str = "cluster", extra_mask_ranges=(), progress: bool = False,
+                     pca_options: dict | None = None) -> VisitSimilarity:
     """Paper App. C: intra-cluster similarity for siblings observed together vs separately.
 
     Every unordered pair of members of a cluster is classified from the stars' ``visits`` (sets of
@@ -359,12 +375,21 @@ def visit_similarity(ds, representation="rsca", *, k: int = N_COMPONENTS, seed: 
     Distances are Euclidean in ``representation``: "rsca" (RSCA fitted on K-component PCA scores
     of field and cluster stars, as in the paper's Fig. 8), "pca", "spectra" (flux differences over
     the pixels both stars have observed, rescaled to the full grid), "abundances-rsca" (scaled RSCA
-    of the 21 abundances), "abundances", or an (N, d) array. ``similarity`` = distance divided by the
-    mean distance over all pairs (``normalise="global"``, the paper's choice) or by the mean pair
-    distance of the same cluster (``normalise="cluster"``).
+    of the 21 abundances), "abundances", or an (N, d) array. The PCA is ``ds.compress(k, seed)``
+    (cached on disk for bundles; ``pca_options`` such as ``max_iter`` bypass the cache).
+
+    ``similarity`` = distance divided by the median pair distance of the same cluster
+    (``normalise="cluster"``, default) or by the mean over all pairs (``"global"``, the paper's
+    Fig. 8). The per-cluster scale matters: clusters differ in spread and in how they were observed
+    (some entirely on one plate), so a global scale mixes "which cluster" with "observed together"
+    and can report a difference where there is no shared systematic. For the same reason, with
+    ``normalise="cluster"`` the comparison (``summary``) uses only clusters that have both
+    together and separate pairs (``compared`` column of ``pairs``); a cluster observed entirely
+    together carries no contrast.
 
     ``summary``: pair counts, median/mean similarity of each category, their ratio, the one-sided
-    Mann–Whitney p-value (together closer than separate) and the two-sided KS p-value.
+    Mann–Whitney p-value (together closer than separate) and the two-sided KS p-value. Pairs share
+    stars, so the p-values treat correlated pairs as independent: read them as a guide.
     """
     from scipy import stats
 
@@ -372,7 +397,8 @@ def visit_similarity(ds, representation="rsca", *, k: int = N_COMPONENTS, seed: 
         raise ValueError(f"normalise must be 'global' or 'cluster', not {normalise!r}")
     if "visits" not in ds.stars.columns:
         raise ValueError("the dataset has no 'visits' column")
-    Z = _representation(ds, representation, k, seed, extra_mask_ranges=extra_mask_ranges, progress=progress)
+    Z = _representation(ds, representation, k, seed, extra_mask_ranges=extra_mask_ranges, progress=progress,
+                        pca_options=pca_options)
     st = ds.stars
     if Z is None:  # "spectra": RMS flux difference over the pixels observed in both stars, × sqrt(P)
         ci = ds.cluster_index
@@ -404,17 +430,23 @@ def visit_similarity(ds, representation="rsca", *, k: int = N_COMPONENTS, seed: 
     if len(pairs):
         if normalise == "global":
             pairs["similarity"] = pairs["distance"] / pairs["distance"].mean()
+            pairs["compared"] = True
         else:
-            pairs["similarity"] = pairs["distance"] / pairs.groupby("cluster")["distance"].transform("mean")
+            pairs["similarity"] = pairs["distance"] / pairs.groupby("cluster")["distance"].transform("median")
+            cats = pairs.groupby("cluster")["category"].agg(lambda c: {"together", "separate"} <= set(c))
+            pairs["compared"] = pairs["cluster"].map(cats).astype(bool)
     else:
         pairs["similarity"] = []
-    tog = pairs.loc[pairs["category"] == "together", "similarity"].to_numpy(float)
-    sep = pairs.loc[pairs["category"] == "separate", "similarity"].to_numpy(float)
+        pairs["compared"] = []
+    used = pairs[pairs["compared"].astype(bool)]
+    tog = used.loc[used["category"] == "together", "similarity"].to_numpy(float)
+    sep = used.loc[used["category"] == "separate", "similarity"].to_numpy(float)
     summary = {"data": ds.label, "representation": representation if isinstance(representation, str) else "array",
                "k": k, "key": key, "normalise": normalise, "n_pairs": int(len(pairs)),
                "n_together": int(len(tog)), "n_separate": int(len(sep)),
                "n_partial": int((pairs["category"] == "partial").sum()),
                "n_unknown": int((pairs["category"] == "unknown").sum()),
+               "n_clusters_compared": int(used["cluster"].nunique()),
                "median_together": float(np.median(tog)) if len(tog) else float("nan"),
                "median_separate": float(np.median(sep)) if len(sep) else float("nan"),
                "mean_together": float(np.mean(tog)) if len(tog) else float("nan"),
@@ -514,7 +546,8 @@ def add_cli(subparsers) -> None:
     p.add_argument("--representation", default="rsca", choices=("rsca", "pca", "spectra", "abundances-rsca", "abundances"),
                    help="space of the pair distances for --which visits")
     p.add_argument("--visit-key", choices=("date", "name"), default="date")
-    p.add_argument("--normalise", choices=("global", "cluster"), default="global")
+    p.add_argument("--normalise", choices=("cluster", "global"), default="cluster",
+                   help="scale of the similarities: per cluster (default) or over all pairs (paper Fig. 8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_diagnose)
