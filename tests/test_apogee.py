@@ -384,3 +384,43 @@ def test_cli_prints_cutflow_and_errors(dr16, tmp_path, capsys):
     rc = main(["build-apogee", "--allstar", str(tmp_path / "nope.fits"), "--occam-members", str(dr16["members"]),
                "--out", str(tmp_path / "c"), "--no-progress"])
     assert rc == 1 and "nope.fits" in capsys.readouterr().err
+
+
+def test_loading_simulated_dr16_files_equals_the_direct_bundle(tmp_path, capsys):
+    """`simulate --format dr16` + `build-apogee` gives the bundle `simulate` writes directly."""
+    from rsca_core.cli import main
+
+    common = ["--n-field", "30", "--seed", "4", "--no-progress"]
+    assert main(["simulate", "--out", str(tmp_path / "direct"), *common]) == 0
+    assert main(["simulate", "--out", str(tmp_path / "dr16"), "--format", "dr16", *common]) == 0
+    assert main(["build-apogee", "--allstar", str(tmp_path / "dr16" / apogee.ALLSTAR_NAME),
+                 "--occam-members", str(tmp_path / "dr16" / apogee.OCCAM_MEMBER_NAME),
+                 "--out", str(tmp_path / "loaded"), "--workers", "2", "--no-progress"]) == 0
+    capsys.readouterr()
+    direct, loaded = Dataset.load(tmp_path / "direct"), Dataset.load(tmp_path / "loaded")
+    assert loaded.kind == "simulated" and loaded.label == "simulated"
+    assert loaded.stars["apogee_id"].tolist() == direct.stars["apogee_id"].tolist()
+    assert loaded.stars["cluster"].tolist() == direct.stars["cluster"].tolist()
+    assert np.array_equal(loaded.spectra, direct.spectra)
+    assert np.array_equal(loaded.errors, direct.errors)
+    assert np.array_equal(loaded.mask, direct.mask)
+    for col in loaded.stars.columns:  # every observed column (the direct bundle adds true_* ones)
+        a, b = loaded.stars[col], direct.stars[col]
+        if a.dtype.kind in "fi":
+            assert np.allclose(a.to_numpy(float), b.to_numpy(float), rtol=1e-6, atol=1e-6, equal_nan=True), col
+        else:
+            assert a.astype(str).tolist() == b.astype(str).tolist(), col
+    assert loaded.meta["provenance"]["cutflow"] == direct.meta["provenance"]["cutflow"]
+    assert len(direct.cluster_names) == 22 and int(direct.is_cluster.sum()) == 185
+    assert int((~loaded.is_cluster).sum()) == 30
+    # and against the simulator's own record of which generated stars fail the per-star cuts
+    from rsca_core.simulate import SimulationConfig, generate_survey
+
+    table = generate_survey(SimulationConfig(), n_field=30, seed=4).stars_all
+    loaded_ids = set(loaded.stars["apogee_id"])
+    failing = set(table.loc[~table["passes_cuts"].astype(bool), "APOGEE_ID"])
+    assert failing and not loaded_ids & failing
+    assert loaded_ids == set(table.loc[table["in_bundle"].astype(bool), "APOGEE_ID"])
+    low_prob = table[(table["CLUSTER"] != "") & ~(table["CG_PROB"].astype("float32") > np.float32(0.8))
+                     & table["in_bundle"].astype(bool)]
+    assert len(low_prob) and set(low_prob["APOGEE_ID"]) <= set(loaded.stars.loc[~loaded.is_cluster, "apogee_id"])
