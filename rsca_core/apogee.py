@@ -218,7 +218,7 @@ def select_stars(allstar: pd.DataFrame, members: pd.DataFrame):
     for el in SPECIES:
         for arr in ("X_H", "X_M"):
             v = allstar[f"{arr}_{el.upper()}"].to_numpy(float)
-            measured &= np.isfinite(v) & ~np.isclose(v, MISSING_VALUE, atol=1e-3)
+            measured &= np.isfinite(v) & (v > MISSING_VALUE + 999)  # −9999.99 (any sentinel ≤ −9000)
     keep &= measured
     record(f"all {len(SPECIES)} species measured (X_H, X_M != {MISSING_VALUE})", keep)
 
@@ -442,10 +442,28 @@ def _read_chunk(task):
 
 
 def _load_chunk(path: Path, n_expected: int, n_pixels: int):
+    """(status, problems) of a saved chunk, or None if it is absent, damaged or of another shape.
+
+    Only the small arrays and the headers of the big ones are read (resuming stays cheap).
+    """
+    import zipfile
+
+    if not path.exists():
+        return None
     try:
+        with zipfile.ZipFile(path) as zf:
+            for name in ("flux.npy", "err.npy"):
+                info = zf.getinfo(name)
+                with zf.open(name) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    shape, _, dtype = (np.lib.format.read_array_header_1_0(fh) if version == (1, 0)
+                                       else np.lib.format.read_array_header_2_0(fh))
+                    header = fh.tell() if hasattr(fh, "tell") else 128
+                if shape != (n_expected, n_pixels) or info.file_size < header + n_expected * n_pixels * dtype.itemsize:
+                    return None
         with np.load(path) as z:
             status = z["status"]
-            if status.shape != (n_expected,) or z["flux"].shape != (n_expected, n_pixels):
+            if status.shape != (n_expected,):
                 return None
             return status, list(z["problems"])
     except Exception:
@@ -466,7 +484,7 @@ def read_spectra(paths, workdir, *, workers: int | None = None, chunk_size: int 
     """Read aspcapStar files into per-chunk results under ``workdir`` (resumable).
 
     A chunk already saved by an earlier (interrupted) run for the same list of paths is not read
-    again. Returns ``(status, problems, stats)``; ``status[i]`` is OK / MISSING / CORRUPT,
+    again (unless one of its missing files has appeared since). Returns ``(status, problems, stats)``; ``status[i]`` is OK / MISSING / CORRUPT,
     ``problems`` the messages (path + reason) of the unreadable files, ``stats`` counts and timing.
     """
     from tqdm.auto import tqdm
@@ -499,6 +517,8 @@ def read_spectra(paths, workdir, *, workers: int | None = None, chunk_size: int 
     for c in range(n_chunks):
         a, b = c * chunk_size, min(n, (c + 1) * chunk_size)
         got = _load_chunk(workdir / f"chunk-{c:05d}.npz", b - a, n_pixels)
+        if got is not None and any(os.path.exists(paths[a + i]) for i in np.flatnonzero(got[0] == MISSING)):
+            got = None  # a file missing last time has appeared since: read the chunk again
         if got is None:
             todo.append((c, paths[a:b], str(workdir), n_pixels))
         else:

@@ -424,3 +424,24 @@ def test_loading_simulated_dr16_files_equals_the_direct_bundle(tmp_path, capsys)
     low_prob = table[(table["CLUSTER"] != "") & ~(table["CG_PROB"].astype("float32") > np.float32(0.8))
                      & table["in_bundle"].astype(bool)]
     assert len(low_prob) and set(low_prob["APOGEE_ID"]) <= set(loaded.stars.loc[~loaded.is_cluster, "apogee_id"])
+
+
+def test_resume_rereads_only_chunks_whose_missing_file_appeared(dr16, tmp_path, monkeypatch):
+    ids = OK_FIELD + ["2M_MISSING_FILE"] + ["2M_A0", "2M_A1"]
+    paths = [dr16["path_of"](s) for s in ids]
+    work = tmp_path / "work"
+    status, problems, stats = apogee.read_spectra(paths, work, workers=1, chunk_size=3, progress=False)
+    assert status.tolist() == [0] * 6 + [apogee.MISSING] + [0, 0] and stats["n_missing"] == 1
+    src = dr16["path_of"](OK_FIELD[0])
+    shutil.copy(src, tmp_path / "copy.fits")
+    real = apogee.read_aspcapstar
+    calls = []
+    monkeypatch.setattr(apogee, "read_aspcapstar", lambda p, *a, **k: (calls.append(str(p)), real(p, *a, **k))[1])
+    status, _, stats = apogee.read_spectra(paths, work, workers=1, chunk_size=3, progress=False)
+    assert calls == [] and stats["resumed"] == 9          # nothing changed: nothing read
+    shutil.copy(tmp_path / "copy.fits", paths[6])          # the missing file appears
+    try:
+        status, _, stats = apogee.read_spectra(paths, work, workers=1, chunk_size=3, progress=False)
+    finally:
+        paths[6].unlink()
+    assert calls == [str(p) for p in paths[6:9]] and status.tolist() == [0] * 9 and stats["resumed"] == 6
