@@ -779,7 +779,7 @@ def _write_bytes_atomic(data: bytes, path: Path):
 
 
 def _dr16_frame(tab: pd.DataFrame) -> pd.DataFrame:
-    """Normalise a DR16-style star table to upper-case scalar columns + X_H/X_M (N, 26) arrays.
+    """Normalise a DR16-style star table: ``(scalar columns, X_H (N, 26), X_M (N, 26))``.
 
     Accepts either real allStar-like columns (``X_H``/``X_M`` holding one 26-array per row) or
     per-element columns ``x_h_<el>`` / ``x_m_<el>`` (any case; absent elements → −9999.99).
@@ -820,9 +820,7 @@ def _dr16_frame(tab: pd.DataFrame) -> pd.DataFrame:
         a = np.where(np.isfinite(a), a, MISSING_VALUE)
         out[arr] = a
     frame = pd.DataFrame({k: v for k, v in out.items() if k not in ("X_H", "X_M")})
-    frame.attrs["X_H"] = out["X_H"]
-    frame.attrs["X_M"] = out["X_M"]
-    return frame
+    return frame, out["X_H"], out["X_M"]
 
 
 def _resolve_spectra(spectra, n):
@@ -879,7 +877,7 @@ def write_dr16(survey_or_tables, out, *, spectra=None, occam_members=None, occam
                     spectra = fn
                     break
     tab = tab.reset_index(drop=True)
-    frame = _dr16_frame(tab)
+    frame, x_h, x_m = _dr16_frame(tab)
     n = len(frame)
     get_spectra = _resolve_spectra(spectra, n)
     if frame["APOGEE_ID"].duplicated().any():
@@ -895,6 +893,7 @@ def write_dr16(survey_or_tables, out, *, spectra=None, occam_members=None, occam
 
     # --- spectra, one file per star (raw FITS bytes from headers made once by astropy)
     templates = _aspcapstar_templates(simulated)
+    tel, fld, sid = (frame[c].tolist() for c in ("TELESCOPE", "FIELD", "APOGEE_ID"))
     bar = tqdm(total=n, desc="writing aspcapStar", unit="file", disable=not progress, file=sys.stderr)
     try:
         for a in range(0, n, chunk_size):
@@ -906,7 +905,7 @@ def write_dr16(survey_or_tables, out, *, spectra=None, occam_members=None, occam
                 raise ValueError(f"spectra for rows {a}..{rows[-1]} have shapes {flux.shape}/{err.shape}, "
                                  f"expected ({len(rows)}, {N_PIXELS})")
             for k, i in enumerate(rows):
-                p = out / aspcapstar_relpath(frame["TELESCOPE"][i], frame["FIELD"][i], frame["APOGEE_ID"][i])
+                p = out / aspcapstar_relpath(tel[i], fld[i], sid[i])
                 _write_bytes_atomic(_aspcapstar_bytes(flux[k], err[k], templates), p)
             bar.update(len(rows))
     finally:
@@ -959,8 +958,8 @@ def write_dr16(survey_or_tables, out, *, spectra=None, occam_members=None, occam
         scol("APOGEE_ID"), scol("TELESCOPE"), scol("FIELD"),
         fits.Column("TEFF", format="E", array=frame["TEFF"].to_numpy(np.float32)),
         fits.Column("LOGG", format="E", array=frame["LOGG"].to_numpy(np.float32)),
-        fits.Column("X_H", format=f"{ne}E", array=frame.attrs["X_H"].astype(np.float32)),
-        fits.Column("X_M", format=f"{ne}E", array=frame.attrs["X_M"].astype(np.float32)),
+        fits.Column("X_H", format=f"{ne}E", array=x_h.astype(np.float32)),
+        fits.Column("X_M", format=f"{ne}E", array=x_m.astype(np.float32)),
         fits.Column("ASPCAPFLAG", format="K", array=frame["ASPCAPFLAG"].to_numpy(np.int64)),
         fits.Column("AK_TARG", format="E", array=frame["AK_TARG"].to_numpy(np.float32)),
         fits.Column("VHELIO_AVG", format="E", array=frame["VHELIO_AVG"].to_numpy(np.float32)),
