@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -653,62 +654,109 @@ def build_apogee(allstar, occam_members, out, spectra_root=None, workers: int | 
              zip(selected["TELESCOPE"], selected["FIELD"], selected["APOGEE_ID"])]
 
     workdir = out.with_name(out.name + ".partial")
-    status, problems, stats = read_spectra(paths, workdir, workers=workers, chunk_size=chunk_size,
-                                           executor=executor, progress=progress)
-    for msg in problems[:20]:
-        log(f"skipped: {msg}")
-    if len(problems) > 20:
-        log(f"... and {len(problems) - 20} more unreadable files (listed in meta.json provenance)")
-    keep = finalise_clusters(selected, status == OK, rows, stats["n_missing"], stats["n_corrupt"])
-    cutflow = pd.DataFrame(rows, columns=["step", "field", "cluster_stars", "clusters"])
-    if not keep.any():
-        raise ValueError(f"{allstar}: no star passes the cuts and has a readable spectrum\n"
-                         + format_cutflow(cutflow))
+    with _exclusive(workdir, out):
+        status, problems, stats = read_spectra(paths, workdir, workers=workers, chunk_size=chunk_size,
+                                               executor=executor, progress=progress)
+        for msg in problems[:20]:
+            log(f"skipped: {msg}")
+        if len(problems) > 20:
+            log(f"... and {len(problems) - 20} more unreadable files (listed in meta.json provenance)")
+        keep = finalise_clusters(selected, status == OK, rows, stats["n_missing"], stats["n_corrupt"])
+        cutflow = pd.DataFrame(rows, columns=["step", "field", "cluster_stars", "clusters"])
+        if not keep.any():
+            raise ValueError(f"{allstar}: no star passes the cuts and has a readable spectrum\n"
+                             + format_cutflow(cutflow))
 
-    # Bundle order: field stars then cluster stars, each in allStar order.
-    is_member = selected["CLUSTER"].to_numpy(dtype=object) != ""
-    order = np.concatenate([np.flatnonzero(keep & ~is_member), np.flatnonzero(keep & is_member)])
-    dest = np.full(len(selected), -1, np.int64)
-    dest[order] = np.arange(len(order))
-    stars = _stars_table(selected.iloc[order])
+        # Bundle order: field stars then cluster stars, each in allStar order.
+        is_member = selected["CLUSTER"].to_numpy(dtype=object) != ""
+        order = np.concatenate([np.flatnonzero(keep & ~is_member), np.flatnonzero(keep & is_member)])
+        dest = np.full(len(selected), -1, np.int64)
+        dest[order] = np.arange(len(order))
+        stars = _stars_table(selected.iloc[order])
 
-    range_mask = ranges_to_mask(ranges)
-    with _bundle_writer(out, len(order), with_errors, overwrite) as w:
-        for a, flux, err in _iter_chunk_arrays(workdir, len(selected), chunk_size):
-            d = dest[a:a + len(flux)]
-            take = d >= 0
-            if not take.any():
-                continue
-            f, e = flux[take], err[take]
-            w.spectra[d[take]] = f
-            w.mask[d[take]] = pixel_mask(f, e, (), max_pixel_error) | range_mask
-            if w.errors is not None:
-                w.errors[d[take]] = e
-        kind = "simulated" if simulated else "real"
-        meta = {
-            "kind": kind,
-            "name": name or (f"APOGEE DR16 ({kind})" if not simulated else "simulated survey (DR16 files)"),
-            "source": "apogee-dr16",
-            "provenance": {
-                "loader": "rsca_core.apogee.build_apogee",
-                "allstar": str(allstar.resolve()), "occam_members": str(occam_members.resolve()),
-                "spectra_root": str(root.resolve()),
-                "cutflow": cutflow.to_dict(orient="records"),
-                "mask_ranges": [list(r) for r in ranges], "max_pixel_error": max_pixel_error,
-                "masked": "error > max_pixel_error, non-finite, chip-gap zeros, mask_ranges",
-                "read": stats, "unreadable_files": problems[:1000],
-                "n_unreadable_files": len(problems),
-                "n_missing_files": stats["n_missing"],
-                "missing_files_example": [paths[i] for i in np.flatnonzero(status == MISSING)[:50]],
-            },
-        }
-        w.finish(stars, apogee_wavelength(N_PIXELS), meta)
-    if not keep_partial:
-        shutil.rmtree(workdir, ignore_errors=True)
+        range_mask = ranges_to_mask(ranges)
+        with _bundle_writer(out, len(order), with_errors, overwrite) as w:
+            for a, flux, err in _iter_chunk_arrays(workdir, len(selected), chunk_size):
+                d = dest[a:a + len(flux)]
+                take = d >= 0
+                if not take.any():
+                    continue
+                f, e = flux[take], err[take]
+                w.spectra[d[take]] = f
+                w.mask[d[take]] = pixel_mask(f, e, (), max_pixel_error) | range_mask
+                if w.errors is not None:
+                    w.errors[d[take]] = e
+            kind = "simulated" if simulated else "real"
+            meta = {
+                "kind": kind,
+                "name": name or (f"APOGEE DR16 ({kind})" if not simulated else "simulated survey (DR16 files)"),
+                "source": "apogee-dr16",
+                "provenance": {
+                    "loader": "rsca_core.apogee.build_apogee",
+                    "allstar": str(allstar.resolve()), "occam_members": str(occam_members.resolve()),
+                    "spectra_root": str(root.resolve()),
+                    "cutflow": cutflow.to_dict(orient="records"),
+                    "mask_ranges": [list(r) for r in ranges], "max_pixel_error": max_pixel_error,
+                    "masked": "error > max_pixel_error, non-finite, chip-gap zeros, mask_ranges",
+                    "read": stats, "unreadable_files": problems[:1000],
+                    "n_unreadable_files": len(problems),
+                    "n_missing_files": stats["n_missing"],
+                    "missing_files_example": [paths[i] for i in np.flatnonzero(status == MISSING)[:50]],
+                },
+            }
+            w.finish(stars, apogee_wavelength(N_PIXELS), meta)
+        if not keep_partial:
+            shutil.rmtree(workdir, ignore_errors=True)
     log(f"built {out} ({kind}) in {time.perf_counter() - t_start:.1f} s: "
         f"{int((~is_member[order]).sum())} field stars, {int(is_member[order].sum())} cluster stars in "
         f"{cutflow['clusters'].iloc[-1]} clusters")
     return out, cutflow
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+@contextmanager
+def _exclusive(workdir: Path, out: Path):
+    """Hold ``<out>.partial/lock`` while building ``out``; clears leftovers of killed bundle writes."""
+    import glob
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    lock = workdir / "lock"
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if _pid_alive(pid):
+                raise FileExistsError(f"{out}: another build (process {pid}) is writing it; wait for it to "
+                                      f"finish, or delete {lock} if that process is not a build") from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+    else:  # pragma: no cover - only under a tight race
+        raise FileExistsError(f"{out}: could not take the lock {lock}")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(str(os.getpid()))
+    for d in glob.glob(glob.escape(str(out)) + ".tmp-*"):  # a bundle write killed half way
+        shutil.rmtree(d, ignore_errors=True)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 def _bundle_writer(out: Path, n: int, with_errors: bool, overwrite: bool):

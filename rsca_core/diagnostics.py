@@ -14,7 +14,6 @@ CLI: ``python -m rsca_core diagnose --dataset DIR --which dib|rv|visits [--out C
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import dataclass, field
 
 import numpy as np

@@ -3,7 +3,7 @@
 Every star of the survey is built to pass or fail one specific cut, so the expected outcome of each
 cut (and of the whole loader) is known by construction, independently of the code under test.
 """
-import json
+import os
 import shutil
 
 import numpy as np
@@ -14,8 +14,7 @@ from astropy.io import fits
 from rsca_core import BundleError, Dataset
 from rsca_core import apogee
 from rsca_core.apogee import build_apogee, read_aspcapstar, write_dr16
-from rsca_core.constants import (ALLSTAR_ELEMENTS, N_PIXELS, PAPER_MASK_RANGES, SPECIES, apogee_wavelength,
-                                 abundance_column)
+from rsca_core.constants import ALLSTAR_ELEMENTS, N_PIXELS, PAPER_MASK_RANGES, SPECIES, abundance_column
 
 OK_FIELD = [f"2M0000000{i}+0000000" for i in range(6)]
 
@@ -445,3 +444,19 @@ def test_resume_rereads_only_chunks_whose_missing_file_appeared(dr16, tmp_path, 
     finally:
         paths[6].unlink()
     assert calls == [str(p) for p in paths[6:9]] and status.tolist() == [0] * 9 and stats["resumed"] == 6
+
+
+def test_concurrent_build_refused_and_killed_leftovers_cleared(dr16, tmp_path):
+    out = tmp_path / "b"
+    partial = tmp_path / "b.partial"
+    partial.mkdir()
+    (partial / "lock").write_text(str(os.getppid()))          # a live process holds the lock
+    with pytest.raises(FileExistsError, match="another build"):
+        _build(dr16, out)
+    (partial / "lock").write_text("999999999")                # its process is gone: stale
+    leftover = tmp_path / "b.tmp-abc123"                      # a bundle write killed half way
+    leftover.mkdir()
+    (leftover / "spectra.npy").write_bytes(b"\0" * 100)
+    path, _ = _build(dr16, out)
+    assert Dataset.load(path).n_stars == 16
+    assert not leftover.exists() and not partial.exists()
