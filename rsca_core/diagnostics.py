@@ -150,13 +150,15 @@ def find_bands(values, wavelength, threshold=None, *, nsigma: float = 5.0, basel
 
 def residual_spectrum(ds, low_rows, high_rows, *, n_components: int = N_COMPONENTS, seed: int = 0,
                       mask: str = "auto", max_pixel_error: float = MAX_PIXEL_ERROR, progress: bool = False,
-                      chunk: int = 2048, max_iter: int = 30, tol: float = 1e-5, **pca_options):
+                      chunk: int = 2048, max_iter: int = 30, tol: float = 1e-5, min_reference: int = 5,
+                      **pca_options):
     """Mean residual per pixel of ``high_rows`` from a MaskedPCA basis fitted on ``low_rows``.
 
     ``mask``: "auto" (per-pixel quality mask from the errors when stored, else the bundle mask),
     "bundle" (the bundle mask) or "quality". ``max_iter``/``tol`` are the MaskedPCA EM settings
     (looser than for the doppelganger rates: the residual spectrum is stable long before the EM
-    objective stops moving). Returns ``(residual, abs_residual, n_observed, pca)``.
+    objective stops moving). Pixels observed in fewer than ``min_reference`` reference stars are
+    left out (NaN residual). Returns ``(residual, abs_residual, n_observed, pca)``.
     """
     from .compress import MaskedPCA
 
@@ -178,6 +180,9 @@ def residual_spectrum(ds, low_rows, high_rows, *, n_components: int = N_COMPONEN
 
     X = np.asarray(ds.spectra[low_rows], dtype=np.float32)
     M = masks(low_rows)
+    # pixels (almost) never observed in the reference set cannot be modelled: leave them out
+    poor = (~M).sum(0) < max(min_reference, 1)
+    M |= poor[None, :]
     pca = MaskedPCA(n_components, random_state=seed, progress=progress, max_iter=max_iter, tol=tol, **pca_options)
     # thin matrix products (P × K): multi-threaded BLAS only adds contention (10× slower on 2 busy cores)
     with threadpool_limits(limits=1, user_api="blas"):
@@ -190,7 +195,7 @@ def residual_spectrum(ds, low_rows, high_rows, *, n_components: int = N_COMPONEN
     for a in range(0, len(high_rows), chunk):
         rows = high_rows[a:a + chunk]
         Xh = np.asarray(ds.spectra[rows], dtype=np.float64)
-        Mh = masks(rows)
+        Mh = masks(rows) | poor[None, :]
         Xh = np.where(Mh, 0.0, Xh)
         with threadpool_limits(limits=1, user_api="blas"):
             recon = pca.inverse_transform(pca.transform(Xh, Mh))

@@ -289,3 +289,17 @@ def test_simulated_visit_pairs_separate_only_with_plate_systematics(plates):
         assert s["median_ratio"] < 0.8 and s["mannwhitney_p"] < 1e-4
     else:
         assert 0.9 < s["median_ratio"] < 1.1 and s["mannwhitney_p"] > 0.05
+
+
+def test_pixels_unobserved_in_reference_set_are_left_out():
+    ds = _planted_dib(False, n=120)
+    mask = np.array(ds.mask)
+    low = ds.stars["ak_targ"].to_numpy() < 0.005
+    mask[np.ix_(low, np.arange(5000, 5010))] = True        # never observed in the reference stars
+    mask[np.flatnonzero(low)[:3], 6000] = False             # observed in only 3 of them
+    mask[np.flatnonzero(low)[3:], 6000] = True
+    ds2 = Dataset(ds.stars, ds.spectra, mask, WL)
+    res = extinction_residuals(ds2, n_components=4)
+    assert np.isnan(res.residual[5000:5010]).all() and np.isnan(res.residual[6000])
+    assert (res.n_observed[5000:5010] == 0).all() and len(res.bands) == 0
+    assert np.isfinite(res.residual[4990:5000]).all()
