@@ -291,18 +291,18 @@ def read_aspcapstar(path, n_pixels: int = N_PIXELS):
     """
     path = Path(path)
     try:
-        with open(path, "rb") as fh:
-            buf = fh.read()
+        with open(path, "rb", buffering=0) as fh:  # only the first three HDUs are read
+            out = _parse_fits_images(fh, path, n_pixels)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: missing") from None
     except IsADirectoryError:
         raise SpectrumFileError(f"{path}: is a directory") from None
-    except OSError as exc:
-        raise SpectrumFileError(f"{path}: unreadable ({exc})") from None
-    try:
-        out = _parse_fits_images(buf, path, n_pixels)
     except _NeedAstropy:
         out = _read_aspcapstar_astropy(path, n_pixels)
+    except SpectrumFileError:
+        raise
+    except OSError as exc:
+        raise SpectrumFileError(f"{path}: unreadable ({exc})") from None
     flux, err, crval, cdelt = out
     if crval is not None and cdelt is not None and (
             abs(float(crval) - LOGLAM0) > 1e-6 or abs(float(cdelt) - DLOGLAM) > 1e-9):
@@ -335,20 +335,33 @@ def _card_value(card: str):
             return v
 
 
-def _parse_fits_images(buf: bytes, path, n_pixels):
-    """Flux (HDU 1), error (HDU 2) and HDU 1's CRVAL1/CDELT1 from the bytes of a FITS file."""
-    pos, hdus = 0, []
-    if not buf[:9] == b"SIMPLE  =":
-        raise SpectrumFileError(f"{path}: not a FITS file (no SIMPLE card)")
+def _read_exactly(fh, n: int) -> bytes:
+    chunks, got = [], 0
+    while got < n:
+        b = fh.read(n - got)
+        if not b:
+            break
+        chunks.append(b)
+        got += len(b)
+    return b"".join(chunks)
+
+
+def _parse_fits_images(fh, path, n_pixels):
+    """Flux (HDU 1), error (HDU 2) and HDU 1's CRVAL1/CDELT1 of an open FITS file (binary, unbuffered)."""
+    hdus = []
+    first = True
     while len(hdus) < 3:
         head = {}
         while True:
-            block = buf[pos:pos + 2880]
+            block = _read_exactly(fh, 2880)
+            if first:
+                if block[:9] != b"SIMPLE  =":
+                    raise SpectrumFileError(f"{path}: not a FITS file (no SIMPLE card)")
+                first = False
             if len(block) < 2880:
                 if len(hdus) == 0 or head:
                     raise SpectrumFileError(f"{path}: truncated FITS header in HDU {len(hdus)}")
                 raise SpectrumFileError(f"{path}: {len(hdus)} HDUs, expected flux in HDU 1 and error in HDU 2")
-            pos += 2880
             try:
                 text = block.decode("ascii")
             except UnicodeDecodeError:
@@ -375,10 +388,15 @@ def _parse_fits_images(buf: bytes, path, n_pixels):
             raise SpectrumFileError(f"{path}: invalid BITPIX {bitpix} in HDU {len(hdus)}")
         size = (abs(bitpix) // 8) * int(head.get("GCOUNT", 1) or 1) * (
             int(head.get("PCOUNT", 0) or 0) + (int(np.prod(dims)) if naxis else 0))
-        data = buf[pos:pos + size]
+        if len(hdus) == 0:  # primary data (normally empty): skip
+            fh.seek(size + (-size % 2880), 1)
+            hdus.append((None, head))
+            continue
+        data = _read_exactly(fh, size)
         if len(data) < size:
             raise SpectrumFileError(f"{path}: truncated (HDU {len(hdus)} data has {len(data)} of {size} bytes)")
-        pos += size + (-size % 2880)
+        if len(hdus) == 1:
+            fh.seek(-size % 2880, 1)
         if len(hdus) in (1, 2):
             xt = str(head.get("XTENSION", "")).strip().upper()
             if xt != "IMAGE" or head.get("ZIMAGE"):

@@ -321,6 +321,13 @@ def test_fast_reader_matches_astropy(dr16, tmp_path):
     f, e = read_aspcapstar(p)
     with fits.open(p) as h:
         assert np.allclose(f, h[1].data, atol=1e-6) and np.allclose(e, h[2].data)
+    # tile-compressed images go through astropy
+    p = tmp_path / "compressed.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(raw.astype(np.float32)),
+                  fits.CompImageHDU((2 * raw).astype(np.float32))]).writeto(p)
+    f, e = read_aspcapstar(p)
+    with fits.open(p) as h:
+        assert np.array_equal(f, h[1].data) and np.array_equal(e, h[2].data)
     # damaged files: a clear error naming the file
     good = dr16["path_of"](OK_FIELD[0]).read_bytes()
     for name, data, msg in (("trunc.fits", good[:-5000], "truncated"), ("two.fits", good[:2880 * 2 + 8575 * 4],
