@@ -515,8 +515,11 @@ def _cmd_diagnose(args) -> int:
                                normalise=args.normalise, progress=not args.no_progress)
         s = res.summary
         print(f"App. C: sibling similarity observed together vs separately {tag}")
-        print(f"representation {s['representation']} (K={s['k']}); pairs: {s['n_together']} together, "
+        rep = s["representation"] + (f" (K={s['k']})" if s["representation"] in ("pca", "rsca") else "")
+        print(f"representation {rep}, similarity scale per {s['normalise']}; pairs: {s['n_together']} together, "
               f"{s['n_separate']} separate, {s['n_partial']} partial (set aside), {s['n_unknown']} without visits")
+        if s["normalise"] == "cluster":
+            print(f"compared within the {s['n_clusters_compared']} clusters that have both kinds of pairs")
         print(f"median similarity together {s['median_together']:.3f}, separate {s['median_separate']:.3f} "
               f"(ratio {s['median_ratio']:.3f}); Mann-Whitney p (together closer) {s['mannwhitney_p']:.3g}, "
               f"KS p {s['ks_p']:.3g}")
