@@ -59,11 +59,17 @@ class UserError(ValueError):
 # configuration, caches, health
 # ---------------------------------------------------------------------------------------------
 def k_fit() -> int:
-    """Size of the one compression per dataset that every K <= k_fit() is cut from."""
+    """Size of the one compression per dataset that every K <= k_fit() is cut from (RSCA_K_FIT,
+    default 60; a smaller value makes a quick demo or test set-up, and caps K)."""
     try:
-        return max(K_MAX, int(os.environ.get("RSCA_K_FIT", K_MAX)))
+        return max(K_MIN, int(os.environ.get("RSCA_K_FIT", K_MAX)))
     except ValueError:
         return K_MAX
+
+
+def k_max() -> int:
+    """Largest K offered: 60 (the paper's range), or less when RSCA_K_FIT is smaller."""
+    return min(K_MAX, k_fit())
 
 
 def state_dir() -> Path:
@@ -164,7 +170,9 @@ def describe_error(exc: BaseException) -> str:
 # datasets
 # ---------------------------------------------------------------------------------------------
 def default_dataset_path() -> Path:
-    return Path(os.environ.get("RSCA_DATASET") or ROOT / "data" / "default").resolve()
+    """RSCA_DATASET if set, else ``default`` in data_dir() (where rsca_core.simulate builds it)."""
+    env = os.environ.get("RSCA_DATASET")
+    return Path(env).resolve() if env else data_dir() / "default"
 
 
 def data_dir() -> Path:
@@ -250,10 +258,10 @@ def ensure_default_dataset(progress: bool = True) -> Path:
     """Build the default simulated bundle if missing (python app.py), then the PCA it needs."""
     path = default_dataset_path()
     if not (path / "meta.json").exists():
-        if path != (ROOT / "data" / "default").resolve():
+        if os.environ.get("RSCA_DATASET"):
             raise UserError(f"{path}: no dataset there (RSCA_DATASET)")
         from rsca_core import simulate
-        simulate.ensure_default_dataset(progress=progress)
+        simulate.ensure_default_dataset(path, progress=progress)
     ds = load("default")
     if not compression_ready("default"):
         log.info("computing the K=%d PCA compression of %s once (cached on disk)", k_fit(), path)
@@ -268,7 +276,7 @@ def ensure_default_dataset(progress: bool = True) -> Path:
 class Settings:
     ds: str = "default"
     input: str = "spectra"
-    k: int = DEFAULT_K
+    k: int = field(default_factory=lambda: min(DEFAULT_K, k_max()))
     species: tuple = PAPER_SUBSET
     clusters: tuple | None = None      # None = every cluster of the dataset
     cv: bool = True
@@ -389,7 +397,7 @@ def settings_from_query(query: dict, defaults: Settings | None = None) -> tuple[
         except UserError as exc:
             problems.append(f"URL parameter ds: {exc}")
     take("input", lambda v: v if v in INPUTS else _raise(f"input must be one of {', '.join(INPUTS)}, not {_short(v)!r}"))
-    take("k", lambda v: parse_int(v, "K", K_MIN, K_MAX))
+    take("k", lambda v: parse_int(v, "K", K_MIN, k_max()))
     take("species", parse_species)
     take("cv", lambda v: {"1": True, "true": True, "on": True, "0": False, "false": False, "off": False}.get(
         str(v).lower()) if str(v).lower() in ("1", "true", "on", "0", "false", "off") else _raise(
@@ -440,8 +448,8 @@ def settings_from_controls(ds, input_, k, species, clusters, cv, top_n, mask=())
     if input_ not in INPUTS:
         raise UserError(f"input must be one of {', '.join(INPUTS)}")
     if k is None or k == "":
-        raise UserError(f"K must be a whole number between {K_MIN} and {K_MAX}")
-    k = parse_int(k, "K", K_MIN, K_MAX)
+        raise UserError(f"K must be a whole number between {K_MIN} and {k_max()}")
+    k = parse_int(k, "K", K_MIN, k_max())
     sp = parse_species(species) if input_ == "subset" else PAPER_SUBSET
     dims = {"spectra": k, "abundances": len(SPECIES), "subset": len(sp)}[input_]
     if top_n in (None, "", "all", 0, "0"):
@@ -456,14 +464,9 @@ def settings_from_controls(ds, input_, k, species, clusters, cv, top_n, mask=())
 # ---------------------------------------------------------------------------------------------
 # computations
 # ---------------------------------------------------------------------------------------------
-def compression_path(key, k=None, seed=SEED, mask=()) -> Path:
-    ds = load(key)
-    k = k or k_fit()
-    return ds.cache_dir() / f"pca-k{int(k)}-seed{int(seed)}-{ds.mask_key(mask)}.npz"
-
-
 def compression_ready(key, mask=()) -> bool:
-    return compression_path(key, mask=mask).exists()
+    """Is the dataset's K=k_fit() compression (for this extra mask) cached on disk?"""
+    return load(key).has_compression(k_fit(), SEED, mask)
 
 
 @functools.lru_cache(maxsize=6)
@@ -931,3 +934,80 @@ def _plain(d: dict) -> dict:
             v = str(v)
         out[k] = v
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Curves (rsca_core.experiments), for background jobs
+# ---------------------------------------------------------------------------------------------
+EXPERIMENTS = ("k_sweep", "top_n", "data_size", "ablation")
+
+
+class _JobProgress:
+    """Passed as ``progress=`` to rsca_core.experiments: counts units, reports a fraction."""
+
+    def __init__(self, total, report, what):
+        import time
+
+        self.n, self.total, self.report, self.what = 0, max(1, int(total)), report, what
+        self._time, self._last = time.monotonic, 0.0
+
+    def update(self, n=1):
+        self.n += n
+        now = self._time()
+        if self.report and (now - self._last > 0.5 or self.n >= self.total):
+            self._last = now
+            self.report(min(1.0, self.n / self.total), f"{self.what}: {self.n}/{self.total}")
+
+
+def parse_int_list(text, name, lo, hi, max_len=20) -> list[int]:
+    parts = [p for p in str(text or "").replace(";", ",").replace(" ", ",").split(",") if p.strip()]
+    if not parts:
+        raise UserError(f"{name}: give at least one whole number")
+    if len(parts) > max_len:
+        raise UserError(f"{name}: at most {max_len} values")
+    return sorted(set(parse_int(p, name, lo, hi) for p in parts))
+
+
+def run_experiment(name: str, key, params: dict, report=None):
+    """Run one of the paper's experiments on a dataset; returns (table DataFrame, plotly Figure).
+
+    Spectra compressions are cut from the dataset's K=k_fit() one (``truncate_from``), except the
+    extra seeds of the top-N table, which need compressions of their own (slow on big surveys)."""
+    from rsca_core import experiments, plotting
+
+    if name not in EXPERIMENTS:
+        raise UserError(f"unknown experiment {_short(name)!r}")
+    ds = load(key)
+    kf = k_fit()
+    if not compression_ready(key):
+        raise UserError(f"the spectra of dataset {key!r} are not compressed yet: prepare it on the Data page")
+    report = report or (lambda f, t: None)
+    if name == "k_sweep":
+        ks = parse_int_list(params.get("ks"), "K values", K_MIN, k_max())
+        bar = _JobProgress(2 * len(ks), report, "K sweep")
+        table = experiments.k_sweep(ds, ks=ks, truncate_from=kf, progress=bar)
+        fig = plotting.fig_k_sweep(table, ds.label)
+    elif name == "top_n":
+        k = parse_int(params.get("k"), "K", 2, k_max())
+        n_seeds = parse_int(params.get("n_seeds"), "seeds", 1, 20)
+        ns = [n for n in range(1, 8) if n < k]
+        bar = _JobProgress(n_seeds, report, f"top-N table, {n_seeds} compression seed(s)")
+        table = experiments.top_n_table(ds, k=k, ns=ns, n_seeds=n_seeds, truncate_from=kf if k <= kf else None,
+                                        progress=bar)
+        fig = plotting.fig_top_n(table, ds.label)
+    elif name == "data_size":
+        ks = parse_int_list(params.get("ks"), "K values", K_MIN, k_max(), max_len=5)
+        n_trials = parse_int(params.get("n_trials"), "trials", 1, 500)
+        n_usable = int((ds.cluster_sizes() >= 2).sum())
+        counts = experiments.default_cluster_counts(n_usable)
+        bar = _JobProgress(len(ks) * len(counts) * n_trials, report, "data-size curve")
+        table = experiments.data_size_curve(ds, ks=ks, n_clusters=counts, n_trials=n_trials, truncate_from=kf,
+                                            progress=bar)
+        fig = plotting.fig_data_size(table, ds.label)
+    else:
+        k = parse_int(params.get("k"), "K", 2, k_max())
+        sub = parse_species(params.get("species") or PAPER_SUBSET)
+        bar = _JobProgress(3 * 3, report, "ablation")
+        table = experiments.ablation(ds, k=k, subset=sub, truncate_from=kf if k <= kf else None, progress=bar)
+        fig = plotting.fig_ablation(table, ds.label)
+    return table, fig

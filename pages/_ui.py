@@ -99,7 +99,7 @@ def settings_controls(prefix: str, s, *, with_input=True, with_top=True, with_cv
             id=f"{prefix}-species", options=list(service.SPECIES), value=list(s.species), multi=True)),
             id=f"{prefix}-species-box", style={} if s.input == "subset" else {"display": "none"}))
     if with_k:
-        rows.append(_field(f"K (PCA components, {service.K_MIN}–{service.K_MAX})",
+        rows.append(_field(f"K (PCA components, {service.K_MIN}–{service.k_max()})",
                            dbc.Input(id=f"{prefix}-k", type="text", inputmode="numeric", value=str(s.k),
                                      debounce=True, size="sm"),
                            "spectra only; press Enter to apply"))

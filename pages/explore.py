@@ -91,7 +91,8 @@ def bars_figure(r):
     names = per["cluster"].astype(str).tolist()
     rates = per["rate"].to_numpy(float)
     fig = go.Figure(go.Bar(
-        x=names, y=np.nan_to_num(rates, nan=0.0), customdata=np.stack([per["n_stars"], per["n_inter_pairs"]], 1),
+        x=names, y=np.nan_to_num(rates, nan=0.0).tolist(),
+        customdata=np.stack([per["n_stars"], per["n_inter_pairs"]], 1).tolist(),
         text=["n/a" if np.isnan(v) else "" for v in rates], textposition="outside",
         marker_color=["#bbbbbb" if np.isnan(v) else "#3b6ea8" for v in rates],
         hovertemplate="%{x}<br>rate %{y:.4f}<br>%{customdata[0]} stars, %{customdata[1]} field pairs<extra></extra>"))
@@ -199,8 +200,9 @@ def update_hist(click, store):
         name = None
         if click and click.get("points"):
             name = str(click["points"][0].get("x"))
-        if name not in names:
-            name = names[0]
+        if name not in names:  # default: the largest cluster
+            per = r["per_cluster"]
+            name = str(per.loc[per["n_stars"].idxmax(), "cluster"])
         return hist_figure(r, name)
     except Exception as exc:
         return ui.empty_figure(service.describe_error(exc))

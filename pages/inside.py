@@ -91,7 +91,7 @@ def steps_figure(d, step):
     names = np.asarray(d["names"]).astype(str)
     colours = ui.cluster_colours(names)
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=f[:, 0], y=f[:, 1], mode="markers", name=f"field (sample of {len(f)})",
+    fig.add_trace(go.Scatter(x=f[:, 0].tolist(), y=f[:, 1].tolist(), mode="markers", name=f"field (sample of {len(f)})",
                                marker={"size": 3, "color": "rgba(120,120,120,0.35)"}, hoverinfo="skip"))
     for name in sorted(colours):
         m = names == name

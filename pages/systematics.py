@@ -145,9 +145,9 @@ def draw(resid, mask_text, ds, k):
 
 def _k(k):
     try:
-        return service.parse_int(k, "K", service.K_MIN, service.K_MAX)
+        return service.parse_int(k, "K", service.K_MIN, service.k_max())
     except service.UserError:
-        return service.DEFAULT_K
+        return service.Settings().k
 
 
 @callback(Output(f"{P}-rate-result", "children"), Input(f"{P}-rate-run", "n_clicks"),

@@ -1,0 +1,353 @@
+"""Browser tests of the dashboard (headless Chromium through dash[testing]'s ``dash_duo``).
+
+Run with ``pytest --headless tests/test_app_browser.py``. They open every page on a small simulated
+survey, drive the controls, and check the numbers shown against ``rsca_core`` computed here, plus
+that bad input gives a message (never a traceback) and that the browser console stays clean.
+
+The survey is built once per session with ``python -m rsca_core simulate`` (or taken from
+RSCA_TEST_DATASET, a bundle directory, if set); the app sees it through RSCA_DATASET.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("dash.testing")
+
+ROOT = Path(__file__).resolve().parent.parent
+K_FIT = 16          # the app cuts every K from one K_FIT compression (RSCA_K_FIT)
+N_FIELD = 600
+
+
+# ------------------------------------------------------------------------------------------ set-up
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory):
+    """A small simulated survey with its K_FIT compression cached."""
+    from rsca_core import Dataset
+
+    given = os.environ.get("RSCA_TEST_DATASET")
+    if given:
+        path = Path(given)
+    else:
+        path = tmp_path_factory.mktemp("data") / "small"
+        subprocess.run([sys.executable, "-m", "rsca_core", "simulate", "--out", str(path),
+                        "--n-field", str(N_FIELD), "--seed", "3"], check=True, cwd=ROOT,
+                       stdout=subprocess.DEVNULL)
+    ds = Dataset.load(path)
+    ds.compress(K_FIT, seed=0)
+    return path
+
+
+@pytest.fixture(scope="session")
+def dash_app(bundle, tmp_path_factory):
+    """The app, pointed at the small survey (env vars are read at call time by the service layer)."""
+    state = tmp_path_factory.mktemp("state")
+    env = {"RSCA_DATASET": str(bundle), "RSCA_DATA_DIR": str(tmp_path_factory.mktemp("datadir")),
+           "RSCA_K_FIT": str(K_FIT), "RSCA_CACHE_DIR": str(state), "RSCA_CACHE_TYPE": "simple"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    # the bundle's compression cache stays beside the bundle, not in RSCA_CACHE_DIR
+    sys.path.insert(0, str(ROOT))
+    import app as app_module
+    yield app_module.app
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def core(bundle):
+    """Independent computations straight from rsca_core (no app code)."""
+    from rsca_core import Dataset, doppelganger_rates
+
+    ds = Dataset.load(bundle)
+    comp = ds.compress(K_FIT, seed=0)
+    st = ds.stars
+    fi, ci = ds.field_index, ds.cluster_index
+    ids = st["cluster"].to_numpy(dtype=object)[ci]
+    vh, ak = st["vhelio_avg"].to_numpy(float), st["ak_targ"].to_numpy(float)
+
+    def rate(k=K_FIT, cv=True, clusters=None, top_n=None, z=None):
+        z = comp.scores[:, :k] if z is None else z
+        keep = np.ones(len(ci), bool) if clusters is None else np.isin(ids, clusters)
+        c = ci[keep]
+        return doppelganger_rates(z[fi], z[c], ids[keep], pop_vhelio=vh[fi], pop_ak=ak[fi],
+                                  clust_vhelio=vh[c], clust_ak=ak[c], cv=cv, top_n=top_n)
+
+    return {"ds": ds, "rate": rate, "names": ds.cluster_names}
+
+
+def severe(logs):
+    return [e for e in logs if e.get("level") == "SEVERE"]
+
+
+def shown_rate(dash_duo, selector="#ex-global-rate", previous=None, timeout=30):
+    """Wait for the rate element and return its number (waiting until it differs from ``previous``)."""
+    end = time.time() + timeout
+    while True:
+        try:
+            text = dash_duo.find_element(selector).text.strip()
+        except Exception:
+            text = ""
+        if text and text != previous:
+            return text
+        if time.time() > end:
+            raise AssertionError(f"{selector} never showed a new value (last {text!r})")
+        time.sleep(0.2)
+
+
+def set_input(dash_duo, selector, value):
+    el = dash_duo.find_element(selector)
+    dash_duo.clear_input(el)
+    el.send_keys(str(value) + "\n")
+
+
+def click(dash_duo, selector):
+    """Click through JavaScript (a loading overlay or a sticky element may cover the target)."""
+    el = dash_duo.find_element(selector)
+    dash_duo.driver.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].click();", el)
+
+
+def open_page(dash_duo, path):
+    dash_duo.driver.get(dash_duo.server_url + path)
+
+
+# ------------------------------------------------------------------------------------------ Explore
+def test_explore_shows_the_core_rate_and_follows_every_control(dash_duo, dash_app, core):
+    dash_duo.start_server(dash_app)
+    dash_duo.wait_for_element("#ex-global-rate", timeout=60)
+    k0 = min(30, K_FIT)
+    want = core["rate"](k=k0, cv=True).global_rate
+    first = shown_rate(dash_duo)
+    assert first == f"{want:.4f}"
+    assert "simulated" in dash_duo.find_element("#ex-badge").text
+
+    # K: the shown rate is the core's for the new K, and the URL carries it
+    set_input(dash_duo, "#ex-k", 8)
+    want8 = core["rate"](k=8, cv=True).global_rate
+    assert f"{want8:.4f}" != first, "test survey too easy: K=8 and K=30 give the same rate"
+    assert shown_rate(dash_duo, previous=first) == f"{want8:.4f}"
+    assert "k=8" in dash_duo.driver.current_url
+
+    # CV off
+    click(dash_duo, "#ex-cv")
+    want_nocv = core["rate"](k=8, cv=False).global_rate
+    assert shown_rate(dash_duo, previous=f"{want8:.4f}") == f"{want_nocv:.4f}" or want_nocv == want8
+    assert "cv=0" in dash_duo.driver.current_url
+
+    # per-cluster bars equal the core's per-cluster rates
+    fig = dash_duo.driver.execute_script(
+        "return document.getElementById('ex-bars').getElementsByClassName('js-plotly-plot')[0].data[0]")
+    per = core["rate"](k=8, cv=False).per_cluster
+    got = dict(zip(fig["x"], fig["y"]))
+    for row in per.itertuples():
+        expected = 0.0 if np.isnan(row.rate) else row.rate
+        assert abs(got[row.cluster] - expected) < 1e-12
+    assert not severe(dash_duo.get_logs())
+
+
+def test_explore_state_in_url_is_restored_and_shareable(dash_duo, dash_app, core):
+    names = core["names"]
+    chosen = names[:5]
+    dash_duo.start_server(dash_app)
+    open_page(dash_duo, f"/?k=12&cv=0&top=3&clusters={','.join(chosen)}")
+    want = core["rate"](k=12, cv=False, clusters=chosen, top_n=3).global_rate
+    assert shown_rate(dash_duo) == f"{want:.4f}"
+    assert dash_duo.find_element("#ex-k").get_attribute("value") == "12"
+    assert dash_duo.find_element("#ex-top").get_attribute("value") == "3"
+    # the features and the histogram were drawn for these settings
+    n_traces = dash_duo.driver.execute_script(
+        "return document.getElementById('ex-features').getElementsByClassName('js-plotly-plot')[0].data.length")
+    assert n_traces == 3 * (1 + len(chosen))  # 3 panels x (field density + one trace per cluster)
+    assert not severe(dash_duo.get_logs())
+
+
+def test_explore_abundance_subset_input(dash_duo, dash_app, core):
+    ds = core["ds"]
+    z = ds.abundances(["Fe", "Mg", "Si"])
+    if np.isnan(z).any():
+        pytest.skip("test survey has missing abundances")
+    dash_duo.start_server(dash_app)
+    open_page(dash_duo, "/?input=subset&species=Fe,Mg,Si")
+    want = core["rate"](z=z, cv=True).global_rate
+    assert shown_rate(dash_duo) == f"{want:.4f}"
+    assert "0.023" in dash_duo.find_element("#ex-paper").text
+    assert not severe(dash_duo.get_logs())
+
+
+def test_bad_input_gives_messages_not_tracebacks(dash_duo, dash_app, core):
+    dash_duo.start_server(dash_app)
+    open_page(dash_duo, "/?k=abc&cv=maybe&clusters=NoSuchCluster&top=-4&ds=../../etc&input=<script>")
+    dash_duo.wait_for_contains_text("#ex-url-msg", "K must be a whole number", timeout=30)
+    text = dash_duo.find_element("#ex-url-msg").text
+    for part in ("cv must be 1 or 0", "unknown cluster", "unknown dataset", "input must be one of", "top-N"):
+        assert part in text
+    # the page still works with the defaults
+    want = core["rate"](k=min(30, K_FIT)).global_rate
+    assert shown_rate(dash_duo) == f"{want:.4f}"
+
+    set_input(dash_duo, "#ex-k", "abc")
+    dash_duo.wait_for_contains_text("#ex-msg", "K must be a whole number", timeout=20)
+    set_input(dash_duo, "#ex-k", 999)
+    dash_duo.wait_for_contains_text("#ex-msg", "out of range", timeout=20)
+    set_input(dash_duo, "#ex-k", 6)
+    dash_duo.wait_for_text_to_equal("#ex-global-rate", f"{core['rate'](k=6).global_rate:.4f}", timeout=30)
+    click(dash_duo, "#ex-clusters-none")
+    dash_duo.wait_for_contains_text("#ex-msg", "select at least two clusters", timeout=20)
+    set_input(dash_duo, "#ex-top", "lots")
+    dash_duo.wait_for_contains_text("#ex-msg", "whole number", timeout=20)
+    page = dash_duo.driver.page_source
+    assert "Traceback" not in page and "Callback error" not in page
+    assert not severe(dash_duo.get_logs())
+
+
+def test_missing_dataset_is_a_message(dash_duo, dash_app, tmp_path, monkeypatch):
+    monkeypatch.setenv("RSCA_DATASET", str(tmp_path / "nowhere"))
+    dash_duo.start_server(dash_app)
+    dash_duo.wait_for_contains_text("#ex-msg", "missing", timeout=30)
+    open_page(dash_duo, "/data")
+    dash_duo.wait_for_contains_text("#dt-msg", "missing", timeout=30)
+    assert "Traceback" not in dash_duo.driver.page_source
+    assert not severe(dash_duo.get_logs())
+
+
+def test_downloads_say_simulated_and_match(dash_duo, dash_app, core):
+    dash_duo.start_server(dash_app)
+    open_page(dash_duo, "/?k=10")
+    want = core["rate"](k=10)
+    assert shown_rate(dash_duo) == f"{want.global_rate:.4f}"
+    click(dash_duo, "#ex-dl-csv")
+    target = Path(dash_duo.download_path)
+    csv_file = _wait_file(target, ".csv")
+    text = csv_file.read_text()
+    assert "SIMULATED" in text.splitlines()[0]
+    rows = list(csv.DictReader(io.StringIO("\n".join(l for l in text.splitlines() if not l.startswith("#")))))
+    got = {r["cluster"]: r["rate"] for r in rows}
+    for row in want.per_cluster.itertuples():
+        if not np.isnan(row.rate):
+            assert abs(float(got[row.cluster]) - row.rate) < 1e-12
+    assert all(r["data"] == "simulated" for r in rows)
+
+    click(dash_duo, "#ex-dl-map")
+    npz = _wait_file(target, ".npz")
+    with np.load(npz) as z:
+        assert str(z["data_kind"]) == "simulated"
+        # the stored linear map reproduces the model on a complete spectrum: y = x W^T + b
+        from rsca_core import RSCA
+        ds = core["ds"]
+        comp = ds.compress(K_FIT, seed=0).truncate(10)
+        st = ds.stars
+        fi, ci = ds.field_index, ds.cluster_index
+        model = RSCA().fit(comp.scores[fi], comp.scores[ci], st["cluster"].to_numpy(dtype=object)[ci])
+        x = np.asarray(ds.spectra[0], float)
+        y_map = x @ z["W"].T + z["b"]
+        y_ref = model.transform(((x - comp.mean) @ np.asarray(comp.components, float).T)[None, :])[0]
+        assert np.allclose(y_map, y_ref, rtol=1e-6, atol=1e-6 * np.abs(y_ref).max())
+    assert not severe(dash_duo.get_logs())
+
+
+def _wait_file(folder: Path, suffix: str, timeout=20) -> Path:
+    end = time.time() + timeout
+    while time.time() < end:
+        found = [p for p in folder.glob(f"*{suffix}")]
+        if found and found[0].stat().st_size > 0:
+            time.sleep(0.3)
+            return found[0]
+        time.sleep(0.2)
+    raise AssertionError(f"no {suffix} file downloaded into {folder}")
+
+
+# ------------------------------------------------------------------------------------------ other pages
+def test_clusters_grid_has_one_panel_per_cluster_with_its_rate(dash_duo, dash_app, core):
+    dash_duo.start_server(dash_app)
+    open_page(dash_duo, "/clusters?k=10")
+    want = core["rate"](k=10)
+    assert shown_rate(dash_duo, "#cl-global-rate") == f"{want.global_rate:.4f}"
+    titles = dash_duo.driver.execute_script(
+        "return document.getElementById('cl-grid').getElementsByClassName('js-plotly-plot')[0]"
+        ".layout.annotations.map(a => a.text)")
+    for row in want.per_cluster.itertuples():
+        rate = "n/a" if np.isnan(row.rate) else f"{row.rate:.3f}"
+        assert f"{row.cluster} (n={row.n_stars}): rate {rate}" in titles
+    # navigate to Explore with the same settings through the link
+    click(dash_duo, "#cl-explore-link")
+    assert shown_rate(dash_duo) == f"{want.global_rate:.4f}"
+    assert not severe(dash_duo.get_logs())
+
+
+def test_inside_rsca_steps_follow_the_slider(dash_duo, dash_app, core):
+    dash_duo.start_server(dash_app)
+    open_page(dash_duo, "/inside?step=1")
+    dash_duo.wait_for_contains_text("#in-explain", "Compress", timeout=30)
+    get = ("return document.getElementById('in-steps').getElementsByClassName('js-plotly-plot')[0]"
+           ".data[0]")
+    field0 = dash_duo.driver.execute_script(get)
+    # step 2 on the slider: the field is sphered (unit covariance, zero mean)
+    from selenium.webdriver.common.keys import Keys
+    dash_duo.find_element("#in-step [role=slider]").send_keys(Keys.ARROW_RIGHT)
+    dash_duo.wait_for_contains_text("#in-explain", "Sphere", timeout=30)
+    end = time.time() + 20
+    while time.time() < end:
+        f1 = dash_duo.driver.execute_script(get)
+        if f1["x"] != field0["x"]:
+            break
+        time.sleep(0.2)
+    xy = np.c_[np.asarray(f1["x"], float), np.asarray(f1["y"], float)]
+    n_field = len(core["ds"].field_index)
+    if len(xy) == n_field:  # the whole field is shown: exactly whitened
+        assert np.allclose(np.cov(xy.T), np.eye(2), atol=1e-6)
+    else:
+        assert np.allclose(np.cov(xy.T), np.eye(2), atol=0.15)
+    assert "step=2" in dash_duo.driver.current_url
+    assert not severe(dash_duo.get_logs())
+
+
+def test_data_page_counts(dash_duo, dash_app, core):
+    ds = core["ds"]
+    dash_duo.start_server(dash_app)
+    open_page(dash_duo, "/data")
+    dash_duo.wait_for_element("#dt-facts", timeout=30)
+    facts = dash_duo.find_element("#dt-facts").text
+    assert f"field stars {len(ds.field_index):,}" in facts
+    assert f"cluster stars {len(ds.cluster_index):,}" in facts
+    assert f"clusters {len(ds.cluster_names)}" in facts
+    assert "simulated" in facts
+    assert "Ready" in dash_duo.find_element("#dt-pca-status").text
+    assert not severe(dash_duo.get_logs())
+
+
+def test_systematics_page_loads_and_rejects_bad_bands(dash_duo, dash_app):
+    dash_duo.start_server(dash_app)
+    open_page(dash_duo, "/systematics?mask=720-910")
+    dash_duo.wait_for_element("#sy-mask", timeout=30)
+    assert dash_duo.find_element("#sy-mask").get_attribute("value") == "720-910"
+    set_input(dash_duo, "#sy-mask", "banana")
+    dash_duo.wait_for_contains_text("#sy-mask-msg", "START-STOP", timeout=30)
+    set_input(dash_duo, "#sy-mask", "9000-9100")
+    dash_duo.wait_for_contains_text("#sy-mask-msg", "0 ≤ start < stop ≤ 8575", timeout=30)
+    assert not severe(dash_duo.get_logs())
+
+
+def test_every_page_opens_without_console_errors(dash_duo, dash_app):
+    dash_duo.start_server(dash_app)
+    for path, marker in (("/", "#ex-global-rate"), ("/clusters", "#cl-global-rate"), ("/curves", "#cu-title"),
+                         ("/systematics", "#sy-mask"), ("/inside", "#in-explain"), ("/data", "#dt-facts")):
+        open_page(dash_duo, path)
+        dash_duo.wait_for_element(marker, timeout=60)
+        time.sleep(1.0)
+        assert "Traceback" not in dash_duo.driver.page_source, path
+        assert not severe(dash_duo.get_logs()), path
+    r = json.loads(dash_duo.driver.execute_script(
+        "var x = new XMLHttpRequest(); x.open('GET', '/healthz', false); x.send(); return x.responseText;"))
+    assert r["status"] == "ok"
