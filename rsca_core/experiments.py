@@ -1,0 +1,619 @@
+"""The paper's experiments (SPEC §3) as functions that return tables (no plotting here).
+
+Every function takes a :class:`~rsca_core.dataset.Dataset` and returns a pandas DataFrame (or a dict
+of DataFrames) whose rows carry a ``label`` column ("simulated" / "real", from ``ds.label``) and the
+``seed`` the numbers were computed with, so that nothing made from simulated data can be mistaken
+for a measurement, and every number can be regenerated.
+
+==================  ===================================================================  ========
+function            what it computes                                                     paper
+==================  ===================================================================  ========
+``k_sweep``         global rate vs the number K of PCA components, with and without CV   Fig. 2
+``top_n_table``     global rate keeping the top N axes of a K-dim map, mean ± std over   Table 1
+                    compressions with different seeds
+``ablation``        {spectra, all 21 abundances, a subset} × {raw, scaled, transformed}  Fig. 4
+``data_size_curve`` expected global rate vs the number of training clusters              Fig. 5
+``feature_relations`` top RSCA features vs [Fe/H] / VHELIO_AVG, feature–label correlations Fig. 3
+``distance_histograms`` intra- vs inter-cluster distance distributions per cluster       Fig. 9/10
+==================  ===================================================================  ========
+
+Shared conventions
+------------------
+* **Representations.** ``"spectra"``: the K PCA scores of ``ds.compress(K, seed)`` (PCA with missing
+  values, fitted on field + cluster stars, cached on disk beside the bundle and in memory for the
+  life of the Dataset object). ``"abundances"``: the bundle's [X/H] of the 21 species of the paper
+  (``ds.abundances()``, i.e. relative to H for every species; the paper's subset used [X/Fe] except
+  for Fe — a linear change of basis that only the "raw" and "scaled" variants can see).
+  ``"subset"``: [X/H] of a chosen list of species (default Fe, Mg, Ni, Si, Al, C, N).
+  Stars lacking a measured abundance (−9999.99) are left out of abundance representations (the
+  paper's cuts remove them; the number left out is reported).
+* **Compressions: exact or truncated.** By default every K gets its own compression (the paper
+  refitted its PPCA per K). With ``truncate_from=K_max`` one compression per seed at ``K_max`` is
+  computed and its leading K components are used for every K ≤ K_max (much faster for a sweep).
+  With complete data the two are identical (the leading principal axes do not depend on how many are
+  kept); with missing pixels they are *not*: the EM fit imputes missing pixels with the rank-K_max
+  model, so the truncated scores are projections of data completed by a richer model — close to, but
+  not the least-squares rank-K fit of the observed pixels. ``k_sweep`` records which was used.
+* **Sharing work.** ``doppelganger_rates`` spheres the field once for all leave-one-cluster-out
+  folds and evaluates every N of ``top_n=[...]`` in the same pass over the folds; ``top_n_table``
+  uses that (one pass per seed for all N). ``data_size_curve`` spheres once per K, finds each
+  cluster's pair-filtered field candidates once and reuses them in every trial.
+* **Seeds.** ``seed`` is the compression seed (``top_n_table``/``ablation`` use ``seed, seed+1, …``)
+  and, in ``data_size_curve``, also the seed of the random cluster subsets.
+* ``progress``: False, True (own tqdm bar on stderr) or an object with ``update(n)`` (e.g. a tqdm bar
+  shared by several experiments; each function documents how many units it adds).
+"""
+from __future__ import annotations
+
+import sys
+import warnings
+import weakref
+
+import numpy as np
+import pandas as pd
+from threadpoolctl import threadpool_limits
+from tqdm.auto import tqdm
+
+from .constants import MAX_DAK, MAX_DVHELIO, PAPER_RESULTS, PAPER_SUBSET, SPECIES, canonical_species
+from .dataset import Dataset, RateInputs
+from .metrics import _count_below, _intra, _PairFilter, doppelganger_rates
+from .rsca import RSCA, VARIANTS, check_cluster_ids, group_indices
+
+DEFAULT_KS = (5, 10, 15, 20, 25, 30, 40, 50, 60)
+DEFAULT_NS = (1, 2, 3, 4, 5, 6, 7)
+DATA_SIZE_KS = (10, 20, 30)
+INPUT_NAMES = {"spectra": "spectra", "abundances": "all abundances", "subset": "abundance subset"}
+
+#: Paper values that have a counterpart in our tables (SPEC §3; Table 1 rows quoted in the SPEC).
+PAPER_TOP_N = {1: (PAPER_RESULTS["spectra_k30_top1"], None), 4: PAPER_RESULTS["spectra_k30_top4"],
+               "all": PAPER_RESULTS["spectra_k30_all_axes"]}
+PAPER_ABLATION = {("spectra", "transformed"): PAPER_RESULTS["spectra_k30"],
+                  ("subset", "transformed"): PAPER_RESULTS["abundance_subset"]}
+
+_MEMO: "weakref.WeakKeyDictionary[Dataset, dict]" = weakref.WeakKeyDictionary()
+
+
+# ---------------------------------------------------------------------------- small helpers
+class _Progress:
+    """A tqdm bar we own, a bar/object somebody else owns, or nothing."""
+
+    def __init__(self, progress, total, desc):
+        self.own = False
+        if hasattr(progress, "update"):
+            self.bar = progress
+        elif progress:
+            self.bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr, leave=False)
+            self.own = True
+        else:
+            self.bar = None
+
+    def update(self, n=1):
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self):
+        if self.own:
+            self.bar.close()
+
+
+def _check_dataset(ds):
+    if not isinstance(ds, Dataset):
+        raise ValueError(f"expected a Dataset, got {type(ds).__name__}")
+    if len(ds.cluster_names) < 3:
+        raise ValueError(f"{ds.name}: the experiments need at least 3 clusters, found {len(ds.cluster_names)}")
+    return ds
+
+
+def _positive_ints(values, name):
+    out = []
+    for v in values:
+        if isinstance(v, bool) or int(v) != v or int(v) < 1:
+            raise ValueError(f"{name} must be positive integers, got {v!r}")
+        out.append(int(v))
+    if not out:
+        raise ValueError(f"{name} is empty")
+    return out
+
+
+def _species(species):
+    sp = [canonical_species(s) for s in (species or ())]
+    if not sp:
+        raise ValueError("the abundance subset is empty")
+    if len(set(sp)) != len(sp):
+        raise ValueError(f"the abundance subset repeats a species: {', '.join(sp)}")
+    return sp
+
+
+def compression_scores(ds: Dataset, k: int, seed: int = 0, truncate_from: int | None = None,
+                       extra_mask_ranges=(), progress: bool = False) -> np.ndarray:
+    """(N, k) PCA scores of every star, memoised per Dataset object (on top of the disk cache).
+
+    ``truncate_from=None``: the exact K=k compression. ``truncate_from=K_max ≥ k``: the leading k
+    components of the K_max compression (see the module docstring for what that means).
+    """
+    k = int(k)
+    src = k if truncate_from is None or int(truncate_from) < k else int(truncate_from)
+    key = (src, int(seed), ds.mask_key(extra_mask_ranges))
+    memo = _MEMO.setdefault(ds, {})
+    if key not in memo:
+        memo[key] = ds.compress(src, seed=int(seed), extra_mask_ranges=extra_mask_ranges, progress=progress)
+    comp = memo[key]
+    return comp.scores if src == k else comp.truncate(k).scores
+
+
+def _compression_note(k, truncate_from):
+    if truncate_from is None or int(truncate_from) <= int(k):
+        return f"exact K={int(k)}"
+    return f"truncated from K={int(truncate_from)}"
+
+
+def complete_rows(ds: Dataset, species) -> np.ndarray:
+    """Boolean mask of the stars with every one of ``species`` measured."""
+    return ~np.isnan(ds.abundances(list(species))).any(axis=1)
+
+
+def representation(ds: Dataset, input: str = "spectra", k: int = 30, seed: int = 0, species=None,
+                   rows=None, truncate_from=None, extra_mask_ranges=()) -> RateInputs:
+    """Rate inputs like ``ds.rate_inputs`` but for a subset of stars (``rows``, boolean) and memoised
+    compressions. Abundance inputs drop stars lacking a used species."""
+    if input == "spectra":
+        z = compression_scores(ds, k, seed, truncate_from, extra_mask_ranges)
+        desc = {"input": "spectra", "k": int(k), "seed": int(seed),
+                "compression": _compression_note(k, truncate_from)}
+        keep = np.ones(ds.n_stars, bool)
+    elif input in ("abundances", "subset"):
+        sp = list(SPECIES) if input == "abundances" else _species(species or PAPER_SUBSET)
+        z = ds.abundances(sp)
+        keep = ~np.isnan(z).any(axis=1)
+        desc = {"input": input, "species": sp}
+    else:
+        raise ValueError(f"input must be 'spectra', 'abundances' or 'subset', not {input!r}")
+    if rows is not None:
+        keep &= np.asarray(rows, bool)
+    isc = ds.is_cluster
+    fi, ci = np.flatnonzero(keep & ~isc), np.flatnonzero(keep & isc)
+    if len(fi) == 0:
+        raise ValueError(f"{ds.name}: no field star left for the {INPUT_NAMES[input]} representation")
+    st = ds.stars
+    desc |= {"n_field": int(len(fi)), "n_cluster_stars": int(len(ci)),
+             "n_left_out": int(ds.n_stars - keep.sum())}
+    return RateInputs(
+        z_pop=np.asarray(z[fi], float), z_clust=np.asarray(z[ci], float),
+        cluster_ids=st["cluster"].to_numpy(dtype=object)[ci],
+        pop_vhelio=st["vhelio_avg"].to_numpy(float)[fi], pop_ak=st["ak_targ"].to_numpy(float)[fi],
+        clust_vhelio=st["vhelio_avg"].to_numpy(float)[ci], clust_ak=st["ak_targ"].to_numpy(float)[ci],
+        description=desc | {"dataset": ds.name, "kind": ds.kind})
+
+
+def _rates(inp: RateInputs, notes: list, **kw):
+    """doppelganger_rates with its warnings collected into ``notes`` instead of printed."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = doppelganger_rates(inp.z_pop, inp.z_clust, inp.cluster_ids, **inp.as_kwargs(), **kw)
+    for w in caught:
+        msg = str(w.message)
+        if msg not in notes:
+            notes.append(msg)
+    return res
+
+
+def _n_rated(res):
+    ok = res.per_cluster["rate"].notna()
+    return int(ok.sum()), int(res.per_cluster.loc[ok, "n_stars"].sum())
+
+
+# ---------------------------------------------------------------------------- Fig. 2
+def k_sweep(ds: Dataset, ks=DEFAULT_KS, seed: int = 0, cv=(True, False), *, truncate_from: int | None = None,
+            variant: str = "transformed", max_dvhelio: float = MAX_DVHELIO, max_dak: float = MAX_DAK,
+            extra_mask_ranges=(), progress=False) -> pd.DataFrame:
+    """Global doppelganger rate vs K, with (leave-one-cluster-out) and without CV (Fig. 2).
+
+    One row per (K, cv): ``k, cv, global_rate, n_clusters_rated, n_stars_rated, compression, seed,
+    label, notes``. A K the data cannot support (too few cluster stars) gives NaN and the reason in
+    ``notes``. Progress: ``len(ks) * len(cv)`` units.
+    """
+    _check_dataset(ds)
+    ks = _positive_ints(ks, "ks")
+    cvs = [bool(c) for c in (cv if isinstance(cv, (list, tuple)) else [cv])]
+    bar = _Progress(progress, len(ks) * len(cvs), "K sweep")
+    rows = []
+    try:
+        for k in ks:
+            inp = representation(ds, "spectra", k, seed, truncate_from=truncate_from,
+                                 extra_mask_ranges=extra_mask_ranges)
+            for c in cvs:
+                notes = []
+                try:
+                    res = _rates(inp, notes, cv=c, variant=variant, max_dvhelio=max_dvhelio, max_dak=max_dak,
+                                 keep_distances=False)
+                    g, (nc, ns) = res.global_rate, _n_rated(res)
+                except ValueError as exc:
+                    g, nc, ns = np.nan, 0, 0
+                    notes.append(str(exc))
+                rows.append({"k": k, "cv": c, "global_rate": g, "n_clusters_rated": nc, "n_stars_rated": ns,
+                             "compression": _compression_note(k, truncate_from), "variant": variant,
+                             "seed": int(seed), "label": ds.label, "notes": " | ".join(notes)})
+                bar.update()
+    finally:
+        bar.close()
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------- Table 1
+def top_n_table(ds: Dataset, k: int = 30, ns=DEFAULT_NS, n_seeds: int = 10, seed: int = 0, *, cv: bool = True,
+                truncate_from: int | None = None, variant: str = "transformed", max_dvhelio: float = MAX_DVHELIO,
+                max_dak: float = MAX_DAK, extra_mask_ranges=(), progress=False) -> pd.DataFrame:
+    """Global rate keeping only the top N axes (and all K axes) of a K-dim map (Table 1).
+
+    Compressions with seeds ``seed … seed + n_seeds − 1``; for each, one pass over the folds gives
+    every N. One row per N (the last row: all K axes): ``n_axes, axes, mean, std`` (sample std,
+    ddof = 1, NaN for one seed), ``n_seeds``, one ``rate_seed<s>`` column per seed, the paper's
+    ``paper_mean, paper_std`` where the SPEC quotes them, ``k, cv, seeds, seed, label``.
+    Progress: ``n_seeds`` units.
+    """
+    _check_dataset(ds)
+    ns = sorted(set(_positive_ints(ns, "ns")))
+    if ns[-1] > k:
+        raise ValueError(f"top N={ns[-1]} exceeds K={k}")
+    n_seeds = _positive_ints([n_seeds], "n_seeds")[0]
+    seeds = [int(seed) + i for i in range(n_seeds)]
+    levels = [n for n in ns if n < k] + [None]
+    per_seed = {}
+    notes = []
+    bar = _Progress(progress, n_seeds, f"top-N table (K={k})")
+    try:
+        for s in seeds:
+            inp = representation(ds, "spectra", k, s, truncate_from=truncate_from,
+                                 extra_mask_ranges=extra_mask_ranges)
+            res = _rates(inp, notes, cv=cv, top_n=levels, variant=variant, max_dvhelio=max_dvhelio,
+                         max_dak=max_dak, keep_distances=False)
+            per_seed[s] = {n: res[n].global_rate for n in levels}
+            bar.update()
+    finally:
+        bar.close()
+    rows = []
+    for n in levels:
+        vals = np.array([per_seed[s][n] for s in seeds], float)
+        paper = PAPER_TOP_N.get("all" if n is None else n, (np.nan, np.nan))
+        row = {"n_axes": k if n is None else n, "axes": f"all {k}" if n is None else f"top {n}",
+               "mean": float(np.nanmean(vals)) if np.isfinite(vals).any() else np.nan,
+               "std": float(np.nanstd(vals, ddof=1)) if np.isfinite(vals).sum() > 1 else np.nan,
+               "n_seeds": int(np.isfinite(vals).sum())}
+        row |= {f"rate_seed{s}": v for s, v in zip(seeds, vals)}
+        row |= {"paper_mean": paper[0] if k == 30 else np.nan,
+                "paper_std": (paper[1] if paper[1] is not None else np.nan) if k == 30 else np.nan,
+                "k": int(k), "cv": bool(cv), "compression": _compression_note(k, truncate_from),
+                "seeds": f"{seeds[0]}..{seeds[-1]}" if len(seeds) > 1 else str(seeds[0]),
+                "seed": int(seed), "label": ds.label, "notes": " | ".join(notes)}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------- Fig. 4
+def ablation(ds: Dataset, k: int = 30, subset=PAPER_SUBSET, *, variants=VARIANTS, n_seeds: int = 1, seed: int = 0,
+             cv: bool = True, common_stars: bool = True, truncate_from: int | None = None,
+             max_dvhelio: float = MAX_DVHELIO, max_dak: float = MAX_DAK, extra_mask_ranges=(),
+             progress=False) -> pd.DataFrame:
+    """{spectra (K PCA scores), all 21 abundances, ``subset``} × ``variants`` (Fig. 4).
+
+    Spectra rates are averaged over ``n_seeds`` compressions (seeds ``seed …``); abundances are
+    deterministic (one run). ``common_stars=True`` evaluates all three representations on the same
+    stars: those with all 21 species (and the subset) measured, as the paper's sample. One row per
+    (representation, variant): ``input, representation, variant, mean, std, n_runs, k, species,
+    n_field, n_cluster_stars, paper, seeds, seed, label, notes``.
+    Progress: ``len(variants) * (n_seeds + 2)`` units.
+    """
+    _check_dataset(ds)
+    sub = _species(subset)
+    variants = list(variants)
+    for v in variants:
+        if v not in VARIANTS:
+            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, not {v!r}")
+    n_seeds = _positive_ints([n_seeds], "n_seeds")[0]
+    seeds = [int(seed) + i for i in range(n_seeds)]
+    rows_mask = complete_rows(ds, sorted(set(SPECIES) | set(sub))) if common_stars else None
+    bar = _Progress(progress, len(variants) * (n_seeds + 2), "ablation")
+    out = []
+    try:
+        for inp_name in ("spectra", "abundances", "subset"):
+            runs = seeds if inp_name == "spectra" else [None]
+            inputs = [representation(ds, inp_name, k, s if s is not None else seed, species=sub, rows=rows_mask,
+                                     truncate_from=truncate_from, extra_mask_ranges=extra_mask_ranges)
+                      for s in runs]
+            for v in variants:
+                notes, vals = [], []
+                for inp in inputs:
+                    try:
+                        res = _rates(inp, notes, cv=cv, variant=v, max_dvhelio=max_dvhelio, max_dak=max_dak,
+                                     keep_distances=False)
+                        vals.append(res.global_rate)
+                    except ValueError as exc:
+                        vals.append(np.nan)
+                        notes.append(str(exc))
+                    bar.update()
+                vals = np.array(vals, float)
+                d = inputs[0].description
+                out.append({
+                    "input": inp_name, "representation": INPUT_NAMES[inp_name], "variant": v,
+                    "mean": float(np.nanmean(vals)) if np.isfinite(vals).any() else np.nan,
+                    "std": float(np.nanstd(vals, ddof=1)) if np.isfinite(vals).sum() > 1 else np.nan,
+                    "n_runs": int(np.isfinite(vals).sum()), "k": int(k) if inp_name == "spectra" else np.nan,
+                    "species": "" if inp_name == "spectra" else ",".join(d["species"]),
+                    "n_field": d["n_field"], "n_cluster_stars": d["n_cluster_stars"],
+                    "paper": PAPER_ABLATION.get((inp_name, v), np.nan) if (inp_name != "spectra" or k == 30)
+                    and (inp_name != "subset" or sub == list(PAPER_SUBSET)) else np.nan,
+                    "seeds": (f"{seeds[0]}..{seeds[-1]}" if len(seeds) > 1 else str(seeds[0]))
+                    if inp_name == "spectra" else "",
+                    "seed": int(seed), "label": ds.label, "notes": " | ".join(notes)})
+    finally:
+        bar.close()
+    return pd.DataFrame(out)
+
+
+# ---------------------------------------------------------------------------- Fig. 5
+def default_cluster_counts(n_usable: int, max_points: int = 10) -> list[int]:
+    """Up to ``max_points`` training-set sizes between 2 and n_usable − 1 (inclusive)."""
+    if n_usable < 3:
+        raise ValueError(f"need at least 3 clusters with 2 or more stars, got {n_usable}")
+    return sorted(set(int(round(v)) for v in np.linspace(2, n_usable - 1, max_points)))
+
+
+def data_size_curve(ds: Dataset, ks=DATA_SIZE_KS, n_clusters=None, n_trials: int = 50, seed: int = 0, *,
+                    truncate_from: int | None = None, variant: str = "transformed",
+                    max_dvhelio: float = MAX_DVHELIO, max_dak: float = MAX_DAK, extra_mask_ranges=(),
+                    return_trials: bool = False, progress=False):
+    """Expected global rate when the map is trained on only m clusters (Fig. 5).
+
+    Evaluation (held-out, so it never scores a cluster with a map that saw it): in each trial, for
+    every cluster c with ≥ 2 stars, a training set of m clusters is drawn at random (without
+    replacement) from the *other* clusters with ≥ 2 stars; the map (steps 3–4; the field sphering
+    does not depend on the clusters) is fitted on those m clusters and rate_c is measured exactly as
+    in SPEC §2. The trial's global rate is the n_c-weighted mean of rate_c; the curve is the mean
+    over trials. For m = J − 1 (all other clusters) this *is* the leave-one-cluster-out rate of
+    ``doppelganger_rates``. Training subsets are drawn once from ``default_rng(seed)`` and shared
+    by every K (common random numbers: differences between K are not sampling noise). A draw whose
+    clusters are too few to constrain K axes (Σ(n_j − 1) < K) cannot be fitted; its rate_c is left
+    out and counted in ``fraction_unfit``.
+
+    Returns a DataFrame, one row per (K, m): ``k, n_train_clusters, mean_rate, std_rate`` (over
+    trials), ``sem``, ``n_trials``, ``fraction_unfit``, ``seed, label``; with ``return_trials`` also
+    the per-trial table. Progress: ``len(ks) * len(n_clusters) * n_trials`` units.
+    """
+    _check_dataset(ds)
+    ks = _positive_ints(ks, "ks")
+    n_trials = _positive_ints([n_trials], "n_trials")[0]
+    est = RSCA(variant=variant)
+    ids_all = ds.stars["cluster"].to_numpy(dtype=object)[ds.cluster_index]
+    groups0 = group_indices(check_cluster_ids(ids_all, len(ids_all)))
+    usable = [c for c, v in groups0.items() if len(v) >= 2]
+    ms = default_cluster_counts(len(usable)) if n_clusters is None else _positive_ints(n_clusters, "n_clusters")
+    bad = [m for m in ms if m > len(usable) - 1]
+    if bad:
+        raise ValueError(f"n_clusters={bad[0]} is too many: each evaluated cluster can be trained on at most "
+                         f"{len(usable) - 1} other clusters")
+    ms = sorted(set(ms))
+    rng = np.random.default_rng(seed)
+    # draws[m][t][c] = names of the training clusters for evaluating c (shared by every K)
+    draws = {m: [{c: sorted(rng.choice([o for o in usable if o != c], size=m, replace=False).tolist())
+                  for c in usable} for _ in range(n_trials)] for m in ms}
+    bar = _Progress(progress, len(ks) * len(ms) * n_trials, "data-size curve")
+    trial_rows = []
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):  # K × K work: BLAS threads only add overhead
+            _data_size_trials(ds, ks, ms, n_trials, usable, draws, est, seed, truncate_from, extra_mask_ranges,
+                              float(max_dvhelio), float(max_dak), trial_rows, bar)
+    finally:
+        bar.close()
+    trials = pd.DataFrame(trial_rows)
+    summary = []
+    for (k, m), grp in trials.groupby(["k", "n_train_clusters"], sort=True):
+        vals = grp["global_rate"].to_numpy(float)
+        fin = vals[np.isfinite(vals)]
+        summary.append({"k": int(k), "n_train_clusters": int(m),
+                        "mean_rate": float(fin.mean()) if len(fin) else np.nan,
+                        "std_rate": float(fin.std(ddof=1)) if len(fin) > 1 else np.nan,
+                        "sem": float(fin.std(ddof=1) / np.sqrt(len(fin))) if len(fin) > 1 else np.nan,
+                        "n_trials": int(len(fin)),
+                        "fraction_unfit": float(grp["n_unfit"].sum() / grp["n_evaluated"].sum()),
+                        "n_clusters_total": len(usable), "variant": variant,
+                        "compression": _compression_note(k, truncate_from), "seed": int(seed), "label": ds.label})
+    summary = pd.DataFrame(summary)
+    if return_trials:
+        trials["seed"], trials["label"] = int(seed), ds.label
+        return summary, trials
+    return summary
+
+
+def _data_size_trials(ds, ks, ms, n_trials, usable, draws, est, seed, truncate_from, extra_mask_ranges,
+                      max_dvhelio, max_dak, trial_rows, bar):
+    for k in ks:
+        inp = representation(ds, "spectra", k, seed, truncate_from=truncate_from,
+                             extra_mask_ranges=extra_mask_ranges)
+        ids = check_cluster_ids(inp.cluster_ids, len(inp.cluster_ids))
+        groups = group_indices(ids)
+        mean, sphere = est.fit_population(inp.z_pop)
+        S_cl = (inp.z_clust - mean) @ sphere.T
+        pf = _PairFilter(inp.pop_vhelio, inp.pop_ak, max_dvhelio, max_dak)
+        cand = {}
+        for c in usable:
+            idx = groups[c]
+            cidx, ok = pf.candidates(inp.clust_vhelio[idx], inp.clust_ak[idx])
+            cand[c] = (inp.z_pop[cidx] - mean, ok)
+        for m in ms:
+            for t in range(n_trials):
+                rates, weights, unfit = [], [], 0
+                for c in usable:
+                    train = draws[m][t][c]
+                    rows = np.sort(np.concatenate([groups[n] for n in train]))
+                    remap = {n: np.searchsorted(rows, groups[n]) for n in train}
+                    try:
+                        geom = est.fit_clusters(S_cl[rows], remap)
+                    except ValueError:
+                        unfit += 1
+                        continue
+                    A = geom.matrix()
+                    idx = groups[c]
+                    Zf, ok = cand[c]
+                    Ym = S_cl[idx] @ A.T
+                    Yf = Zf @ (A @ sphere).T
+                    med = float(np.median(_intra(Ym)))
+                    n_below, n_pairs, _ = _count_below(Ym, Yf, ok, med, False)
+                    if n_pairs:
+                        rates.append(n_below / n_pairs)
+                        weights.append(len(idx))
+                g = float(np.average(rates, weights=weights)) if rates else np.nan
+                trial_rows.append({"k": k, "n_train_clusters": m, "trial": t, "global_rate": g,
+                                   "n_unfit": unfit, "n_evaluated": len(usable)})
+                bar.update()
+
+
+# ---------------------------------------------------------------------------- Fig. 3
+CORRELATION_LABELS = ("teff", "logg", "fe_h", *[f"x_h_{s.lower()}" for s in SPECIES], "ak_targ", "vhelio_avg",
+                      "snr")
+
+
+def feature_relations(ds: Dataset, k: int = 30, n_features: int = 3, seed: int = 0, *, vhelio_feature=None,
+                      n_correlated: int = 10, truncate_from: int | None = None, extra_mask_ranges=()) -> dict:
+    """The top RSCA features of a K-dim map fitted on all clusters, against observed labels (Fig. 3).
+
+    Returns a dict:
+
+    * ``"stars"``: one row per star (field and cluster): ``apogee_id, cluster, is_cluster, fe_h,
+      vhelio_avg, feature_1 … feature_m`` (m = max(n_features, vhelio_feature)), ``label, seed``;
+    * ``"correlations"``: for features 1 … ``n_correlated``: Pearson r over the field stars with
+      each observed label (Teff, logg, [Fe/H], the 21 [X/H], AK_TARG, VHELIO_AVG, SNR), plus
+      ``r2_all_labels`` (R² of a linear fit of the feature on all those labels together) and the
+      feature's scale σ_i;
+    * ``"settings"``: k, seed, n_features, vhelio_feature, label.
+
+    Feature i is output axis i of ``RSCA`` (σ_i ascending: most discriminative first). Its sign is
+    arbitrary; it is chosen so that the feature correlates positively with [Fe/H] over the field.
+    The paper plots features 1–3 against [Fe/H] and feature 4 (its example of a radial-velocity
+    trend) against VHELIO_AVG. ``vhelio_feature=None`` picks, among features n_features + 1 …
+    n_correlated, the one most correlated (|Pearson r|) with VHELIO_AVG over the field.
+    """
+    _check_dataset(ds)
+    n_features, n_correlated = _positive_ints([n_features, n_correlated], "feature counts")
+    if vhelio_feature is not None:
+        vhelio_feature = _positive_ints([vhelio_feature], "vhelio_feature")[0]
+    m = max(n_features, vhelio_feature or 0)
+    if m > k:
+        raise ValueError(f"feature {m} does not exist in a K={k} map")
+    n_corr = min(k, max(n_correlated, m))
+    z = compression_scores(ds, k, seed, truncate_from, extra_mask_ranges)
+    isc = ds.is_cluster
+    est = RSCA().fit(z[~isc], z[isc], ds.stars["cluster"].to_numpy(dtype=object)[isc])
+    Y = est.transform(z, top_n=n_corr)
+    st = ds.stars
+    field = ~isc
+    feh = st["fe_h"].to_numpy(float)
+    for i in range(n_corr):
+        ok = field & np.isfinite(feh)
+        if ok.sum() > 2 and np.corrcoef(Y[ok, i], feh[ok])[0, 1] < 0:
+            Y[:, i] = -Y[:, i]
+    vh = st["vhelio_avg"].to_numpy(float)
+    if vhelio_feature is None:
+        if n_corr > n_features:
+            r = [abs(np.corrcoef(Y[field, i], vh[field])[0, 1]) for i in range(n_features, n_corr)]
+            vhelio_feature = n_features + 1 + int(np.nanargmax(r))
+        else:
+            vhelio_feature = n_features
+    m = max(n_features, vhelio_feature)
+    stars = pd.DataFrame({"apogee_id": st["apogee_id"], "cluster": st["cluster"], "is_cluster": isc,
+                          "fe_h": feh, "vhelio_avg": vh})
+    for i in range(m):
+        stars[f"feature_{i + 1}"] = Y[:, i]
+    stars["label"], stars["seed"] = ds.label, int(seed)
+
+    labels = [c for c in CORRELATION_LABELS if c in st.columns]
+    L = st.loc[field, labels].to_numpy(dtype=float, copy=True)
+    L[L <= -9999] = np.nan
+    Yf = Y[field]
+    rows = []
+    complete = np.isfinite(L).all(axis=1)
+    design = np.column_stack([np.ones(complete.sum()), L[complete]])
+    for i in range(n_corr):
+        row = {"feature": f"feature_{i + 1}", "axis": i + 1, "scale": float(est.scales_[i])}
+        for j, lab in enumerate(labels):
+            ok = np.isfinite(L[:, j])
+            x, y = L[ok, j], Yf[ok, i]
+            row[lab] = float(np.corrcoef(x, y)[0, 1]) if ok.sum() > 2 and x.std() > 0 and y.std() > 0 else np.nan
+        y = Yf[complete, i]
+        if len(y) > design.shape[1]:
+            coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+            resid = y - design @ coef
+            row["r2_all_labels"] = float(1 - resid.var() / y.var()) if y.var() > 0 else np.nan
+        else:
+            row["r2_all_labels"] = np.nan
+        rows.append(row)
+    corr = pd.DataFrame(rows)
+    corr["seed"], corr["label"] = int(seed), ds.label
+    return {"stars": stars, "correlations": corr,
+            "settings": {"k": int(k), "seed": int(seed), "n_features": n_features, "vhelio_feature": vhelio_feature,
+                         "compression": _compression_note(k, truncate_from), "label": ds.label,
+                         "n_field": int(field.sum()), "n_cluster_stars": int(isc.sum())}}
+
+
+# ---------------------------------------------------------------------------- Fig. 9/10
+def distance_histograms(ds: Dataset, k: int = 30, seed: int = 0, inputs=("spectra", "subset"), *,
+                        subset=PAPER_SUBSET, cv: bool = True, bins: int = 30, truncate_from: int | None = None,
+                        max_dvhelio: float = MAX_DVHELIO, max_dak: float = MAX_DAK, extra_mask_ranges=(),
+                        progress=False) -> dict:
+    """Per-cluster intra- vs inter-cluster distance distributions (Fig. 9/10).
+
+    For each representation in ``inputs`` ("spectra", "abundances", "subset"), the full RSCA
+    (``cv`` as in SPEC §2) gives each cluster's intra- and inter-cluster distances. Returns a dict:
+
+    * ``"summary"``: one row per (input, cluster): ``input, representation, cluster, n_stars, rate,
+      median_intra, n_intra_pairs, n_inter_pairs, global_rate, label, seed``;
+    * ``"histograms"``: ``input, cluster, bin, left, right, intra_count, inter_count,
+      intra_density, inter_density`` (densities normalised over *all* distances; the range is
+      [0, max(largest intra distance, 99th percentile of inter distances)], so the top 1 % of
+      inter distances may fall outside);
+    * ``"distances"``: {input: {cluster: {"intra": array, "inter": array}}} (the raw distances).
+
+    Progress: ``len(inputs)`` units.
+    """
+    _check_dataset(ds)
+    bins = _positive_ints([bins], "bins")[0]
+    sub = _species(subset)
+    bar = _Progress(progress, len(inputs), "distance histograms")
+    summary, hists, raw = [], [], {}
+    try:
+        for inp_name in inputs:
+            inp = representation(ds, inp_name, k, seed, species=sub, truncate_from=truncate_from,
+                                 extra_mask_ranges=extra_mask_ranges)
+            notes = []
+            res = _rates(inp, notes, cv=cv, max_dvhelio=max_dvhelio, max_dak=max_dak, keep_distances=True)
+            raw[inp_name] = {}
+            for r in res.per_cluster.itertuples():
+                intra = np.asarray(res.intra_distances.get(r.cluster, np.array([])), float)
+                inter = res.inter_distances.get(r.cluster)
+                inter = np.array([]) if inter is None else np.asarray(inter, float)
+                raw[inp_name][r.cluster] = {"intra": intra, "inter": inter}
+                summary.append({"input": inp_name, "representation": INPUT_NAMES[inp_name], "cluster": r.cluster,
+                                "n_stars": int(r.n_stars), "rate": r.rate, "median_intra": r.median_intra,
+                                "n_intra_pairs": int(len(intra)), "n_inter_pairs": int(r.n_inter_pairs),
+                                "global_rate": res.global_rate, "k": int(k) if inp_name == "spectra" else np.nan,
+                                "cv": bool(cv), "seed": int(seed), "label": ds.label, "notes": " | ".join(notes)})
+                if len(intra) == 0:
+                    continue
+                hi = max(float(intra.max()), float(np.quantile(inter, 0.99)) if len(inter) else 0.0)
+                edges = np.linspace(0.0, hi * 1.02 if hi > 0 else 1.0, bins + 1)
+                ci, _ = np.histogram(intra, edges)
+                ce, _ = np.histogram(inter, edges)
+                width = np.diff(edges)
+                for b in range(bins):
+                    hists.append({"input": inp_name, "cluster": r.cluster, "bin": b, "left": edges[b],
+                                  "right": edges[b + 1], "intra_count": int(ci[b]), "inter_count": int(ce[b]),
+                                  "intra_density": ci[b] / (len(intra) * width[b]),
+                                  "inter_density": ce[b] / (len(inter) * width[b]) if len(inter) else np.nan})
+            bar.update()
+    finally:
+        bar.close()
+    h = pd.DataFrame(hists)
+    if len(h):
+        h["seed"], h["label"] = int(seed), ds.label
+    return {"summary": pd.DataFrame(summary), "histograms": h, "distances": raw,
+            "settings": {"k": int(k), "seed": int(seed), "cv": bool(cv), "inputs": list(inputs), "subset": sub,
+                         "bins": bins, "label": ds.label}}
