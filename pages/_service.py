@@ -121,14 +121,42 @@ def background_manager(cached: bool = False):
     ``cached=True`` returns a manager whose finished results are cached on disk and shared between
     users and workers (keyed by the callback's arguments plus the dataset registry state)."""
     import diskcache
-    from dash import DiskcacheManager
 
     d = state_dir() / "jobs"
     d.mkdir(parents=True, exist_ok=True)
     handle = diskcache.Cache(str(d))
+    cls = _safe_manager_class()
     if cached:
-        return DiskcacheManager(handle, cache_by=[_registry_fingerprint], expire=7 * 86400)
-    return DiskcacheManager(handle)
+        return cls(handle, cache_by=[_registry_fingerprint], expire=7 * 86400)
+    return cls(handle)
+
+
+@functools.lru_cache(maxsize=1)
+def _safe_manager_class():
+    """DiskcacheManager that tolerates a job process vanishing while it is being terminated
+    (dash 4.4 lets psutil.NoSuchProcess escape from ``process.children()`` as an HTTP 500)."""
+    import psutil
+    from dash import DiskcacheManager
+
+    class SafeDiskcacheManager(DiskcacheManager):
+        def terminate_job(self, job):
+            try:
+                super().terminate_job(job)
+            except psutil.NoSuchProcess:
+                pass
+
+    return SafeDiskcacheManager
+
+
+def progress_reporter(set_progress):
+    """``report(fraction, text)`` for a background job: best effort (a busy job store must not
+    fail the job)."""
+    def report(fraction, text):
+        try:
+            set_progress((int(round(100 * max(0.0, min(1.0, fraction)))), str(text)[:80]))
+        except Exception:
+            pass
+    return report
 
 
 def _registry_fingerprint() -> str:

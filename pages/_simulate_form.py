@@ -65,7 +65,7 @@ def register_simulate_callbacks():
             seed = service.parse_int(seed, "seed", 0, 2**31 - 1)
             flags = {i["flag"]: bool(v) for i, v in zip(flag_ids or [], flag_values or [])}
             path = service.build_simulated(name, n_field, seed, flags,
-                                           report=lambda f, text: set_progress((int(100 * f), text)))
+                                           report=service.progress_reporter(set_progress))
         except Exception as exc:
             return ui.error_alert(service.describe_error(exc))
         return dbc.Alert([f"Built {path}. ", html.A("Explore it →", href=f"/?ds={name}"), " ",

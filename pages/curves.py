@@ -128,7 +128,7 @@ def _register(name):
     def run(set_progress, _n, ds, *values):
         try:
             table, fig = service.run_experiment(name, ds, dict(zip(fields, values)),
-                                                report=lambda f, t: set_progress((int(100 * f), t)))
+                                                report=service.progress_reporter(set_progress))
         except Exception as exc:
             msg = service.describe_error(exc)
             return ui.empty_figure(msg, height=260), None, None, ui.error_alert(msg)

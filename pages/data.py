@@ -124,7 +124,7 @@ def update(ds, _done):
           progress=[Output(f"{P}-pca-progress", "value"), Output(f"{P}-pca-progress", "label")])
 def prepare(set_progress, _n, ds):
     try:
-        service.prepare_compression(ds, report=lambda f, text: set_progress((int(100 * f), text)))
+        service.prepare_compression(ds, report=service.progress_reporter(set_progress))
     except Exception as exc:
         return ui.error_alert(service.describe_error(exc))
     return dbc.Alert("Compression ready.", color="success", class_name="py-1 mb-0")

@@ -104,7 +104,7 @@ def run_residuals(set_progress, ds, ncomp):
     try:
         n = service.parse_int(ncomp, "diagnostic PCA components", 2, 60)
         return service.residual_diagnostics(ds, n_components=n,
-                                            report=lambda f, t: set_progress((int(100 * f), t)))
+                                            report=service.progress_reporter(set_progress))
     except Exception as exc:
         return {"error": service.describe_error(exc)}
 
@@ -164,7 +164,7 @@ def rate_with_mask(set_progress, _n, ds, k, mask_text):
         mask = service.parse_mask(mask_text)
         if not mask:
             raise service.UserError("enter at least one pixel range to mask")
-        r = service.rate_with_mask(s, mask, report=lambda f, t: set_progress((int(100 * f), t)))
+        r = service.rate_with_mask(s, mask, report=service.progress_reporter(set_progress))
     except Exception as exc:
         return ui.error_alert(service.describe_error(exc))
     label = service.dataset_label(ds)
