@@ -403,6 +403,7 @@ class BundleWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=path.parent))
+        os.chmod(self.tmp, 0o755)  # mkdtemp makes it private; a bundle is readable like any other file
         self.n_stars, self.n_pixels = int(n_stars), int(n_pixels)
         shape = (self.n_stars, self.n_pixels)
         fmt = np.lib.format
