@@ -39,7 +39,8 @@ spectra are made on demand, in any chunks, with identical values whatever the ch
   PM_PROB (NaN unless a candidate), and lower-case extras: ``true_teff``, ``true_logg``,
   ``true_fe_h``, ``true_alpha_fe``, ``true_x_h_<sp>`` (the 21 species), ``population``
   (thin / thick / halo / dwarf / cluster), ``evol`` (rgb / rc / dwarf), ``age``, ``mass``,
-  ``true_cluster`` (cluster whose chemistry the star has, "" for field chemistry), ``plate``,
+  ``true_cluster`` (cluster whose chemistry the star has, "none" for field chemistry), ``plate``,
+  ``plate_bc`` (barycentric correction of the plate, km/s), ``v_ism`` (velocity of the DIB carriers),
   ``passes_cuts`` (the per-star cuts of SPEC §4) and ``in_bundle``.
 * ``survey.spectra(rows) -> (flux, err)``: float32 arrays (len(rows), 8575) of rows of
   ``stars_all`` (alias ``spectra_for``); ``survey.spectrum(i)`` for one star.
@@ -166,7 +167,7 @@ class SimulationConfig:
     resolution: float = 22500.0        #: spectral resolving power R
     macroturbulence: float = 4.0       #: extra Gaussian broadening, km/s (sigma)
     pseudo_continuum: bool = True      #: ASPCAP-like pseudo-continuum placed low in line-dense regions
-    pseudo_continuum_strength: float = 0.5
+    pseudo_continuum_strength: float = 0.15
     dibs: bool = True                  #: diffuse interstellar bands scaling with AK_TARG
     dib_depth_per_ak: float = 0.2      #: central depth of the 15273 Å band per magnitude of A_K
     rv_systematics: bool = True        #: telluric/sky residuals at observed wavelengths + RV shift error
@@ -346,16 +347,16 @@ class LineList:
 
 
 _STRONG = {  # species: (wavelengths Å (SPEC §5), range of tau at the reference star)
-    "K": ((15163, 15168), (0.8, 1.5)), "Mn": ((15159, 15218, 15263), (0.6, 1.4)),
-    "Fe": ((15207, 15294, 15490, 15648, 15662, 15964, 16040, 16153, 16165, 16487), (1.5, 4.0)),
-    "Mg": ((15740, 15749, 15765, 15886, 15954), (3.0, 8.0)),
-    "Si": ((15377, 15888, 15960, 16060, 16095, 16380, 16681), (1.5, 4.0)),
-    "Al": ((16719, 16751, 16763), (2.0, 5.0)), "Ca": ((16137, 16151, 16157, 16197), (0.6, 1.5)),
-    "Ti": ((15544, 15603, 15716, 16635), (0.5, 1.2)), "Ni": ((15606, 16584, 16589, 16674), (0.4, 1.2)),
-    "Na": ((16374, 16389), (0.3, 0.6)), "S": ((15470, 15476, 15479), (0.3, 0.5)),
-    "Cr": ((15680, 15860), (0.3, 0.6)), "V": ((15925,), (0.15, 0.3)), "Co": ((16758,), (0.15, 0.25)),
-    "Cu": ((16006,), (0.12, 0.2)), "Ce": ((15785,), (0.12, 0.2)),
-    "CI": ((16005, 16022, 16890), (0.3, 0.6)), "TiII": ((15874,), (0.25, 0.4)),
+    "K": ((15163, 15168), (0.5, 1.0)), "Mn": ((15159, 15218, 15263), (0.4, 0.9)),
+    "Fe": ((15207, 15294, 15490, 15648, 15662, 15964, 16040, 16153, 16165, 16487), (0.9, 2.2)),
+    "Mg": ((15740, 15749, 15765, 15886, 15954), (1.8, 4.5)),
+    "Si": ((15377, 15888, 15960, 16060, 16095, 16380, 16681), (0.9, 2.2)),
+    "Al": ((16719, 16751, 16763), (1.2, 3.0)), "Ca": ((16137, 16151, 16157, 16197), (0.4, 0.9)),
+    "Ti": ((15544, 15603, 15716, 16635), (0.3, 0.7)), "Ni": ((15606, 16584, 16589, 16674), (0.3, 0.7)),
+    "Na": ((16374, 16389), (0.2, 0.4)), "S": ((15470, 15476, 15479), (0.2, 0.35)),
+    "Cr": ((15680, 15860), (0.2, 0.4)), "V": ((15925,), (0.1, 0.2)), "Co": ((16758,), (0.1, 0.18)),
+    "Cu": ((16006,), (0.08, 0.14)), "Ce": ((15785,), (0.08, 0.14)),
+    "CI": ((16005, 16022, 16890), (0.2, 0.4)), "TiII": ((15874,), (0.15, 0.3)),
 }
 _WEAK_COUNT = {"Fe": 110, "Si": 8, "Mg": 4, "Ni": 8, "Ti": 8, "Ca": 4, "Cr": 6, "V": 5, "Co": 5,
                "Mn": 4, "Al": 2, "Na": 2, "K": 2, "S": 4, "Cu": 3, "Ce": 5, "CI": 2, "TiII": 3}
@@ -396,23 +397,23 @@ def line_list() -> LineList:
     for sp, n in _WEAK_COUNT.items():
         for w in _uniform_in_chips(rng, n):
             th, ga = atomic_sens(sp)
-            rows.append((float(w), rng.normal(np.log10(0.15), 0.35), {sp: 1.0}, th, ga, 0.05, "atomic", sp))
+            rows.append((float(w), rng.normal(np.log10(0.08), 0.35), {sp: 1.0}, th, ga, 0.05, "atomic", sp))
     # OH: O not locked in CO; strongly temperature sensitive
     for w in _uniform_in_chips(rng, 110):
-        rows.append((float(w), rng.normal(np.log10(0.3), 0.35), {"O": 1.25, "C": -0.25},
-                     rng.uniform(3.5, 5.0), 0.15, 0.0, "OH", "OH"))
+        rows.append((float(w), rng.normal(np.log10(0.15), 0.35), {"O": 1.25, "C": -0.25},
+                     rng.uniform(2.5, 4.0), 0.15, 0.0, "OH", "OH"))
     # CN ∝ C·N/O (free carbon)
     for w in _uniform_in_chips(rng, 240):
-        rows.append((float(w), rng.normal(np.log10(0.1), 0.35), {"C": 1.0, "N": 1.0, "O": -0.5},
-                     rng.uniform(2.5, 4.0), -0.1, 0.0, "CN", "CN"))
+        rows.append((float(w), rng.normal(np.log10(0.06), 0.35), {"C": 1.0, "N": 1.0, "O": -0.5},
+                     rng.uniform(2.0, 3.0), -0.1, 0.0, "CN", "CN"))
     # CO second-overtone band heads: R-branch lines piling up at the head, fading redward
     for head in CO_BANDHEADS:
-        base = np.log10(0.6)
+        base = np.log10(0.35)
         for k in range(1, 40):
             rows.append((head + 0.045 * k * k, base - k / 40.0 + rng.normal(0, 0.05), {"C": 1.0},
                          rng.uniform(1.5, 2.5), 0.2, 0.0, "CO", "CO"))
     for w in _uniform_in_chips(rng, 60):  # weak CO lines elsewhere
-        rows.append((float(w), rng.normal(np.log10(0.08), 0.3), {"C": 1.0}, rng.uniform(1.5, 2.5), 0.2,
+        rows.append((float(w), rng.normal(np.log10(0.05), 0.3), {"C": 1.0}, rng.uniform(1.5, 2.5), 0.2,
                      0.0, "CO", "CO"))
     rows.sort(key=lambda r: r[0])
     L = len(rows)
@@ -636,7 +637,7 @@ class SimulatedSurvey:
             S = _scatter_matrix(cfg.resolution, cfg.macroturbulence, kinds)
             dT = 5040.0 / teff - 5040.0 / 4600.0
             dg = logg - 2.5
-            depth_max = np.clip(0.88 - 0.12 * (teff - 4500.0) / 1000.0, 0.6, 0.95).astype(f32)
+            depth_max = np.clip(0.70 - 0.15 * (teff - 4500.0) / 1000.0, 0.5, 0.85).astype(f32)
             pieces = []
             for g in groups:
                 li = g.lines
@@ -818,9 +819,8 @@ class _Builder:
         """Field giants (thin, thick, halo) and dwarfs, with true parameters and chemistry."""
         rng, cfg = self.rng["field"], self.cfg
         thick = cfg.thick_fraction if cfg.two_alpha_sequences else 0.0
-        p = np.array([0.70 * (1 - thick / 0.8) if thick < 0.8 else 0.0, thick, 0.02, 0.07])
-        p[0] = max(p[0], 0.0)
-        p = p / p.sum()
+        thick = min(thick, 0.9)
+        p = np.array([0.91 - thick, thick, 0.02, 0.07])  # thin, thick, halo, dwarfs
         pop = rng.choice(np.array(["thin", "thick", "halo", "dwarf"]), size=n, p=p)
         feh = np.empty(n)
         age = np.empty(n)
@@ -845,7 +845,7 @@ class _Builder:
                                      cfg.dredge_up)
         evol = np.where(m["dwarf"], "dwarf", np.where(is_rc, "rc", "rgb"))
         return dict(population=pop, feh=feh, alpha=alpha, age=age, mass=mass, logg=logg, teff=teff,
-                    evol=evol, chem=chem, true_cluster=np.full(n, "", dtype=object))
+                    evol=evol, chem=chem, true_cluster=np.full(n, "none", dtype=object))
 
     def alpha_of(self, rng, feh, age, seq):
         """Two-sequence [α/Fe]: low-α thin disc, high-α thick disc (merging at [Fe/H] ≈ +0.1)."""
@@ -1122,7 +1122,7 @@ def generate_survey(config: SimulationConfig | None = None, n_field: int = DEFAU
         # members mostly on the cluster's main plate
         pl = cl_plates[j]
         star_plate[i] = pl[0] if (rng_o.random() < 0.7 or len(pl) == 1) else pl[int(rng_o.integers(1, len(pl)))]
-        if kind[i] == "member" or cat["true_cluster"][i] != "":
+        if kind[i] == "member" or cat["true_cluster"][i] != "none":
             star_ak[i] = c["ak"] + rng_o.normal(0, 0.025)
             star_v[i] = c["vhelio"] + rng_o.normal(0, 0.8)
         else:
@@ -1192,6 +1192,7 @@ def generate_survey(config: SimulationConfig | None = None, n_field: int = DEFAU
     tab.update({"population": cat["population"], "evol": cat["evol"], "age": cat["age"], "mass": cat["mass"],
                 "true_cluster": cat["true_cluster"],
                 "plate": np.array([plates[p]["id"] for p in star_plate], np.int64),
+                "plate_bc": np.array([plates[p]["bc"] for p in star_plate]), "v_ism": star_vism,
                 "passes_cuts": cat["ok"]})
     stars_all = pd.DataFrame(tab)
 
