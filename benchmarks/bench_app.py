@@ -238,7 +238,15 @@ def take_screenshots(port, out_dir):
             if clicks:
                 for cid in clicks:
                     d.execute_script("var b = document.getElementById(arguments[0]); if (b) b.click();", cid)
-                time.sleep(240)
+                    time.sleep(0.5)
+                end = time.time() + 600
+                while time.time() < end:  # until every job has finished (its Run button is enabled again)
+                    time.sleep(3)
+                    busy = d.execute_script("return arguments[0].filter(i => { var b = document.getElementById(i);"
+                                            " return b && b.disabled; }).length", clicks)
+                    if not busy:
+                        break
+                time.sleep(3)
             h = d.execute_script("return document.body.scrollHeight")
             d.set_window_size(1500, min(max(900, h + 40), 4000))
             time.sleep(1.5)

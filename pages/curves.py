@@ -22,7 +22,7 @@ CARDS = {
                 [("ks", "K values", "5,10,15,20,25,30,40,50,60")]),
     "top_n": ("Top-N axes (Table 1)", "Keep only the N most informative axes of a K map; mean ± std over "
               "compressions with different seeds (each extra seed is a new PCA: slow on a big survey).",
-              [("k", "K", "30"), ("n_seeds", "seeds", "2")]),
+              [("k", "K", "30"), ("n_seeds", "seeds", "1")]),
     "data_size": ("Rate vs number of training clusters (Fig. 5)",
                   "Expected rate when the map is trained on m random clusters, averaged over trials.",
                   [("ks", "K values", "10,20,30"), ("n_trials", "trials", "50")]),
