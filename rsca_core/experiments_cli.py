@@ -105,7 +105,7 @@ def run_experiments(ds, settings: dict, experiments=EXPERIMENTS, progress: bool 
                    disable=not progress, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]")
         for k, s in todo:
             bar.set_postfix_str(f"K={k} seed={s}")
-            E.compression_scores(ds, k, s)
+            E.compression_scores(ds, k, s, progress=progress)
             bar.update(k + 10)
         bar.close()
     timings["compressions"] = time.perf_counter() - t0
@@ -459,15 +459,21 @@ def report_markdown(doc: dict, results: dict) -> str:
     L.append("## Method notes\n")
     L.append("- Spectra are compressed by `MaskedPCA` (PCA with missing pixels; the bundle's mask) fitted on field "
              "and cluster stars together; compressions are cached in the bundle's `cache/`.")
-    if doc["quick"]:
-        L.append("- Quick mode: one K = 30 compression; smaller K use its leading components (with missing pixels "
-                 "this approximates, but is not identical to, a separate K fit); one seed; fewer data-size trials.")
-    else:
-        L.append("- Full mode: a separate compression for every K; 10 seeds at K = 30 for Table 1 and the spectra "
-                 "bars of Fig. 4.")
-    L.append("- Reproduce: `python -m rsca_core reproduce --dataset DIR --out DIR"
-             f"{' --quick' if doc['quick'] else ''} --seed {doc['seed']}`. All tables are in `results.json` and the "
-             "CSV files (each row carries `label` and `seed`).")
+    st = doc["settings"]
+    ksw = st.get("k_sweep", {})
+    if ksw:
+        how = (f"one K = {ksw['truncate_from']} compression whose leading components serve every smaller K (with "
+               "missing pixels this approximates, but is not identical to, a separate fit per K)"
+               if ksw.get("truncate_from") else "a separate compression for every K")
+        L.append(f"- K sweep: {how}.")
+    if "top_n" in st:
+        L.append(f"- Table 1 and the spectra bars of Fig. 4: {st['top_n']['n_seeds']} compression seed(s) "
+                 f"({doc['seed']}…{doc['seed'] + st['top_n']['n_seeds'] - 1}); the paper used 10.")
+    if "data_size" in st:
+        L.append(f"- Fig. 5: {st['data_size']['n_trials']} trials per point (the paper used 50), K = "
+                 f"{', '.join(map(str, st['data_size']['ks']))}.")
+    L.append(f"- Reproduce: `{doc.get('command') or 'python -m rsca_core reproduce --dataset DIR --out DIR'}`. All "
+             "tables are in `results.json` and the CSV files (each row carries `label` and `seed`).")
     return "\n".join(L) + "\n"
 
 
@@ -480,6 +486,16 @@ def _positive_int(text):
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
     return v
+
+
+def _int_list(text):
+    try:
+        vals = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not vals or min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return vals
 
 
 def _experiment_list(text):
@@ -502,6 +518,14 @@ def cmd_reproduce(args) -> int:
     ds = Dataset.load(path)
     subset = [canonical_species(s) for s in args.subset.split(",")] if args.subset else list(PAPER_SUBSET)
     settings = settings_for(args.quick, args.seed, k=args.k, subset=subset)
+    if args.seeds is not None:
+        settings["top_n"]["n_seeds"] = settings["ablation"]["n_seeds"] = args.seeds
+    if args.trials is not None:
+        settings["data_size"]["n_trials"] = args.trials
+    if args.ks is not None:
+        settings["k_sweep"]["ks"] = tuple(sorted(set(args.ks)))
+        if settings["k_sweep"]["truncate_from"] is not None:
+            settings["k_sweep"]["truncate_from"] = max(max(args.ks), settings["k_sweep"]["truncate_from"])
     experiments = args.experiments or list(EXPERIMENTS)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -514,6 +538,9 @@ def cmd_reproduce(args) -> int:
     command = "python -m rsca_core reproduce --dataset " + str(args.dataset) + " --out " + str(args.out) + \
               (" --quick" if args.quick else "") + f" --seed {args.seed}" + \
               (f" --k {args.k}" if args.k != 30 else "") + \
+              (f" --seeds {args.seeds}" if args.seeds is not None else "") + \
+              (f" --trials {args.trials}" if args.trials is not None else "") + \
+              (f" --ks {','.join(map(str, args.ks))}" if args.ks is not None else "") + \
               (f" --experiments {','.join(experiments)}" if args.experiments else "")
     doc = write_outputs(ds, results, settings, out, png=not args.no_png, command=command)
     if doc.get("png_warning"):
@@ -540,6 +567,12 @@ def add_cli(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="compression / sampling seed (default 0)")
     p.add_argument("--k", type=_positive_int, default=30,
                    help="PCA components of the main map (Table 1, Fig. 3, 4, 9/10; default 30 as the paper)")
+    p.add_argument("--seeds", type=_positive_int, default=None,
+                   help="compression seeds for Table 1 and the spectra bars of Fig. 4 (default 10; quick 1)")
+    p.add_argument("--trials", type=_positive_int, default=None,
+                   help="random trials per point of the data-size curve (default 50; quick 10)")
+    p.add_argument("--ks", type=_int_list, default=None,
+                   help="K values of the sweep, comma-separated (default 5,10,15,20,25,30,40,50,60; quick up to 30)")
     p.add_argument("--experiments", type=_experiment_list, default=None,
                    help=f"comma-separated subset of {','.join(EXPERIMENTS)} (default all)")
     p.add_argument("--subset", default=None,

@@ -231,7 +231,7 @@ def fig_feature_correlations(table: pd.DataFrame, label: str | None = None) -> g
 
 # ---------------------------------------------------------------------------- Fig. 9/10
 def fig_distance_histograms(result: dict, label: str | None = None, inputs=None, ncols: int = 4,
-                            panel_height: int = 150) -> go.Figure:
+                            panel_height: int = 135, panel_width: int = 225) -> go.Figure:
     """Grid of per-cluster histograms of intra- (blue) vs inter-cluster (green) distances; the median
     intra-cluster distance dashed; each panel's title gives the cluster's doppelganger rate.
 
@@ -279,7 +279,7 @@ def fig_distance_histograms(result: dict, label: str | None = None, inputs=None,
     g = summ.drop_duplicates("input").set_index("input")["global_rate"] if len(summ) else {}
     glob = ", ".join(f"{short.get(i, i)} {g[i]:.4f}" for i in inputs if i in g and pd.notna(g[i]))
     fig = _layout(fig, _title(f"Intra- vs inter-cluster distances (global rate: {glob}; dashed = median intra)",
-                              label, _seed(summ)), height=130 + panel_height * nrows, width=260 * ncols)
+                              label, _seed(summ)), height=130 + panel_height * nrows, width=panel_width * ncols)
     fig.update_layout(legend=dict(orientation="h", yanchor="bottom", y=1.0 + 40 / fig.layout.height, x=1.0,
                                   xanchor="right"), margin=dict(t=100, b=30))
     return fig
