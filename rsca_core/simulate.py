@@ -769,26 +769,32 @@ def _f32(x):
     return np.asarray(x, np.float32).astype(np.float64)
 
 
-def _apogee_ids(rng, ra, dec, taken):
-    ids = []
-    for r, d in zip(ra, dec):
-        while True:
-            h = r / 15.0
-            hh = int(h)
-            mm = int((h - hh) * 60)
-            ss = (h - hh - mm / 60) * 3600
-            sign = "+" if d >= 0 else "-"
-            ad = abs(d)
-            dd = int(ad)
-            dm = int((ad - dd) * 60)
-            ds = (ad - dd - dm / 60) * 3600
-            s = f"2M{hh:02d}{mm:02d}{int(ss * 100):04d}{sign}{dd:02d}{dm:02d}{int(ds * 10):03d}"
-            if s not in taken and s != ANOMALOUS_STAR:
+def _apogee_ids(rng, ra, dec):
+    """2MASS-style identifiers 2MHHMMSSss±DDMMSSs from positions; unique (colliding ones moved)."""
+    ra = np.asarray(ra, float).copy()
+    dec = np.asarray(dec, float)
+    ids = np.empty(len(ra), dtype=object)
+    todo = np.arange(len(ra))
+    taken = set()
+    while len(todo):
+        h = ra[todo] / 15.0
+        hs = np.floor(h * 360000 + 1e-6).astype(np.int64)  # hundredths of a second of time
+        ad = np.abs(dec[todo])
+        ds = np.floor(ad * 36000 + 1e-6).astype(np.int64)   # tenths of an arcsecond
+        sign = np.where(dec[todo] >= 0, "+", "-")
+        cand = [f"2M{a // 360000:02d}{a // 6000 % 60:02d}{a % 6000:04d}{s}{d // 36000:02d}{d // 600 % 60:02d}"
+                f"{d % 600:03d}" for a, d, s in zip(hs.tolist(), ds.tolist(), sign)]
+        again = []
+        for k, s in zip(todo, cand):
+            if s in taken or s == ANOMALOUS_STAR:
+                again.append(k)
+            else:
                 taken.add(s)
-                ids.append(s)
-                break
-            r = (r + rng.uniform(1e-4, 1e-3)) % 360.0
-    return ids
+                ids[k] = s
+        todo = np.array(again, dtype=np.int64)
+        if len(todo):
+            ra[todo] = (ra[todo] + rng.uniform(1e-4, 1e-3, len(todo))) % 360.0
+    return list(ids)
 
 
 def _passes(tab_teff, tab_logg, xh_obs, flag):
@@ -1060,117 +1066,128 @@ def generate_survey(config: SimulationConfig | None = None, n_field: int = DEFAU
     fld_vism = rng_o.normal(0, 12, n_sky_fields)
     fld_tel = np.where(rng_o.random(n_sky_fields) < 0.2, "lco25m", "apo25m")
     fld_ra = rng_o.uniform(0, 360, n_sky_fields)
-    fld_dec = rng_o.uniform(-70, 80, n_sky_fields)
+    fld_dec = np.where(fld_tel == "lco25m", rng_o.uniform(-80, -5, n_sky_fields), rng_o.uniform(-10, 80, n_sky_fields))
 
     # plates: each sky field 1-2 plates; each cluster field 1-3 plates; visits per plate 1-6 MJDs
-    plates = []  # dict(id, telescope, mjds, bc)
+    plates = []  # dict(id, telescope, mjds, bc, vis (global visit indices), visits (string))
     next_plate = [4000 + int(rng_o.integers(0, 2000))]
+    n_visits = [0]
 
     def new_plate(tel):
         pid = next_plate[0]
         next_plate[0] += int(rng_o.integers(1, 40))
         n_vis = 1 + min(5, rng_o.poisson(2.0))
         mjd0 = int(rng_o.integers(55800, 58700))
-        mjds = sorted(set(mjd0 + np.cumsum(rng_o.integers(1, 30, n_vis)) - 1))
-        plates.append(dict(id=pid, telescope=tel, mjds=mjds, bc=float(rng_o.uniform(-28, 28))))
+        mjds = [int(m) for m in sorted(set(mjd0 + np.cumsum(rng_o.integers(1, 30, n_vis)) - 1))]
+        vis = list(range(n_visits[0], n_visits[0] + len(mjds)))
+        n_visits[0] += len(mjds)
+        plates.append(dict(id=pid, telescope=tel, mjds=mjds, bc=float(rng_o.uniform(-28, 28)), vis=vis,
+                           visits=",".join(f"{tel}-{pid}-{m}" for m in mjds)))
         return len(plates) - 1
 
-    fld_plates = [[new_plate(fld_tel[f]) for _ in range(1 + (rng_o.random() < 0.4))] for f in range(n_sky_fields)]
-    cl_field = [("N" + c["name"][4:] if c["name"].startswith("NGC_") else c["name"].replace("_", ""))
-                for c in clusters]
-    cl_plates = [[new_plate(c["telescope"]) for _ in range(1 + min(2, rng_o.poisson(0.8)))] for c in clusters]
+    fld_plates = np.full((n_sky_fields, 2), -1)
+    fld_nplates = np.empty(n_sky_fields, np.int64)
+    for f in range(n_sky_fields):
+        k = 1 + int(rng_o.random() < 0.4)
+        fld_nplates[f] = k
+        fld_plates[f, :k] = [new_plate(fld_tel[f]) for _ in range(k)]
+    cl_field = np.array([("N" + c["name"][4:] if c["name"].startswith("NGC_") else c["name"].replace("_", ""))
+                         for c in clusters], dtype=object)
+    cl_plates = np.full((len(clusters), 3), -1)
+    cl_nplates = np.empty(len(clusters), np.int64)
+    for j, c in enumerate(clusters):
+        k = 1 + min(2, int(rng_o.poisson(0.8)))
+        cl_nplates[j] = k
+        cl_plates[j, :k] = [new_plate(c["telescope"]) for _ in range(k)]
+    cl_tel = np.array([c["telescope"] for c in clusters], dtype=object)
+    cl_ak = np.array([c["ak"] for c in clusters])
+    cl_v = np.array([c["vhelio"] for c in clusters])
+    cl_ra = (37.0 * np.arange(len(clusters))) % 360
+    cl_dec = ((23.0 * np.arange(len(clusters))) % 120) - 40
 
     star_field = np.empty(n, dtype=object)
     star_tel = np.empty(n, dtype=object)
     star_plate = np.empty(n, np.int64)
     star_ak = np.empty(n)
     star_v = np.empty(n)
-    star_vism = np.empty(n)
+    star_vism = np.zeros(n)
     ra = np.empty(n)
     dec = np.empty(n)
     # field stars: most in sky fields, some on the plates of cluster fields
     fi = np.flatnonzero(is_field)
-    in_cl_field = rng_o.random(len(fi)) < min(0.3, 60.0 * len(clusters) / max(1, len(fi)))
-    sky_f = rng_o.integers(0, n_sky_fields, len(fi))
-    for k, i in enumerate(fi):
-        pop = cat["population"][i]
-        vs = {"thin": 30.0, "thick": 55.0, "halo": 120.0, "dwarf": 25.0}.get(pop, 30.0)
-        if in_cl_field[k]:
-            j = int(rng_o.integers(0, len(clusters)))
-            c = clusters[j]
-            star_field[i] = cl_field[j]
-            star_tel[i] = c["telescope"]
-            star_plate[i] = cl_plates[j][int(rng_o.integers(0, len(cl_plates[j])))]
-            star_ak[i] = c["ak"] * np.exp(rng_o.normal(0, 0.5))
-            star_v[i] = rng_o.normal(c["vhelio"] * 0.3, vs)
-            star_vism[i] = 0.0
-            ra[i], dec[i] = (37.0 * j) % 360 + rng_o.normal(0, 0.5), ((23.0 * j) % 120) - 40 + rng_o.normal(0, 0.5)
-        else:
-            f = sky_f[k]
-            star_field[i] = fld_names[f]
-            star_tel[i] = fld_tel[f]
-            star_plate[i] = fld_plates[f][int(rng_o.integers(0, len(fld_plates[f])))]
-            star_ak[i] = fld_ak[f] * np.exp(rng_o.normal(0, 0.35)) + rng_o.normal(0, 0.008)
-            star_v[i] = rng_o.normal(fld_v[f], vs)
-            star_vism[i] = fld_vism[f]
-            ra[i], dec[i] = fld_ra[f] + rng_o.normal(0, 0.6), fld_dec[f] + rng_o.normal(0, 0.6)
+    nf = len(fi)
+    in_cl = rng_o.random(nf) < min(0.3, 60.0 * len(clusters) / max(1, nf))
+    sky_f = rng_o.integers(0, n_sky_fields, nf)
+    cj = rng_o.integers(0, len(clusters), nf)
+    u_pl = rng_o.random(nf)
+    g = rng_o.standard_normal((5, nf))
+    vs = pd.Series(cat["population"][fi]).map({"thin": 30.0, "thick": 55.0, "halo": 120.0,
+                                                "dwarf": 25.0}).fillna(30.0).to_numpy()
+    star_field[fi] = np.where(in_cl, cl_field[cj], np.asarray(fld_names, dtype=object)[sky_f])
+    star_tel[fi] = np.where(in_cl, cl_tel[cj], fld_tel[sky_f].astype(object))
+    pl_cl = cl_plates[cj, (u_pl * cl_nplates[cj]).astype(int)]
+    pl_sky = fld_plates[sky_f, (u_pl * fld_nplates[sky_f]).astype(int)]
+    star_plate[fi] = np.where(in_cl, pl_cl, pl_sky)
+    star_ak[fi] = np.where(in_cl, cl_ak[cj] * np.exp(0.5 * g[0]),
+                           fld_ak[sky_f] * np.exp(0.35 * g[0]) + 0.008 * g[1])
+    star_v[fi] = np.where(in_cl, cl_v[cj] * 0.3, fld_v[sky_f]) + vs * g[2]
+    star_vism[fi] = np.where(in_cl, 0.0, fld_vism[sky_f])
+    ra[fi] = np.where(in_cl, cl_ra[cj] + 0.5 * g[3], fld_ra[sky_f] + 0.6 * g[3])
+    dec[fi] = np.where(in_cl, cl_dec[cj] + 0.5 * g[4], fld_dec[sky_f] + 0.6 * g[4])
     for i in np.flatnonzero(~is_field):
         j = int(cidx[i])
         c = clusters[j]
         star_field[i] = cl_field[j]
         star_tel[i] = c["telescope"]
         # members mostly on the cluster's main plate
-        pl = cl_plates[j]
-        star_plate[i] = pl[0] if (rng_o.random() < 0.7 or len(pl) == 1) else pl[int(rng_o.integers(1, len(pl)))]
+        k = cl_nplates[j]
+        star_plate[i] = cl_plates[j, 0] if (rng_o.random() < 0.7 or k == 1) else cl_plates[j, int(rng_o.integers(1, k))]
         if kind[i] == "member" or cat["true_cluster"][i] != "none":
             star_ak[i] = c["ak"] + rng_o.normal(0, 0.025)
             star_v[i] = c["vhelio"] + rng_o.normal(0, 0.8)
         else:
             star_ak[i] = c["ak"] * np.exp(rng_o.normal(0, 0.6))
             star_v[i] = rng_o.normal(c["vhelio"], 25.0)
-        star_vism[i] = 0.0
-        ra[i], dec[i] = (37.0 * j) % 360 + rng_o.normal(0, 0.15), ((23.0 * j) % 120) - 40 + rng_o.normal(0, 0.15)
+        ra[i], dec[i] = cl_ra[j] + rng_o.normal(0, 0.15), cl_dec[j] + rng_o.normal(0, 0.15)
     star_ak = np.clip(star_ak, 0.0, None)
     ra %= 360.0
     dec = np.clip(dec, -89.9, 89.9)
 
     # visits of each star: all MJDs of its plate (85 %) or a random non-empty subset
-    visit_strings = np.empty(n, dtype=object)
-    star_visits = []
-    visit_table = {}  # (plate index, mjd) -> visit index
-    for i in range(n):
+    n_mjd = np.array([len(plates[p]["mjds"]) for p in star_plate])
+    partial = (n_mjd > 1) & (rng_o.random(n) < 0.15)
+    star_visits = [plates[p]["vis"] for p in star_plate]
+    visit_strings = np.array([plates[p]["visits"] for p in star_plate], dtype=object)
+    for i in np.flatnonzero(partial):
         p = plates[star_plate[i]]
-        mjds = p["mjds"]
-        if len(mjds) > 1 and rng_o.random() < 0.15:
-            k = int(rng_o.integers(1, len(mjds)))
-            mjds = sorted(rng_o.choice(mjds, size=k, replace=False).tolist())
-        vis = []
-        for mjd in mjds:
-            key = (int(star_plate[i]), int(mjd))
-            if key not in visit_table:
-                visit_table[key] = len(visit_table)
-            vis.append(visit_table[key])
-        star_visits.append(vis)
-        visit_strings[i] = ",".join(f"{p['telescope']}-{p['id']}-{mjd}" for mjd in mjds)
+        k = int(rng_o.integers(1, len(p["mjds"])))
+        pick = np.sort(rng_o.choice(len(p["mjds"]), size=k, replace=False))
+        star_visits[i] = [p["vis"][q] for q in pick]
+        visit_strings[i] = ",".join(f"{p['telescope']}-{p['id']}-{p['mjds'][q]}" for q in pick)
 
-    # systematics amplitudes: per visit (shared) or per star
-    n_vis = len(visit_table)
+    # systematics amplitudes: per visit (shared; a star carries the mean over its visits) or per star
+    from scipy import sparse
+
+    n_vis = n_visits[0]
+    nv = np.array([len(v) for v in star_visits])
+    W = sparse.csr_matrix((np.repeat(1.0 / nv, nv), (np.repeat(np.arange(n), nv),
+                                                     np.fromiter((q for v in star_visits for q in v),
+                                                                 np.int64, int(nv.sum())))),
+                          shape=(n, n_vis))
     n_basis = _instrument()["basis"].shape[0]
     v_tel = rng_s.normal(0.0, 0.10, n_vis)
     v_sky = rng_s.normal(0.0, 0.004, n_vis)
     v_pat = rng_s.normal(0.0, 0.0025, (n_vis, n_basis)) * np.r_[np.ones(9), np.full(n_basis - 9, 0.4)]
     if cfg.plate_systematics:
-        s_tel = np.array([v_tel[v].mean() for v in star_visits])
-        s_sky = np.array([v_sky[v].mean() for v in star_visits])
-        s_pat = np.stack([v_pat[v].mean(axis=0) for v in star_visits])
+        s_tel, s_sky, s_pat = W @ v_tel, W @ v_sky, W @ v_pat
     else:
         # same marginal size, independent per star (mean of as many independent draws)
-        nv = np.array([len(v) for v in star_visits])
         s_tel = rng_s.normal(0.0, 0.10, n) / np.sqrt(nv)
         s_sky = rng_s.normal(0.0, 0.004, n) / np.sqrt(nv)
         s_pat = np.zeros((n, n_basis))
+    visit_table = {(int(p_i), m): v for p_i, p in enumerate(plates) for m, v in zip(p["mjds"], p["vis"])}
 
-    ids = _apogee_ids(b.rng["ids"], ra, dec, set())
+    ids = _apogee_ids(b.rng["ids"], ra, dec)
 
     # ------------------------------------------------------------ the DR16-like table
     obs = cat["obs"]
