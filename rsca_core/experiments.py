@@ -34,6 +34,9 @@ Shared conventions
   kept); with missing pixels they are *not*: the EM fit imputes missing pixels with the rank-K_max
   model, so the truncated scores are projections of data completed by a richer model — close to, but
   not the least-squares rank-K fit of the observed pixels. ``k_sweep`` records which was used.
+  Measured on a 20,000-field-star simulated bundle (21 % missing pixels): the first 8 of 10
+  components agree (|r| > 0.999 per component), the 9th/10th do not (0.97 / 0.54), and the K = 10
+  leave-one-cluster-out rate is 0.0050 truncated from K = 30 vs 0.0063 from a K = 10 fit.
 * **Sharing work.** ``doppelganger_rates`` spheres the field once for all leave-one-cluster-out
   folds and evaluates every N of ``top_n=[...]`` in the same pass over the folds; ``top_n_table``
   uses that (one pass per seed for all N). ``data_size_curve`` spheres once per K, finds each
