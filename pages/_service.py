@@ -218,31 +218,36 @@ def _read_meta(path) -> dict:
         raise UserError(f"dataset {Path(path).name!r}: {p} is unreadable ({exc})") from None
 
 
-def dataset_choices() -> list[dict]:
-    """The datasets offered in the menus: the default one plus every bundle under data_dir()."""
+def _dataset_paths() -> dict:
+    """key -> bundle folder: "default" plus every bundle folder under data_dir() (no file reads)."""
     default = default_dataset_path()
-    out = [{"label": "default", "value": "default", "path": default}]
+    out = {"default": default}
     d = data_dir()
     if d.is_dir():
         for sub in sorted(d.iterdir()):
-            if (sub.is_dir() and ".tmp" not in sub.name and ".old-" not in sub.name
-                    and (sub / "meta.json").exists() and sub.resolve() != default and sub.name != "default"):
-                out.append({"label": sub.name, "value": sub.name, "path": sub.resolve()})
-    for c in out:
+            if (sub.name not in out and ".tmp" not in sub.name and ".old-" not in sub.name
+                    and not sub.name.startswith(".") and (sub / "meta.json").is_file()):
+                out[sub.name] = sub
+    return out
+
+
+def dataset_choices() -> list[dict]:
+    """The datasets offered in the menus: the default one plus every bundle under data_dir()."""
+    out = []
+    for key, path in _dataset_paths().items():
         try:
-            kind = _read_meta(c["path"]).get("kind", "simulated")
-            c["label"] = f"{c['label']} ({kind})"
+            label = f"{key} ({_read_meta(path).get('kind', 'simulated')})"
         except UserError:
-            c["label"] = f"{c['label']} (missing)"
+            label = f"{key} (missing)"
+        out.append({"label": label, "value": key, "path": path})
     return out
 
 
 def dataset_path(key) -> Path:
-    for c in dataset_choices():
-        if c["value"] == key:
-            return c["path"]
-    known = ", ".join(c["value"] for c in dataset_choices())
-    raise UserError(f"unknown dataset {_short(key)!r}; available: {known}")
+    paths = _dataset_paths()
+    if isinstance(key, str) and key in paths:
+        return paths[key]
+    raise UserError(f"unknown dataset {_short(key)!r}; available: {', '.join(paths)}")
 
 
 @functools.lru_cache(maxsize=8)

@@ -127,43 +127,51 @@ def hist_figure(r, name):
 
 
 def features_figure(f):
+    """Built as a plain figure dict: ~70 traces through plotly's validators cost more than the science."""
     n = len(f["features"])
     fig = make_subplots(rows=1, cols=max(n, 1), horizontal_spacing=0.07,
                         subplot_titles=[f"feature {i + 1} (σ = {f['scales'][i]:.3g})" for i in range(n)])
-    for i, feat in enumerate(f["features"]):
-        _density_panel(fig, feat, i + 1, showlegend=(i == 0))
+    for i in range(n):
         fig.update_xaxes(title_text="[Fe/H]", row=1, col=i + 1)
     fig.update_layout(legend={"font": {"size": 10}})
     fig = ui.label_figure(fig, f["label"], "Top RSCA features vs [Fe/H] (field density, cluster members coloured)",
                           top=70)
     fig.update_annotations(yshift=4)
-    return fig
+    out = fig.to_plotly_json()
+    out["data"] = [t for i, feat in enumerate(f["features"]) for t in _density_traces(feat, i + 1, i == 0)]
+    return out
 
 
-def _density_panel(fig, feat, col, showlegend):
+def _density_traces(feat, col, showlegend):
+    """Field density (heatmap) + one marker trace per cluster, on subplot ``col``, as plain dicts."""
+    xa, ya = ("x", "y") if col == 1 else (f"x{col}", f"y{col}")
+    traces = []
     d = feat["field"]
     if d is not None:
-        fig.add_trace(go.Heatmap(x=d["x"], y=d["y"], z=np.log10(1 + np.asarray(d["counts"])),
-                                 colorscale="Greys", showscale=False, hoverinfo="skip", name="field"),
-                      row=1, col=col)
+        traces.append({"type": "heatmap", "x": np.asarray(d["x"]).tolist(), "y": np.asarray(d["y"]).tolist(),
+                       "z": np.round(np.log10(1 + np.asarray(d["counts"])), 4).tolist(), "colorscale": "Greys",
+                       "showscale": False, "hoverinfo": "skip", "name": "field", "xaxis": xa, "yaxis": ya})
     cl = feat["clusters"]
     colours = cluster_colours(cl["name"])
     names = np.asarray(cl["name"]).astype(str)
+    x, y = np.asarray(cl["x"], float), np.asarray(cl["y"], float)
     for name in sorted(colours):
         m = names == name
-        fig.add_trace(go.Scatter(x=np.asarray(cl["x"])[m], y=np.asarray(cl["y"])[m], mode="markers", name=name,
-                                 legendgroup=name, showlegend=showlegend,
-                                 marker={"size": 6, "color": colours[name], "line": {"width": 0.5, "color": "white"}},
-                                 hovertemplate=name + "<br>x %{x:.3f}<br>y %{y:.3f}<extra></extra>"),
-                      row=1, col=col)
+        traces.append({"type": "scatter", "x": x[m].tolist(), "y": y[m].tolist(), "mode": "markers", "name": name,
+                       "legendgroup": name, "showlegend": showlegend, "xaxis": xa, "yaxis": ya,
+                       "marker": {"size": 6, "color": colours[name], "line": {"width": 0.5, "color": "white"}},
+                       "hovertemplate": name + "<br>x %{x:.3f}<br>y %{y:.3f}<extra></extra>"})
+    return traces
 
 
 def vhelio_figure(f):
-    fig = make_subplots(rows=1, cols=1)
-    _density_panel(fig, f["vhelio"], 1, showlegend=False)
+    fig = go.Figure()
     fig.update_xaxes(title_text="VHELIO_AVG (km/s)")
     fig.update_yaxes(title_text="feature 1")
-    return ui.label_figure(fig, f["label"], "Feature 1 vs VHELIO_AVG (a good feature does not follow the velocity)")
+    fig = ui.label_figure(fig, f["label"], "Feature 1 vs VHELIO_AVG (a good feature does not follow the velocity)")
+    out = fig.to_plotly_json()
+    out["data"] = _density_traces(f["vhelio"], 1, False)
+    return out
 
 
 @callback(Output(f"{P}-msg", "children"), Output(f"{P}-rate", "children"), Output(f"{P}-bars", "figure"),
