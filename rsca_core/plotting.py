@@ -104,8 +104,9 @@ def fig_top_n(table: pd.DataFrame, label: str | None = None) -> go.Figure:
     t = table.reset_index(drop=True)
     x = t["axes"].tolist()
     n_seeds = int(t["n_seeds"].max()) if "n_seeds" in t.columns else None
-    fig = go.Figure(go.Scatter(x=x, y=t["mean"], mode="markers+lines", name="this dataset (mean ± std over "
-                               f"{n_seeds} compression seed{'s' if n_seeds != 1 else ''})",
+    name = ("this dataset (1 compression seed)" if n_seeds == 1
+            else f"this dataset (mean ± std over {n_seeds} compression seeds)")
+    fig = go.Figure(go.Scatter(x=x, y=t["mean"], mode="markers+lines", name=name,
                                error_y=dict(type="data", array=t["std"].fillna(0)), line=dict(color=BLUE)))
     if "paper_mean" in t.columns and t["paper_mean"].notna().any():
         p = t[t["paper_mean"].notna()]
