@@ -258,8 +258,10 @@ class MaskedPCA:
         sample = np.asarray(X[rows], dtype=np.float64) - mu_fill
         if mask is not None:
             sample[np.asarray(mask[rows], dtype=bool)] = 0.0
-        _, _, vt = np.linalg.svd(sample, full_matrices=False)
-        V = vt[:kb].T
+        lam, U = np.linalg.eigh(sample @ sample.T)  # Gram matrix of the sample: cheaper than an SVD
+        top = np.argsort(lam)[::-1][:kb]
+        top = top[lam[top] > 1e-12 * max(lam.max(), 1e-300)]
+        V = sample.T @ (U[:, top] / np.sqrt(lam[top]))
         if V.shape[1] < kb:
             V = np.hstack([V, rng.standard_normal((p, kb - V.shape[1]))])
         V += 1e-3 * rng.standard_normal(V.shape) / np.sqrt(p)  # no exact zero overlap with any axis
@@ -270,32 +272,33 @@ class MaskedPCA:
         if not hasattr(self, "components_"):
             raise ValueError("this MaskedPCA is not fitted yet; call fit(X, mask) first")
 
-    def transform(self, X, mask=None, max_iter=500, tol=1e-10):
-        """Scores of (new) rows: least-squares fit of the observed pixels by the K components."""
+    def transform(self, X, mask=None):
+        """Scores of (new) rows: least-squares fit of the observed pixels by the K components.
+
+        For a row with missing pixels m, ``z = (I − W_mᵀ W_m)⁻¹ Wᵀ x₀`` (x₀ = centred row with zeros
+        at m): the normal equations of the observed pixels, since the columns of W are orthonormal.
+        """
         self._check_fitted()
         X = _check_matrix(X)
         if X.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {X.shape[1]} pixels, the model was fitted on {self.n_features_in_}")
         mask = _check_mask(mask, X.shape)
-        dtype = np.float64
         W = self.components_.T  # (P, K)
+        eye = np.eye(W.shape[1])
         out = np.empty((X.shape[0], W.shape[1]))
-        for a, b, chunk, m in self._iter_chunks(X, mask, dtype):
-            chunk -= self.mean_
+        for a, b, chunk, m in self._iter_chunks(X, mask, np.float64, center=self.mean_):
+            if m is not None:
+                chunk[m] = 0.0
+            out[a:b] = chunk @ W
             if m is None:
-                out[a:b] = chunk @ W
                 continue
-            chunk[m] = 0.0
-            z = chunk @ W
-            # Fixed-point iteration z <- Wᵀ(x_obs + W_m z) converges to the observed-pixel LS fit.
-            for _ in range(max_iter):
-                fill = np.where(m, z @ W.T, 0.0)
-                z_new = (chunk + fill) @ W
-                done = np.max(np.abs(z_new - z)) <= tol * (1 + np.max(np.abs(z_new)))
-                z = z_new
-                if done:
-                    break
-            out[a:b] = z
+            for r in np.flatnonzero(m.any(axis=1)):
+                Wm = W[m[r]]
+                G = eye - Wm.T @ Wm
+                try:
+                    out[a + r] = np.linalg.solve(G, out[a + r])
+                except np.linalg.LinAlgError:  # too few observed pixels: minimum-norm answer
+                    out[a + r] = np.linalg.lstsq(G, out[a + r], rcond=None)[0]
         return out
 
     def inverse_transform(self, Z):
