@@ -10,7 +10,9 @@ RSCA_DATASET      dataset bundle shown by default (default: data/default, built 
 RSCA_DATA_DIR     folder whose bundles are offered in the dataset menus (default: data/)
 RSCA_CACHE_TYPE   result cache: "simple" (default, per process), "filesystem" (shared by all
                   gunicorn workers) or "redis"
-RSCA_CACHE_DIR    where the filesystem cache and the background-job store live
+RSCA_CACHE_DIR    cache folder shared with rsca_core (compressions go to per-dataset sub-folders;
+                  it must be the same when the compression is prepared and when the app runs)
+RSCA_STATE_DIR    the app's own result cache / background-job store (default: RSCA_CACHE_DIR or /tmp)
 RSCA_REDIS_URL    Redis URL for RSCA_CACHE_TYPE=redis
 RSCA_K_FIT        size of the one PCA compression that all K <= RSCA_K_FIT are cut from (default 60)
 

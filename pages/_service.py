@@ -73,7 +73,10 @@ def k_max() -> int:
 
 
 def state_dir() -> Path:
-    d = os.environ.get("RSCA_CACHE_DIR")
+    """Where the app keeps its result cache (filesystem type) and background-job store:
+    RSCA_STATE_DIR, else RSCA_CACHE_DIR (which rsca_core also uses for compressions, in per-dataset
+    sub-folders), else a temporary folder."""
+    d = os.environ.get("RSCA_STATE_DIR") or os.environ.get("RSCA_CACHE_DIR")
     return Path(d) if d else Path(tempfile.gettempdir()) / "rsca-lab"
 
 
@@ -635,7 +638,7 @@ def _features_cached(key: str, n_features: int) -> dict:
     fi = ds.field_index
     feh_f = st["fe_h"].to_numpy(float)[fi]
     vh_f = st["vhelio_avg"].to_numpy(float)[fi]
-    cmask = np.isin(st["cluster"].to_numpy(dtype=object), np.asarray(ri.cluster_ids, dtype=object))
+    cmask = st["cluster"].isin(set(ri.cluster_ids)).to_numpy()   # hash lookup: np.isin on 20k strings is slow
     # the cluster rows of rate_inputs are in bundle order, like cmask's
     feh_c = st["fe_h"].to_numpy(float)[cmask]
     vh_c = st["vhelio_avg"].to_numpy(float)[cmask]

@@ -6,6 +6,7 @@ import math
 import dash
 import dash_bootstrap_components as dbc
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 from dash import Input, Output, State, callback, dcc, html, no_update
 from plotly.subplots import make_subplots
@@ -108,7 +109,7 @@ def hist_figure(r, name):
     h = r["hists"][name]
     per = r["per_cluster"].set_index("cluster")
     row = per.loc[name]
-    edges = h["edges"]
+    edges = np.asarray(h["edges"], float)
     centres = 0.5 * (edges[1:] + edges[:-1])
     width = edges[1] - edges[0]
     fig = go.Figure()
@@ -187,8 +188,14 @@ def update(ds, inp, species, k, clusters, cv, top):
         return ui.error_alert(msg), None, ui.empty_figure(msg), None, no_update, no_update, no_update
     q = service.settings_to_query(s)
     warn = ui.messages(r.get("warnings"), color="warning")
-    return (warn, rate_card(r, s), bars_figure(r), {"settings": service.settings_to_dict(s)}, q, "/clusters" + q,
-            ui.kind_badge(r["label"]))
+    # the histogram callback draws from the store, so it never recomputes rates on another worker
+    per = r["per_cluster"]
+    hists = {name: {"edges": np.round(h["edges"], 6).tolist(), "intra": np.asarray(h["intra"]).tolist(),
+                    "inter": np.asarray(h["inter"]).tolist()} for name, h in r["hists"].items()}
+    store = {"settings": service.settings_to_dict(s), "label": r["label"], "hists": hists,
+             "per_cluster": per[["cluster", "n_stars", "rate", "median_intra"]].astype(object)
+             .where(per[["cluster", "n_stars", "rate", "median_intra"]].notna(), None).to_dict("records")}
+    return warn, rate_card(r, s), bars_figure(r), store, q, "/clusters" + q, ui.kind_badge(r["label"])
 
 
 def _settings(store):
@@ -199,17 +206,16 @@ def _settings(store):
 
 @callback(Output(f"{P}-hist", "figure"), Input(f"{P}-bars", "clickData"), Input(f"{P}-store", "data"))
 def update_hist(click, store):
-    s = _settings(store)
-    if s is None:
+    if not store or "hists" not in store:
         return ui.empty_figure("no result")
     try:
-        r = service.rates(s)
-        names = r["per_cluster"]["cluster"].astype(str).tolist()
+        per = pd.DataFrame(store["per_cluster"]).astype({"rate": float, "median_intra": float})
+        r = {"hists": store["hists"], "per_cluster": per, "label": store["label"]}
+        names = per["cluster"].astype(str).tolist()
         name = None
         if click and click.get("points"):
             name = str(click["points"][0].get("x"))
         if name not in names:  # default: the largest cluster
-            per = r["per_cluster"]
             name = str(per.loc[per["n_stars"].idxmax(), "cluster"])
         return hist_figure(r, name)
     except Exception as exc:

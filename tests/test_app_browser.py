@@ -54,10 +54,9 @@ def dash_app(bundle, tmp_path_factory):
     """The app, pointed at the small survey (env vars are read at call time by the service layer)."""
     state = tmp_path_factory.mktemp("state")
     env = {"RSCA_DATASET": str(bundle), "RSCA_DATA_DIR": str(tmp_path_factory.mktemp("datadir")),
-           "RSCA_K_FIT": str(K_FIT), "RSCA_CACHE_DIR": str(state), "RSCA_CACHE_TYPE": "simple"}
+           "RSCA_K_FIT": str(K_FIT), "RSCA_STATE_DIR": str(state), "RSCA_CACHE_TYPE": "simple"}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    # the bundle's compression cache stays beside the bundle, not in RSCA_CACHE_DIR
     sys.path.insert(0, str(ROOT))
     import app as app_module
     yield app_module.app
