@@ -13,7 +13,6 @@ import datetime as _dt
 import json
 import math
 import os
-import shutil
 import sys
 import tempfile
 import time
