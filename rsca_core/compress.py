@@ -60,9 +60,10 @@ class MaskedPCA:
     max_iter : int
         Maximum number of passes over the data.
     tol : float
-        Convergence tolerance: stop when the relative decrease of the squared reconstruction error
-        of the observed entries is below ``tol`` and the top-K subspace moved by less than
-        ``sqrt(tol)`` (largest principal angle, radians) between passes.
+        Convergence tolerance. With missing entries: stop when the relative decrease of the squared
+        reconstruction error of the observed entries (the EM objective) falls below ``tol``. On
+        complete data: when the top-K subspace moves by less than ``tol`` (largest principal angle)
+        between passes, or the error changes by less than ``tol²``.
     oversample : int
         Extra basis vectors carried by the subspace iteration.
     exact_below : int
@@ -235,10 +236,13 @@ class MaskedPCA:
                 else:
                     rel = np.inf
                 exact_basis = kb == p
-                if not has_missing and (exact_basis or (it > 0 and moved < self.tol)):
+                # With missing pixels the EM objective decides (the subspace may keep turning inside a
+                # near-degenerate pair of eigenvalues at the K-th axis without changing the fit);
+                # on complete data the subspace itself must settle (or the fit to ~tol²).
+                if not has_missing and (exact_basis or (it > 0 and (moved < self.tol or rel < self.tol ** 2))):
                     self.converged_ = True
                     break
-                if has_missing and it > 0 and rel < self.tol and moved < np.sqrt(self.tol):
+                if has_missing and rel < self.tol:
                     self.converged_ = True
                     break
         finally:

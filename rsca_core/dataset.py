@@ -246,6 +246,7 @@ class Dataset:
             raise BundleError(f"{spath}: file missing")
         try:
             stars = pd.read_csv(spath, dtype={c: str for c in STRING_COLUMNS}, keep_default_na=False,
+                                low_memory=False,
                                 na_values={c: ["", "nan", "NaN"] for c in _numeric_guess(spath)})
         except Exception as exc:
             raise BundleError(f"{spath}: unreadable ({exc})") from None
@@ -300,9 +301,12 @@ class Dataset:
             d = Path(tempfile.gettempdir()) / "rsca-cache" / (self.meta.get("uid") or "memory")
         return d
 
-    def compression_path(self, k: int, seed: int = 0, extra_mask_ranges=()) -> Path:
-        """Where the compression for this K, seed and mask is (or would be) cached."""
-        return self.cache_dir() / f"pca-k{int(k)}-seed{int(seed)}-{self.mask_key(extra_mask_ranges)}.npz"
+    def compression_path(self, k: int, seed: int = 0, extra_mask_ranges=(), **pca_options) -> Path:
+        """Where the compression for this K, seed, mask (and non-default MaskedPCA options) is cached."""
+        opts = ""
+        if pca_options:
+            opts = "-" + hashlib.sha1(json.dumps(sorted(pca_options.items()), default=str).encode()).hexdigest()[:8]
+        return self.cache_dir() / f"pca-k{int(k)}-seed{int(seed)}-{self.mask_key(extra_mask_ranges)}{opts}.npz"
 
     def has_compression(self, k: int, seed: int = 0, extra_mask_ranges=()) -> bool:
         return bool(self.meta.get("uid")) and self.compression_path(k, seed, extra_mask_ranges).exists()
@@ -317,7 +321,7 @@ class Dataset:
 
         k = int(k)
         key = self.mask_key(extra_mask_ranges)
-        fpath = self.compression_path(k, seed, extra_mask_ranges)
+        fpath = self.compression_path(k, seed, extra_mask_ranges, **pca_options)
         cdir = fpath.parent
         if use_cache and self.meta.get("uid") and fpath.exists():
             try:
