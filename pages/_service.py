@@ -163,13 +163,15 @@ def progress_reporter(set_progress):
 
 
 def _registry_fingerprint() -> str:
-    """Changes whenever a dataset bundle is rebuilt (its uid changes), so cached jobs go stale."""
-    parts = []
-    for c in dataset_choices():
+    """Changes whenever a dataset bundle is rebuilt (its uid changes) or its compression appears,
+    so cached job results (including "not compressed yet" messages) go stale."""
+    parts = [f"kfit={k_fit()}"]
+    for key, path in _dataset_paths().items():
         try:
-            parts.append(c["value"] + ":" + _read_meta(c["path"]).get("uid", ""))
+            ready = load(key).has_compression(k_fit(), SEED)
+            parts.append(f"{key}:{_read_meta(path).get('uid', '')}:{int(ready)}")
         except Exception:
-            parts.append(c["value"])
+            parts.append(key)
     return "|".join(parts)
 
 

@@ -100,7 +100,7 @@ def steps_figure(d, step):
                                  hovertemplate=name + "<extra></extra>"))
     axes = (("PC 1", "PC 2"), ("sphered 1", "sphered 2"), ("residual axis 1", "residual axis 2"),
             ("RSCA axis 1 (most informative)", "RSCA axis 2"))[step]
-    lim = np.nanpercentile(np.abs(np.concatenate([f, c])), 99.5) * 1.1 if step else None
+    lim = np.nanpercentile(np.abs(np.concatenate([f, c])), 99) * 1.2 if step else None
     fig.update_xaxes(title_text=axes[0], range=[-lim, lim] if lim else None, zeroline=True)
     fig.update_yaxes(title_text=axes[1], range=[-lim, lim] if lim else None, zeroline=True,
                      scaleanchor="x", scaleratio=1)
