@@ -76,7 +76,8 @@ def grid_figure(r):
             fig.add_vline(x=row.median_intra, line_dash="dash", line_color="#c0392b", line_width=1,
                           row=rr, col=cc)
     fig.update_layout(barmode="overlay", height=max(300, 210 * rows), bargap=0,
-                      legend={"orientation": "h", "y": 1.0, "x": 1, "xanchor": "right", "yanchor": "bottom"})
+                      legend={"orientation": "h", "y": 1.0 + 60 / max(300, 210 * rows), "x": 1, "xanchor": "right",
+                              "yanchor": "bottom"})
     fig.update_annotations(font_size=10)
     fig.update_yaxes(showticklabels=False)
     fig = ui.label_figure(fig, r["label"], "Intra- vs inter-cluster distances per cluster (dashed: median intra)")
