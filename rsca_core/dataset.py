@@ -344,6 +344,7 @@ class Dataset:
                 with os.fdopen(fd, "wb") as fh:
                     np.savez(fh, components=comp.components, mean=comp.mean,
                              explained_variance=comp.explained_variance, scores=comp.scores)
+                os.chmod(tmp, 0o644)  # mkstemp makes it private
                 os.replace(tmp, fpath)
                 comp.path = fpath
             except OSError:
