@@ -74,6 +74,8 @@ Physics (each effect a :class:`SimulationConfig` switch; see the field comments 
   and a smooth flat-field pattern; a star's spectrum carries the mean over its visits. Cluster
   members are mostly observed on the same plate and visits. Switched off, the telluric/sky
   residual amplitudes are drawn per star and no visit pattern is added.
+* Fibre line-spread variation: each star's line optical depths are scaled by 1 + δ,
+  δ ~ N(0, 0.04), a nuisance that is neither chemistry nor shared by siblings.
 * Noise: SNR lognormal like the paper (field median 157, IQR 102–272; clusters 191, 118–323);
   per-pixel error sqrt(F)/SNR × chip throughput shape (⊕ 0.1 % floor); Gaussian noise with that
   error. Chip gaps hold zero flux. Bad pixels (cosmic rays, bad columns) get error 1.0.
@@ -124,10 +126,13 @@ ANOMALOUS_STAR = "2M19203303+3755558"
 LINE_SPECIES = SPECIES
 _SP_INDEX = {s: i for i, s in enumerate(LINE_SPECIES)}
 #: Typical DR16 label precision at SNR ≈ 150 (dex; SPEC §5).
-LABEL_PRECISION = {"Fe": 0.012, "Mg": 0.018, "Si": 0.02, "Ni": 0.022, "C": 0.035, "CI": 0.06,
-                   "N": 0.045, "O": 0.035, "Al": 0.04, "Ca": 0.03, "Mn": 0.035, "Na": 0.12,
-                   "S": 0.07, "K": 0.06, "Ti": 0.06, "TiII": 0.12, "V": 0.10, "Cr": 0.07,
-                   "Co": 0.09, "Cu": 0.13, "Ce": 0.10, "P": 0.15}
+#: (The upper end of the SPEC's ranges: DR16's intra-cluster scatter, e.g. ~0.02-0.03 dex in [Fe/H]
+#: for open clusters, is larger than its formal errors; with the lower end the abundance-based
+#: doppelganger rate of the default survey falls to ~0.008, with these it is ~0.02 like the paper's.)
+LABEL_PRECISION = {"Fe": 0.02, "Mg": 0.028, "Si": 0.03, "Ni": 0.03, "C": 0.05, "CI": 0.08,
+                   "N": 0.05, "O": 0.05, "Al": 0.05, "Ca": 0.045, "Mn": 0.05, "Na": 0.15,
+                   "S": 0.10, "K": 0.09, "Ti": 0.09, "TiII": 0.15, "V": 0.14, "Cr": 0.10,
+                   "Co": 0.13, "Cu": 0.15, "Ce": 0.14, "P": 0.15}
 TEFF_PRECISION, LOGG_PRECISION = 70.0, 0.07
 #: Base probability that ASPCAP reports −9999.99 for a species (before Teff/[Fe/H] modulation).
 FAILURE_RATE = {"C": 0.001, "CI": 0.004, "N": 0.002, "O": 0.001, "Na": 0.008, "Mg": 0.0005,
@@ -165,6 +170,8 @@ class SimulationConfig:
     saturation: bool = True            #: curve-of-growth saturation (else depth ∝ optical depth)
     line_teff_logg: bool = True        #: line strengths depend on Teff and logg (else abundances only)
     resolution: float = 22500.0        #: spectral resolving power R
+    fibre_lsf: bool = True             #: per-fibre line-spread variation: line optical depths × (1 + δ)
+    fibre_lsf_sigma: float = 0.04      #: spread of δ between stars
     macroturbulence: float = 4.0       #: extra Gaussian broadening, km/s (sigma)
     pseudo_continuum: bool = True      #: ASPCAP-like pseudo-continuum placed low in line-dense regions
     pseudo_continuum_strength: float = 0.15
@@ -299,6 +306,8 @@ def _draw_giants(rng, n, feh, mass, logg_range, rc_fraction, spread=True, isochr
 
 # ====================================================================== label model
 _BIAS_COEF_CACHE = {}
+#: Typical size (dex per 500 K) of the smooth label biases of the best-measured elements.
+BIAS_SCALE = 0.04
 
 
 def _bias_coefficients(species):
@@ -306,7 +315,7 @@ def _bias_coefficients(species):
     if species not in _BIAS_COEF_CACHE:
         h = sum((i + 1) * ord(c) for i, c in enumerate(species))
         r = np.random.default_rng(1000 + h)
-        scale = min(1.0, LABEL_PRECISION.get(species, 0.05) / 0.03) * 0.04
+        scale = min(1.0, LABEL_PRECISION.get(species, 0.05) / 0.03) * BIAS_SCALE
         _BIAS_COEF_CACHE[species] = (r.normal(0, scale), r.normal(0, scale * 0.7), r.normal(0, scale * 0.8))
     return _BIAS_COEF_CACHE[species]
 
@@ -667,7 +676,10 @@ class SimulatedSurvey:
                 r += 1
                 pieces.append(np.log(r, out=r).reshape(-1, B))
             M = np.concatenate(pieces, axis=0) if len(pieces) > 1 else pieces[0]
-            F = np.exp(np.ascontiguousarray((S @ M).T))                # (B, P) float32
+            logF = np.ascontiguousarray((S @ M).T)                      # (B, P) float32
+            if cfg.fibre_lsf:
+                logF *= (1 + cfg.fibre_lsf_sigma * self._star_sys["lsf"][rows]).astype(f32)[:, None]
+            F = np.exp(logF)
         else:
             F = np.ones((B, N_PIXELS), f32)
 
@@ -1178,6 +1190,7 @@ def generate_survey(config: SimulationConfig | None = None, n_field: int = DEFAU
     v_tel = rng_s.normal(0.0, 0.10, n_vis)
     v_sky = rng_s.normal(0.0, 0.004, n_vis)
     v_pat = rng_s.normal(0.0, 0.0025, (n_vis, n_basis)) * np.r_[np.ones(9), np.full(n_basis - 9, 0.4)]
+    lsf = rng_s.standard_normal(n)  # fibre line-spread variation (standard units)
     if cfg.plate_systematics:
         s_tel, s_sky, s_pat = W @ v_tel, W @ v_sky, W @ v_pat
     else:
@@ -1230,7 +1243,7 @@ def generate_survey(config: SimulationConfig | None = None, n_field: int = DEFAU
     survey._plate_bc = np.array([p["bc"] for p in plates])
     survey._star_plate = star_plate
     survey._ism_v = star_vism
-    survey._star_sys = {"tel": s_tel, "sky": s_sky, "pattern": s_pat}
+    survey._star_sys = {"tel": s_tel, "sky": s_sky, "pattern": s_pat, "lsf": lsf}
     return survey
 
 
@@ -1429,6 +1442,7 @@ def _switch_help(name: str) -> str:
         "saturation": "curve-of-growth saturation of line depths",
         "line_teff_logg": "line strengths depend on Teff and logg",
         "pseudo_continuum": "ASPCAP-like pseudo-continuum normalisation error",
+        "fibre_lsf": "line depths vary with each fibre's line-spread function",
         "dibs": "diffuse interstellar bands scaling with AK_TARG",
         "rv_systematics": "telluric/sky residuals and RV-shift errors tied to VHELIO_AVG",
         "plate_systematics": "systematics shared by stars observed on the same visits",

@@ -394,3 +394,18 @@ def test_ensure_default_dataset_builds_once(tmp_path, monkeypatch):
     assert Dataset.load(path).meta["uid"] == uid
     monkeypatch.setenv("RSCA_DATA_DIR", str(tmp_path / "elsewhere"))
     assert sim.default_dataset_path() == tmp_path / "elsewhere" / "default"
+
+
+def test_fibre_lsf_scales_line_optical_depths_per_star():
+    cfg = {**ALL_OFF, "atomic_lines": True}
+    on = survey(n_field=60, seed=17, **cfg, fibre_lsf=True)
+    off = survey(n_field=60, seed=17, **cfg, fibre_lsf=False)
+    rows = np.arange(40)
+    f_on, _ = on.spectra(rows)
+    f_off, _ = off.spectra(rows)
+    deep = (f_off < 0.8) & (f_off > 0)
+    scale = np.array([np.median(np.log(f_on[k, deep[k]]) / np.log(f_off[k, deep[k]])) for k in rows])
+    # one factor per star: every pixel's log-flux scaled alike, by 1 + N(0, fibre_lsf_sigma)
+    spread = np.array([np.ptp(np.log(f_on[k, deep[k]]) / np.log(f_off[k, deep[k]])) for k in rows])
+    assert spread.max() < 1e-3
+    assert 0.02 < scale.std() < 0.07 and abs(scale.mean() - 1) < 0.03
