@@ -89,7 +89,8 @@ class _PairFilter:
         cand = cand[keep]
         pair_ok = ((np.abs(self.pop_v[cand][None, :] - mv[:, None]) < self.max_dv)
                    & (np.abs(self.pop_ak[cand][None, :] - mak[:, None]) < self.max_dak))
-        return cand, pair_ok
+        used = pair_ok.any(axis=0)  # only field stars that pair with some member get transformed
+        return cand[used], pair_ok[:, used]
 
 
 def _pair_distances(Ym, Yf):

@@ -128,8 +128,15 @@ def sphere_population(Z_pop):
 def residual_rotation(S_clust, groups):
     """Orthonormal basis (rows) of the PCA of cluster-mean-subtracted stars, by decreasing variance."""
     R = np.array(S_clust, dtype=float, copy=True)
-    for idx in groups.values():
-        R[idx] -= R[idx].mean(axis=0)
+    codes = np.full(len(R), len(groups), dtype=np.intp)  # stars of no listed cluster: residual 0
+    sizes = np.ones(len(groups) + 1)
+    for j, idx in enumerate(groups.values()):
+        codes[idx] = j
+        sizes[j] = len(idx)
+    sums = np.zeros((len(groups) + 1, R.shape[1]))
+    np.add.at(sums, codes, R)
+    R -= (sums / sizes[:, None])[codes]
+    R[codes == len(groups)] = 0.0
     lam, vec = np.linalg.eigh(R.T @ R)
     vec = vec[:, ::-1]
     sign = np.sign(vec[np.argmax(np.abs(vec), axis=0), np.arange(vec.shape[1])])

@@ -138,3 +138,12 @@ def test_k_larger_than_cluster_dof_and_top_n_out_of_range():
             RSCA(top_n=n).fit(Z_pop, Z_clust, ids)
     with pytest.raises(ValueError, match="variant"):
         RSCA(variant="magic").fit(Z_pop, Z_clust, ids)
+
+
+def test_single_star_clusters_do_not_shape_the_map():
+    Z_pop, Z_clust, ids, _ = planted(seed=9)
+    lone = np.array([[50.0] * Z_pop.shape[1]])  # far away: would dominate the residual PCA if used
+    with_lone = RSCA().fit(Z_pop, np.vstack([Z_clust, lone]), np.append(ids, "lonely"))
+    without = RSCA().fit(Z_pop, Z_clust, ids)
+    assert np.allclose(with_lone.components_, without.components_)
+    assert with_lone.n_clusters_used_ == without.n_clusters_used_
