@@ -31,6 +31,8 @@ import numpy as np
 import pandas as pd
 from flask_caching import Cache
 
+from rsca_core.constants import PAPER_SUBSET, SPECIES
+
 log = logging.getLogger("rsca_lab")
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,9 +43,6 @@ DEFAULT_K = 30
 SEED = 0
 INPUTS = ("spectra", "abundances", "subset")
 INPUT_LABELS = {"spectra": "spectra (PCA)", "abundances": "all 21 abundances", "subset": "abundance subset"}
-SPECIES = ("C", "CI", "N", "O", "Na", "Mg", "Al", "Si", "S", "K", "Ca", "Ti", "TiII",
-           "V", "Cr", "Mn", "Fe", "Co", "Ni", "Cu", "Ce")          # same as rsca_core.SPECIES
-PAPER_SUBSET = ("Fe", "Mg", "Ni", "Si", "Al", "C", "N")            # same as rsca_core.PAPER_SUBSET
 HIST_BINS = 40
 MAX_PARAM_CHARS = 2000
 ALL = "__all__"                      # "every cluster" for pages without a cluster selector

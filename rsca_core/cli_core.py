@@ -12,7 +12,8 @@ import numpy as np
 from .constants import PAPER_SUBSET, SPECIES, canonical_species
 
 
-def _positive_int(text):
+def positive_int(text):
+    """argparse type: an integer ≥ 1 (shared by the CLI modules)."""
     try:
         v = int(text)
     except ValueError:
@@ -86,7 +87,7 @@ def add_cli(sub):
                                    "(masked pixels are missing values). The result is cached beside the "
                                    "bundle and reused for the same K, mask and seed.")
     p.add_argument("--dataset", required=True, help="dataset bundle directory")
-    p.add_argument("--k", type=_positive_int, default=30, help="number of components (default 30)")
+    p.add_argument("--k", type=positive_int, default=30, help="number of components (default 30)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the fit (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_compress)
@@ -95,9 +96,9 @@ def add_cli(sub):
                        description="Fit RSCA and compute per-cluster and global doppelganger rates "
                                    "(SPEC §2: leave-one-cluster-out unless --no-cv).")
     p.add_argument("--dataset", required=True, help="dataset bundle directory")
-    p.add_argument("--k", type=_positive_int, default=30, help="PCA components for spectra (default 30)")
+    p.add_argument("--k", type=positive_int, default=30, help="PCA components for spectra (default 30)")
     p.add_argument("--no-cv", action="store_true", help="fit the map on all clusters (no cross-validation)")
-    p.add_argument("--top-n", type=_positive_int, default=None, help="keep only the N most discriminative axes")
+    p.add_argument("--top-n", type=positive_int, default=None, help="keep only the N most discriminative axes")
     p.add_argument("--input", choices=("spectra", "abundances", "subset"), default="spectra",
                    help="representation: PCA of spectra, all 21 abundances, or an abundance subset")
     p.add_argument("--species", default=None,

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from .cli_core import positive_int
 from .constants import PAPER_RESULTS, PAPER_SUBSET, canonical_species
 
 EXPERIMENTS = ("k_sweep", "top_n", "ablation", "data_size", "features", "distances")
@@ -486,16 +487,6 @@ def report_markdown(doc: dict, results: dict) -> str:
 
 
 # ---------------------------------------------------------------------------- CLI
-def _positive_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
-
-
 def _int_list(text):
     try:
         vals = [int(t) for t in text.split(",") if t.strip()]
@@ -573,11 +564,11 @@ def add_cli(subparsers) -> None:
     p.add_argument("--quick", action="store_true",
                    help="one K=30 compression, one seed, 10 data-size trials (a few minutes)")
     p.add_argument("--seed", type=int, default=0, help="compression / sampling seed (default 0)")
-    p.add_argument("--k", type=_positive_int, default=30,
+    p.add_argument("--k", type=positive_int, default=30,
                    help="PCA components of the main map (Table 1, Fig. 3, 4, 9/10; default 30 as the paper)")
-    p.add_argument("--seeds", type=_positive_int, default=None,
+    p.add_argument("--seeds", type=positive_int, default=None,
                    help="compression seeds for Table 1 and the spectra bars of Fig. 4 (default 10; quick 1)")
-    p.add_argument("--trials", type=_positive_int, default=None,
+    p.add_argument("--trials", type=positive_int, default=None,
                    help="random trials per point of the data-size curve (default 50; quick 10)")
     p.add_argument("--ks", type=_int_list, default=None,
                    help="K values of the sweep, comma-separated (default 5,10,15,20,25,30,40,50,60; quick up to 30)")
