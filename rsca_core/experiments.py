@@ -60,7 +60,7 @@ from tqdm.auto import tqdm
 from .constants import MAX_DAK, MAX_DVHELIO, PAPER_RESULTS, PAPER_SUBSET, SPECIES, canonical_species
 from .dataset import Dataset, RateInputs
 from .metrics import _count_below, _intra, _PairFilter, doppelganger_rates
-from .rsca import RSCA, VARIANTS, check_cluster_ids, group_indices
+from .rsca import RSCA, VARIANTS, ClusterStats, check_cluster_ids, group_indices
 
 DEFAULT_KS = (5, 10, 15, 20, 25, 30, 40, 50, 60)
 DEFAULT_NS = (1, 2, 3, 4, 5, 6, 7)
@@ -436,6 +436,7 @@ def _data_size_trials(ds, ks, ms, n_trials, usable, draws, est, seed, truncate_f
         groups = group_indices(ids)
         mean, sphere = est.fit_population(inp.z_pop)
         S_cl = (inp.z_clust - mean) @ sphere.T
+        stats = ClusterStats(S_cl, groups)
         pf = _PairFilter(inp.pop_vhelio, inp.pop_ak, max_dvhelio, max_dak)
         cand = {}
         for c in usable:
@@ -446,11 +447,8 @@ def _data_size_trials(ds, ks, ms, n_trials, usable, draws, est, seed, truncate_f
             for t in range(n_trials):
                 rates, weights, unfit = [], [], 0
                 for c in usable:
-                    train = draws[m][t][c]
-                    rows = np.sort(np.concatenate([groups[n] for n in train]))
-                    remap = {n: np.searchsorted(rows, groups[n]) for n in train}
                     try:
-                        geom = est.fit_clusters(S_cl[rows], remap)
+                        geom = est.fit_cluster_subset(stats, draws[m][t][c])
                     except ValueError:
                         unfit += 1
                         continue

@@ -12,7 +12,8 @@ The global rate is the mean of the defined rate_c weighted by n_c. A cluster who
 removed by the filter has an undefined rate (NaN): it is left out of the mean, with a warning.
 
 Speed: the field sphering depends only on the field, so it is done once; a fold refits only steps
-3–4 (K × K work). Candidate field stars of a cluster are found by binary search in VHELIO_AVG, and
+3–4 from per-cluster pieces computed once (:class:`~rsca_core.rsca.ClusterStats`: K × K work and a
+sort of the training stars, the same numbers as a refit on the training clusters alone). Candidate field stars of a cluster are found by binary search in VHELIO_AVG, and
 distances use one matrix product per cluster, with pairs within rounding of the median recomputed
 exactly, so that the strict "<" is decided as a direct computation would.
 """
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from .rsca import RSCA, check_cluster_ids, check_representation, check_top_n, group_indices
+from .rsca import RSCA, ClusterStats, check_cluster_ids, check_representation, check_top_n, group_indices
 
 
 class UndefinedRateWarning(UserWarning):
@@ -74,55 +75,61 @@ class _PairFilter:
     def __init__(self, pop_v, pop_ak, max_dv, max_dak):
         self.order = np.argsort(pop_v)
         self.v_sorted = pop_v[self.order]
-        self.pop_v, self.pop_ak = pop_v, pop_ak
+        self.ak_sorted = pop_ak[self.order]
         self.max_dv, self.max_dak = max_dv, max_dak
 
     def candidates(self, mv, mak):
+        """(field rows, members × rows allowed-pair matrix) for members with VHELIO_AVG mv, AK_TARG mak."""
         lo_v, hi_v = mv.min() - self.max_dv, mv.max() + self.max_dv
         pad = 1e-9 * (1 + abs(lo_v) + abs(hi_v))
         a = np.searchsorted(self.v_sorted, lo_v - pad, side="left")
         b = np.searchsorted(self.v_sorted, hi_v + pad, side="right")
-        cand = self.order[a:b]
-        ak = self.pop_ak[cand]
+        v, ak = self.v_sorted[a:b], self.ak_sorted[a:b]
         pad_ak = 1e-9 * (1 + np.abs(mak).max())
         keep = (ak > mak.min() - self.max_dak - pad_ak) & (ak < mak.max() + self.max_dak + pad_ak)
-        cand = cand[keep]
-        pair_ok = ((np.abs(self.pop_v[cand][None, :] - mv[:, None]) < self.max_dv)
-                   & (np.abs(self.pop_ak[cand][None, :] - mak[:, None]) < self.max_dak))
+        cand, v, ak = self.order[a:b][keep], v[keep], ak[keep]
+        pair_ok = np.abs(v[None, :] - mv[:, None]) < self.max_dv
+        pair_ok &= np.abs(ak[None, :] - mak[:, None]) < self.max_dak
         used = pair_ok.any(axis=0)  # only field stars that pair with some member get transformed
         return cand[used], pair_ok[:, used]
 
 
-def _pair_distances(Ym, Yf):
-    """Euclidean distances between rows of Ym and rows of Yf, by one matrix product."""
-    d2 = (Ym * Ym).sum(1)[:, None] + (Yf * Yf).sum(1)[None, :] - 2.0 * (Ym @ Yf.T)
-    return d2
+def _sq_norms(Y):
+    return np.einsum("ij,ij->i", Y, Y)
 
 
 def _intra(Ym):
     iu = np.triu_indices(len(Ym), k=1)
     diff = Ym[iu[0]] - Ym[iu[1]]
-    return np.sqrt((diff * diff).sum(1))
+    return np.sqrt(_sq_norms(diff))
 
 
 def _count_below(Ym, Yf, pair_ok, median, keep):
     """Number of allowed pairs with distance < median (exact near the threshold), and the distances."""
-    d2 = _pair_distances(Ym, Yf)
+    nm, nf = _sq_norms(Ym), _sq_norms(Yf)
     m2 = median * median
+    gap = Ym @ Yf.T  # becomes d² − median², in place
+    gap *= -2.0
+    gap += (nm - m2)[:, None]
+    gap += nf[None, :]
     # rounding of the product form is below 1e-9 of this bound; closer pairs are recomputed exactly
-    scale = (Ym * Ym).sum(1).max(initial=0) + (Yf * Yf).sum(1).max(initial=0) + m2
-    near = pair_ok & (np.abs(d2 - m2) <= 1e-9 * scale + 1e-300)
-    below = pair_ok & ~near & (d2 < m2)
-    n_below = int(below.sum())
-    if near.any():
+    tol = 1e-9 * (nm.max(initial=0) + nf.max(initial=0) + m2) + 1e-300
+    n_below = int(np.count_nonzero((gap < -tol) & pair_ok))
+    near = (gap <= tol) & pair_ok
+    exact = None
+    if np.count_nonzero(near) > n_below:  # some allowed pair lies within rounding of the median
+        near &= gap >= -tol
         ii, jj = np.nonzero(near)
         diff = Ym[ii] - Yf[jj]
-        exact = np.sqrt((diff * diff).sum(1))
-        n_below += int((exact < median).sum())
-        d2 = d2.copy()
-        d2[ii, jj] = exact ** 2
-    dist = np.sqrt(np.maximum(d2[pair_ok], 0.0)) if keep else None
-    return n_below, int(pair_ok.sum()), dist
+        exact = np.sqrt(_sq_norms(diff))
+        n_below += int(np.count_nonzero(exact < median))
+    dist = None
+    if keep:
+        if exact is not None:
+            gap[ii, jj] = exact ** 2 - m2
+        gap += m2
+        dist = np.sqrt(np.maximum(gap[pair_ok], 0.0))
+    return n_below, int(np.count_nonzero(pair_ok)), dist
 
 
 def doppelganger_rates(Z_pop, Z_clust, cluster_ids, *, pop_vhelio=None, pop_ak=None, clust_vhelio=None,
@@ -171,12 +178,14 @@ def doppelganger_rates(Z_pop, Z_clust, cluster_ids, *, pop_vhelio=None, pop_ak=N
 
     results = {n: {"rows": [], "intra": {}, "inter": {}} for n in top_ns}
     # Thin matrices only (K ≤ a few dozen): BLAS threads add more overhead than they save.
+    # Step 2 is shared by every fold: it depends on the field only. Its field-sized Gram product is
+    # the one large matrix product here, so it keeps the BLAS threads.
+    mean, sphere = est.fit_population(Z_pop)
     with threadpool_limits(limits=1, user_api="blas"):
-        # Step 2 is shared by every fold: it depends on the field only.
-        mean, sphere = est.fit_population(Z_pop)
         S_cl = (Z_clust - mean) @ sphere.T
-        full_geom = None if cv else est.fit_clusters(S_cl, groups)
-        _fold_loop(groups, est, cv, full_geom, (Z_pop, mean, sphere), S_cl, top_ns, results,
+        stats = ClusterStats(S_cl, groups)
+        full_geom = None if (cv and est.variant != "raw") else est.fit_cluster_subset(stats)
+        _fold_loop(groups, est, cv, full_geom, stats, (Z_pop, mean, sphere), S_cl, top_ns, results,
                    keep_distances, (pfilter, cvh, ca) if use_filter else None)
 
     settings = {"cv": bool(cv), "max_dvhelio": float(max_dvhelio) if use_filter else None,
@@ -204,7 +213,7 @@ def doppelganger_rates(Z_pop, Z_clust, cluster_ids, *, pop_vhelio=None, pop_ak=N
     return out if multi else out[top_ns[0]]
 
 
-def _fold_loop(groups, est, cv, full_geom, pop, S_cl, top_ns, results, keep_distances, flt):
+def _fold_loop(groups, est, cv, full_geom, stats, pop, S_cl, top_ns, results, keep_distances, flt):
     Z_pop, mean, sphere = pop
     for name in groups:
         idx = groups[name]
@@ -213,19 +222,17 @@ def _fold_loop(groups, est, cv, full_geom, pop, S_cl, top_ns, results, keep_dist
                 results[n]["rows"].append((name, len(idx), np.nan, np.nan, 0))
             continue
         if cv and est.variant != "raw":
-            others = {k: v for k, v in groups.items() if k != name}
-            sorted_sub = np.sort(np.concatenate(list(others.values())))
-            remap = {k: np.searchsorted(sorted_sub, v) for k, v in others.items()}
-            geom = est.fit_clusters(S_cl[sorted_sub], remap)
+            geom = est.fit_cluster_subset(stats, [k for k in stats.names if k != name])
         else:
-            geom = full_geom if full_geom is not None else est.fit_clusters(S_cl, groups)
+            geom = full_geom
         if flt is not None:
             pfilter, cvh, ca = flt
             cand, pair_ok = pfilter.candidates(cvh[idx], ca[idx])
         else:
             cand = slice(None)
             pair_ok = np.ones((len(idx), len(Z_pop)), dtype=bool)
-        Zf = Z_pop[cand] - mean
+        Zf = np.take(Z_pop, cand, axis=0) if flt is not None else Z_pop.copy()
+        Zf -= mean
         for n in top_ns:
             A = geom.matrix(n)
             Ym = S_cl[idx] @ A.T

@@ -74,12 +74,16 @@ def intra_cluster_spread(T, groups, robust=True, pooled=True):
     pooled:   σ² = Σ_j (n_j − 1) s_j² / (Σ_j n_j − J)   (SPEC §1 step 4)
     unpooled: σ² = mean_j s_j²  (every cluster counts the same, whatever its size)
     s_j is the normal-consistent MAD (robust) or the sample std with ddof = 1.
-    All clusters are handled at once on a padded array (this runs once per CV fold).
     """
     groups = {k: v for k, v in groups.items() if len(v) >= 2}
     if not groups:
         raise ValueError("no cluster with at least 2 stars")
     P, sizes = _padded(T, groups)
+    return _padded_spread(P, sizes, robust, pooled)
+
+
+def _padded_spread(P, sizes, robust, pooled):
+    """:func:`intra_cluster_spread` on a NaN-padded (J, n_max, K) stack: all clusters at once."""
     if robust:
         med = _sorted_median(np.sort(P, axis=1), sizes)
         dev = np.sort(np.abs(P - med[:, None, :]), axis=1)
@@ -110,13 +114,18 @@ def axis_scales(sigma_c, relative=True):
 
 def sphere_population(Z_pop):
     """Mean and PCA-whitening matrix of the field (rows of the matrix = scaled principal axes)."""
-    mean = Z_pop.mean(axis=0)
-    K = Z_pop.shape[1]
-    cov = np.zeros((K, K))
-    for a in range(0, len(Z_pop), 8192):  # centred in cache-sized blocks: exact and copy-free
-        Zc = Z_pop[a:a + 8192] - mean
-        cov += Zc.T @ Zc
-    cov /= len(Z_pop) - 1
+    n, K = Z_pop.shape
+    mean = (np.ones(n) @ Z_pop) / n
+    # One Gram product, centred afterwards. Its rounding relative to the covariance grows as
+    # |mean|² / variance; past 1e4 (a field far from its origin) centre block by block instead.
+    gram = Z_pop.T @ Z_pop
+    cov = gram - n * np.outer(mean, mean)
+    if n * (mean @ mean) > 1e4 * max(np.trace(cov), 1e-300):
+        cov = np.zeros((K, K))
+        for a in range(0, n, 8192):  # centred in cache-sized blocks: exact and copy-free
+            Zc = Z_pop[a:a + 8192] - mean
+            cov += Zc.T @ Zc
+    cov /= n - 1
     lam, vec = np.linalg.eigh(cov)
     lam, vec = lam[::-1], vec[:, ::-1]
     if lam[-1] <= 1e-12 * max(lam[0], 1e-300):
@@ -126,36 +135,82 @@ def sphere_population(Z_pop):
 
 
 def residual_rotation(S_clust, groups):
-    """Orthonormal basis (rows) of the PCA of cluster-mean-subtracted stars, by decreasing variance."""
-    R = np.array(S_clust, dtype=float, copy=True)
-    codes = np.full(len(R), len(groups), dtype=np.intp)  # stars of no listed cluster: residual 0
-    sizes = np.ones(len(groups) + 1)
-    for j, idx in enumerate(groups.values()):
-        codes[idx] = j
-        sizes[j] = len(idx)
-    sums = np.zeros((len(groups) + 1, R.shape[1]))
-    np.add.at(sums, codes, R)
-    R -= (sums / sizes[:, None])[codes]
-    R[codes == len(groups)] = 0.0
-    lam, vec = np.linalg.eigh(R.T @ R)
+    """Orthonormal basis (rows) of the PCA of cluster-mean-subtracted stars, by decreasing variance.
+
+    Stars of no listed cluster (and single-star clusters) have zero residual and do not count.
+    """
+    return _rotation_from_gram(sum(_residual_gram(S_clust[idx]) for idx in groups.values()
+                                   if len(idx) >= 2) + np.zeros((S_clust.shape[1],) * 2))
+
+
+def _residual_gram(S):
+    R = S - S.mean(axis=0)
+    return R.T @ R
+
+
+def _rotation_from_gram(G):
+    lam, vec = np.linalg.eigh(G)
     vec = vec[:, ::-1]
     sign = np.sign(vec[np.argmax(np.abs(vec), axis=0), np.arange(vec.shape[1])])
     sign[sign == 0] = 1
     return (vec * sign).T
 
 
+class ClusterStats:
+    """What steps 3–4 need of each cluster, computed once from the sphered cluster stars.
+
+    Per cluster (≥ 2 members): the Gram matrix of its mean-subtracted stars and its stars in a
+    NaN-padded stack. Fitting steps 3–4 on any subset of clusters (a leave-one-cluster-out fold, a
+    data-size trial) is then K × K work plus a sort of that subset's stars, and gives exactly what a
+    fit on that subset alone gives: the same per-cluster pieces, summed in the same order.
+    """
+
+    def __init__(self, S_clust, groups):
+        usable = {k: v for k, v in groups.items() if len(v) >= 2}
+        self.names = list(usable)
+        self.index = {n: i for i, n in enumerate(self.names)}
+        K = S_clust.shape[1]
+        if usable:
+            self.padded, self.sizes = _padded(S_clust, usable)
+            self.grams = np.stack([_residual_gram(S_clust[idx]) for idx in usable.values()])
+        else:
+            self.padded, self.sizes = np.zeros((0, 0, K)), np.zeros(0, dtype=int)
+            self.grams = np.zeros((0, K, K))
+
+    def select(self, names=None):
+        """Positions of ``names`` (all usable clusters if None; unusable names are skipped), in order."""
+        if names is None:
+            return np.arange(len(self.names))
+        return np.sort([self.index[n] for n in names if n in self.index]).astype(np.intp)
+
+    def geometry(self, names=None, *, rotate=True, robust=True, pooled=True, relative=True):
+        sel = self.select(names)
+        if len(sel) == 0:
+            raise ValueError("no cluster with at least 2 stars")
+        K = self.grams.shape[1]
+        rotation = _rotation_from_gram(self.grams[sel].sum(axis=0)) if rotate else np.eye(K)
+        T = self.padded[sel] @ rotation.T if rotate else self.padded[sel]
+        sigma_c = _padded_spread(T, self.sizes[sel], robust, pooled)
+        return ClusterGeometry.from_parts(rotation, sigma_c, relative=relative)
+
+
 class ClusterGeometry:
     """Steps 3–4 fitted on sphered cluster stars: rotation, per-axis scales and their order."""
 
     def __init__(self, S_clust, groups, *, rotate=True, robust=True, pooled=True, relative=True):
-        K = S_clust.shape[1]
-        self.rotation = residual_rotation(S_clust, groups) if rotate else np.eye(K)
-        T = S_clust @ self.rotation.T
-        self.sigma_c = intra_cluster_spread(T, groups, robust=robust, pooled=pooled)
-        scales = axis_scales(self.sigma_c, relative=relative)
-        self.order = np.argsort(scales, kind="stable")
-        self.scales = scales[self.order]
-        self.weights = np.where(np.isfinite(self.scales), 1.0 / self.scales, 0.0)
+        g = ClusterStats(S_clust, groups).geometry(rotate=rotate, robust=robust, pooled=pooled,
+                                                   relative=relative)
+        self.__dict__.update(g.__dict__)
+
+    @classmethod
+    def from_parts(cls, rotation, sigma_c, relative=True):
+        g = cls.__new__(cls)
+        g.rotation, g.sigma_c = rotation, sigma_c
+        scales = axis_scales(sigma_c, relative=relative)
+        g.order = np.argsort(scales, kind="stable")
+        g.scales = scales[g.order]
+        g.weights = np.where(np.isfinite(g.scales), 1.0 / g.scales, 0.0)
+        return g
 
     def matrix(self, top_n=None):
         """(n_out, K) map from sphered space to the output space (importance order)."""
@@ -237,20 +292,27 @@ class RSCA:
 
     def fit_clusters(self, S_clust, groups):
         """Steps 3–4 on sphered cluster stars: a :class:`ClusterGeometry`."""
-        K = S_clust.shape[1]
+        return self.fit_cluster_subset(ClusterStats(S_clust, groups))
+
+    def fit_cluster_subset(self, stats, names=None):
+        """Steps 3–4 on the clusters ``names`` (all if None) of a :class:`ClusterStats`.
+
+        Many fits on subsets of the same clusters (CV folds, data-size trials) share one ClusterStats.
+        """
+        K = stats.grams.shape[1]
         if self.variant == "raw":
             g = ClusterGeometry.__new__(ClusterGeometry)
             g.rotation, g.order = np.eye(K), np.arange(K)
             g.sigma_c = np.full(K, np.nan)
             g.scales, g.weights = np.ones(K), np.ones(K)
             return g
-        usable = {k: v for k, v in groups.items() if len(v) >= 2}
-        dof = sum(len(v) for v in usable.values()) - len(usable)
+        sel = stats.select(names)
+        dof = int(stats.sizes[sel].sum()) - len(sel)
         if self.variant == "transformed" and dof < K:
             raise ValueError(f"K={K} is larger than the data allows: the cluster stars give only "
                              f"{dof} degrees of freedom (stars minus clusters)")
-        return ClusterGeometry(S_clust, usable, rotate=self.variant == "transformed", robust=self.robust,
-                               pooled=self.pooled, relative=self.relative_scaling)
+        return stats.geometry(names, rotate=self.variant == "transformed", robust=self.robust,
+                              pooled=self.pooled, relative=self.relative_scaling)
 
     # ------------------------------------------------------------------ estimator API
     def fit(self, Z_pop, Z_clust, cluster_ids):

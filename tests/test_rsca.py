@@ -147,3 +147,32 @@ def test_single_star_clusters_do_not_shape_the_map():
     without = RSCA().fit(Z_pop, Z_clust, ids)
     assert np.allclose(with_lone.components_, without.components_)
     assert with_lone.n_clusters_used_ == without.n_clusters_used_
+
+
+@pytest.mark.parametrize("offset", [0.0, 30.0, 1e7])
+def test_sphering_is_exact_far_from_the_origin(offset):
+    # the field covariance comes from one Gram product, centred afterwards, unless the mean is far
+    # from the origin compared with the spread: then it is centred block by block
+    Z_pop, Z_clust, ids, _ = planted(seed=5)
+    est = RSCA().fit(Z_pop + offset, Z_clust + offset, ids)
+    S = (Z_pop + offset - est.mean_) @ est.sphere_.T
+    assert np.allclose(np.cov(S, rowvar=False, ddof=1), np.eye(Z_pop.shape[1]), atol=1e-8)
+    ref = RSCA().fit(Z_pop, Z_clust, ids)
+    assert np.allclose(np.abs(est.components_), np.abs(ref.components_), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("variant", ["transformed", "scaled"])
+def test_subset_fit_from_shared_cluster_stats_equals_a_fit_on_the_subset(variant):
+    from rsca_core.rsca import ClusterStats, group_indices
+    Z_pop, Z_clust, ids, _ = planted(seed=11)
+    est = RSCA(variant=variant)
+    mean, sphere = est.fit_population(Z_pop)
+    S_cl = (Z_clust - mean) @ sphere.T
+    stats = ClusterStats(S_cl, group_indices(ids))
+    names = sorted(set(ids))
+    for drop in names[:3]:
+        keep = ids != drop
+        alone = RSCA(variant=variant).fit(Z_pop, Z_clust[keep], ids[keep])
+        geom = est.fit_cluster_subset(stats, [n for n in names if n != drop])
+        assert np.allclose(geom.matrix() @ sphere, alone.components_, rtol=1e-10, atol=1e-12)
+        assert np.allclose(geom.scales, alone.scales_, rtol=1e-10)
