@@ -90,3 +90,35 @@ def test_missing_dataset_is_a_user_error_naming_it():
         service.load("default")
     with pytest.raises(service.UserError, match="unknown dataset"):
         service.load("nope")
+
+
+@pytest.mark.parametrize("kind", ["simple", "filesystem", "redis", "none"])
+def test_every_cache_type_serves_correct_results_even_when_the_backend_is_down(kind, tmp_path, monkeypatch):
+    # Redis points at a closed port: cache errors must be ignored, never reach a page or a worker
+    from flask import Flask
+    monkeypatch.setenv("RSCA_CACHE_TYPE", kind)
+    monkeypatch.setenv("RSCA_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("RSCA_REDIS_URL", "redis://127.0.0.1:1/0")
+    app = Flask("cache-test")
+    service.init_app(app)
+    calls = []
+
+    @service.cache.memoize()
+    def square(x):
+        calls.append(x)
+        return x * x
+
+    with app.app_context():
+        assert [square(3), square(3), square(4)] == [9, 9, 16]
+    cached = kind in ("simple", "filesystem")
+    assert calls == ([3, 4] if cached else [3, 3, 4])
+
+
+def test_unknown_cache_type_and_redis_without_url_are_clear_errors(monkeypatch):
+    monkeypatch.setenv("RSCA_CACHE_TYPE", "memcached")
+    with pytest.raises(RuntimeError, match="expected simple, filesystem, redis or none"):
+        service.cache_config()
+    monkeypatch.setenv("RSCA_CACHE_TYPE", "redis")
+    monkeypatch.delenv("RSCA_REDIS_URL", raising=False)
+    with pytest.raises(RuntimeError, match="RSCA_REDIS_URL"):
+        service.cache_config()
