@@ -344,47 +344,50 @@ def main(argv=None) -> int:
         from threadpoolctl import threadpool_limits
         with threadpool_limits(1):  # like the gunicorn workers (OMP/OPENBLAS_NUM_THREADS=1)
             floor = in_process_floor(ds_path, ks, service.k_fit())
+        # issue 5: < 1 s on the default survey, < 3 s on one of the paper's size (151,145 field stars)
+        target = "< 3.0" if len(ds.field_index) > 100_000 else "< 1.0"
         print("\n1. latency of one control change on Explore (uncached: each setting is new), seconds")
         print(f"   {'':38s} {'n':>4s} {'p50':>7s} {'p95':>7s} {'max':>7s}   target p95")
         rows = [("change K: main callback (rates, bars)", main_t), ("change K: whole page update", all_t),
                 ("change clusters (K=20): main callback", cl_main), ("change clusters: whole page update", cl_all),
                 ("in-process doppelganger_rates (floor)", floor)]
         for label, v in rows:
-            tgt = "< 1.0" if "whole" in label else ""
+            tgt = target if "whole" in label else ""
             print(f"   {label:38s} {len(v):4d} {pct(v, 50):7.3f} {pct(v, 95):7.3f} {max(v):7.3f}   {tgt}")
         print(f"   non-200 answers: {bad}")
         numbers["latency"] = {label: {"n": len(v), "p50": pct(v, 50), "p95": pct(v, 95), "max": max(v)}
                               for label, v in rows}
         numbers["latency_non200"] = bad
 
-        print(f"\n2. load test: {args.load_clients} concurrent clients for {args.load_seconds:.0f} s "
-              f"(closed loop: 15% page loads, 85% Explore updates with random K / clusters / CV)")
-        t0 = time.perf_counter()
-        res = load_test(port, cbs, names, k_max, args.load_clients, args.load_seconds)
-        wall = time.perf_counter() - t0
-        lat = [dt for _, s, dt in res]
-        n5xx = sum(1 for _, s, _ in res if isinstance(s, int) and s >= 500)
-        nerr = sum(1 for _, s, _ in res if not isinstance(s, int))
-        n4xx = sum(1 for _, s, _ in res if isinstance(s, int) and 400 <= s < 500)
-        upd = [dt for kind, s, dt in res if kind == "update"]
-        print(f"   actions completed: {len(res)} in {wall:.1f} s ({len(res) / wall:.1f}/s); "
-              f"5xx: {n5xx}; 4xx: {n4xx}; failures (connection / no rate shown): {nerr}")
-        print(f"   latency, all actions   : p50 {pct(lat, 50):.3f}  p90 {pct(lat, 90):.3f}  p95 {pct(lat, 95):.3f}  "
-              f"p99 {pct(lat, 99):.3f}  max {max(lat):.3f} s")
-        if upd:
-            print(f"   latency, page updates  : p50 {pct(upd, 50):.3f}  p95 {pct(upd, 95):.3f}  max {max(upd):.3f} s "
-                  f"(n = {len(upd)})")
-        numbers["load"] = {"clients": args.load_clients, "seconds": args.load_seconds, "completed": len(res),
-                           "per_second": len(res) / wall, "5xx": n5xx, "4xx": n4xx, "errors": nerr,
-                           "p50": pct(lat, 50), "p90": pct(lat, 90), "p95": pct(lat, 95), "p99": pct(lat, 99),
-                           "max": max(lat), "update_p95": pct(upd, 95) if upd else None}
-        edges = [0, 0.5, 1, 2, 4, 8, 16, 32, 1e9]
-        counts = [sum(1 for v in lat if lo <= v < hi) for lo, hi in zip(edges, edges[1:])]
-        print("   latency histogram (s):  " + "  ".join(
-            f"[{lo:g},{hi:g}): {c}" if hi < 1e9 else f">={lo:g}: {c}" for lo, hi, c in zip(edges, edges[1:], counts)))
-        numbers["load"]["histogram"] = dict(zip([f"{lo:g}" for lo in edges[:-1]], counts))
+        if args.load_clients > 0 and args.load_seconds > 0:
+            print(f"\n2. load test: {args.load_clients} concurrent clients for {args.load_seconds:.0f} s "
+                  f"(closed loop: 15% page loads, 85% Explore updates with random K / clusters / CV)")
+            t0 = time.perf_counter()
+            res = load_test(port, cbs, names, k_max, args.load_clients, args.load_seconds)
+            wall = time.perf_counter() - t0
+            lat = [dt for _, s, dt in res]
+            n5xx = sum(1 for _, s, _ in res if isinstance(s, int) and s >= 500)
+            nerr = sum(1 for _, s, _ in res if not isinstance(s, int))
+            n4xx = sum(1 for _, s, _ in res if isinstance(s, int) and 400 <= s < 500)
+            upd = [dt for kind, s, dt in res if kind == "update"]
+            print(f"   actions completed: {len(res)} in {wall:.1f} s ({len(res) / wall:.1f}/s); "
+                  f"5xx: {n5xx}; 4xx: {n4xx}; failures (connection / no rate shown): {nerr}")
+            print(f"   latency, all actions   : p50 {pct(lat, 50):.3f}  p90 {pct(lat, 90):.3f}  p95 {pct(lat, 95):.3f}  "
+                  f"p99 {pct(lat, 99):.3f}  max {max(lat):.3f} s")
+            if upd:
+                print(f"   latency, page updates  : p50 {pct(upd, 50):.3f}  p95 {pct(upd, 95):.3f}  max {max(upd):.3f} s "
+                      f"(n = {len(upd)})")
+            numbers["load"] = {"clients": args.load_clients, "seconds": args.load_seconds, "completed": len(res),
+                               "per_second": len(res) / wall, "5xx": n5xx, "4xx": n4xx, "errors": nerr,
+                               "p50": pct(lat, 50), "p90": pct(lat, 90), "p95": pct(lat, 95), "p99": pct(lat, 99),
+                               "max": max(lat), "update_p95": pct(upd, 95) if upd else None}
+            edges = [0, 0.5, 1, 2, 4, 8, 16, 32, 1e9]
+            counts = [sum(1 for v in lat if lo <= v < hi) for lo, hi in zip(edges, edges[1:])]
+            print("   latency histogram (s):  " + "  ".join(
+                f"[{lo:g},{hi:g}): {c}" if hi < 1e9 else f">={lo:g}: {c}" for lo, hi, c in zip(edges, edges[1:], counts)))
+            numbers["load"]["histogram"] = dict(zip([f"{lo:g}" for lo in edges[:-1]], counts))
         status, _ = client.request("GET", "/healthz")
-        print(f"   /healthz after the load test: {status}")
+        print(f"   /healthz at the end: {status}")
         if args.screenshots:
             print("\n3. screenshots")
             take_screenshots(port, args.screenshots)
