@@ -12,8 +12,9 @@ The global rate is the mean of the defined rate_c weighted by n_c. A cluster who
 removed by the filter has an undefined rate (NaN): it is left out of the mean, with a warning.
 
 Speed: the field sphering depends only on the field, so it is done once; a fold refits only steps
-3–4 from per-cluster pieces computed once (:class:`~rsca_core.rsca.ClusterStats`: K × K work and a
-sort of the training stars, the same numbers as a refit on the training clusters alone). Candidate field stars of a cluster are found by binary search in VHELIO_AVG, and
+3–4 from per-cluster pieces computed once (:class:`~rsca_core.rsca.ClusterStats`), for all folds at
+once (one batched eigendecomposition and one sort; the same numbers, to rounding, as a refit on the
+training clusters alone). Candidate field stars of a cluster are found by binary search in VHELIO_AVG, and
 distances use one matrix product per cluster, with pairs within rounding of the median recomputed
 exactly, so that the strict "<" is decided as a direct computation would.
 """
@@ -104,6 +105,13 @@ def _intra(Ym):
     return np.sqrt(_sq_norms(diff))
 
 
+def _median(x):
+    """np.median of a short 1-D array, without its overhead."""
+    s = np.sort(x)
+    n = len(s)
+    return float(s[n // 2]) if n % 2 else 0.5 * (float(s[n // 2 - 1]) + float(s[n // 2]))
+
+
 def _count_below(Ym, Yf, pair_ok, median, keep):
     """Number of allowed pairs with distance < median (exact near the threshold), and the distances."""
     nm, nf = _sq_norms(Ym), _sq_norms(Yf)
@@ -184,8 +192,11 @@ def doppelganger_rates(Z_pop, Z_clust, cluster_ids, *, pop_vhelio=None, pop_ak=N
     with threadpool_limits(limits=1, user_api="blas"):
         S_cl = (Z_clust - mean) @ sphere.T
         stats = ClusterStats(S_cl, groups)
-        full_geom = None if (cv and est.variant != "raw") else est.fit_cluster_subset(stats)
-        _fold_loop(groups, est, cv, full_geom, stats, (Z_pop, mean, sphere), S_cl, top_ns, results,
+        if cv and est.variant != "raw":
+            fold_geom = est.fit_leave_one_out(stats)
+        else:
+            fold_geom = dict.fromkeys(groups, est.fit_cluster_subset(stats))
+        _fold_loop(groups, fold_geom, (Z_pop, mean, sphere), S_cl, top_ns, results,
                    keep_distances, (pfilter, cvh, ca) if use_filter else None)
 
     settings = {"cv": bool(cv), "max_dvhelio": float(max_dvhelio) if use_filter else None,
@@ -213,7 +224,7 @@ def doppelganger_rates(Z_pop, Z_clust, cluster_ids, *, pop_vhelio=None, pop_ak=N
     return out if multi else out[top_ns[0]]
 
 
-def _fold_loop(groups, est, cv, full_geom, stats, pop, S_cl, top_ns, results, keep_distances, flt):
+def _fold_loop(groups, fold_geom, pop, S_cl, top_ns, results, keep_distances, flt):
     Z_pop, mean, sphere = pop
     for name in groups:
         idx = groups[name]
@@ -221,10 +232,7 @@ def _fold_loop(groups, est, cv, full_geom, stats, pop, S_cl, top_ns, results, ke
             for n in top_ns:
                 results[n]["rows"].append((name, len(idx), np.nan, np.nan, 0))
             continue
-        if cv and est.variant != "raw":
-            geom = est.fit_cluster_subset(stats, [k for k in stats.names if k != name])
-        else:
-            geom = full_geom
+        geom = fold_geom[name]
         if flt is not None:
             pfilter, cvh, ca = flt
             cand, pair_ok = pfilter.candidates(cvh[idx], ca[idx])
@@ -238,7 +246,7 @@ def _fold_loop(groups, est, cv, full_geom, stats, pop, S_cl, top_ns, results, ke
             Ym = S_cl[idx] @ A.T
             Yf = Zf @ (A @ sphere).T
             intra = _intra(Ym)
-            med = float(np.median(intra))
+            med = _median(intra)
             n_below, n_pairs, dist = _count_below(Ym, Yf, pair_ok, med, keep_distances)
             rate = n_below / n_pairs if n_pairs else np.nan
             results[n]["rows"].append((name, len(idx), rate, med, n_pairs))

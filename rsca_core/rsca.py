@@ -7,9 +7,14 @@ rows = basis vectors in the sphered space) and ``scales_`` / ``weights_`` (resca
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 VARIANTS = ("raw", "scaled", "transformed")
+LOO_STACK_ELEMENTS = 4_000_000  # leave-one-out folds are batched so that their stack stays this small
 MAD_TO_SIGMA = 1.4826
 
 
@@ -61,13 +66,6 @@ def _padded(T, groups):
     return out, sizes
 
 
-def _sorted_median(sorted_vals, sizes):
-    """Medians along axis 1 of NaN-padded, sorted (J, n_max, K) arrays (NaNs sort last)."""
-    j = np.arange(len(sizes))
-    lo, hi = sorted_vals[j, (sizes - 1) // 2], sorted_vals[j, sizes // 2]
-    return 0.5 * (lo + hi)
-
-
 def intra_cluster_spread(T, groups, robust=True, pooled=True):
     """σ_c per axis of ``T`` (rows = cluster stars) from clusters with ≥ 2 members.
 
@@ -84,13 +82,7 @@ def intra_cluster_spread(T, groups, robust=True, pooled=True):
 
 def _padded_spread(P, sizes, robust, pooled):
     """:func:`intra_cluster_spread` on a NaN-padded (J, n_max, K) stack: all clusters at once."""
-    if robust:
-        med = _sorted_median(np.sort(P, axis=1), sizes)
-        dev = np.sort(np.abs(P - med[:, None, :]), axis=1)
-        s2 = (MAD_TO_SIGMA * _sorted_median(dev, sizes)) ** 2
-    else:
-        mean = np.nansum(P, axis=1) / sizes[:, None]
-        s2 = np.nansum((P - mean[:, None, :]) ** 2, axis=1) / (sizes[:, None] - 1)
+    s2 = _padded_variances(P, sizes, robust)
     dof = (sizes - 1).astype(float)
     if pooled:
         return np.sqrt((dof[:, None] * s2).sum(0) / dof.sum())
@@ -112,13 +104,36 @@ def axis_scales(sigma_c, relative=True):
     return out
 
 
+def _field_sums(Z_pop, n_parts=4):
+    """(Σ rows, Σ row rowᵀ) of the field, over a fixed split of the rows run on the available cores
+    (the same sums, bit for bit, whatever the number of cores). NumPy releases the GIL here."""
+    n = len(Z_pop)
+    bounds = np.linspace(0, n, n_parts + 1).astype(int)
+
+    def part(ab):
+        block = Z_pop[ab[0]:ab[1]]
+        return np.ones(len(block)) @ block, block.T @ block
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    with threadpool_limits(limits=1, user_api="blas"):
+        if cores < 2 or n < 50_000:
+            parts = [part(ab) for ab in zip(bounds[:-1], bounds[1:])]
+        else:
+            with ThreadPoolExecutor(min(cores, n_parts)) as pool:
+                parts = list(pool.map(part, zip(bounds[:-1], bounds[1:])))
+    return sum(p[0] for p in parts), sum(p[1] for p in parts)
+
+
 def sphere_population(Z_pop):
     """Mean and PCA-whitening matrix of the field (rows of the matrix = scaled principal axes)."""
     n, K = Z_pop.shape
-    mean = (np.ones(n) @ Z_pop) / n
     # One Gram product, centred afterwards. Its rounding relative to the covariance grows as
-    # |mean|² / variance; past 1e4 (a field far from its origin) centre block by block instead.
-    gram = Z_pop.T @ Z_pop
+    # |mean|² / variance; past 1e4 (a field far from its origin) the field is centred block by block.
+    total, gram = _field_sums(Z_pop)
+    mean = total / n
     cov = gram - n * np.outer(mean, mean)
     if n * (mean @ mean) > 1e4 * max(np.trace(cov), 1e-300):
         cov = np.zeros((K, K))
@@ -192,6 +207,55 @@ class ClusterStats:
         T = self.padded[sel] @ rotation.T if rotate else self.padded[sel]
         sigma_c = _padded_spread(T, self.sizes[sel], robust, pooled)
         return ClusterGeometry.from_parts(rotation, sigma_c, relative=relative)
+
+
+    def leave_one_out(self, *, rotate=True, robust=True, pooled=True, relative=True):
+        """{name: the geometry fitted without that cluster} for every usable cluster.
+
+        The same numbers as :meth:`geometry` on each subset (to rounding), computed for all folds at
+        once: one batched eigendecomposition and one sort of every (fold, cluster) stack.
+        """
+        J, K = len(self.names), self.grams.shape[1]
+        n_max = self.padded.shape[1]
+        out = {}
+        chunk = max(1, int(LOO_STACK_ELEMENTS // max(1, J * n_max * K)))  # bounds the (folds, J, n_max, K) stack
+        for f0 in range(0, J, chunk):
+            folds = np.arange(f0, min(J, f0 + chunk))
+            train = np.ones((len(folds), J), dtype=bool)
+            train[np.arange(len(folds)), folds] = False
+            if rotate:
+                _, vec = np.linalg.eigh(np.tensordot(train.astype(float), self.grams, axes=1))
+                vec = vec[..., ::-1]
+                big = np.take_along_axis(vec, np.argmax(np.abs(vec), axis=1)[:, None, :], axis=1)
+                sign = np.where(big < 0, -1.0, 1.0)
+                rotations = (vec * sign).transpose(0, 2, 1)
+                T = self.padded[None] @ rotations.transpose(0, 2, 1)[:, None]
+            else:
+                rotations = np.broadcast_to(np.eye(K), (len(folds), K, K))
+                T = np.broadcast_to(self.padded[None], (len(folds), *self.padded.shape))
+            s2 = _padded_variances(T, self.sizes, robust)  # (folds, J, K)
+            dof = (self.sizes - 1).astype(float)[None, :] * train
+            if pooled:
+                var = np.einsum("fj,fjk->fk", dof, s2) / dof.sum(1)[:, None]
+            else:
+                var = np.einsum("fj,fjk->fk", train.astype(float), s2) / train.sum(1)[:, None]
+            for i, f in enumerate(folds):
+                out[self.names[f]] = ClusterGeometry.from_parts(np.array(rotations[i]), np.sqrt(var[i]),
+                                                                relative=relative)
+        return out
+
+
+def _padded_variances(P, sizes, robust):
+    """Per-cluster s² (MAD-based or ddof=1) of NaN-padded stacks (..., J, n_max, K) → (..., J, K)."""
+    j = np.arange(len(sizes))
+    lo, hi = (sizes - 1) // 2, sizes // 2
+    if robust:
+        S = np.sort(P, axis=-2)
+        med = 0.5 * (S[..., j, lo, :] + S[..., j, hi, :])
+        D = np.sort(np.abs(P - med[..., None, :]), axis=-2)
+        return (MAD_TO_SIGMA * (0.5 * (D[..., j, lo, :] + D[..., j, hi, :]))) ** 2
+    mean = np.nansum(P, axis=-2) / sizes[:, None]
+    return np.nansum((P - mean[..., None, :]) ** 2, axis=-2) / (sizes[:, None] - 1)
 
 
 class ClusterGeometry:
@@ -313,6 +377,20 @@ class RSCA:
                              f"{dof} degrees of freedom (stars minus clusters)")
         return stats.geometry(names, rotate=self.variant == "transformed", robust=self.robust,
                               pooled=self.pooled, relative=self.relative_scaling)
+
+    def fit_leave_one_out(self, stats):
+        """{cluster: steps 3–4 fitted on every other usable cluster} (the CV folds), all at once."""
+        if self.variant == "raw":
+            return {n: self.fit_cluster_subset(stats, []) for n in stats.names}
+        K = stats.grams.shape[1]
+        dof = int(stats.sizes.sum()) - len(stats.sizes) - (stats.sizes - 1)
+        if self.variant == "transformed" and len(dof) and dof.min() < K:
+            raise ValueError(f"K={K} is larger than the data allows: without one cluster the cluster stars "
+                             f"give only {int(dof.min())} degrees of freedom (stars minus clusters)")
+        if len(stats.names) < 2:
+            raise ValueError("leave-one-cluster-out needs at least 2 clusters with 2 or more stars")
+        return stats.leave_one_out(rotate=self.variant == "transformed", robust=self.robust,
+                                   pooled=self.pooled, relative=self.relative_scaling)
 
     # ------------------------------------------------------------------ estimator API
     def fit(self, Z_pop, Z_clust, cluster_ids):

@@ -176,3 +176,25 @@ def test_subset_fit_from_shared_cluster_stats_equals_a_fit_on_the_subset(variant
         geom = est.fit_cluster_subset(stats, [n for n in names if n != drop])
         assert np.allclose(geom.matrix() @ sphere, alone.components_, rtol=1e-10, atol=1e-12)
         assert np.allclose(geom.scales, alone.scales_, rtol=1e-10)
+
+
+@pytest.mark.parametrize("variant,robust,pooled,relative", [
+    ("transformed", True, True, True), ("transformed", False, True, True), ("transformed", True, False, True),
+    ("transformed", True, True, False), ("scaled", True, True, True), ("scaled", False, False, True)])
+def test_all_folds_at_once_equal_one_fold_at_a_time(variant, robust, pooled, relative, monkeypatch):
+    from rsca_core import rsca
+    from rsca_core.rsca import ClusterStats, group_indices
+    Z_pop, Z_clust, ids, _ = planted(seed=12)
+    if not robust:  # also through the memory-bounded path: folds in batches of 2
+        sizes = [np.sum(ids == c) for c in set(ids)]
+        monkeypatch.setattr(rsca, "LOO_STACK_ELEMENTS", 2 * len(sizes) * max(sizes) * Z_pop.shape[1])
+    est = RSCA(variant=variant, robust=robust, pooled=pooled, relative_scaling=relative)
+    mean, sphere = est.fit_population(Z_pop)
+    stats = ClusterStats((Z_clust - mean) @ sphere.T, group_indices(ids))
+    folds = est.fit_leave_one_out(stats)
+    assert sorted(folds) == sorted(set(ids))
+    for name, geom in folds.items():
+        one = est.fit_cluster_subset(stats, [n for n in stats.names if n != name])
+        assert np.allclose(geom.matrix(), one.matrix(), rtol=1e-9, atol=1e-12)
+        assert np.allclose(geom.sigma_c, one.sigma_c, rtol=1e-9)
+        assert np.array_equal(geom.order, one.order)
