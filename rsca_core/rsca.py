@@ -66,29 +66,6 @@ def _padded(T, groups):
     return out, sizes
 
 
-def intra_cluster_spread(T, groups, robust=True, pooled=True):
-    """σ_c per axis of ``T`` (rows = cluster stars) from clusters with ≥ 2 members.
-
-    pooled:   σ² = Σ_j (n_j − 1) s_j² / (Σ_j n_j − J)   (SPEC §1 step 4)
-    unpooled: σ² = mean_j s_j²  (every cluster counts the same, whatever its size)
-    s_j is the normal-consistent MAD (robust) or the sample std with ddof = 1.
-    """
-    groups = {k: v for k, v in groups.items() if len(v) >= 2}
-    if not groups:
-        raise ValueError("no cluster with at least 2 stars")
-    P, sizes = _padded(T, groups)
-    return _padded_spread(P, sizes, robust, pooled)
-
-
-def _padded_spread(P, sizes, robust, pooled):
-    """:func:`intra_cluster_spread` on a NaN-padded (J, n_max, K) stack: all clusters at once."""
-    s2 = _padded_variances(P, sizes, robust)
-    dof = (sizes - 1).astype(float)
-    if pooled:
-        return np.sqrt((dof[:, None] * s2).sum(0) / dof.sum())
-    return np.sqrt(s2.mean(0))
-
-
 def axis_scales(sigma_c, relative=True):
     """σ_i of Eq. 4 with σ_pop = 1: sqrt(σ_c² / (1 − σ_c²)); ∞ (weight 0) where σ_c ≥ 1."""
     sigma_c = np.asarray(sigma_c, dtype=float)
@@ -149,26 +126,9 @@ def sphere_population(Z_pop):
     return mean, vec.T / np.sqrt(lam)[:, None]
 
 
-def residual_rotation(S_clust, groups):
-    """Orthonormal basis (rows) of the PCA of cluster-mean-subtracted stars, by decreasing variance.
-
-    Stars of no listed cluster (and single-star clusters) have zero residual and do not count.
-    """
-    return _rotation_from_gram(sum(_residual_gram(S_clust[idx]) for idx in groups.values()
-                                   if len(idx) >= 2) + np.zeros((S_clust.shape[1],) * 2))
-
-
 def _residual_gram(S):
     R = S - S.mean(axis=0)
     return R.T @ R
-
-
-def _rotation_from_gram(G):
-    lam, vec = np.linalg.eigh(G)
-    vec = vec[:, ::-1]
-    sign = np.sign(vec[np.argmax(np.abs(vec), axis=0), np.arange(vec.shape[1])])
-    sign[sign == 0] = 1
-    return (vec * sign).T
 
 
 class ClusterStats:
@@ -176,8 +136,8 @@ class ClusterStats:
 
     Per cluster (≥ 2 members): the Gram matrix of its mean-subtracted stars and its stars in a
     NaN-padded stack. Fitting steps 3–4 on any subset of clusters (a leave-one-cluster-out fold, a
-    data-size trial) is then K × K work plus a sort of that subset's stars, and gives exactly what a
-    fit on that subset alone gives: the same per-cluster pieces, summed in the same order.
+    data-size trial) is then K × K work plus a sort of the clusters' stars, and gives what a fit on
+    that subset alone gives (to rounding: the same per-cluster pieces, summed).
     """
 
     def __init__(self, S_clust, groups):
@@ -199,50 +159,52 @@ class ClusterStats:
         return np.sort([self.index[n] for n in names if n in self.index]).astype(np.intp)
 
     def geometry(self, names=None, *, rotate=True, robust=True, pooled=True, relative=True):
+        """Steps 3–4 fitted on the clusters ``names`` (all usable clusters if None)."""
         sel = self.select(names)
         if len(sel) == 0:
             raise ValueError("no cluster with at least 2 stars")
-        K = self.grams.shape[1]
-        rotation = _rotation_from_gram(self.grams[sel].sum(axis=0)) if rotate else np.eye(K)
-        T = self.padded[sel] @ rotation.T if rotate else self.padded[sel]
-        sigma_c = _padded_spread(T, self.sizes[sel], robust, pooled)
-        return ClusterGeometry.from_parts(rotation, sigma_c, relative=relative)
-
+        train = np.zeros((1, len(self.names)), dtype=bool)
+        train[0, sel] = True
+        return self._fit(train, rotate, robust, pooled, relative)[0]
 
     def leave_one_out(self, *, rotate=True, robust=True, pooled=True, relative=True):
         """{name: the geometry fitted without that cluster} for every usable cluster.
 
-        The same numbers as :meth:`geometry` on each subset (to rounding), computed for all folds at
-        once: one batched eigendecomposition and one sort of every (fold, cluster) stack.
+        All folds at once (one batched eigendecomposition and one sort), in batches that keep the
+        (folds, clusters, stars, K) stack under ``LOO_STACK_ELEMENTS``.
         """
         J, K = len(self.names), self.grams.shape[1]
-        n_max = self.padded.shape[1]
+        chunk = max(1, int(LOO_STACK_ELEMENTS // max(1, J * self.padded.shape[1] * K)))
         out = {}
-        chunk = max(1, int(LOO_STACK_ELEMENTS // max(1, J * n_max * K)))  # bounds the (folds, J, n_max, K) stack
         for f0 in range(0, J, chunk):
             folds = np.arange(f0, min(J, f0 + chunk))
             train = np.ones((len(folds), J), dtype=bool)
             train[np.arange(len(folds)), folds] = False
-            if rotate:
-                _, vec = np.linalg.eigh(np.tensordot(train.astype(float), self.grams, axes=1))
-                vec = vec[..., ::-1]
-                big = np.take_along_axis(vec, np.argmax(np.abs(vec), axis=1)[:, None, :], axis=1)
-                sign = np.where(big < 0, -1.0, 1.0)
-                rotations = (vec * sign).transpose(0, 2, 1)
-                T = self.padded[None] @ rotations.transpose(0, 2, 1)[:, None]
-            else:
-                rotations = np.broadcast_to(np.eye(K), (len(folds), K, K))
-                T = np.broadcast_to(self.padded[None], (len(folds), *self.padded.shape))
-            s2 = _padded_variances(T, self.sizes, robust)  # (folds, J, K)
-            dof = (self.sizes - 1).astype(float)[None, :] * train
-            if pooled:
-                var = np.einsum("fj,fjk->fk", dof, s2) / dof.sum(1)[:, None]
-            else:
-                var = np.einsum("fj,fjk->fk", train.astype(float), s2) / train.sum(1)[:, None]
-            for i, f in enumerate(folds):
-                out[self.names[f]] = ClusterGeometry.from_parts(np.array(rotations[i]), np.sqrt(var[i]),
-                                                                relative=relative)
+            out.update(zip((self.names[f] for f in folds), self._fit(train, rotate, robust, pooled, relative)))
         return out
+
+    def _fit(self, train, rotate, robust, pooled, relative):
+        """One ClusterGeometry per row of the boolean (fits, clusters) training mask."""
+        F, K = len(train), self.grams.shape[1]
+        if rotate:
+            # residual PCA: eigenvectors of the summed Gram matrices, by decreasing variance, each
+            # with its largest component positive
+            _, vec = np.linalg.eigh(np.tensordot(train.astype(float), self.grams, axes=1))
+            vec = vec[..., ::-1]
+            big = np.take_along_axis(vec, np.argmax(np.abs(vec), axis=1)[:, None, :], axis=1)
+            rotations = (vec * np.where(big < 0, -1.0, 1.0)).transpose(0, 2, 1)
+            T = self.padded[None] @ rotations.transpose(0, 2, 1)[:, None]
+        else:
+            rotations = np.broadcast_to(np.eye(K), (F, K, K))
+            T = self.padded[None]
+        s2 = _padded_variances(T, self.sizes, robust)  # (fits or 1, clusters, K)
+        if pooled:
+            w = (self.sizes - 1).astype(float)[None, :] * train
+        else:
+            w = train.astype(float)
+        var = np.einsum("fj,fjk->fk", w, np.broadcast_to(s2, (F, *s2.shape[1:]))) / w.sum(1)[:, None]
+        return [ClusterGeometry.from_parts(np.array(rotations[i]), np.sqrt(var[i]), relative=relative)
+                for i in range(F)]
 
 
 def _padded_variances(P, sizes, robust):
