@@ -185,9 +185,9 @@ def doppelganger_rates(Z_pop, Z_clust, cluster_ids, *, pop_vhelio=None, pop_ak=N
                       UndefinedRateWarning, stacklevel=2)
 
     results = {n: {"rows": [], "intra": {}, "inter": {}} for n in top_ns}
-    # Thin matrices only (K ≤ a few dozen): BLAS threads add more overhead than they save.
-    # Step 2 is shared by every fold: it depends on the field only. Its field-sized Gram product is
-    # the one large matrix product here, so it keeps the BLAS threads.
+    # Step 2 is shared by every fold: it depends on the field only (its field-sized sums are split
+    # over the cores inside). The rest is thin matrices (K ≤ a few dozen): BLAS threads would add more
+    # overhead than they save.
     mean, sphere = est.fit_population(Z_pop)
     with threadpool_limits(limits=1, user_api="blas"):
         S_cl = (Z_clust - mean) @ sphere.T
