@@ -48,6 +48,18 @@ def _chunk_rows(n_pixels, itemsize, target_bytes=48 << 20):
     return int(max(64, min(1 << 16, target_bytes // max(1, n_pixels * itemsize))))
 
 
+class _Columns:
+    """Row slices of a (memory-mapped) matrix restricted to some columns, copied on access."""
+
+    def __init__(self, arr, keep):
+        self.arr, self.cols = arr, np.flatnonzero(keep)
+        self.shape = (arr.shape[0], len(self.cols))
+        self.dtype = arr.dtype
+
+    def __getitem__(self, rows):
+        return np.asarray(self.arr[rows])[:, self.cols]
+
+
 class MaskedPCA:
     """PCA of a data matrix with missing entries (boolean ``mask``, True = missing).
 
@@ -160,10 +172,29 @@ class MaskedPCA:
                 nobs += b - a
             colsum += chunk.sum(0, dtype=np.float64)
         mu_fill = np.divide(colsum, nobs, out=np.zeros(p), where=nobs > 0)
-        has_missing = n_missing > 0
         self.missing_fraction_ = n_missing / float(n * p)
-        empty_cols = nobs == 0
+        self.n_features_in_ = p
+        keep = nobs > 0
+        if keep.all():
+            return self._em(X, mask, mu_fill, n_missing > 0, K, dtype, rng)
+        # Pixels missing for every star (masked bands) carry no information: the passes skip them,
+        # and they get zero loadings and zero mean.
+        if not keep.any():
+            raise ValueError("every pixel is missing for every star")
+        n_missing -= int(n * (~keep).sum())
+        Z = self._em(_Columns(X, keep), None if mask is None else _Columns(mask, keep), mu_fill[keep],
+                     n_missing > 0, K, dtype, rng)
+        W, mu = np.zeros((K, p)), np.zeros(p)
+        W[:, keep], mu[keep] = self.components_, self.mean_
+        self.components_, self.mean_ = W, mu
+        return Z
 
+    def _em(self, X, mask, mu_fill, has_missing, K, dtype, rng):
+        """The EM passes on the pixels that are observed for some star."""
+        n, p = X.shape
+        if K > p:
+            raise ValueError(f"n_components={K} is larger than the data allows: only {p} pixels are "
+                             "observed for any star")
         if p <= self.exact_below:
             kb = p
             V = np.eye(p)
@@ -192,7 +223,8 @@ class MaskedPCA:
                         if m is not None:
                             np.copyto(chunk, recon, where=m)
                         np.subtract(chunk, recon, out=recon)  # residual, 0 at imputed entries
-                        sq_err += float(np.einsum("ij,ij->", recon, recon, dtype=np.float64))
+                        # row sums in the data's precision, their total in float64 (≈1e-8 relative)
+                        sq_err += float(np.einsum("ij,ij->i", recon, recon).sum(dtype=np.float64))
                     elif m is not None:
                         chunk[m] = 0  # first pass: impute the observed column mean
                     colsum += chunk.sum(0, dtype=np.float64)
@@ -219,7 +251,6 @@ class MaskedPCA:
                 sign[sign == 0] = 1
                 W *= sign
                 Z *= sign
-                W[empty_cols] = 0.0
                 # Convergence bookkeeping.
                 moved = 0.0
                 if W_prev is not None:
@@ -253,7 +284,6 @@ class MaskedPCA:
         self.components_ = W.T.copy()
         self.mean_ = mu_center
         self.explained_variance_ = lam[:K] / max(n - 1, 1)
-        self.n_features_in_ = p
         return Z
 
     def _initial_basis(self, X, mask, kb, mu_fill, rng, n_sample=2000):

@@ -104,3 +104,29 @@ def test_errors():
     MaskedPCA(2).fit(Xn, m)  # NaN under the mask is fine
     with pytest.raises(ValueError, match="not fitted"):
         MaskedPCA(2).transform(X)
+
+
+@pytest.mark.parametrize("p", [200, 1500])
+def test_pixels_missing_for_every_star_are_left_out_of_the_fit(p):
+    # masked bands (missing for all stars): the fit on the other pixels is ordinary PCA of them when
+    # those are complete, and the dropped pixels get zero loading and zero mean
+    X = low_rank(p=p, seed=4)
+    band = np.zeros(p, bool)
+    band[p // 3: p // 3 + p // 10] = True
+    mask = np.broadcast_to(band, X.shape).copy()
+    X[mask] = np.nan  # never read
+    pca = MaskedPCA(5, random_state=0).fit(X, mask)
+    comps, var, mu = svd_pca(X[:, ~band], 5)
+    assert np.all(pca.components_[:, band] == 0) and np.all(pca.mean_[band] == 0)
+    assert subspace_gap(pca.components_[:, ~band], comps) < 1e-6
+    assert np.allclose(pca.explained_variance_, var, rtol=1e-6)
+    assert np.allclose(pca.mean_[~band], mu)
+    # with other pixels missing too: the same fit as on the observed-somewhere pixels alone
+    rng = np.random.default_rng(1)
+    holes = mask | (rng.random(X.shape) < 0.05)
+    Xh = np.where(holes, 0.0, X)
+    full = MaskedPCA(5, random_state=0).fit(Xh, holes)
+    alone = MaskedPCA(5, random_state=0).fit(Xh[:, ~band], holes[:, ~band])
+    assert np.allclose(full.components_[:, ~band], alone.components_, atol=1e-12)
+    assert np.allclose(full.transform(Xh, holes), alone.transform(Xh[:, ~band], holes[:, ~band]), atol=1e-9)
+    assert full.missing_fraction_ == pytest.approx(holes.mean())
