@@ -49,15 +49,24 @@ def _chunk_rows(n_pixels, itemsize, target_bytes=48 << 20):
 
 
 class _Columns:
-    """Row slices of a (memory-mapped) matrix restricted to some columns, copied on access."""
+    """Row slices of a (memory-mapped) matrix restricted to some columns, copied on access run by
+    run (kept columns come in a few contiguous runs: the bands between masked ones)."""
 
     def __init__(self, arr, keep):
-        self.arr, self.cols = arr, np.flatnonzero(keep)
-        self.shape = (arr.shape[0], len(self.cols))
+        self.arr = arr
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], keep.astype(np.int8), [0]])))
+        self.runs = list(zip(edges[::2], edges[1::2]))
+        self.shape = (arr.shape[0], int(keep.sum()))
         self.dtype = arr.dtype
 
     def __getitem__(self, rows):
-        return np.asarray(self.arr[rows])[:, self.cols]
+        src = self.arr[rows]
+        out = np.empty((src.shape[0], self.shape[1]), dtype=self.dtype)
+        o = 0
+        for a, b in self.runs:
+            out[:, o:o + b - a] = src[:, a:b]
+            o += b - a
+        return out
 
 
 class MaskedPCA:
