@@ -40,7 +40,9 @@ def spectra_like(rng, n, p, rank=120):
 
 
 def missing_mask(rng, n, p, frac=0.05):
-    m = rng.random((n, p), dtype=np.float32) < frac * 0.6
+    """``frac`` of the pixels missing on average: scattered pixels plus one contiguous run per row."""
+    run_frac = (50 + 399) / 4 / p  # expected run length / p
+    m = rng.random((n, p), dtype=np.float32) < (frac - run_frac) / (1 - run_frac)
     starts = rng.integers(0, p - 200, size=n)
     lengths = rng.integers(50, 400, size=n)
     for i in range(n):  # contiguous runs, like masked bands and chip edges
@@ -50,7 +52,7 @@ def missing_mask(rng, n, p, frac=0.05):
 
 def make_big(n, p, seed=0):
     WORK.mkdir(parents=True, exist_ok=True)
-    xp, mp = WORK / f"X_{n}x{p}.npy", WORK / f"mask_{n}x{p}.npy"
+    xp, mp = WORK / f"X_{n}x{p}.npy", WORK / f"mask5pc_{n}x{p}.npy"
     if xp.exists() and mp.exists():
         return xp, mp
     rng = np.random.default_rng(seed)
