@@ -123,7 +123,8 @@ def hist_figure(r, name):
                       annotation_text="median intra", annotation_position="top right")
     rate = "n/a" if row["rate"] != row["rate"] else f"{row['rate']:.4f}"
     fig.update_layout(barmode="overlay", xaxis_title="distance in RSCA space", yaxis_title="density",
-                      legend={"orientation": "h", "y": -0.25})
+                      legend={"orientation": "h", "y": -0.25},
+                      modebar={"orientation": "v"})  # a narrow panel: keep the buttons off the title
     return ui.label_figure(fig, r["label"], f"{name}: rate {rate} ({int(row['n_stars'])} stars)")
 
 
