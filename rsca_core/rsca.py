@@ -192,8 +192,9 @@ class ClusterStats:
             _, vec = np.linalg.eigh(np.tensordot(train.astype(float), self.grams, axes=1))
             vec = vec[..., ::-1]
             big = np.take_along_axis(vec, np.argmax(np.abs(vec), axis=1)[:, None, :], axis=1)
-            rotations = (vec * np.where(big < 0, -1.0, 1.0)).transpose(0, 2, 1)
-            T = self.padded[None] @ rotations.transpose(0, 2, 1)[:, None]
+            axes = vec * np.where(big < 0, -1.0, 1.0)  # (fits, K, K), columns = axes
+            rotations = axes.transpose(0, 2, 1)
+            T = self.padded[None] @ axes[:, None]
         else:
             rotations = np.broadcast_to(np.eye(K), (F, K, K))
             T = self.padded[None]
@@ -223,20 +224,21 @@ def _padded_variances(P, sizes, robust):
 class ClusterGeometry:
     """Steps 3–4 fitted on sphered cluster stars: rotation, per-axis scales and their order."""
 
-    def __init__(self, S_clust, groups, *, rotate=True, robust=True, pooled=True, relative=True):
-        g = ClusterStats(S_clust, groups).geometry(rotate=rotate, robust=robust, pooled=pooled,
-                                                   relative=relative)
-        self.__dict__.update(g.__dict__)
+    def __init__(self, rotation, sigma_c, order, scales, weights):
+        self.rotation, self.sigma_c, self.order, self.scales, self.weights = rotation, sigma_c, order, scales, weights
 
     @classmethod
     def from_parts(cls, rotation, sigma_c, relative=True):
-        g = cls.__new__(cls)
-        g.rotation, g.sigma_c = rotation, sigma_c
+        """From the step-3 rotation (rows) and the intra-cluster spread σ_c of each rotated axis."""
         scales = axis_scales(sigma_c, relative=relative)
-        g.order = np.argsort(scales, kind="stable")
-        g.scales = scales[g.order]
-        g.weights = np.where(np.isfinite(g.scales), 1.0 / g.scales, 0.0)
-        return g
+        order = np.argsort(scales, kind="stable")
+        scales = scales[order]
+        return cls(rotation, sigma_c, order, scales, np.where(np.isfinite(scales), 1.0 / scales, 0.0))
+
+    @classmethod
+    def identity(cls, K):
+        """The "raw" variant: no rotation, no rescaling."""
+        return cls(np.eye(K), np.full(K, np.nan), np.arange(K), np.ones(K), np.ones(K))
 
     def matrix(self, top_n=None):
         """(n_out, K) map from sphered space to the output space (importance order)."""
@@ -327,11 +329,7 @@ class RSCA:
         """
         K = stats.grams.shape[1]
         if self.variant == "raw":
-            g = ClusterGeometry.__new__(ClusterGeometry)
-            g.rotation, g.order = np.eye(K), np.arange(K)
-            g.sigma_c = np.full(K, np.nan)
-            g.scales, g.weights = np.ones(K), np.ones(K)
-            return g
+            return ClusterGeometry.identity(K)
         sel = stats.select(names)
         dof = int(stats.sizes[sel].sum()) - len(sel)
         if self.variant == "transformed" and dof < K:
