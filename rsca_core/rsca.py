@@ -331,26 +331,29 @@ class RSCA:
         if self.variant == "raw":
             return ClusterGeometry.identity(K)
         sel = stats.select(names)
-        dof = int(stats.sizes[sel].sum()) - len(sel)
-        if self.variant == "transformed" and dof < K:
-            raise ValueError(f"K={K} is larger than the data allows: the cluster stars give only "
-                             f"{dof} degrees of freedom (stars minus clusters)")
-        return stats.geometry(names, rotate=self.variant == "transformed", robust=self.robust,
-                              pooled=self.pooled, relative=self.relative_scaling)
+        self._check_cluster_dof(int(stats.sizes[sel].sum()) - len(sel), K)
+        return stats.geometry(names, **self._geometry_options())
 
     def fit_leave_one_out(self, stats):
         """{cluster: steps 3–4 fitted on every other usable cluster} (the CV folds), all at once."""
         if self.variant == "raw":
             return {n: self.fit_cluster_subset(stats, []) for n in stats.names}
-        K = stats.grams.shape[1]
         dof = int(stats.sizes.sum()) - len(stats.sizes) - (stats.sizes - 1)
-        if self.variant == "transformed" and len(dof) and dof.min() < K:
-            raise ValueError(f"K={K} is larger than the data allows: without one cluster the cluster stars "
-                             f"give only {int(dof.min())} degrees of freedom (stars minus clusters)")
+        if len(dof):
+            self._check_cluster_dof(int(dof.min()), stats.grams.shape[1], "without one cluster ")
         if len(stats.names) < 2:
             raise ValueError("leave-one-cluster-out needs at least 2 clusters with 2 or more stars")
-        return stats.leave_one_out(rotate=self.variant == "transformed", robust=self.robust,
-                                   pooled=self.pooled, relative=self.relative_scaling)
+        return stats.leave_one_out(**self._geometry_options())
+
+    def _check_cluster_dof(self, dof, K, context=""):
+        """Step 3 needs at least K degrees of freedom (cluster stars minus clusters)."""
+        if self.variant == "transformed" and dof < K:
+            raise ValueError(f"K={K} is larger than the data allows: {context}the cluster stars give only "
+                             f"{dof} degrees of freedom (stars minus clusters)")
+
+    def _geometry_options(self):
+        return {"rotate": self.variant == "transformed", "robust": self.robust, "pooled": self.pooled,
+                "relative": self.relative_scaling}
 
     # ------------------------------------------------------------------ estimator API
     def fit(self, Z_pop, Z_clust, cluster_ids):
