@@ -59,7 +59,7 @@ from tqdm.auto import tqdm
 
 from .constants import MAX_DAK, MAX_DVHELIO, PAPER_RESULTS, PAPER_SUBSET, SPECIES, canonical_species
 from .dataset import Dataset, RateInputs
-from .metrics import _count_below, _intra, _PairFilter, doppelganger_rates
+from .metrics import _fold_rate, _PairFilter, doppelganger_rates
 from .rsca import RSCA, VARIANTS, ClusterStats, check_cluster_ids, group_indices
 
 DEFAULT_KS = (5, 10, 15, 20, 25, 30, 40, 50, 60)
@@ -452,15 +452,11 @@ def _data_size_trials(ds, ks, ms, n_trials, usable, draws, est, seed, truncate_f
                     except ValueError:
                         unfit += 1
                         continue
-                    A = geom.matrix()
                     idx = groups[c]
                     Zf, ok = cand[c]
-                    Ym = S_cl[idx] @ A.T
-                    Yf = Zf @ (A @ sphere).T
-                    med = float(np.median(_intra(Ym)))
-                    n_below, n_pairs, _ = _count_below(Ym, Yf, ok, med, False)
+                    rate, _, n_pairs, _, _ = _fold_rate(geom.matrix(), S_cl[idx], Zf, sphere, ok, False)
                     if n_pairs:
-                        rates.append(n_below / n_pairs)
+                        rates.append(rate)
                         weights.append(len(idx))
                 g = float(np.average(rates, weights=weights)) if rates else np.nan
                 trial_rows.append({"k": k, "n_train_clusters": m, "trial": t, "global_rate": g,

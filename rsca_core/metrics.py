@@ -140,6 +140,18 @@ def _count_below(Ym, Yf, pair_ok, median, keep):
     return n_below, int(np.count_nonzero(pair_ok)), dist
 
 
+def _fold_rate(A, S_members, Zf, sphere, pair_ok, keep):
+    """One cluster under one map ``A`` (sphered space → output): its members ``S_members`` (sphered),
+    its candidate field stars ``Zf`` (centred, not sphered) and their allowed pairs.
+    Returns (rate, median intra distance, allowed pairs, intra distances, inter distances or None)."""
+    Ym = S_members @ A.T
+    Yf = Zf @ (A @ sphere).T
+    intra = _intra(Ym)
+    med = _median(intra)
+    n_below, n_pairs, dist = _count_below(Ym, Yf, pair_ok, med, keep)
+    return (n_below / n_pairs if n_pairs else np.nan), med, n_pairs, intra, dist
+
+
 def doppelganger_rates(Z_pop, Z_clust, cluster_ids, *, pop_vhelio=None, pop_ak=None, clust_vhelio=None,
                        clust_ak=None, cv=True, top_n=None, max_dvhelio=5.0, max_dak=0.05,
                        keep_distances=True, **rsca_options) -> DoppelgangerResult:
@@ -242,13 +254,8 @@ def _fold_loop(groups, fold_geom, pop, S_cl, top_ns, results, keep_distances, fl
         Zf = np.take(Z_pop, cand, axis=0) if flt is not None else Z_pop.copy()
         Zf -= mean
         for n in top_ns:
-            A = geom.matrix(n)
-            Ym = S_cl[idx] @ A.T
-            Yf = Zf @ (A @ sphere).T
-            intra = _intra(Ym)
-            med = _median(intra)
-            n_below, n_pairs, dist = _count_below(Ym, Yf, pair_ok, med, keep_distances)
-            rate = n_below / n_pairs if n_pairs else np.nan
+            rate, med, n_pairs, intra, dist = _fold_rate(geom.matrix(n), S_cl[idx], Zf, sphere, pair_ok,
+                                                         keep_distances)
             results[n]["rows"].append((name, len(idx), rate, med, n_pairs))
             if keep_distances:
                 results[n]["intra"][name] = intra
