@@ -29,7 +29,7 @@ from pathlib import Path
 import dash
 import dash_bootstrap_components as dbc
 import flask
-from dash import dcc, html
+from dash import html
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # so that ``pages._service`` imports when started from elsewhere

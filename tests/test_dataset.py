@@ -1,6 +1,4 @@
 """Dataset bundles: round trip, clear errors on broken bundles, cached compressions."""
-import json
-import shutil
 
 import numpy as np
 import pytest
