@@ -18,6 +18,7 @@ RSCA_K_FIT        size of the one PCA compression that all K <= RSCA_K_FIT are c
 
 Every page talks to ``rsca_core`` only through :mod:`pages._service`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,26 +32,48 @@ import dash_bootstrap_components as dbc
 import flask
 from dash import html
 
+from pages import _service as service
+
 HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:  # so that ``pages._service`` imports when started from elsewhere
-    sys.path.insert(0, str(HERE))
+# In a checkout the stylesheets are in assets/ beside app.py; an installed wheel carries them in pages/assets.
+ASSETS = HERE / "assets" if (HERE / "assets").is_dir() else HERE / "pages" / "assets"
 
-from pages import _service as service  # noqa: E402
-
-NAV = (("Explore", "/"), ("Clusters", "/clusters"), ("Curves", "/curves"),
-       ("Systematics", "/systematics"), ("Inside RSCA", "/inside"), ("Data", "/data"))
+NAV = (
+    ("Explore", "/"),
+    ("Clusters", "/clusters"),
+    ("Curves", "/curves"),
+    ("Systematics", "/systematics"),
+    ("Inside RSCA", "/inside"),
+    ("Data", "/data"),
+)
 
 
 def _navbar():
     return dbc.Navbar(
-        dbc.Container([
-            dbc.NavbarBrand("RSCA Lab", href="/", class_name="fw-bold"),
-            dbc.Nav([dbc.NavItem(dbc.NavLink(name, href=href, active="exact", id=f"nav-{href.strip('/') or 'explore'}"))
-                     for name, href in NAV], navbar=True, class_name="me-auto"),
-            html.Span("chemical likeness of stars - de Mijolla & Ness (2022)",
-                      className="navbar-text small text-light d-none d-lg-inline"),
-        ], fluid=True),
-        color="dark", dark=True, class_name="mb-3")
+        dbc.Container(
+            [
+                dbc.NavbarBrand("RSCA Lab", href="/", class_name="fw-bold"),
+                dbc.Nav(
+                    [
+                        dbc.NavItem(
+                            dbc.NavLink(name, href=href, active="exact", id=f"nav-{href.strip('/') or 'explore'}")
+                        )
+                        for name, href in NAV
+                    ],
+                    navbar=True,
+                    class_name="me-auto",
+                ),
+                html.Span(
+                    "chemical likeness of stars - de Mijolla & Ness (2022)",
+                    className="navbar-text small text-light d-none d-lg-inline",
+                ),
+            ],
+            fluid=True,
+        ),
+        color="dark",
+        dark=True,
+        class_name="mb-3",
+    )
 
 
 def create_app() -> dash.Dash:
@@ -58,15 +81,25 @@ def create_app() -> dash.Dash:
     server = flask.Flask(__name__)
     service.init_app(server)
     app = dash.Dash(
-        __name__, server=server, use_pages=True, pages_folder=str(HERE / "pages"),
-        assets_folder=str(HERE / "assets"), serve_locally=True,
-        external_stylesheets=[service.BOOTSTRAP_CSS_URL], external_scripts=[],
+        __name__,
+        server=server,
+        use_pages=True,
+        pages_folder=str(HERE / "pages"),
+        assets_folder=str(ASSETS),
+        serve_locally=True,
+        external_stylesheets=[service.BOOTSTRAP_CSS_URL],
+        external_scripts=[],
         background_callback_manager=service.background_manager(),
-        suppress_callback_exceptions=True, title="RSCA Lab", update_title=None)
-    app.layout = html.Div([
-        _navbar(),
-        dbc.Container(dash.page_container, fluid=True, class_name="pb-5"),
-    ])
+        suppress_callback_exceptions=True,
+        title="RSCA Lab",
+        update_title=None,
+    )
+    app.layout = html.Div(
+        [
+            _navbar(),
+            dbc.Container(dash.page_container, fluid=True, class_name="pb-5"),
+        ]
+    )
 
     @server.route("/healthz")
     def healthz():
@@ -81,16 +114,21 @@ server = app.server
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Serve the RSCA Lab dashboard.")
-    parser.add_argument("--host", default=os.environ.get("RSCA_HOST", "127.0.0.1"),
-                        help="interface to listen on (env RSCA_HOST; default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=None,
-                        help="port (env RSCA_PORT; default 8050)")
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("RSCA_HOST", "127.0.0.1"),
+        help="interface to listen on (env RSCA_HOST; default 127.0.0.1)",
+    )
+    parser.add_argument("--port", type=int, default=None, help="port (env RSCA_PORT; default 8050)")
     parser.add_argument("--debug", action="store_true", help="Dash debug mode (reloader, dev tools)")
-    parser.add_argument("--no-build", action="store_true",
-                        help="do not build the default simulated dataset if it is missing")
-    parser.add_argument("--prepare-only", action="store_true",
-                        help="build the default dataset and its PCA compression if missing, then exit "
-                             "(used at Docker build time)")
+    parser.add_argument(
+        "--no-build", action="store_true", help="do not build the default simulated dataset if it is missing"
+    )
+    parser.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="build the default dataset and its PCA compression if missing, then exit (used at Docker build time)",
+    )
     args = parser.parse_args(argv)
     if args.prepare_only:
         try:

@@ -1,10 +1,8 @@
 """Shared set-up of the benchmark scripts (run them from the repository root)."""
-import sys
+
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[1]  # the checkout (rsca_core itself comes from `pip install -e .`)
 
 
 def paper_shaped_representation(n_pop=151145, K=30, n_clusters=22, n_cluster_stars=185, seed=0):

@@ -17,6 +17,7 @@ from /_dash-dependencies):
    page loads and callback calls with random settings; counts 5xx / failures and reports
    latency percentiles and throughput.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +35,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def free_port() -> int:
@@ -100,18 +100,33 @@ class DashCallbacks:
         for p in parts:
             cid, prop = p.rsplit(".", 1)
             outputs.append({"id": cid, "property": prop})
-        inputs = [{"id": i["id"], "property": i["property"], "value": values.get(f"{i['id']}.{i['property']}")}
-                  for i in dep["inputs"]]
-        state = [{"id": i["id"], "property": i["property"], "value": values.get(f"{i['id']}.{i['property']}")}
-                 for i in dep.get("state", [])]
-        return {"output": out, "outputs": outputs if len(outputs) > 1 else outputs[0], "inputs": inputs,
-                "changedPropIds": changed, "state": state}
+        inputs = [
+            {"id": i["id"], "property": i["property"], "value": values.get(f"{i['id']}.{i['property']}")}
+            for i in dep["inputs"]
+        ]
+        state = [
+            {"id": i["id"], "property": i["property"], "value": values.get(f"{i['id']}.{i['property']}")}
+            for i in dep.get("state", [])
+        ]
+        return {
+            "output": out,
+            "outputs": outputs if len(outputs) > 1 else outputs[0],
+            "inputs": inputs,
+            "changedPropIds": changed,
+            "state": state,
+        }
 
 
 def explore_values(ds_key, k, clusters, cv=True, top=""):
-    return {"ex-ds.value": ds_key, "ex-input.value": "spectra", "ex-species.value": ["Fe", "Mg", "Ni", "Si", "Al",
-                                                                                    "C", "N"],
-            "ex-k.value": str(k), "ex-clusters.value": list(clusters), "ex-cv.value": cv, "ex-top.value": top}
+    return {
+        "ex-ds.value": ds_key,
+        "ex-input.value": "spectra",
+        "ex-species.value": ["Fe", "Mg", "Ni", "Si", "Al", "C", "N"],
+        "ex-k.value": str(k),
+        "ex-clusters.value": list(clusters),
+        "ex-cv.value": cv,
+        "ex-top.value": top,
+    }
 
 
 def page_update(client, cbs, values, changed, pool=None):
@@ -150,10 +165,27 @@ def _one_shot(port, payload):
 
 
 def start_gunicorn(port, workers, threads, env):
-    cmd = [sys.executable, "-m", "gunicorn", "app:server", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
-           "--threads", str(threads), "--timeout", "120", "--graceful-timeout", "10", "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "app:server",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(workers),
+        "--threads",
+        str(threads),
+        "--timeout",
+        "120",
+        "--graceful-timeout",
+        "10",
+        "--log-level",
+        "warning",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
     deadline = time.time() + 90
     while time.time() < deadline:
         try:
@@ -171,6 +203,7 @@ def start_gunicorn(port, workers, threads, env):
 def in_process_floor(ds_path, ks, k_fit):
     """doppelganger_rates on the same inputs, in this process (what the callback cannot beat)."""
     import numpy as np
+
     from rsca_core import Dataset, doppelganger_rates
 
     ds = Dataset.load(ds_path)
@@ -183,8 +216,9 @@ def in_process_floor(ds_path, ks, k_fit):
     for k in ks:
         z = np.asarray(comp.scores[:, :k], float)
         t0 = time.perf_counter()
-        doppelganger_rates(z[fi], z[ci], ids, pop_vhelio=vh[fi], pop_ak=ak[fi], clust_vhelio=vh[ci],
-                           clust_ak=ak[ci], cv=True)
+        doppelganger_rates(
+            z[fi], z[ci], ids, pop_vhelio=vh[fi], pop_ak=ak[fi], clust_vhelio=vh[ci], clust_ak=ak[ci], cv=True
+        )
         times.append(time.perf_counter() - t0)
     return times
 
@@ -236,14 +270,24 @@ def take_screenshots(port, out_dir):
         opts.add_argument(a)
     d = webdriver.Chrome(options=opts)
     base = f"http://127.0.0.1:{port}"
-    shots = [("explore", "/", "#ex-global-rate", 8, None), ("clusters", "/clusters", "#cl-global-rate", 8, None),
-             ("curves", "/curves", "#cu-k_sweep-run",  2,
-              ["cu-k_sweep-run", "cu-ablation-run", "cu-data_size-run", "cu-top_n-run"]),
-             ("systematics", "/systematics", "#sy-mask", 150, None), ("inside", "/inside?step=4", "#in-explain", 10, None),
-             ("data", "/data", "#dt-facts", 5, None)]
+    shots = [
+        ("explore", "/", "#ex-global-rate", 8, None),
+        ("clusters", "/clusters", "#cl-global-rate", 8, None),
+        (
+            "curves",
+            "/curves",
+            "#cu-k_sweep-run",
+            2,
+            ["cu-k_sweep-run", "cu-ablation-run", "cu-data_size-run", "cu-top_n-run"],
+        ),
+        ("systematics", "/systematics", "#sy-mask", 150, None),
+        ("inside", "/inside?step=4", "#in-explain", 10, None),
+        ("data", "/data", "#dt-facts", 5, None),
+    ]
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
+
     try:
         for name, path, marker, wait, clicks in shots:
             d.set_window_size(1500, 1000)
@@ -257,8 +301,11 @@ def take_screenshots(port, out_dir):
                 end = time.time() + 600
                 while time.time() < end:  # until every job has finished (its Run button is enabled again)
                     time.sleep(3)
-                    busy = d.execute_script("return arguments[0].filter(i => { var b = document.getElementById(i);"
-                                            " return b && b.disabled; }).length", clicks)
+                    busy = d.execute_script(
+                        "return arguments[0].filter(i => { var b = document.getElementById(i);"
+                        " return b && b.disabled; }).length",
+                        clicks,
+                    )
                     if not busy:
                         break
                 time.sleep(3)
@@ -305,8 +352,10 @@ def main(argv=None) -> int:
         env.setdefault(var, "1")
     env["RSCA_STATE_DIR"] = env.get("RSCA_STATE_DIR") or str(ROOT / "benchmarks" / "_work" / "app-state")
     port = args.port or free_port()
-    print(f"dataset {ds_path}: {len(ds.field_index):,} field stars, {len(ds.cluster_index)} cluster stars in "
-          f"{len(names)} clusters ({ds.label}); K = 2…{k_max} cut from the K = {service.k_fit()} PCA")
+    print(
+        f"dataset {ds_path}: {len(ds.field_index):,} field stars, {len(ds.cluster_index)} cluster stars in "
+        f"{len(names)} clusters ({ds.label}); K = 2…{k_max} cut from the K = {service.k_fit()} PCA"
+    )
     proc, cmd = start_gunicorn(port, args.workers, args.threads, env)
     print("server: " + " ".join(cmd[2:]) + f"  (pid {proc.pid}, cache {env['RSCA_CACHE_TYPE']})")
     numbers = {"dataset": str(ds_path), "n_field": int(len(ds.field_index)), "workers": args.workers}
@@ -319,8 +368,12 @@ def main(argv=None) -> int:
         client.request("GET", "/")
         # warm every worker (imports, dataset memory maps, compression in memory)
         with ThreadPoolExecutor(args.workers * 2) as ex:
-            list(ex.map(lambda _: page_update(Client(port), cbs, explore_values("default", 30, names), ["ex-k.value"]),
-                        range(args.workers * 2)))
+            list(
+                ex.map(
+                    lambda _: page_update(Client(port), cbs, explore_values("default", 30, names), ["ex-k.value"]),
+                    range(args.workers * 2),
+                )
+            )
 
         rng = random.Random(1)
         ks = list(range(2, k_max + 1))
@@ -341,26 +394,34 @@ def main(argv=None) -> int:
                 cl_main.append(tm)
                 cl_all.append(ta)
         from threadpoolctl import threadpool_limits
+
         with threadpool_limits(1):  # like the gunicorn workers (OMP/OPENBLAS_NUM_THREADS=1)
             floor = in_process_floor(ds_path, ks, service.k_fit())
         # issue 5: < 1 s on the default survey, < 3 s on one of the paper's size (151,145 field stars)
         target = "< 3.0" if len(ds.field_index) > 100_000 else "< 1.0"
         print("\n1. latency of one control change on Explore (uncached: each setting is new), seconds")
         print(f"   {'':38s} {'n':>4s} {'p50':>7s} {'p95':>7s} {'max':>7s}   target p95")
-        rows = [("change K: main callback (rates, bars)", main_t), ("change K: whole page update", all_t),
-                ("change clusters (K=20): main callback", cl_main), ("change clusters: whole page update", cl_all),
-                ("in-process doppelganger_rates (floor)", floor)]
+        rows = [
+            ("change K: main callback (rates, bars)", main_t),
+            ("change K: whole page update", all_t),
+            ("change clusters (K=20): main callback", cl_main),
+            ("change clusters: whole page update", cl_all),
+            ("in-process doppelganger_rates (floor)", floor),
+        ]
         for label, v in rows:
             tgt = target if "whole" in label else ""
             print(f"   {label:38s} {len(v):4d} {pct(v, 50):7.3f} {pct(v, 95):7.3f} {max(v):7.3f}   {tgt}")
         print(f"   non-200 answers: {bad}")
-        numbers["latency"] = {label: {"n": len(v), "p50": pct(v, 50), "p95": pct(v, 95), "max": max(v)}
-                              for label, v in rows}
+        numbers["latency"] = {
+            label: {"n": len(v), "p50": pct(v, 50), "p95": pct(v, 95), "max": max(v)} for label, v in rows
+        }
         numbers["latency_non200"] = bad
 
         if args.load_clients > 0 and args.load_seconds > 0:
-            print(f"\n2. load test: {args.load_clients} concurrent clients for {args.load_seconds:.0f} s "
-                  f"(closed loop: 15% page loads, 85% Explore updates with random K / clusters / CV)")
+            print(
+                f"\n2. load test: {args.load_clients} concurrent clients for {args.load_seconds:.0f} s "
+                f"(closed loop: 15% page loads, 85% Explore updates with random K / clusters / CV)"
+            )
             t0 = time.perf_counter()
             res = load_test(port, cbs, names, k_max, args.load_clients, args.load_seconds)
             wall = time.perf_counter() - t0
@@ -369,21 +430,43 @@ def main(argv=None) -> int:
             nerr = sum(1 for _, s, _ in res if not isinstance(s, int))
             n4xx = sum(1 for _, s, _ in res if isinstance(s, int) and 400 <= s < 500)
             upd = [dt for kind, s, dt in res if kind == "update"]
-            print(f"   actions completed: {len(res)} in {wall:.1f} s ({len(res) / wall:.1f}/s); "
-                  f"5xx: {n5xx}; 4xx: {n4xx}; failures (connection / no rate shown): {nerr}")
-            print(f"   latency, all actions   : p50 {pct(lat, 50):.3f}  p90 {pct(lat, 90):.3f}  p95 {pct(lat, 95):.3f}  "
-                  f"p99 {pct(lat, 99):.3f}  max {max(lat):.3f} s")
+            print(
+                f"   actions completed: {len(res)} in {wall:.1f} s ({len(res) / wall:.1f}/s); "
+                f"5xx: {n5xx}; 4xx: {n4xx}; failures (connection / no rate shown): {nerr}"
+            )
+            print(
+                f"   latency, all actions   : p50 {pct(lat, 50):.3f}  p90 {pct(lat, 90):.3f}  p95 {pct(lat, 95):.3f}  "
+                f"p99 {pct(lat, 99):.3f}  max {max(lat):.3f} s"
+            )
             if upd:
-                print(f"   latency, page updates  : p50 {pct(upd, 50):.3f}  p95 {pct(upd, 95):.3f}  max {max(upd):.3f} s "
-                      f"(n = {len(upd)})")
-            numbers["load"] = {"clients": args.load_clients, "seconds": args.load_seconds, "completed": len(res),
-                               "per_second": len(res) / wall, "5xx": n5xx, "4xx": n4xx, "errors": nerr,
-                               "p50": pct(lat, 50), "p90": pct(lat, 90), "p95": pct(lat, 95), "p99": pct(lat, 99),
-                               "max": max(lat), "update_p95": pct(upd, 95) if upd else None}
+                print(
+                    f"   latency, page updates  : p50 {pct(upd, 50):.3f}  p95 {pct(upd, 95):.3f}  max {max(upd):.3f} s "
+                    f"(n = {len(upd)})"
+                )
+            numbers["load"] = {
+                "clients": args.load_clients,
+                "seconds": args.load_seconds,
+                "completed": len(res),
+                "per_second": len(res) / wall,
+                "5xx": n5xx,
+                "4xx": n4xx,
+                "errors": nerr,
+                "p50": pct(lat, 50),
+                "p90": pct(lat, 90),
+                "p95": pct(lat, 95),
+                "p99": pct(lat, 99),
+                "max": max(lat),
+                "update_p95": pct(upd, 95) if upd else None,
+            }
             edges = [0, 0.5, 1, 2, 4, 8, 16, 32, 1e9]
             counts = [sum(1 for v in lat if lo <= v < hi) for lo, hi in zip(edges, edges[1:])]
-            print("   latency histogram (s):  " + "  ".join(
-                f"[{lo:g},{hi:g}): {c}" if hi < 1e9 else f">={lo:g}: {c}" for lo, hi, c in zip(edges, edges[1:], counts)))
+            print(
+                "   latency histogram (s):  "
+                + "  ".join(
+                    f"[{lo:g},{hi:g}): {c}" if hi < 1e9 else f">={lo:g}: {c}"
+                    for lo, hi, c in zip(edges, edges[1:], counts)
+                )
+            )
             numbers["load"]["histogram"] = dict(zip([f"{lo:g}" for lo in edges[:-1]], counts))
         status, _ = client.request("GET", "/healthz")
         print(f"   /healthz at the end: {status}")

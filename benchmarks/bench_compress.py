@@ -11,6 +11,7 @@ predicted by MaskedPCA, by mean-imputation PCA and by the paper's probabilistic 
 
     python benchmarks/bench_compress.py [--n N] [--p P] [--k K] [--sub N_SUB] [--skip-scale]
 """
+
 import argparse
 import json
 import os
@@ -22,11 +23,11 @@ import warnings
 from importlib.metadata import version
 from pathlib import Path
 
-import numpy as np
-
 import _common  # noqa: F401
-from _common import ROOT
+import numpy as np
 import pyppca
+from _common import ROOT
+
 from rsca_core import MaskedPCA
 
 WORK = ROOT / "benchmarks" / "_work"
@@ -46,7 +47,7 @@ def missing_mask(rng, n, p, frac=0.05):
     starts = rng.integers(0, p - 200, size=n)
     lengths = rng.integers(50, 400, size=n)
     for i in range(n):  # contiguous runs, like masked bands and chip edges
-        m[i, starts[i]:starts[i] + lengths[i] // 2] = True
+        m[i, starts[i] : starts[i] + lengths[i] // 2] = True
     return m
 
 
@@ -81,8 +82,17 @@ def child(xp, mp, k):
     pca = MaskedPCA(k, random_state=0, progress=True).fit(X, M)
     dt = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"seconds": dt, "peak_bytes": peak, "n_iter": pca.n_iter_, "converged": pca.converged_,
-                      "missing_fraction": pca.missing_fraction_}))
+    print(
+        json.dumps(
+            {
+                "seconds": dt,
+                "peak_bytes": peak,
+                "n_iter": pca.n_iter_,
+                "converged": pca.converged_,
+                "missing_fraction": pca.missing_fraction_,
+            }
+        )
+    )
 
 
 def held_out_quality(n_sub, p, k, seed=1):
@@ -100,7 +110,7 @@ def held_out_quality(n_sub, p, k, seed=1):
 
     t = time.perf_counter()
     Xn = np.where(train, np.nan, X).astype(np.float64)
-    np.random.seed(0)  # pyppca draws its start from NumPy's global generator
+    np.random.seed(0)  # noqa: NPY002 -- pyppca draws its start from NumPy's global generator
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PendingDeprecationWarning)  # its numpy.matlib import
         C, _, mean, scores, _ = pyppca.ppca(Xn.copy(), k, False)
@@ -136,14 +146,20 @@ def main():
         t = time.perf_counter()
         xp, mp = make_big(args.n, args.p)
         print(f"data: {xp} ({xp.stat().st_size / 2**30:.2f} GiB; prepared in {time.perf_counter() - t:.0f} s)")
-        out = subprocess.run([sys.executable, __file__, "--k", str(args.k), "--child", str(xp), str(mp)],
-                             check=True, stdout=subprocess.PIPE, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, "--k", str(args.k), "--child", str(xp), str(mp)],
+            check=True,
+            stdout=subprocess.PIPE,
+            text=True,
+        ).stdout
         r = json.loads(out.strip().splitlines()[-1])
         size = args.n * args.p * 4
-        print(f"MaskedPCA K={args.k} on {args.n:,} × {args.p:,} float32 ({r['missing_fraction']:.1%} missing): "
-              f"{r['seconds']:.0f} s, {r['n_iter']} passes (converged: {r['converged']}), "
-              f"peak RSS {r['peak_bytes'] / 2**30:.2f} GiB = {r['peak_bytes'] / size:.2f} × the matrix "
-              f"({size / 2**30:.2f} GiB)")
+        print(
+            f"MaskedPCA K={args.k} on {args.n:,} × {args.p:,} float32 ({r['missing_fraction']:.1%} missing): "
+            f"{r['seconds']:.0f} s, {r['n_iter']} passes (converged: {r['converged']}), "
+            f"peak RSS {r['peak_bytes'] / 2**30:.2f} GiB = {r['peak_bytes'] / size:.2f} × the matrix "
+            f"({size / 2**30:.2f} GiB)"
+        )
     held_out_quality(args.sub, args.p, args.k)
 
 

@@ -6,13 +6,13 @@ every field star, pair filter as a mask). Both run in this process; their rates 
 
     python benchmarks/bench_rates.py [--n-pop N] [--repeat R]
 """
+
 import argparse
 import time
 
 import numpy as np
-
-import _common  # noqa: F401  (sys.path)
 from _common import paper_shaped_representation
+
 from rsca_core import RSCA, doppelganger_rates
 
 
@@ -59,10 +59,14 @@ def main():
     fast = min(fast_times)
     print(f"{'implementation':<38}{'time (s)':>10}{'global rate':>14}")
     print(f"{'naive per-fold all-pairs NumPy':<38}{naive_time:>10.3f}{glob:>14.5f}")
-    print(f"{'rsca_core.doppelganger_rates':<38}{fast:>10.3f}{res.global_rate:>14.5f}"
-          f"   (median of {args.repeat}: {np.median(fast_times):.3f} s)")
-    print(f"speed-up: {naive_time / fast:.0f}x   max |Δ rate| per cluster: {diff:.1e}   "
-          f"pairs evaluated: {int(res.per_cluster.n_inter_pairs.sum()):,}")
+    print(
+        f"{'rsca_core.doppelganger_rates':<38}{fast:>10.3f}{res.global_rate:>14.5f}"
+        f"   (median of {args.repeat}: {np.median(fast_times):.3f} s)"
+    )
+    print(
+        f"speed-up: {naive_time / fast:.0f}x   max |Δ rate| per cluster: {diff:.1e}   "
+        f"pairs evaluated: {int(res.per_cluster.n_inter_pairs.sum()):,}"
+    )
 
 
 if __name__ == "__main__":

@@ -12,8 +12,10 @@ Every page asks this module for data; nothing else in ``pages/`` imports ``rsca_
 
 It holds no mutable module state apart from caches (memoisation only).
 """
+
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
@@ -45,7 +47,7 @@ INPUTS = ("spectra", "abundances", "subset")
 INPUT_LABELS = {"spectra": "spectra (PCA)", "abundances": "all 21 abundances", "subset": "abundance subset"}
 HIST_BINS = 40
 MAX_PARAM_CHARS = 2000
-ALL = "__all__"                      # "every cluster" for pages without a cluster selector
+ALL = "__all__"  # "every cluster" for pages without a cluster selector
 
 cache = Cache()
 
@@ -82,9 +84,12 @@ def state_dir() -> Path:
 def cache_config() -> dict:
     kind = os.environ.get("RSCA_CACHE_TYPE", "simple").strip().lower()
     timeout = int(os.environ.get("RSCA_CACHE_TIMEOUT", "86400"))
-    base = {"CACHE_DEFAULT_TIMEOUT": timeout, "CACHE_IGNORE_ERRORS": True,
-            "CACHE_THRESHOLD": int(os.environ.get("RSCA_CACHE_THRESHOLD", "300")),
-            "CACHE_KEY_PREFIX": "rsca_"}
+    base = {
+        "CACHE_DEFAULT_TIMEOUT": timeout,
+        "CACHE_IGNORE_ERRORS": True,
+        "CACHE_THRESHOLD": int(os.environ.get("RSCA_CACHE_THRESHOLD", "300")),
+        "CACHE_KEY_PREFIX": "rsca_",
+    }
     if kind in ("simple", "simplecache"):
         return base | {"CACHE_TYPE": "SimpleCache"}
     if kind in ("filesystem", "filesystemcache", "fs"):
@@ -142,10 +147,8 @@ def _safe_manager_class():
 
     class SafeDiskcacheManager(DiskcacheManager):
         def terminate_job(self, job):
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 super().terminate_job(job)
-            except psutil.NoSuchProcess:
-                pass
 
     return SafeDiskcacheManager
 
@@ -153,11 +156,11 @@ def _safe_manager_class():
 def progress_reporter(set_progress):
     """``report(fraction, text)`` for a background job: best effort (a busy job store must not
     fail the job)."""
+
     def report(fraction, text):
-        try:
+        with contextlib.suppress(Exception):
             set_progress((int(round(100 * max(0.0, min(1.0, fraction)))), str(text)[:80]))
-        except Exception:
-            pass
+
     return report
 
 
@@ -177,6 +180,7 @@ def _registry_fingerprint() -> str:
 def health() -> dict:
     try:
         import rsca_core  # noqa: F401
+
         core = True
     except Exception:
         core = False
@@ -216,8 +220,10 @@ def _read_meta(path) -> dict:
     try:
         return json.loads(p.read_text())
     except FileNotFoundError:
-        raise UserError(f"dataset {Path(path).name!r} is missing ({p} not found): build it on the Data page "
-                        "or with `python -m rsca_core simulate`") from None
+        raise UserError(
+            f"dataset {Path(path).name!r} is missing ({p} not found): build it on the Data page "
+            "or with `python -m rsca_core simulate`"
+        ) from None
     except (OSError, json.JSONDecodeError) as exc:
         raise UserError(f"dataset {Path(path).name!r}: {p} is unreadable ({exc})") from None
 
@@ -229,8 +235,13 @@ def _dataset_paths() -> dict:
     d = data_dir()
     if d.is_dir():
         for sub in sorted(d.iterdir()):
-            if (sub.name not in out and ".tmp" not in sub.name and ".old-" not in sub.name
-                    and not sub.name.startswith(".") and (sub / "meta.json").is_file()):
+            if (
+                sub.name not in out
+                and ".tmp" not in sub.name
+                and ".old-" not in sub.name
+                and not sub.name.startswith(".")
+                and (sub / "meta.json").is_file()
+            ):
                 out[sub.name] = sub
     return out
 
@@ -257,6 +268,7 @@ def dataset_path(key) -> Path:
 @functools.lru_cache(maxsize=8)
 def _load_cached(path: str, stamp: float):
     from rsca_core import Dataset
+
     return Dataset.load(path)
 
 
@@ -267,8 +279,10 @@ def load(key):
     try:
         stamp = meta.stat().st_mtime
     except FileNotFoundError:
-        raise UserError(f"dataset {key!r} is missing ({meta} not found): build it on the Data page "
-                        "or with `python -m rsca_core simulate`") from None
+        raise UserError(
+            f"dataset {key!r} is missing ({meta} not found): build it on the Data page "
+            "or with `python -m rsca_core simulate`"
+        ) from None
     try:
         return _load_cached(str(path), stamp)
     except ImportError as exc:
@@ -283,7 +297,7 @@ def uid(key) -> str:
 
 
 def dataset_label(key) -> str:
-    """"simulated" or "real"."""
+    """ "simulated" or "real"."""
     return load(key).label
 
 
@@ -298,6 +312,7 @@ def ensure_default_dataset(progress: bool = True) -> Path:
         if os.environ.get("RSCA_DATASET"):
             raise UserError(f"{path}: no dataset there (RSCA_DATASET)")
         from rsca_core import simulate
+
         simulate.ensure_default_dataset(path, progress=progress)
     ds = load("default")
     if not compression_ready("default"):
@@ -315,10 +330,10 @@ class Settings:
     input: str = "spectra"
     k: int = field(default_factory=lambda: min(DEFAULT_K, k_max()))
     species: tuple = PAPER_SUBSET
-    clusters: tuple | None = None      # None = every cluster of the dataset
+    clusters: tuple | None = None  # None = every cluster of the dataset
     cv: bool = True
-    top_n: int | None = None           # None = all axes
-    mask: tuple = ()                    # extra [start, stop) pixel ranges (Systematics page)
+    top_n: int | None = None  # None = all axes
+    mask: tuple = ()  # extra [start, stop) pixel ranges (Systematics page)
 
     def key(self) -> str:
         return json.dumps(asdict(self) | {"uid": uid(self.ds)}, sort_keys=True, default=list)
@@ -378,11 +393,15 @@ def parse_clusters(key, values) -> tuple | None:
     names = cluster_names(key)
     bad = [v for v in values if v not in names]
     if bad:
-        raise UserError(f"unknown cluster(s) {', '.join(_short(b, 30) for b in bad[:5])}"
-                        f"{' …' if len(bad) > 5 else ''} in dataset {key!r}")
+        raise UserError(
+            f"unknown cluster(s) {', '.join(_short(b, 30) for b in bad[:5])}"
+            f"{' …' if len(bad) > 5 else ''} in dataset {key!r}"
+        )
     if len(values) < 2:
-        raise UserError("select at least two clusters to train the map"
-                        + (" (none selected)" if not values else f" (only {values[0]} selected)"))
+        raise UserError(
+            "select at least two clusters to train the map"
+            + (" (none selected)" if not values else f" (only {values[0]} selected)")
+        )
     vals = tuple(sorted(set(values)))
     return None if len(vals) == len(names) else vals
 
@@ -433,12 +452,19 @@ def settings_from_query(query: dict, defaults: Settings | None = None) -> tuple[
             s = replace(s, ds=str(q["ds"]))
         except UserError as exc:
             problems.append(f"URL parameter ds: {exc}")
-    take("input", lambda v: v if v in INPUTS else _raise(f"input must be one of {', '.join(INPUTS)}, not {_short(v)!r}"))
+    take(
+        "input", lambda v: v if v in INPUTS else _raise(f"input must be one of {', '.join(INPUTS)}, not {_short(v)!r}")
+    )
     take("k", lambda v: parse_int(v, "K", K_MIN, k_max()))
     take("species", parse_species)
-    take("cv", lambda v: {"1": True, "true": True, "on": True, "0": False, "false": False, "off": False}.get(
-        str(v).lower()) if str(v).lower() in ("1", "true", "on", "0", "false", "off") else _raise(
-        f"cv must be 1 or 0, not {_short(v)!r}"))
+    take(
+        "cv",
+        lambda v: (
+            {"1": True, "true": True, "on": True, "0": False, "false": False, "off": False}.get(str(v).lower())
+            if str(v).lower() in ("1", "true", "on", "0", "false", "off")
+            else _raise(f"cv must be 1 or 0, not {_short(v)!r}")
+        ),
+    )
     take("top", lambda v: None if str(v).lower() in ("", "all") else parse_int(v, "top-N", 1, K_MAX))
     take("mask", parse_mask)
     if q.get("clusters") is not None:
@@ -523,9 +549,11 @@ def compression(key, k: int, mask=(), allow_compute: bool = False):
     jobs, start-up), a missing one is a UserError asking to prepare it on the Data page."""
     ds = load(key)
     if not allow_compute and not compression_ready(key, mask):
-        raise UserError(f"the spectra of dataset {key!r} are not compressed yet (K={k_fit()}"
-                        f"{', extra mask ' + str(list(mask)) if mask else ''}); prepare it on the Data page "
-                        f"or run `python -m rsca_core compress --dataset {ds.path} --k {k_fit()}`")
+        raise UserError(
+            f"the spectra of dataset {key!r} are not compressed yet (K={k_fit()}"
+            f"{', extra mask ' + str(list(mask)) if mask else ''}); prepare it on the Data page "
+            f"or run `python -m rsca_core compress --dataset {ds.path} --k {k_fit()}`"
+        )
     comp = _compression(str(ds.path), uid(key), k_fit(), SEED, tuple(mask))
     return comp.truncate(int(k)) if int(k) < comp.k else comp
 
@@ -552,9 +580,16 @@ def rate_inputs(s: Settings, allow_compute: bool = False):
         keep = np.isin(cids, np.array(s.clusters, dtype=object))
         ci, cids = ci[keep], cids[keep]
     vh, ak = st["vhelio_avg"].to_numpy(float), st["ak_targ"].to_numpy(float)
-    return RateInputs(z_pop=np.asarray(z[fi], float), z_clust=np.asarray(z[ci], float), cluster_ids=cids,
-                      pop_vhelio=vh[fi], pop_ak=ak[fi], clust_vhelio=vh[ci], clust_ak=ak[ci],
-                      description=desc | {"dataset": s.ds, "kind": ds.kind})
+    return RateInputs(
+        z_pop=np.asarray(z[fi], float),
+        z_clust=np.asarray(z[ci], float),
+        cluster_ids=cids,
+        pop_vhelio=vh[fi],
+        pop_ak=ak[fi],
+        clust_vhelio=vh[ci],
+        clust_ak=ak[ci],
+        description=desc | {"dataset": s.ds, "kind": ds.kind},
+    )
 
 
 def _hist(intra, inter, bins=HIST_BINS):
@@ -574,19 +609,25 @@ def _compute_rates(s: Settings) -> dict:
     ri = rate_inputs(s)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = doppelganger_rates(ri.z_pop, ri.z_clust, ri.cluster_ids, **ri.as_kwargs(),
-                                 cv=s.cv, top_n=s.top_n)
+        res = doppelganger_rates(ri.z_pop, ri.z_clust, ri.cluster_ids, **ri.as_kwargs(), cv=s.cv, top_n=s.top_n)
     per = res.per_cluster.reset_index(drop=True).copy()
     hists = {}
     for name in per["cluster"]:
         intra = res.intra_distances.get(name, np.empty(0))
         inter = res.inter_distances.get(name, np.empty(0))
         hists[name] = _hist(intra, inter)
-    return {"global_rate": float(res.global_rate), "per_cluster": per, "hists": hists,
-            "n_field": int(len(ri.z_pop)), "n_cluster_stars": int(len(ri.z_clust)),
-            "dims": int(ri.z_pop.shape[1]), "label": dataset_label(s.ds), "settings": asdict(s),
-            "description": ri.description,
-            "warnings": list(dict.fromkeys(str(w.message) for w in caught))}
+    return {
+        "global_rate": float(res.global_rate),
+        "per_cluster": per,
+        "hists": hists,
+        "n_field": int(len(ri.z_pop)),
+        "n_cluster_stars": int(len(ri.z_clust)),
+        "dims": int(ri.z_pop.shape[1]),
+        "label": dataset_label(s.ds),
+        "settings": asdict(s),
+        "description": ri.description,
+        "warnings": list(dict.fromkeys(str(w.message) for w in caught)),
+    }
 
 
 def rates(s: Settings) -> dict:
@@ -606,9 +647,16 @@ def settings_to_dict(s: Settings) -> dict:
 
 
 def settings_from_dict(d) -> Settings:
-    return Settings(ds=d["ds"], input=d["input"], k=d["k"], species=tuple(d["species"]),
-                    clusters=None if d["clusters"] is None else tuple(d["clusters"]), cv=d["cv"],
-                    top_n=d["top_n"], mask=tuple(tuple(m) for m in d["mask"]))
+    return Settings(
+        ds=d["ds"],
+        input=d["input"],
+        k=d["k"],
+        species=tuple(d["species"]),
+        clusters=None if d["clusters"] is None else tuple(d["clusters"]),
+        cv=d["cv"],
+        top_n=d["top_n"],
+        mask=tuple(tuple(m) for m in d["mask"]),
+    )
 
 
 def fit_map(s: Settings):
@@ -639,7 +687,7 @@ def _features_cached(key: str, n_features: int) -> dict:
     fi = ds.field_index
     feh_f = st["fe_h"].to_numpy(float)[fi]
     vh_f = st["vhelio_avg"].to_numpy(float)[fi]
-    cmask = st["cluster"].isin(set(ri.cluster_ids)).to_numpy()   # hash lookup: np.isin on 20k strings is slow
+    cmask = st["cluster"].isin(set(ri.cluster_ids)).to_numpy()  # hash lookup: np.isin on 20k strings is slow
     # the cluster rows of rate_inputs are in bundle order, like cmask's
     feh_c = st["fe_h"].to_numpy(float)[cmask]
     vh_c = st["vhelio_avg"].to_numpy(float)[cmask]
@@ -661,19 +709,28 @@ def _features_cached(key: str, n_features: int) -> dict:
         return {"counts": h.T, "x": 0.5 * (xe[1:] + xe[:-1]), "y": 0.5 * (ye[1:] + ye[:-1])}
 
     for i in range(nf):
-        out["features"].append({"index": i, "field": dens(feh_f, yf[:, i]),
-                                "clusters": {"x": feh_c, "y": yc[:, i], "name": np.asarray(ri.cluster_ids)}})
-    out["vhelio"] = {"field": dens(vh_f, yf[:, 0]),
-                     "clusters": {"x": vh_c, "y": yc[:, 0], "name": np.asarray(ri.cluster_ids)}}
+        out["features"].append(
+            {
+                "index": i,
+                "field": dens(feh_f, yf[:, i]),
+                "clusters": {"x": feh_c, "y": yc[:, i], "name": np.asarray(ri.cluster_ids)},
+            }
+        )
+    out["vhelio"] = {
+        "field": dens(vh_f, yf[:, 0]),
+        "clusters": {"x": vh_c, "y": yc[:, 0], "name": np.asarray(ri.cluster_ids)},
+    }
     return out
 
 
 def rates_csv(s: Settings) -> str:
     r = rates(s)
     per = r["per_cluster"].copy()
-    header = (f"# RSCA Lab per-cluster doppelganger rates - {r['label'].upper()} data\n"
-              f"# dataset={s.ds} uid={uid(s.ds)} input={s.input} k={s.k if s.input == 'spectra' else ''} "
-              f"cv={int(s.cv)} top_n={s.top_n or 'all'} global_rate={r['global_rate']:.6g}\n")
+    header = (
+        f"# RSCA Lab per-cluster doppelganger rates - {r['label'].upper()} data\n"
+        f"# dataset={s.ds} uid={uid(s.ds)} input={s.input} k={s.k if s.input == 'spectra' else ''} "
+        f"cv={int(s.cv)} top_n={s.top_n or 'all'} global_rate={r['global_rate']:.6g}\n"
+    )
     per.insert(0, "data", r["label"])
     return header + per.to_csv(index=False)
 
@@ -681,20 +738,30 @@ def rates_csv(s: Settings) -> str:
 def map_npz(s: Settings) -> bytes:
     """The fitted map (no CV, selected clusters) as an .npz: y = x @ W.T + b for complete spectra."""
     model, ri = fit_map(s)
-    arrays = {"rsca_mean": model.mean_, "rsca_components": model.components_, "scales": model.scales_,
-              "weights": model.weights_, "order": model.order_,
-              "training_clusters": np.asarray(sorted(set(ri.cluster_ids)), dtype=str),
-              "settings": np.asarray(json.dumps(asdict(s) | {"uid": uid(s.ds), "kind": dataset_label(s.ds)})),
-              "data_kind": np.asarray(dataset_label(s.ds))}
+    arrays = {
+        "rsca_mean": model.mean_,
+        "rsca_components": model.components_,
+        "scales": model.scales_,
+        "weights": model.weights_,
+        "order": model.order_,
+        "training_clusters": np.asarray(sorted(set(ri.cluster_ids)), dtype=str),
+        "settings": np.asarray(json.dumps(asdict(s) | {"uid": uid(s.ds), "kind": dataset_label(s.ds)})),
+        "data_kind": np.asarray(dataset_label(s.ds)),
+    }
     if s.input == "spectra":
         comp = compression(s.ds, s.k, s.mask)
         pcs = np.asarray(comp.components, float)
         R = np.asarray(model.components_, float)
         m = np.asarray(comp.mean, float)
-        W = R @ pcs                                             # z = (x - m) @ P.T ; y = (z - mu) @ R.T
+        W = R @ pcs  # z = (x - m) @ P.T ; y = (z - mu) @ R.T
         b = -(m @ pcs.T + np.asarray(model.mean_, float)) @ R.T
-        arrays |= {"pca_components": pcs, "pca_mean": np.asarray(comp.mean, float),
-                   "wavelength": load(s.ds).wavelength, "W": W, "b": b}
+        arrays |= {
+            "pca_components": pcs,
+            "pca_mean": np.asarray(comp.mean, float),
+            "wavelength": load(s.ds).wavelength,
+            "W": W,
+            "b": b,
+        }
     else:
         arrays |= {"species": np.asarray(list(SPECIES) if s.input == "abundances" else list(s.species))}
     buf = io.BytesIO()
@@ -739,9 +806,16 @@ def _inside_cached(key: str, max_field: int) -> dict:
         s3 = np.asarray(model.transform(z))
         return [np.asarray(z, float), s1, s2, s3]
 
-    return {"field": steps(ri.z_pop[sub]), "clusters": steps(ri.z_clust), "names": np.asarray(ri.cluster_ids),
-            "sigma_c": np.asarray(model.sigma_c_, float), "scales": np.asarray(model.scales_, float),
-            "order": np.asarray(model.order_), "label": dataset_label(s.ds), "n_field": int(len(ri.z_pop))}
+    return {
+        "field": steps(ri.z_pop[sub]),
+        "clusters": steps(ri.z_clust),
+        "names": np.asarray(ri.cluster_ids),
+        "sigma_c": np.asarray(model.sigma_c_, float),
+        "scales": np.asarray(model.scales_, float),
+        "order": np.asarray(model.order_),
+        "label": dataset_label(s.ds),
+        "n_field": int(len(ri.z_pop)),
+    }
 
 
 def axis_vectors(s: Settings, n_axes: int = 5) -> dict:
@@ -759,8 +833,13 @@ def _axes_cached(key: str, n_axes: int) -> dict:
     vec = model.spectral_components(np.asarray(comp.components, float))
     n = min(n_axes, vec.shape[0])
     ds = load(s.ds)
-    return {"wavelength": np.asarray(ds.wavelength, float), "vectors": vec[:n],
-            "scales": np.asarray(model.scales_, float)[:n], "label": dataset_label(s.ds), "k": s.k}
+    return {
+        "wavelength": np.asarray(ds.wavelength, float),
+        "vectors": vec[:n],
+        "scales": np.asarray(model.scales_, float)[:n],
+        "label": dataset_label(s.ds),
+        "k": s.k,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -773,10 +852,17 @@ def dataset_overview(key) -> dict:
     prov = ds.meta.get("provenance") or {}
     cut = prov.get("cutflow") if isinstance(prov, dict) else None
     sizes = ds.cluster_sizes().rename_axis("cluster").reset_index(name="n_stars")
-    return {"summary": summ, "meta": {k: v for k, v in ds.meta.items() if k != "provenance"},
-            "provenance": prov, "cutflow": pd.DataFrame(cut) if cut else None, "sizes": sizes,
-            "path": str(ds.path), "label": ds.label, "compression_ready": compression_ready(key),
-            "k_fit": k_fit()}
+    return {
+        "summary": summ,
+        "meta": {k: v for k, v in ds.meta.items() if k != "provenance"},
+        "provenance": prov,
+        "cutflow": pd.DataFrame(cut) if cut else None,
+        "sizes": sizes,
+        "path": str(ds.path),
+        "label": ds.label,
+        "compression_ready": compression_ready(key),
+        "k_fit": k_fit(),
+    }
 
 
 class ProgressStream(io.TextIOBase):
@@ -797,9 +883,7 @@ class ProgressStream(io.TextIOBase):
         for line in text.replace("\r", "\n").splitlines():
             if line.startswith("error:"):
                 self.last_error = line[6:].strip()
-        m = None
-        for m in self._re.finditer(text):
-            pass
+        m = next(reversed(list(self._re.finditer(text))), None)
         if m:
             now = self._time()
             done, total = int(m.group(3)), int(m.group(4))
@@ -839,6 +923,7 @@ def _simulate_parser():
 
     try:
         from rsca_core import cli
+
         parser = cli.build_parser()
     except Exception as exc:
         raise UserError(f"the RSCA engine's CLI is not available ({exc})") from None
@@ -865,7 +950,7 @@ def simulate_options() -> dict:
         if isinstance(a, argparse.BooleanOptionalAction):
             pos = next(o for o in a.option_strings if not o.startswith("--no-"))
             switches.append({"flag": pos, "label": help_, "default": bool(a.default), "kind": "bool-optional"})
-        elif isinstance(a, argparse._StoreFalseAction):   # e.g. --no-dibs: checkbox "dibs" on by default
+        elif isinstance(a, argparse._StoreFalseAction):  # e.g. --no-dibs: checkbox "dibs" on by default
             switches.append({"flag": flag, "label": help_, "default": True, "kind": "store-false"})
         elif isinstance(a, argparse._StoreTrueAction):
             switches.append({"flag": flag, "label": help_, "default": False, "kind": "store-true"})
@@ -887,9 +972,7 @@ def build_simulated(name: str, n_field: int, seed: int, flags: dict, report=None
             raise UserError(f"unknown simulator option {_short(flag, 30)}")
         if o["kind"] == "bool-optional":
             argv.append(flag if on else "--no-" + flag[2:])
-        elif o["kind"] == "store-false" and not on:
-            argv.append(flag)
-        elif o["kind"] == "store-true" and on:
+        elif o["kind"] == "store-false" and not on or o["kind"] == "store-true" and on:
             argv.append(flag)
     rc = run_with_progress(cli.main, report or (lambda f, t: None), argv)
     if rc:
@@ -902,6 +985,7 @@ def build_simulated(name: str, n_field: int, seed: int, flags: dict, report=None
 # ---------------------------------------------------------------------------------------------
 def paper_mask_ranges() -> tuple:
     from rsca_core import PAPER_MASK_RANGES
+
     return tuple(tuple(r) for r in PAPER_MASK_RANGES)
 
 
@@ -913,17 +997,21 @@ def residual_diagnostics(key, n_components: int = 30, max_stars: int = 3000, rep
     out = {"label": ds.label}
     steps = (("extinction", diagnostics.extinction_residuals), ("rv", diagnostics.rv_residuals))
     for i, (name, fn) in enumerate(steps):
-        sub = (lambda f, t, i=i: report((i + f) / len(steps), f"{name}: {t}")) if report else None
+        sub = (lambda f, t, i=i, name=name: report((i + f) / len(steps), f"{name}: {t}")) if report else None
         try:
             kw = dict(n_components=n_components, max_low=max_stars, max_high=max_stars, seed=SEED)
             r = run_with_progress(fn, sub, ds, progress=True, **kw) if sub else fn(ds, **kw)
         except ValueError as exc:
             out[name] = {"error": str(exc)}
             continue
-        out[name] = {"wavelength": np.asarray(r.wavelength, float).tolist(),
-                     "residual": np.nan_to_num(np.asarray(r.residual, float), nan=0.0).tolist(),
-                     "bands": r.suggested_ranges, "summary": _plain(r.summary()),
-                     "threshold": float(r.threshold), "baseline": float(r.baseline)}
+        out[name] = {
+            "wavelength": np.asarray(r.wavelength, float).tolist(),
+            "residual": np.nan_to_num(np.asarray(r.residual, float), nan=0.0).tolist(),
+            "bands": r.suggested_ranges,
+            "summary": _plain(r.summary()),
+            "threshold": float(r.threshold),
+            "baseline": float(r.baseline),
+        }
     return out
 
 
@@ -941,9 +1029,12 @@ def visit_comparison(s: Settings) -> dict:
     rep = np.asarray(model.transform(np.asarray(z, float)))
     vs = diagnostics.visit_similarity(ds, rep, k=s.k)
     pairs = vs.pairs
-    return {"label": ds.label, "summary": _plain(vs.summary),
-            "together": pairs.loc[pairs["category"] == "together", "similarity"].to_numpy(float).tolist(),
-            "separate": pairs.loc[pairs["category"] == "separate", "similarity"].to_numpy(float).tolist()}
+    return {
+        "label": ds.label,
+        "summary": _plain(vs.summary),
+        "together": pairs.loc[pairs["category"] == "together", "similarity"].to_numpy(float).tolist(),
+        "separate": pairs.loc[pairs["category"] == "separate", "similarity"].to_numpy(float).tolist(),
+    }
 
 
 def rate_with_mask(s: Settings, mask: tuple, report=None) -> dict:
@@ -1029,8 +1120,9 @@ def run_experiment(name: str, key, params: dict, report=None):
         n_seeds = parse_int(params.get("n_seeds"), "seeds", 1, 20)
         ns = [n for n in range(1, 8) if n < k]
         bar = _JobProgress(n_seeds, report, f"top-N table, {n_seeds} compression seed(s)")
-        table = experiments.top_n_table(ds, k=k, ns=ns, n_seeds=n_seeds, truncate_from=kf if k <= kf else None,
-                                        progress=bar)
+        table = experiments.top_n_table(
+            ds, k=k, ns=ns, n_seeds=n_seeds, truncate_from=kf if k <= kf else None, progress=bar
+        )
         fig = plotting.fig_top_n(table, ds.label)
     elif name == "data_size":
         ks = parse_int_list(params.get("ks"), "K values", K_MIN, k_max(), max_len=5)
@@ -1038,8 +1130,9 @@ def run_experiment(name: str, key, params: dict, report=None):
         n_usable = int((ds.cluster_sizes() >= 2).sum())
         counts = experiments.default_cluster_counts(n_usable)
         bar = _JobProgress(len(ks) * len(counts) * n_trials, report, "data-size curve")
-        table = experiments.data_size_curve(ds, ks=ks, n_clusters=counts, n_trials=n_trials, truncate_from=kf,
-                                            progress=bar)
+        table = experiments.data_size_curve(
+            ds, ks=ks, n_clusters=counts, n_trials=n_trials, truncate_from=kf, progress=bar
+        )
         fig = plotting.fig_data_size(table, ds.label)
     else:
         k = parse_int(params.get("k"), "K", 2, k_max())

@@ -3,6 +3,7 @@
 The switchable effects are read from the simulate command's own options, so the form follows the
 simulator without a copy of its parameter list.
 """
+
 from __future__ import annotations
 
 import re
@@ -21,41 +22,97 @@ def simulate_card():
     try:
         opts = service.simulate_options()
     except Exception as exc:
-        return dbc.Card(dbc.CardBody([html.Div("Build a simulated survey", className="fw-semibold"),
-                                      ui.info_alert(service.describe_error(exc))]), class_name="shadow-sm")
-    switches = [dbc.Checkbox(id={"type": f"{P}-flag", "flag": o["flag"]}, label=o["label"], value=o["default"],
-                             class_name="small") for o in opts["switches"]]
-    return dbc.Card(dbc.CardBody([
-        html.Div("Build a simulated survey", className="fw-semibold mb-1"),
-        html.P(f"Writes a new bundle into {service.data_dir()} (it then appears in every dataset menu). "
-               "Runs in the background; you can keep using the other pages.", className="small text-muted"),
-        dbc.Row([
-            dbc.Col([dbc.Label("Name", class_name="small fw-semibold"),
-                     dbc.Input(id=f"{P}-name", value="my-survey", size="sm")], md=3),
-            dbc.Col([dbc.Label("Field stars", class_name="small fw-semibold"),
-                     dbc.Input(id=f"{P}-nfield", value="5000", inputmode="numeric", size="sm")], md=3),
-            dbc.Col([dbc.Label("Seed", class_name="small fw-semibold"),
-                     dbc.Input(id=f"{P}-seed", value="1", inputmode="numeric", size="sm")], md=2),
-        ], class_name="mb-2"),
-        html.Div([dbc.Label("Effects", class_name="small fw-semibold"), html.Div(switches, className="sim-flags")])
-        if switches else None,
-        dbc.Button("Build", id=f"{P}-run", color="primary", size="sm", class_name="me-2 mt-2"),
-        dbc.Button("Cancel", id=f"{P}-cancel", color="secondary", size="sm", class_name="mt-2", disabled=True),
-        dbc.Progress(id=f"{P}-progress", value=0, striped=True, animated=True, class_name="mt-2",
-                     style={"display": "none"}),
-        html.Div(id=f"{P}-result", className="small mt-2"),
-    ]), class_name="shadow-sm")
+        return dbc.Card(
+            dbc.CardBody(
+                [
+                    html.Div("Build a simulated survey", className="fw-semibold"),
+                    ui.info_alert(service.describe_error(exc)),
+                ]
+            ),
+            class_name="shadow-sm",
+        )
+    switches = [
+        dbc.Checkbox(
+            id={"type": f"{P}-flag", "flag": o["flag"]}, label=o["label"], value=o["default"], class_name="small"
+        )
+        for o in opts["switches"]
+    ]
+    return dbc.Card(
+        dbc.CardBody(
+            [
+                html.Div("Build a simulated survey", className="fw-semibold mb-1"),
+                html.P(
+                    f"Writes a new bundle into {service.data_dir()} (it then appears in every dataset menu). "
+                    "Runs in the background; you can keep using the other pages.",
+                    className="small text-muted",
+                ),
+                dbc.Row(
+                    [
+                        dbc.Col(
+                            [
+                                dbc.Label("Name", class_name="small fw-semibold"),
+                                dbc.Input(id=f"{P}-name", value="my-survey", size="sm"),
+                            ],
+                            md=3,
+                        ),
+                        dbc.Col(
+                            [
+                                dbc.Label("Field stars", class_name="small fw-semibold"),
+                                dbc.Input(id=f"{P}-nfield", value="5000", inputmode="numeric", size="sm"),
+                            ],
+                            md=3,
+                        ),
+                        dbc.Col(
+                            [
+                                dbc.Label("Seed", class_name="small fw-semibold"),
+                                dbc.Input(id=f"{P}-seed", value="1", inputmode="numeric", size="sm"),
+                            ],
+                            md=2,
+                        ),
+                    ],
+                    class_name="mb-2",
+                ),
+                html.Div(
+                    [dbc.Label("Effects", class_name="small fw-semibold"), html.Div(switches, className="sim-flags")]
+                )
+                if switches
+                else None,
+                dbc.Button("Build", id=f"{P}-run", color="primary", size="sm", class_name="me-2 mt-2"),
+                dbc.Button("Cancel", id=f"{P}-cancel", color="secondary", size="sm", class_name="mt-2", disabled=True),
+                dbc.Progress(
+                    id=f"{P}-progress",
+                    value=0,
+                    striped=True,
+                    animated=True,
+                    class_name="mt-2",
+                    style={"display": "none"},
+                ),
+                html.Div(id=f"{P}-result", className="small mt-2"),
+            ]
+        ),
+        class_name="shadow-sm",
+    )
 
 
 def register_simulate_callbacks():
-    @callback(Output(f"{P}-result", "children"), Input(f"{P}-run", "n_clicks"),
-              State(f"{P}-name", "value"), State(f"{P}-nfield", "value"), State(f"{P}-seed", "value"),
-              State({"type": f"{P}-flag", "flag": ALL}, "value"), State({"type": f"{P}-flag", "flag": ALL}, "id"),
-              background=True, prevent_initial_call=True,
-              running=[(Output(f"{P}-run", "disabled"), True, False), (Output(f"{P}-cancel", "disabled"), False, True),
-                       (Output(f"{P}-progress", "style"), {"display": "flex"}, {"display": "none"})],
-              cancel=[Input(f"{P}-cancel", "n_clicks")],
-              progress=[Output(f"{P}-progress", "value"), Output(f"{P}-progress", "label")])
+    @callback(
+        Output(f"{P}-result", "children"),
+        Input(f"{P}-run", "n_clicks"),
+        State(f"{P}-name", "value"),
+        State(f"{P}-nfield", "value"),
+        State(f"{P}-seed", "value"),
+        State({"type": f"{P}-flag", "flag": ALL}, "value"),
+        State({"type": f"{P}-flag", "flag": ALL}, "id"),
+        background=True,
+        prevent_initial_call=True,
+        running=[
+            (Output(f"{P}-run", "disabled"), True, False),
+            (Output(f"{P}-cancel", "disabled"), False, True),
+            (Output(f"{P}-progress", "style"), {"display": "flex"}, {"display": "none"}),
+        ],
+        cancel=[Input(f"{P}-cancel", "n_clicks")],
+        progress=[Output(f"{P}-progress", "value"), Output(f"{P}-progress", "label")],
+    )
     def build(set_progress, _n, name, n_field, seed, flag_values, flag_ids):
         try:
             name = (name or "").strip()
@@ -64,9 +121,16 @@ def register_simulate_callbacks():
             n_field = service.parse_int(n_field, "field stars", 100, 200_000)
             seed = service.parse_int(seed, "seed", 0, 2**31 - 1)
             flags = {i["flag"]: bool(v) for i, v in zip(flag_ids or [], flag_values or [])}
-            path = service.build_simulated(name, n_field, seed, flags,
-                                           report=service.progress_reporter(set_progress))
+            path = service.build_simulated(name, n_field, seed, flags, report=service.progress_reporter(set_progress))
         except Exception as exc:
             return ui.error_alert(service.describe_error(exc))
-        return dbc.Alert([f"Built {path}. ", html.A("Explore it →", href=f"/?ds={name}"), " ",
-                          html.A("(Data page)", href=f"/data?ds={name}")], color="success", class_name="py-1 mb-0")
+        return dbc.Alert(
+            [
+                f"Built {path}. ",
+                html.A("Explore it →", href=f"/?ds={name}"),
+                " ",
+                html.A("(Data page)", href=f"/data?ds={name}"),
+            ],
+            color="success",
+            class_name="py-1 mb-0",
+        )

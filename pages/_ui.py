@@ -1,4 +1,5 @@
 """Small layout helpers shared by the pages (controls, badges, messages, figure labels)."""
+
 from __future__ import annotations
 
 import dash_bootstrap_components as dbc
@@ -8,8 +9,11 @@ from dash import Input, dcc, html
 
 from . import _service as service
 
-GRAPH_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2},
-                "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
+GRAPH_CONFIG = {
+    "displaylogo": False,
+    "toImageButtonOptions": {"format": "png", "scale": 2},
+    "modeBarButtonsToRemove": ["lasso2d", "select2d"],
+}
 TEMPLATE = "plotly_white"
 PALETTE = pc.qualitative.Alphabet + pc.qualitative.Dark24
 
@@ -52,17 +56,36 @@ def label_figure(fig: go.Figure, label: str | None, title: str | None = None, to
     if label:
         colour = "#b8860b" if label == "simulated" else "#2e7d32"
         tag = f" <span style='color:{colour}'>[{label} data]</span>"
-    fig.update_layout(template=TEMPLATE, margin={"l": 50, "r": 20, "t": top, "b": 45},
-                      title={"text": (title or "") + tag, "font": {"size": 14}, "x": 0.01, "xanchor": "left"})
+    fig.update_layout(
+        template=TEMPLATE,
+        margin={"l": 50, "r": 20, "t": top, "b": 45},
+        title={"text": (title or "") + tag, "font": {"size": 14}, "x": 0.01, "xanchor": "left"},
+    )
     return fig
 
 
 def empty_figure(text: str = "", height: int = 300) -> go.Figure:
     fig = go.Figure()
-    fig.update_layout(template=TEMPLATE, height=height, xaxis={"visible": False}, yaxis={"visible": False},
-                      margin={"l": 10, "r": 10, "t": 10, "b": 10},
-                      annotations=[{"text": text, "showarrow": False, "xref": "paper", "yref": "paper",
-                                    "x": 0.5, "y": 0.5, "font": {"size": 14, "color": "#888"}}] if text else [])
+    fig.update_layout(
+        template=TEMPLATE,
+        height=height,
+        xaxis={"visible": False},
+        yaxis={"visible": False},
+        margin={"l": 10, "r": 10, "t": 10, "b": 10},
+        annotations=[
+            {
+                "text": text,
+                "showarrow": False,
+                "xref": "paper",
+                "yref": "paper",
+                "x": 0.5,
+                "y": 0.5,
+                "font": {"size": 14, "color": "#888"},
+            }
+        ]
+        if text
+        else [],
+    )
     return fig
 
 
@@ -72,12 +95,13 @@ def graph(id, height=None, **kw):
 
 
 def _field(label, control, help_=None):
-    return html.Div([dbc.Label(label, class_name="small fw-semibold mb-1"), control,
-                     dbc.FormText(help_) if help_ else None], className="mb-3")
+    return html.Div(
+        [dbc.Label(label, class_name="small fw-semibold mb-1"), control, dbc.FormText(help_) if help_ else None],
+        className="mb-3",
+    )
 
 
-def settings_controls(prefix: str, s, *, with_input=True, with_top=True, with_cv=True, with_clusters=True,
-                      with_k=True):
+def settings_controls(prefix: str, s, *, with_input=True, with_top=True, with_cv=True, with_clusters=True, with_k=True):
     """The common controls (dataset, input, K, clusters, CV, top-N) with ids ``{prefix}-…``."""
     try:
         choices = service.dataset_choices()
@@ -88,42 +112,108 @@ def settings_controls(prefix: str, s, *, with_input=True, with_top=True, with_cv
     except Exception:
         names = []
     clusters_value = list(s.clusters) if s.clusters is not None else names
-    rows = [_field("Dataset", dcc.Dropdown(id=f"{prefix}-ds", options=[{"label": c["label"], "value": c["value"]}
-                                                                         for c in choices],
-                                            value=s.ds, clearable=False))]
+    rows = [
+        _field(
+            "Dataset",
+            dcc.Dropdown(
+                id=f"{prefix}-ds",
+                options=[{"label": c["label"], "value": c["value"]} for c in choices],
+                value=s.ds,
+                clearable=False,
+            ),
+        )
+    ]
     if with_input:
-        rows.append(_field("Input", dbc.RadioItems(
-            id=f"{prefix}-input", value=s.input,
-            options=[{"label": service.INPUT_LABELS[i], "value": i} for i in service.INPUTS])))
-        rows.append(html.Div(_field("Abundance subset", dcc.Dropdown(
-            id=f"{prefix}-species", options=list(service.SPECIES), value=list(s.species), multi=True)),
-            id=f"{prefix}-species-box", style={} if s.input == "subset" else {"display": "none"}))
+        rows.append(
+            _field(
+                "Input",
+                dbc.RadioItems(
+                    id=f"{prefix}-input",
+                    value=s.input,
+                    options=[{"label": service.INPUT_LABELS[i], "value": i} for i in service.INPUTS],
+                ),
+            )
+        )
+        rows.append(
+            html.Div(
+                _field(
+                    "Abundance subset",
+                    dcc.Dropdown(
+                        id=f"{prefix}-species", options=list(service.SPECIES), value=list(s.species), multi=True
+                    ),
+                ),
+                id=f"{prefix}-species-box",
+                style={} if s.input == "subset" else {"display": "none"},
+            )
+        )
     if with_k:
-        rows.append(_field(f"K (PCA components, {service.K_MIN}–{service.k_max()})",
-                           dbc.Input(id=f"{prefix}-k", type="text", inputmode="numeric", value=str(s.k),
-                                     debounce=True, size="sm"),
-                           "spectra only; press Enter to apply"))
+        rows.append(
+            _field(
+                f"K (PCA components, {service.K_MIN}–{service.k_max()})",
+                dbc.Input(id=f"{prefix}-k", type="text", inputmode="numeric", value=str(s.k), debounce=True, size="sm"),
+                "spectra only; press Enter to apply",
+            )
+        )
     if with_clusters:
-        rows.append(_field("Training clusters", html.Div([
-            dcc.Dropdown(id=f"{prefix}-clusters", options=names, value=clusters_value, multi=True,
-                         placeholder="select at least two clusters", maxHeight=300),
-            html.Div([dbc.Button("all", id=f"{prefix}-clusters-all", size="sm", color="link", class_name="p-0 me-2"),
-                      dbc.Button("none", id=f"{prefix}-clusters-none", size="sm", color="link", class_name="p-0")],
-                     className="mt-1")])))
+        rows.append(
+            _field(
+                "Training clusters",
+                html.Div(
+                    [
+                        dcc.Dropdown(
+                            id=f"{prefix}-clusters",
+                            options=names,
+                            value=clusters_value,
+                            multi=True,
+                            placeholder="select at least two clusters",
+                            maxHeight=300,
+                        ),
+                        html.Div(
+                            [
+                                dbc.Button(
+                                    "all", id=f"{prefix}-clusters-all", size="sm", color="link", class_name="p-0 me-2"
+                                ),
+                                dbc.Button(
+                                    "none", id=f"{prefix}-clusters-none", size="sm", color="link", class_name="p-0"
+                                ),
+                            ],
+                            className="mt-1",
+                        ),
+                    ]
+                ),
+            )
+        )
     if with_cv:
-        rows.append(_field("Validation", dbc.Switch(id=f"{prefix}-cv", label="leave-one-cluster-out CV",
-                                                    value=s.cv)))
+        rows.append(_field("Validation", dbc.Switch(id=f"{prefix}-cv", label="leave-one-cluster-out CV", value=s.cv)))
     if with_top:
-        rows.append(_field("Top-N axes", dbc.Input(id=f"{prefix}-top", type="text", inputmode="numeric",
-                                                   value="" if s.top_n is None else str(s.top_n),
-                                                   placeholder="all", debounce=True, size="sm"),
-                           "blank = all axes"))
+        rows.append(
+            _field(
+                "Top-N axes",
+                dbc.Input(
+                    id=f"{prefix}-top",
+                    type="text",
+                    inputmode="numeric",
+                    value="" if s.top_n is None else str(s.top_n),
+                    placeholder="all",
+                    debounce=True,
+                    size="sm",
+                ),
+                "blank = all axes",
+            )
+        )
     return dbc.Card(dbc.CardBody(rows), class_name="shadow-sm")
 
 
 def settings_inputs(prefix: str, with_input=True, with_top=True, with_cv=True, with_clusters=True, with_k=True):
-    ids = [("ds", True), ("input", with_input), ("species", with_input), ("k", with_k),
-           ("clusters", with_clusters), ("cv", with_cv), ("top", with_top)]
+    ids = [
+        ("ds", True),
+        ("input", with_input),
+        ("species", with_input),
+        ("k", with_k),
+        ("clusters", with_clusters),
+        ("cv", with_cv),
+        ("top", with_top),
+    ]
     return [Input(f"{prefix}-{name}", "value") for name, on in ids if on]
 
 
@@ -132,10 +222,16 @@ def register_settings_callbacks(prefix: str, with_input=True, with_clusters=True
     from dash import Output, State, callback, ctx, no_update
 
     if with_clusters:
-        @callback(Output(f"{prefix}-clusters", "options"), Output(f"{prefix}-clusters", "value"),
-                  Input(f"{prefix}-ds", "value"), Input(f"{prefix}-clusters-all", "n_clicks"),
-                  Input(f"{prefix}-clusters-none", "n_clicks"), State(f"{prefix}-clusters", "options"),
-                  prevent_initial_call=True)
+
+        @callback(
+            Output(f"{prefix}-clusters", "options"),
+            Output(f"{prefix}-clusters", "value"),
+            Input(f"{prefix}-ds", "value"),
+            Input(f"{prefix}-clusters-all", "n_clicks"),
+            Input(f"{prefix}-clusters-none", "n_clicks"),
+            State(f"{prefix}-clusters", "options"),
+            prevent_initial_call=True,
+        )
         def _clusters(ds, _all, _none, options):
             if ctx.triggered_id == f"{prefix}-clusters-none":
                 return no_update, []
@@ -146,6 +242,7 @@ def register_settings_callbacks(prefix: str, with_input=True, with_clusters=True
             return names, names
 
     if with_input:
+
         @callback(Output(f"{prefix}-species-box", "style"), Input(f"{prefix}-input", "value"))
         def _species_box(inp):
             return {} if inp == "subset" else {"display": "none"}

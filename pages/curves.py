@@ -3,6 +3,7 @@
 Each runs as a background job (progress bar, cancel button; the page stays responsive) and its
 finished result is cached on disk and shared by every user and worker (same dataset + parameters).
 """
+
 from __future__ import annotations
 
 import dash
@@ -18,17 +19,27 @@ dash.register_page(__name__, path="/curves", name="Curves", title="RSCA Lab - Cu
 P = "cu"
 
 CARDS = {
-    "k_sweep": ("Rate vs K (Fig. 2)", "Global rate for each K, with and without leave-one-cluster-out CV.",
-                [("ks", "K values", "5,10,15,20,25,30,40,50,60")]),
-    "top_n": ("Top-N axes (Table 1)", "Keep only the N most informative axes of a K map; mean ± std over "
-              "compressions with different seeds (each extra seed is a new PCA: slow on a big survey).",
-              [("k", "K", "30"), ("n_seeds", "seeds", "1")]),
-    "data_size": ("Rate vs number of training clusters (Fig. 5)",
-                  "Expected rate when the map is trained on m random clusters, averaged over trials.",
-                  [("ks", "K values", "10,20,30"), ("n_trials", "trials", "50")]),
-    "ablation": ("Inputs × variants (Fig. 4)", "Spectra, all 21 abundances and a subset, each with the raw, "
-                 "scaled and transformed (RSCA) metric.",
-                 [("k", "K", "30"), ("species", "subset", "Fe,Mg,Ni,Si,Al,C,N")]),
+    "k_sweep": (
+        "Rate vs K (Fig. 2)",
+        "Global rate for each K, with and without leave-one-cluster-out CV.",
+        [("ks", "K values", "5,10,15,20,25,30,40,50,60")],
+    ),
+    "top_n": (
+        "Top-N axes (Table 1)",
+        "Keep only the N most informative axes of a K map; mean ± std over "
+        "compressions with different seeds (each extra seed is a new PCA: slow on a big survey).",
+        [("k", "K", "30"), ("n_seeds", "seeds", "1")],
+    ),
+    "data_size": (
+        "Rate vs number of training clusters (Fig. 5)",
+        "Expected rate when the map is trained on m random clusters, averaged over trials.",
+        [("ks", "K values", "10,20,30"), ("n_trials", "trials", "50")],
+    ),
+    "ablation": (
+        "Inputs × variants (Fig. 4)",
+        "Spectra, all 21 abundances and a subset, each with the raw, scaled and transformed (RSCA) metric.",
+        [("k", "K", "30"), ("species", "subset", "Fe,Mg,Ni,Si,Al,C,N")],
+    ),
 }
 
 
@@ -46,27 +57,67 @@ def card(name, query):
     inputs = []
     for field, label, value in fields:
         qv = query.get(f"{name}.{field}")
-        inputs.append(dbc.Col(dbc.InputGroup([
-            dbc.InputGroupText(label, class_name="small"),
-            dbc.Input(id=f"{P}-{name}-{field}", value=str(service._one(qv))[:200] if qv is not None
-                      else _default(name, field, value), size="sm")], size="sm"), md=4))
-    return dbc.Card(dbc.CardBody([
-        html.Div(title, className="fw-semibold"),
-        html.P(text, className="small text-muted mb-2"),
-        dbc.Row(inputs + [dbc.Col([
-            dbc.Button("Run", id=f"{P}-{name}-run", size="sm", color="primary", class_name="me-2"),
-            dbc.Button("Cancel", id=f"{P}-{name}-cancel", size="sm", color="secondary", disabled=True,
-                       class_name="me-2"),
-            dbc.Button("CSV", id=f"{P}-{name}-csv", size="sm", color="light"),
-        ], width="auto")], class_name="g-2 mb-2"),
-        dbc.Progress(id=f"{P}-{name}-progress", value=0, striped=True, animated=True,
-                     style={"display": "none"}, class_name="mb-2"),
-        html.Div(id=f"{P}-{name}-msg"),
-        dcc.Graph(id=f"{P}-{name}-fig", figure=ui.empty_figure("press Run", height=260), config=ui.GRAPH_CONFIG),
-        html.Div(id=f"{P}-{name}-table"),
-        dcc.Store(id=f"{P}-{name}-store"),
-        dcc.Download(id=f"{P}-{name}-download"),
-    ]), class_name="mb-3 shadow-sm")
+        inputs.append(
+            dbc.Col(
+                dbc.InputGroup(
+                    [
+                        dbc.InputGroupText(label, class_name="small"),
+                        dbc.Input(
+                            id=f"{P}-{name}-{field}",
+                            value=str(service._one(qv))[:200] if qv is not None else _default(name, field, value),
+                            size="sm",
+                        ),
+                    ],
+                    size="sm",
+                ),
+                md=4,
+            )
+        )
+    return dbc.Card(
+        dbc.CardBody(
+            [
+                html.Div(title, className="fw-semibold"),
+                html.P(text, className="small text-muted mb-2"),
+                dbc.Row(
+                    inputs
+                    + [
+                        dbc.Col(
+                            [
+                                dbc.Button("Run", id=f"{P}-{name}-run", size="sm", color="primary", class_name="me-2"),
+                                dbc.Button(
+                                    "Cancel",
+                                    id=f"{P}-{name}-cancel",
+                                    size="sm",
+                                    color="secondary",
+                                    disabled=True,
+                                    class_name="me-2",
+                                ),
+                                dbc.Button("CSV", id=f"{P}-{name}-csv", size="sm", color="light"),
+                            ],
+                            width="auto",
+                        )
+                    ],
+                    class_name="g-2 mb-2",
+                ),
+                dbc.Progress(
+                    id=f"{P}-{name}-progress",
+                    value=0,
+                    striped=True,
+                    animated=True,
+                    style={"display": "none"},
+                    class_name="mb-2",
+                ),
+                html.Div(id=f"{P}-{name}-msg"),
+                dcc.Graph(
+                    id=f"{P}-{name}-fig", figure=ui.empty_figure("press Run", height=260), config=ui.GRAPH_CONFIG
+                ),
+                html.Div(id=f"{P}-{name}-table"),
+                dcc.Store(id=f"{P}-{name}-store"),
+                dcc.Download(id=f"{P}-{name}-download"),
+            ]
+        ),
+        class_name="mb-3 shadow-sm",
+    )
 
 
 def layout(**query):
@@ -75,19 +126,39 @@ def layout(**query):
         choices = service.dataset_choices()
     except Exception:
         choices = [{"label": "default", "value": "default"}]
-    return html.Div([
-        html.H3(["Curves: the paper's experiments", ui.kind_badge(None, id=f"{P}-badge")], className="mb-1",
-                id=f"{P}-title"),
-        html.P("Each experiment runs in the background: keep exploring meanwhile. Finished results are cached "
-               "and shared; the same run again answers at once.", className="text-muted small"),
-        ui.messages(problems),
-        dbc.Row([dbc.Col(dbc.Label("Dataset", class_name="small fw-semibold"), width="auto"),
-                 dbc.Col(dcc.Dropdown(id=f"{P}-ds", options=[{"label": c["label"], "value": c["value"]}
-                                                             for c in choices], value=s.ds, clearable=False), md=3)],
-                class_name="mb-3", align="center"),
-        dbc.Row([dbc.Col(card("k_sweep", query), lg=6), dbc.Col(card("top_n", query), lg=6)]),
-        dbc.Row([dbc.Col(card("data_size", query), lg=6), dbc.Col(card("ablation", query), lg=6)]),
-    ])
+    return html.Div(
+        [
+            html.H3(
+                ["Curves: the paper's experiments", ui.kind_badge(None, id=f"{P}-badge")],
+                className="mb-1",
+                id=f"{P}-title",
+            ),
+            html.P(
+                "Each experiment runs in the background: keep exploring meanwhile. Finished results are cached "
+                "and shared; the same run again answers at once.",
+                className="text-muted small",
+            ),
+            ui.messages(problems),
+            dbc.Row(
+                [
+                    dbc.Col(dbc.Label("Dataset", class_name="small fw-semibold"), width="auto"),
+                    dbc.Col(
+                        dcc.Dropdown(
+                            id=f"{P}-ds",
+                            options=[{"label": c["label"], "value": c["value"]} for c in choices],
+                            value=s.ds,
+                            clearable=False,
+                        ),
+                        md=3,
+                    ),
+                ],
+                class_name="mb-3",
+                align="center",
+            ),
+            dbc.Row([dbc.Col(card("k_sweep", query), lg=6), dbc.Col(card("top_n", query), lg=6)]),
+            dbc.Row([dbc.Col(card("data_size", query), lg=6), dbc.Col(card("ablation", query), lg=6)]),
+        ]
+    )
 
 
 @callback(Output(f"{P}-badge", "children"), Input(f"{P}-ds", "value"))
@@ -114,37 +185,53 @@ def _table_view(name, table):
 def _register(name):
     fields = [f for f, _, _ in CARDS[name][2]]
 
-    @callback(Output(f"{P}-{name}-fig", "figure"), Output(f"{P}-{name}-table", "children"),
-              Output(f"{P}-{name}-store", "data"), Output(f"{P}-{name}-msg", "children"),
-              Input(f"{P}-{name}-run", "n_clicks"), State(f"{P}-ds", "value"),
-              *[State(f"{P}-{name}-{f}", "value") for f in fields],
-              background=True, manager=service.background_manager(cached=True), prevent_initial_call=True,
-              running=[(Output(f"{P}-{name}-run", "disabled"), True, False),
-                       (Output(f"{P}-{name}-cancel", "disabled"), False, True),
-                       (Output(f"{P}-{name}-progress", "style"), {"display": "flex"}, {"display": "none"})],
-              cancel=[Input(f"{P}-{name}-cancel", "n_clicks")],
-              progress=[Output(f"{P}-{name}-progress", "value"), Output(f"{P}-{name}-progress", "label")],
-              cache_args_to_ignore=[0])
+    @callback(
+        Output(f"{P}-{name}-fig", "figure"),
+        Output(f"{P}-{name}-table", "children"),
+        Output(f"{P}-{name}-store", "data"),
+        Output(f"{P}-{name}-msg", "children"),
+        Input(f"{P}-{name}-run", "n_clicks"),
+        State(f"{P}-ds", "value"),
+        *[State(f"{P}-{name}-{f}", "value") for f in fields],
+        background=True,
+        manager=service.background_manager(cached=True),
+        prevent_initial_call=True,
+        running=[
+            (Output(f"{P}-{name}-run", "disabled"), True, False),
+            (Output(f"{P}-{name}-cancel", "disabled"), False, True),
+            (Output(f"{P}-{name}-progress", "style"), {"display": "flex"}, {"display": "none"}),
+        ],
+        cancel=[Input(f"{P}-{name}-cancel", "n_clicks")],
+        progress=[Output(f"{P}-{name}-progress", "value"), Output(f"{P}-{name}-progress", "label")],
+        cache_args_to_ignore=[0],
+    )
     def run(set_progress, _n, ds, *values):
         try:
-            table, fig = service.run_experiment(name, ds, dict(zip(fields, values)),
-                                                report=service.progress_reporter(set_progress))
+            table, fig = service.run_experiment(
+                name, ds, dict(zip(fields, values)), report=service.progress_reporter(set_progress)
+            )
         except Exception as exc:
             msg = service.describe_error(exc)
             return ui.empty_figure(msg, height=260), None, None, ui.error_alert(msg)
         fig.update_layout(height=380, width=None, template=ui.TEMPLATE)
         label = service.dataset_label(ds)
-        return (fig, _table_view(name, table), {"csv": table.to_csv(index=False), "label": label, "ds": ds},
-                None)
+        return (fig, _table_view(name, table), {"csv": table.to_csv(index=False), "label": label, "ds": ds}, None)
 
-    @callback(Output(f"{P}-{name}-download", "data"), Input(f"{P}-{name}-csv", "n_clicks"),
-              State(f"{P}-{name}-store", "data"), prevent_initial_call=True)
+    @callback(
+        Output(f"{P}-{name}-download", "data"),
+        Input(f"{P}-{name}-csv", "n_clicks"),
+        State(f"{P}-{name}-store", "data"),
+        prevent_initial_call=True,
+    )
     def download(_n, store):
         if not store:
             return no_update
         head = f"# RSCA Lab {name} - {store['label'].upper()} data (dataset {store['ds']})\n"
-        return {"content": head + store["csv"], "filename": f"rsca-{name}-{store['label']}-{store['ds']}.csv",
-                "type": "text/csv"}
+        return {
+            "content": head + store["csv"],
+            "filename": f"rsca-{name}-{store['label']}-{store['ds']}.csv",
+            "type": "text/csv",
+        }
 
 
 for _name in CARDS:

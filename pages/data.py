@@ -1,4 +1,5 @@
 """Data: what the dataset is (kind, provenance, cut-flow, counts), its compression, and a simulator form."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ from dash import Input, Output, State, callback, dcc, html, no_update
 
 from . import _service as service
 from . import _ui as ui
-from ._simulate_form import simulate_card, register_simulate_callbacks
+from ._simulate_form import register_simulate_callbacks, simulate_card
 
 dash.register_page(__name__, path="/data", name="Data", title="RSCA Lab - Data", order=5)
 
@@ -25,103 +26,214 @@ def layout(**query):
         choices = service.dataset_choices()
     except Exception:
         choices = [{"label": "default", "value": "default"}]
-    return html.Div([
-        dcc.Location(id=f"{P}-url", refresh=False),
-        html.H3(["Data", ui.kind_badge(None, id=f"{P}-badge")], className="mb-1"),
-        html.P("What the current dataset is, where it comes from, and how to make another one.",
-               className="text-muted small"),
-        ui.messages(problems),
-        dbc.Row([
-            dbc.Col([
-                dbc.Card(dbc.CardBody([
-                    dbc.Label("Dataset", class_name="small fw-semibold"),
-                    dcc.Dropdown(id=f"{P}-ds", options=[{"label": c["label"], "value": c["value"]} for c in choices],
-                                 value=s.ds, clearable=False),
-                ]), class_name="mb-3 shadow-sm"),
-                dbc.Card(dbc.CardBody([
-                    html.Div("Spectra compression", className="fw-semibold mb-1"),
-                    html.Div(id=f"{P}-pca-status", className="small mb-2"),
-                    dbc.Button("Prepare compression", id=f"{P}-pca-run", size="sm", color="primary",
-                               class_name="me-2"),
-                    dbc.Button("Cancel", id=f"{P}-pca-cancel", size="sm", color="secondary", disabled=True),
-                    dbc.Progress(id=f"{P}-pca-progress", value=0, striped=True, animated=True,
-                                 class_name="mt-2", style={"display": "none"}),
-                    html.Div(id=f"{P}-pca-result", className="small mt-2"),
-                ]), class_name="mb-3 shadow-sm"),
-            ], md=4),
-            dbc.Col([html.Div(id=f"{P}-msg"), dcc.Loading(html.Div(id=f"{P}-info"), type="dot", delay_show=400)],
-                    md=8),
-        ], class_name="mb-3"),
-        simulate_card(),
-    ])
+    return html.Div(
+        [
+            dcc.Location(id=f"{P}-url", refresh=False),
+            html.H3(["Data", ui.kind_badge(None, id=f"{P}-badge")], className="mb-1"),
+            html.P(
+                "What the current dataset is, where it comes from, and how to make another one.",
+                className="text-muted small",
+            ),
+            ui.messages(problems),
+            dbc.Row(
+                [
+                    dbc.Col(
+                        [
+                            dbc.Card(
+                                dbc.CardBody(
+                                    [
+                                        dbc.Label("Dataset", class_name="small fw-semibold"),
+                                        dcc.Dropdown(
+                                            id=f"{P}-ds",
+                                            options=[{"label": c["label"], "value": c["value"]} for c in choices],
+                                            value=s.ds,
+                                            clearable=False,
+                                        ),
+                                    ]
+                                ),
+                                class_name="mb-3 shadow-sm",
+                            ),
+                            dbc.Card(
+                                dbc.CardBody(
+                                    [
+                                        html.Div("Spectra compression", className="fw-semibold mb-1"),
+                                        html.Div(id=f"{P}-pca-status", className="small mb-2"),
+                                        dbc.Button(
+                                            "Prepare compression",
+                                            id=f"{P}-pca-run",
+                                            size="sm",
+                                            color="primary",
+                                            class_name="me-2",
+                                        ),
+                                        dbc.Button(
+                                            "Cancel", id=f"{P}-pca-cancel", size="sm", color="secondary", disabled=True
+                                        ),
+                                        dbc.Progress(
+                                            id=f"{P}-pca-progress",
+                                            value=0,
+                                            striped=True,
+                                            animated=True,
+                                            class_name="mt-2",
+                                            style={"display": "none"},
+                                        ),
+                                        html.Div(id=f"{P}-pca-result", className="small mt-2"),
+                                    ]
+                                ),
+                                class_name="mb-3 shadow-sm",
+                            ),
+                        ],
+                        md=4,
+                    ),
+                    dbc.Col(
+                        [html.Div(id=f"{P}-msg"), dcc.Loading(html.Div(id=f"{P}-info"), type="dot", delay_show=400)],
+                        md=8,
+                    ),
+                ],
+                class_name="mb-3",
+            ),
+            simulate_card(),
+        ]
+    )
 
 
 def _table(df, id=None):
     kw = {"id": id} if id else {}
-    return dbc.Table.from_dataframe(df, striped=True, bordered=False, hover=True, size="sm",
-                                    class_name="small mb-0", **kw)
+    return dbc.Table.from_dataframe(
+        df, striped=True, bordered=False, hover=True, size="sm", class_name="small mb-0", **kw
+    )
 
 
 def info_view(o):
     s = o["summary"]
     import pandas as pd
 
-    facts = pd.DataFrame([
-        ("kind", s["kind"]), ("name", s["name"]), ("stars", f"{s['n_stars']:,}"),
-        ("field stars", f"{s['n_field']:,}"), ("cluster stars", f"{s['n_cluster_stars']:,}"),
-        ("clusters", s["n_clusters"]), ("pixels per spectrum", f"{s['n_pixels']:,}"),
-        ("missing pixels (first 2000 stars)", f"{100 * s['missing_fraction']:.2f} %"),
-        ("uid", s["uid"]), ("folder", o["path"]),
-    ], columns=["", "value"])
-    parts = [dbc.Card(dbc.CardBody([
-        html.Div(["About this dataset", ui.kind_badge(o["label"])], className="fw-semibold mb-2"),
-        html.P("Simulated: an APOGEE-like survey made by rsca_core.simulate; every number and figure made "
-               "from it is labelled simulated." if o["label"] == "simulated" else
-               "Real data: built from APOGEE DR16 allStar + OCCAM files by rsca_core.apogee.",
-               className="small"),
-        _table(facts, id=f"{P}-facts")]), class_name="mb-3 shadow-sm")]
+    facts = pd.DataFrame(
+        [
+            ("kind", s["kind"]),
+            ("name", s["name"]),
+            ("stars", f"{s['n_stars']:,}"),
+            ("field stars", f"{s['n_field']:,}"),
+            ("cluster stars", f"{s['n_cluster_stars']:,}"),
+            ("clusters", s["n_clusters"]),
+            ("pixels per spectrum", f"{s['n_pixels']:,}"),
+            ("missing pixels (first 2000 stars)", f"{100 * s['missing_fraction']:.2f} %"),
+            ("uid", s["uid"]),
+            ("folder", o["path"]),
+        ],
+        columns=["", "value"],
+    )
+    parts = [
+        dbc.Card(
+            dbc.CardBody(
+                [
+                    html.Div(["About this dataset", ui.kind_badge(o["label"])], className="fw-semibold mb-2"),
+                    html.P(
+                        "Simulated: an APOGEE-like survey made by rsca_core.simulate; every number and figure made "
+                        "from it is labelled simulated."
+                        if o["label"] == "simulated"
+                        else "Real data: built from APOGEE DR16 allStar + OCCAM files by rsca_core.apogee.",
+                        className="small",
+                    ),
+                    _table(facts, id=f"{P}-facts"),
+                ]
+            ),
+            class_name="mb-3 shadow-sm",
+        )
+    ]
     if o["cutflow"] is not None:
-        parts.append(dbc.Card(dbc.CardBody([html.Div("Cut-flow (stars left after each cut)", className="fw-semibold mb-2"),
-                                            _table(o["cutflow"])]), class_name="mb-3 shadow-sm"))
-    parts.append(dbc.Row([
-        dbc.Col(dbc.Card(dbc.CardBody([html.Div("Open clusters", className="fw-semibold mb-2"),
-                                       html.Div(_table(o["sizes"]), style={"maxHeight": "420px", "overflowY": "auto"})]),
-                         class_name="shadow-sm"), md=5),
-        dbc.Col(dbc.Card(dbc.CardBody([html.Div("Provenance", className="fw-semibold mb-2"),
-                                       html.Pre(json.dumps({k: v for k, v in o["provenance"].items() if k != "cutflow"}
-                                                           if isinstance(o["provenance"], dict) else o["provenance"],
-                                                           indent=1, default=str)[:20000],
-                                                className="small mb-0",
-                                                style={"maxHeight": "420px", "overflowY": "auto"})]),
-                         class_name="shadow-sm"), md=7),
-    ]))
+        parts.append(
+            dbc.Card(
+                dbc.CardBody(
+                    [
+                        html.Div("Cut-flow (stars left after each cut)", className="fw-semibold mb-2"),
+                        _table(o["cutflow"]),
+                    ]
+                ),
+                class_name="mb-3 shadow-sm",
+            )
+        )
+    parts.append(
+        dbc.Row(
+            [
+                dbc.Col(
+                    dbc.Card(
+                        dbc.CardBody(
+                            [
+                                html.Div("Open clusters", className="fw-semibold mb-2"),
+                                html.Div(_table(o["sizes"]), style={"maxHeight": "420px", "overflowY": "auto"}),
+                            ]
+                        ),
+                        class_name="shadow-sm",
+                    ),
+                    md=5,
+                ),
+                dbc.Col(
+                    dbc.Card(
+                        dbc.CardBody(
+                            [
+                                html.Div("Provenance", className="fw-semibold mb-2"),
+                                html.Pre(
+                                    json.dumps(
+                                        {k: v for k, v in o["provenance"].items() if k != "cutflow"}
+                                        if isinstance(o["provenance"], dict)
+                                        else o["provenance"],
+                                        indent=1,
+                                        default=str,
+                                    )[:20000],
+                                    className="small mb-0",
+                                    style={"maxHeight": "420px", "overflowY": "auto"},
+                                ),
+                            ]
+                        ),
+                        class_name="shadow-sm",
+                    ),
+                    md=7,
+                ),
+            ]
+        )
+    )
     return parts
 
 
-@callback(Output(f"{P}-msg", "children"), Output(f"{P}-info", "children"), Output(f"{P}-pca-status", "children"),
-          Output(f"{P}-url", "search"), Output(f"{P}-badge", "children"),
-          Input(f"{P}-ds", "value"), Input(f"{P}-pca-result", "children"))
+@callback(
+    Output(f"{P}-msg", "children"),
+    Output(f"{P}-info", "children"),
+    Output(f"{P}-pca-status", "children"),
+    Output(f"{P}-url", "search"),
+    Output(f"{P}-badge", "children"),
+    Input(f"{P}-ds", "value"),
+    Input(f"{P}-pca-result", "children"),
+)
 def update(ds, _done):
     try:
         o = service.dataset_overview(ds)
     except Exception as exc:
         msg = service.describe_error(exc)
         return ui.error_alert(msg), None, "no dataset", no_update, no_update
-    status = (f"Ready: the K = {o['k_fit']} PCA of the spectra is cached; every K ≤ {o['k_fit']} is cut from it."
-              if o["compression_ready"] else
-              f"Not computed yet: the spectra pages need the K = {o['k_fit']} PCA of this dataset (one-off; "
-              "minutes on a large survey). Abundance inputs work without it.")
+    status = (
+        f"Ready: the K = {o['k_fit']} PCA of the spectra is cached; every K ≤ {o['k_fit']} is cut from it."
+        if o["compression_ready"]
+        else f"Not computed yet: the spectra pages need the K = {o['k_fit']} PCA of this dataset (one-off; "
+        "minutes on a large survey). Abundance inputs work without it."
+    )
     q = "" if ds == "default" else "?ds=" + ds
     return None, info_view(o), status, q, ui.kind_badge(o["label"])
 
 
-@callback(Output(f"{P}-pca-result", "children"), Input(f"{P}-pca-run", "n_clicks"), State(f"{P}-ds", "value"),
-          background=True, prevent_initial_call=True,
-          running=[(Output(f"{P}-pca-run", "disabled"), True, False),
-                   (Output(f"{P}-pca-cancel", "disabled"), False, True),
-                   (Output(f"{P}-pca-progress", "style"), {"display": "flex"}, {"display": "none"})],
-          cancel=[Input(f"{P}-pca-cancel", "n_clicks")],
-          progress=[Output(f"{P}-pca-progress", "value"), Output(f"{P}-pca-progress", "label")])
+@callback(
+    Output(f"{P}-pca-result", "children"),
+    Input(f"{P}-pca-run", "n_clicks"),
+    State(f"{P}-ds", "value"),
+    background=True,
+    prevent_initial_call=True,
+    running=[
+        (Output(f"{P}-pca-run", "disabled"), True, False),
+        (Output(f"{P}-pca-cancel", "disabled"), False, True),
+        (Output(f"{P}-pca-progress", "style"), {"display": "flex"}, {"display": "none"}),
+    ],
+    cancel=[Input(f"{P}-pca-cancel", "n_clicks")],
+    progress=[Output(f"{P}-pca-progress", "value"), Output(f"{P}-pca-progress", "label")],
+)
 def prepare(set_progress, _n, ds):
     try:
         service.prepare_compression(ds, report=service.progress_reporter(set_progress))

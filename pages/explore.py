@@ -1,4 +1,5 @@
 """Explore (home): the doppelganger rate of a dataset and the RSCA features, live."""
+
 from __future__ import annotations
 
 import math
@@ -22,43 +23,82 @@ cluster_colours = ui.cluster_colours
 
 def layout(**query):
     s, problems = service.settings_from_query(query)
-    return html.Div([
-        dcc.Location(id=f"{P}-url", refresh=False),
-        dcc.Store(id=f"{P}-store"),
-        dcc.Download(id=f"{P}-download"),
-        html.H3(["Explore the doppelganger rate", ui.kind_badge(None, id=f"{P}-badge")], className="mb-1"),
-        html.P("How often does a random field star look as similar to a cluster member as that cluster's own "
-               "members look to each other? Change any control: every view updates.",
-               className="text-muted small"),
-        ui.messages(problems, id=f"{P}-url-msg"),
-        dbc.Row([
-            dbc.Col(ui.settings_controls(P, s), md=3),
-            dbc.Col([
-                html.Div(id=f"{P}-msg"),
-                dcc.Loading(html.Div(id=f"{P}-rate"), type="dot", delay_show=400),
-                dbc.Row([
-                    dbc.Col(dbc.Card(dbc.CardBody([
-                        html.Div("Click a bar to see that cluster's histogram.", className="text-muted small"),
-                        ui.graph(f"{P}-bars", height=330)])), lg=7),
-                    dbc.Col(dbc.Card(dbc.CardBody([
-                        ui.graph(f"{P}-hist", height=330)])), lg=5),
-                ], class_name="g-3 mb-3"),
-                dbc.Card(dbc.CardBody([
-                    ui.graph(f"{P}-features", height=380)]), class_name="mb-3"),
-                dbc.Card(dbc.CardBody([
-                    ui.graph(f"{P}-vhelio", height=330)]), class_name="mb-3"),
-                html.Div([
-                    dbc.Button("Per-cluster rates (CSV)", id=f"{P}-dl-csv", color="secondary", size="sm",
-                               class_name="me-2"),
-                    dbc.Button("Fitted map (.npz)", id=f"{P}-dl-map", color="secondary", size="sm",
-                               class_name="me-2"),
-                    dcc.Link("Same settings on the Clusters page →", id=f"{P}-clusters-link", href="/clusters",
-                             className="small ms-2"),
-                    html.Span(" Figures: use the camera icon of each plot for a PNG.", className="small text-muted ms-2"),
-                ]),
-            ], md=9),
-        ]),
-    ])
+    return html.Div(
+        [
+            dcc.Location(id=f"{P}-url", refresh=False),
+            dcc.Store(id=f"{P}-store"),
+            dcc.Download(id=f"{P}-download"),
+            html.H3(["Explore the doppelganger rate", ui.kind_badge(None, id=f"{P}-badge")], className="mb-1"),
+            html.P(
+                "How often does a random field star look as similar to a cluster member as that cluster's own "
+                "members look to each other? Change any control: every view updates.",
+                className="text-muted small",
+            ),
+            ui.messages(problems, id=f"{P}-url-msg"),
+            dbc.Row(
+                [
+                    dbc.Col(ui.settings_controls(P, s), md=3),
+                    dbc.Col(
+                        [
+                            html.Div(id=f"{P}-msg"),
+                            dcc.Loading(html.Div(id=f"{P}-rate"), type="dot", delay_show=400),
+                            dbc.Row(
+                                [
+                                    dbc.Col(
+                                        dbc.Card(
+                                            dbc.CardBody(
+                                                [
+                                                    html.Div(
+                                                        "Click a bar to see that cluster's histogram.",
+                                                        className="text-muted small",
+                                                    ),
+                                                    ui.graph(f"{P}-bars", height=330),
+                                                ]
+                                            )
+                                        ),
+                                        lg=7,
+                                    ),
+                                    dbc.Col(dbc.Card(dbc.CardBody([ui.graph(f"{P}-hist", height=330)])), lg=5),
+                                ],
+                                class_name="g-3 mb-3",
+                            ),
+                            dbc.Card(dbc.CardBody([ui.graph(f"{P}-features", height=380)]), class_name="mb-3"),
+                            dbc.Card(dbc.CardBody([ui.graph(f"{P}-vhelio", height=330)]), class_name="mb-3"),
+                            html.Div(
+                                [
+                                    dbc.Button(
+                                        "Per-cluster rates (CSV)",
+                                        id=f"{P}-dl-csv",
+                                        color="secondary",
+                                        size="sm",
+                                        class_name="me-2",
+                                    ),
+                                    dbc.Button(
+                                        "Fitted map (.npz)",
+                                        id=f"{P}-dl-map",
+                                        color="secondary",
+                                        size="sm",
+                                        class_name="me-2",
+                                    ),
+                                    dcc.Link(
+                                        "Same settings on the Clusters page →",
+                                        id=f"{P}-clusters-link",
+                                        href="/clusters",
+                                        className="small ms-2",
+                                    ),
+                                    html.Span(
+                                        " Figures: use the camera icon of each plot for a PNG.",
+                                        className="small text-muted ms-2",
+                                    ),
+                                ]
+                            ),
+                        ],
+                        md=9,
+                    ),
+                ]
+            ),
+        ]
+    )
 
 
 ui.register_settings_callbacks(P)
@@ -69,39 +109,78 @@ def rate_card(r, s):
     shown = "undefined" if (g is None or (isinstance(g, float) and math.isnan(g))) else f"{g:.4f}"
     per = r["per_cluster"]
     used = int(per["rate"].notna().sum())
-    what = (f"spectra, K = {s.k} (leading {s.k} of the K = {service.k_fit()} PCA)" if s.input == "spectra"
-            else service.INPUT_LABELS[s.input] + ("" if s.input == "abundances" else f" ({', '.join(s.species)})"))
-    return dbc.Card(dbc.CardBody(dbc.Row([
-        dbc.Col([html.Div("Global doppelganger rate", className="small text-muted"),
-                 html.Div(shown, id=f"{P}-global-rate", className="display-6 fw-bold"),
-                 ui.kind_badge(r["label"])], width="auto"),
-        dbc.Col([html.Div("Paper (APOGEE DR16)", className="small text-muted"),
-                 html.Div(service.paper_value(s), id=f"{P}-paper", className="fs-5")], width="auto"),
-        dbc.Col(html.Ul([
-            html.Li(what),
-            html.Li(f"{'leave-one-cluster-out CV' if s.cv else 'no CV (map fitted on all selected clusters)'}; "
-                    f"top-N = {s.top_n or 'all'}"),
-            html.Li(f"{used} clusters with a rate, {r['n_cluster_stars']} cluster stars, "
-                    f"{r['n_field']:,} field stars"),
-        ], className="small mb-0"))
-    ], align="center")), class_name="mb-3 shadow-sm")
+    what = (
+        f"spectra, K = {s.k} (leading {s.k} of the K = {service.k_fit()} PCA)"
+        if s.input == "spectra"
+        else service.INPUT_LABELS[s.input] + ("" if s.input == "abundances" else f" ({', '.join(s.species)})")
+    )
+    return dbc.Card(
+        dbc.CardBody(
+            dbc.Row(
+                [
+                    dbc.Col(
+                        [
+                            html.Div("Global doppelganger rate", className="small text-muted"),
+                            html.Div(shown, id=f"{P}-global-rate", className="display-6 fw-bold"),
+                            ui.kind_badge(r["label"]),
+                        ],
+                        width="auto",
+                    ),
+                    dbc.Col(
+                        [
+                            html.Div("Paper (APOGEE DR16)", className="small text-muted"),
+                            html.Div(service.paper_value(s), id=f"{P}-paper", className="fs-5"),
+                        ],
+                        width="auto",
+                    ),
+                    dbc.Col(
+                        html.Ul(
+                            [
+                                html.Li(what),
+                                html.Li(
+                                    f"{'leave-one-cluster-out CV' if s.cv else 'no CV (map fitted on all selected clusters)'}; "
+                                    f"top-N = {s.top_n or 'all'}"
+                                ),
+                                html.Li(
+                                    f"{used} clusters with a rate, {r['n_cluster_stars']} cluster stars, "
+                                    f"{r['n_field']:,} field stars"
+                                ),
+                            ],
+                            className="small mb-0",
+                        )
+                    ),
+                ],
+                align="center",
+            )
+        ),
+        class_name="mb-3 shadow-sm",
+    )
 
 
 def bars_figure(r):
     per = r["per_cluster"]
     names = per["cluster"].astype(str).tolist()
     rates = per["rate"].to_numpy(float)
-    fig = go.Figure(go.Bar(
-        x=names, y=np.nan_to_num(rates, nan=0.0).tolist(),
-        customdata=np.stack([per["n_stars"], per["n_inter_pairs"]], 1).tolist(),
-        text=["n/a" if np.isnan(v) else "" for v in rates], textposition="outside",
-        marker_color=["#bbbbbb" if np.isnan(v) else "#3b6ea8" for v in rates],
-        hovertemplate="%{x}<br>rate %{y:.4f}<br>%{customdata[0]} stars, %{customdata[1]} field pairs<extra></extra>"))
+    fig = go.Figure(
+        go.Bar(
+            x=names,
+            y=np.nan_to_num(rates, nan=0.0).tolist(),
+            customdata=np.stack([per["n_stars"], per["n_inter_pairs"]], 1).tolist(),
+            text=["n/a" if np.isnan(v) else "" for v in rates],
+            textposition="outside",
+            marker_color=["#bbbbbb" if np.isnan(v) else "#3b6ea8" for v in rates],
+            hovertemplate="%{x}<br>rate %{y:.4f}<br>%{customdata[0]} stars, %{customdata[1]} field pairs<extra></extra>",
+        )
+    )
     if r["global_rate"] == r["global_rate"]:
-        fig.add_hline(y=r["global_rate"], line_dash="dash", line_color="#c0392b",
-                      annotation_text=f"global {r['global_rate']:.4f}", annotation_position="top left")
-    fig.update_layout(yaxis_title="doppelganger rate", xaxis_tickangle=-45, clickmode="event",
-                      yaxis_rangemode="tozero")
+        fig.add_hline(
+            y=r["global_rate"],
+            line_dash="dash",
+            line_color="#c0392b",
+            annotation_text=f"global {r['global_rate']:.4f}",
+            annotation_position="top left",
+        )
+    fig.update_layout(yaxis_title="doppelganger rate", xaxis_tickangle=-45, clickmode="event", yaxis_rangemode="tozero")
     return ui.label_figure(fig, r["label"], "Per-cluster doppelganger rates")
 
 
@@ -116,28 +195,41 @@ def hist_figure(r, name):
     for key, colour, label in (("inter", "#7f8c8d", "cluster-field pairs"), ("intra", "#e67e22", "within cluster")):
         c = np.asarray(h[key], float)
         dens = c / (c.sum() * width) if c.sum() else c
-        fig.add_bar(x=centres, y=dens, width=width, name=f"{label} ({int(c.sum())})", marker_color=colour,
-                    opacity=0.6)
+        fig.add_bar(x=centres, y=dens, width=width, name=f"{label} ({int(c.sum())})", marker_color=colour, opacity=0.6)
     if row["median_intra"] == row["median_intra"]:
-        fig.add_vline(x=row["median_intra"], line_color="#c0392b", line_dash="dash",
-                      annotation_text="median intra", annotation_position="top right")
+        fig.add_vline(
+            x=row["median_intra"],
+            line_color="#c0392b",
+            line_dash="dash",
+            annotation_text="median intra",
+            annotation_position="top right",
+        )
     rate = "n/a" if row["rate"] != row["rate"] else f"{row['rate']:.4f}"
-    fig.update_layout(barmode="overlay", xaxis_title="distance in RSCA space", yaxis_title="density",
-                      legend={"orientation": "h", "y": -0.25},
-                      modebar={"orientation": "v"})  # a narrow panel: keep the buttons off the title
+    fig.update_layout(
+        barmode="overlay",
+        xaxis_title="distance in RSCA space",
+        yaxis_title="density",
+        legend={"orientation": "h", "y": -0.25},
+        modebar={"orientation": "v"},
+    )  # a narrow panel: keep the buttons off the title
     return ui.label_figure(fig, r["label"], f"{name}: rate {rate} ({int(row['n_stars'])} stars)")
 
 
 def features_figure(f):
     """Built as a plain figure dict: ~70 traces through plotly's validators cost more than the science."""
     n = len(f["features"])
-    fig = make_subplots(rows=1, cols=max(n, 1), horizontal_spacing=0.07,
-                        subplot_titles=[f"feature {i + 1} (σ = {f['scales'][i]:.3g})" for i in range(n)])
+    fig = make_subplots(
+        rows=1,
+        cols=max(n, 1),
+        horizontal_spacing=0.07,
+        subplot_titles=[f"feature {i + 1} (σ = {f['scales'][i]:.3g})" for i in range(n)],
+    )
     for i in range(n):
         fig.update_xaxes(title_text="[Fe/H]", row=1, col=i + 1)
     fig.update_layout(legend={"font": {"size": 10}})
-    fig = ui.label_figure(fig, f["label"], "Top RSCA features vs [Fe/H] (field density, cluster members coloured)",
-                          top=70)
+    fig = ui.label_figure(
+        fig, f["label"], "Top RSCA features vs [Fe/H] (field density, cluster members coloured)", top=70
+    )
     fig.update_annotations(yshift=4)
     out = fig.to_plotly_json()
     out["data"] = [t for i, feat in enumerate(f["features"]) for t in _density_traces(feat, i + 1, i == 0)]
@@ -150,19 +242,41 @@ def _density_traces(feat, col, showlegend):
     traces = []
     d = feat["field"]
     if d is not None:
-        traces.append({"type": "heatmap", "x": np.asarray(d["x"]).tolist(), "y": np.asarray(d["y"]).tolist(),
-                       "z": np.round(np.log10(1 + np.asarray(d["counts"])), 4).tolist(), "colorscale": "Greys",
-                       "showscale": False, "hoverinfo": "skip", "name": "field", "xaxis": xa, "yaxis": ya})
+        traces.append(
+            {
+                "type": "heatmap",
+                "x": np.asarray(d["x"]).tolist(),
+                "y": np.asarray(d["y"]).tolist(),
+                "z": np.round(np.log10(1 + np.asarray(d["counts"])), 4).tolist(),
+                "colorscale": "Greys",
+                "showscale": False,
+                "hoverinfo": "skip",
+                "name": "field",
+                "xaxis": xa,
+                "yaxis": ya,
+            }
+        )
     cl = feat["clusters"]
     colours = cluster_colours(cl["name"])
     names = np.asarray(cl["name"]).astype(str)
     x, y = np.asarray(cl["x"], float), np.asarray(cl["y"], float)
     for name in sorted(colours):
         m = names == name
-        traces.append({"type": "scatter", "x": x[m].tolist(), "y": y[m].tolist(), "mode": "markers", "name": name,
-                       "legendgroup": name, "showlegend": showlegend, "xaxis": xa, "yaxis": ya,
-                       "marker": {"size": 6, "color": colours[name], "line": {"width": 0.5, "color": "white"}},
-                       "hovertemplate": name + "<br>x %{x:.3f}<br>y %{y:.3f}<extra></extra>"})
+        traces.append(
+            {
+                "type": "scatter",
+                "x": x[m].tolist(),
+                "y": y[m].tolist(),
+                "mode": "markers",
+                "name": name,
+                "legendgroup": name,
+                "showlegend": showlegend,
+                "xaxis": xa,
+                "yaxis": ya,
+                "marker": {"size": 6, "color": colours[name], "line": {"width": 0.5, "color": "white"}},
+                "hovertemplate": name + "<br>x %{x:.3f}<br>y %{y:.3f}<extra></extra>",
+            }
+        )
     return traces
 
 
@@ -176,10 +290,16 @@ def vhelio_figure(f):
     return out
 
 
-@callback(Output(f"{P}-msg", "children"), Output(f"{P}-rate", "children"), Output(f"{P}-bars", "figure"),
-          Output(f"{P}-store", "data"), Output(f"{P}-url", "search"), Output(f"{P}-clusters-link", "href"),
-          Output(f"{P}-badge", "children"),
-          *ui.settings_inputs(P))
+@callback(
+    Output(f"{P}-msg", "children"),
+    Output(f"{P}-rate", "children"),
+    Output(f"{P}-bars", "figure"),
+    Output(f"{P}-store", "data"),
+    Output(f"{P}-url", "search"),
+    Output(f"{P}-clusters-link", "href"),
+    Output(f"{P}-badge", "children"),
+    *ui.settings_inputs(P),
+)
 def update(ds, inp, species, k, clusters, cv, top):
     try:
         s = service.settings_from_controls(ds, inp, k, species, clusters, cv, top)
@@ -191,11 +311,23 @@ def update(ds, inp, species, k, clusters, cv, top):
     warn = ui.messages(r.get("warnings"), color="warning")
     # the histogram callback draws from the store, so it never recomputes rates on another worker
     per = r["per_cluster"]
-    hists = {name: {"edges": np.round(h["edges"], 6).tolist(), "intra": np.asarray(h["intra"]).tolist(),
-                    "inter": np.asarray(h["inter"]).tolist()} for name, h in r["hists"].items()}
-    store = {"settings": service.settings_to_dict(s), "label": r["label"], "hists": hists,
-             "per_cluster": per[["cluster", "n_stars", "rate", "median_intra"]].astype(object)
-             .where(per[["cluster", "n_stars", "rate", "median_intra"]].notna(), None).to_dict("records")}
+    hists = {
+        name: {
+            "edges": np.round(h["edges"], 6).tolist(),
+            "intra": np.asarray(h["intra"]).tolist(),
+            "inter": np.asarray(h["inter"]).tolist(),
+        }
+        for name, h in r["hists"].items()
+    }
+    store = {
+        "settings": service.settings_to_dict(s),
+        "label": r["label"],
+        "hists": hists,
+        "per_cluster": per[["cluster", "n_stars", "rate", "median_intra"]]
+        .astype(object)
+        .where(per[["cluster", "n_stars", "rate", "median_intra"]].notna(), None)
+        .to_dict("records"),
+    }
     return warn, rate_card(r, s), bars_figure(r), store, q, "/clusters" + q, ui.kind_badge(r["label"])
 
 
@@ -236,8 +368,13 @@ def update_features(store):
         return ui.empty_figure(msg), ui.empty_figure(msg)
 
 
-@callback(Output(f"{P}-download", "data"), Input(f"{P}-dl-csv", "n_clicks"), Input(f"{P}-dl-map", "n_clicks"),
-          State(f"{P}-store", "data"), prevent_initial_call=True)
+@callback(
+    Output(f"{P}-download", "data"),
+    Input(f"{P}-dl-csv", "n_clicks"),
+    Input(f"{P}-dl-map", "n_clicks"),
+    State(f"{P}-store", "data"),
+    prevent_initial_call=True,
+)
 def download(_csv, _map, store):
     s = _settings(store)
     if s is None:
@@ -245,8 +382,7 @@ def download(_csv, _map, store):
     label = service.dataset_label(s.ds)
     try:
         if dash.ctx.triggered_id == f"{P}-dl-csv":
-            return {"content": service.rates_csv(s), "filename": f"rsca-rates-{label}-{s.ds}.csv",
-                    "type": "text/csv"}
+            return {"content": service.rates_csv(s), "filename": f"rsca-rates-{label}-{s.ds}.csv", "type": "text/csv"}
         return dcc.send_bytes(service.map_npz(s), f"rsca-map-{label}-{s.ds}.npz")
     except Exception:
         return no_update

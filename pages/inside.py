@@ -1,4 +1,5 @@
 """Inside RSCA (teaching): the four steps of Fig. 1 on this dataset, and the axes in wavelength space."""
+
 from __future__ import annotations
 
 import dash
@@ -27,14 +28,38 @@ EXPLAIN = (
 )
 
 #: Strong lines in the APOGEE window (Å), SPEC §5: shown as markers on the axis vectors.
-LINES = {"Fe": (15207, 15294, 15490, 15648, 15662, 15964, 16040, 16153, 16165, 16487),
-         "Mg": (15740, 15749, 15765, 15886, 15954), "Si": (15377, 15888, 15960, 16060, 16095, 16380, 16681),
-         "Al": (16719, 16751, 16763), "Ca": (16137, 16151, 16157, 16197), "Ti": (15544, 15603, 15716, 16635),
-         "Ni": (15606, 16584, 16589, 16674), "Mn": (15159, 15218, 15263), "K": (15163, 15168),
-         "Na": (16374, 16389), "S": (15470, 15476, 15479), "Cr": (15680, 15860), "V": (15925,), "Co": (16758,),
-         "Cu": (16006,), "Ce": (15785,), "CO": (15580, 15780, 16190, 16610), "DIB": (15273, 15653)}
-LINE_COLOURS = {"Fe": "#c0392b", "Mg": "#2980b9", "Si": "#27ae60", "Al": "#8e44ad", "Ca": "#d35400",
-                "Ti": "#16a085", "Ni": "#7f8c8d", "Mn": "#f39c12", "CO": "#34495e", "DIB": "#e84393"}
+LINES = {
+    "Fe": (15207, 15294, 15490, 15648, 15662, 15964, 16040, 16153, 16165, 16487),
+    "Mg": (15740, 15749, 15765, 15886, 15954),
+    "Si": (15377, 15888, 15960, 16060, 16095, 16380, 16681),
+    "Al": (16719, 16751, 16763),
+    "Ca": (16137, 16151, 16157, 16197),
+    "Ti": (15544, 15603, 15716, 16635),
+    "Ni": (15606, 16584, 16589, 16674),
+    "Mn": (15159, 15218, 15263),
+    "K": (15163, 15168),
+    "Na": (16374, 16389),
+    "S": (15470, 15476, 15479),
+    "Cr": (15680, 15860),
+    "V": (15925,),
+    "Co": (16758,),
+    "Cu": (16006,),
+    "Ce": (15785,),
+    "CO": (15580, 15780, 16190, 16610),
+    "DIB": (15273, 15653),
+}
+LINE_COLOURS = {
+    "Fe": "#c0392b",
+    "Mg": "#2980b9",
+    "Si": "#27ae60",
+    "Al": "#8e44ad",
+    "Ca": "#d35400",
+    "Ti": "#16a085",
+    "Ni": "#7f8c8d",
+    "Mn": "#f39c12",
+    "CO": "#34495e",
+    "DIB": "#e84393",
+}
 
 
 def layout(**query):
@@ -45,41 +70,86 @@ def layout(**query):
             step = service.parse_int(service._one(query["step"]), "step", 1, 4)
         except service.UserError as exc:
             problems.append(f"URL parameter step: {exc}; using step 1")
-    return html.Div([
-        dcc.Location(id=f"{P}-url", refresh=False),
-        html.H3(["Inside RSCA", ui.kind_badge(None, id=f"{P}-badge")], className="mb-1"),
-        html.P("The four steps of the method (the paper's Fig. 1), run on the first two principal components of "
-               "this dataset, then every axis of a full map drawn in wavelength space.",
-               className="text-muted small"),
-        ui.messages(problems),
-        dbc.Row([
-            dbc.Col(ui.settings_controls(P, s, with_input=False, with_top=False, with_cv=False), md=3),
-            dbc.Col([
-                html.Div(id=f"{P}-msg"),
-                dbc.Card(dbc.CardBody([
-                    html.Div("Step", className="small fw-semibold"),
-                    html.Div(dcc.Slider(id=f"{P}-step", min=1, max=4, step=1, value=step,
-                                        allow_direct_input=False,
-                                        marks={i + 1: n for i, n in enumerate(service.STEP_NAMES)}),
-                             className="px-4"),
-                    html.P(id=f"{P}-explain", className="mt-3 mb-1"),
-                    html.Div(id=f"{P}-numbers", className="small text-muted"),
-                    dcc.Loading(ui.graph(f"{P}-steps", height=520), type="dot", delay_show=400),
-                ]), class_name="mb-3"),
-                dbc.Card(dbc.CardBody([
-                    html.P(["Each RSCA output axis is a linear function of the spectrum: below, the weight it "
-                            "gives to every pixel (the map at the K chosen on the left, fitted on the selected "
-                            "clusters). Peaks at the marked lines show which elements an axis reads."],
-                           className="small"),
-                    dbc.Row([dbc.Col(dbc.Label("Axis", class_name="small fw-semibold"), width="auto"),
-                             dbc.Col(dcc.Dropdown(id=f"{P}-axis", options=[{"label": f"axis {i + 1}", "value": i}
-                                                                            for i in range(5)],
-                                                  value=0, clearable=False), width=3)], class_name="mb-2"),
-                    dcc.Loading(ui.graph(f"{P}-vectors", height=380), type="dot", delay_show=400),
-                ])),
-            ], md=9),
-        ]),
-    ])
+    return html.Div(
+        [
+            dcc.Location(id=f"{P}-url", refresh=False),
+            html.H3(["Inside RSCA", ui.kind_badge(None, id=f"{P}-badge")], className="mb-1"),
+            html.P(
+                "The four steps of the method (the paper's Fig. 1), run on the first two principal components of "
+                "this dataset, then every axis of a full map drawn in wavelength space.",
+                className="text-muted small",
+            ),
+            ui.messages(problems),
+            dbc.Row(
+                [
+                    dbc.Col(ui.settings_controls(P, s, with_input=False, with_top=False, with_cv=False), md=3),
+                    dbc.Col(
+                        [
+                            html.Div(id=f"{P}-msg"),
+                            dbc.Card(
+                                dbc.CardBody(
+                                    [
+                                        html.Div("Step", className="small fw-semibold"),
+                                        html.Div(
+                                            dcc.Slider(
+                                                id=f"{P}-step",
+                                                min=1,
+                                                max=4,
+                                                step=1,
+                                                value=step,
+                                                allow_direct_input=False,
+                                                marks={i + 1: n for i, n in enumerate(service.STEP_NAMES)},
+                                            ),
+                                            className="px-4",
+                                        ),
+                                        html.P(id=f"{P}-explain", className="mt-3 mb-1"),
+                                        html.Div(id=f"{P}-numbers", className="small text-muted"),
+                                        dcc.Loading(ui.graph(f"{P}-steps", height=520), type="dot", delay_show=400),
+                                    ]
+                                ),
+                                class_name="mb-3",
+                            ),
+                            dbc.Card(
+                                dbc.CardBody(
+                                    [
+                                        html.P(
+                                            [
+                                                "Each RSCA output axis is a linear function of the spectrum: below, the weight it "
+                                                "gives to every pixel (the map at the K chosen on the left, fitted on the selected "
+                                                "clusters). Peaks at the marked lines show which elements an axis reads."
+                                            ],
+                                            className="small",
+                                        ),
+                                        dbc.Row(
+                                            [
+                                                dbc.Col(
+                                                    dbc.Label("Axis", class_name="small fw-semibold"), width="auto"
+                                                ),
+                                                dbc.Col(
+                                                    dcc.Dropdown(
+                                                        id=f"{P}-axis",
+                                                        options=[
+                                                            {"label": f"axis {i + 1}", "value": i} for i in range(5)
+                                                        ],
+                                                        value=0,
+                                                        clearable=False,
+                                                    ),
+                                                    width=3,
+                                                ),
+                                            ],
+                                            class_name="mb-2",
+                                        ),
+                                        dcc.Loading(ui.graph(f"{P}-vectors", height=380), type="dot", delay_show=400),
+                                    ]
+                                )
+                            ),
+                        ],
+                        md=9,
+                    ),
+                ]
+            ),
+        ]
+    )
 
 
 ui.register_settings_callbacks(P, with_input=False)
@@ -91,19 +161,39 @@ def steps_figure(d, step):
     names = np.asarray(d["names"]).astype(str)
     colours = ui.cluster_colours(names)
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=f[:, 0].tolist(), y=f[:, 1].tolist(), mode="markers", name=f"field (sample of {len(f)})",
-                               marker={"size": 3, "color": "rgba(120,120,120,0.35)"}, hoverinfo="skip"))
+    fig.add_trace(
+        go.Scatter(
+            x=f[:, 0].tolist(),
+            y=f[:, 1].tolist(),
+            mode="markers",
+            name=f"field (sample of {len(f)})",
+            marker={"size": 3, "color": "rgba(120,120,120,0.35)"},
+            hoverinfo="skip",
+        )
+    )
     for name in sorted(colours):
         m = names == name
-        fig.add_trace(go.Scatter(x=c[m, 0], y=c[m, 1], mode="markers", name=name,
-                                 marker={"size": 7, "color": colours[name], "line": {"width": 0.6, "color": "white"}},
-                                 hovertemplate=name + "<extra></extra>"))
-    axes = (("PC 1", "PC 2"), ("sphered 1", "sphered 2"), ("residual axis 1", "residual axis 2"),
-            ("RSCA axis 1 (most informative)", "RSCA axis 2"))[step]
+        fig.add_trace(
+            go.Scatter(
+                x=c[m, 0],
+                y=c[m, 1],
+                mode="markers",
+                name=name,
+                marker={"size": 7, "color": colours[name], "line": {"width": 0.6, "color": "white"}},
+                hovertemplate=name + "<extra></extra>",
+            )
+        )
+    axes = (
+        ("PC 1", "PC 2"),
+        ("sphered 1", "sphered 2"),
+        ("residual axis 1", "residual axis 2"),
+        ("RSCA axis 1 (most informative)", "RSCA axis 2"),
+    )[step]
     lim = np.nanpercentile(np.abs(np.concatenate([f, c])), 99) * 1.2 if step else None
     fig.update_xaxes(title_text=axes[0], range=[-lim, lim] if lim else None, zeroline=True)
-    fig.update_yaxes(title_text=axes[1], range=[-lim, lim] if lim else None, zeroline=True,
-                     scaleanchor="x", scaleratio=1)
+    fig.update_yaxes(
+        title_text=axes[1], range=[-lim, lim] if lim else None, zeroline=True, scaleanchor="x", scaleratio=1
+    )
     fig.update_layout(legend={"font": {"size": 10}})
     return ui.label_figure(fig, d["label"], service.STEP_NAMES[step])
 
@@ -111,25 +201,48 @@ def steps_figure(d, step):
 def vectors_figure(v, axis):
     w = v["wavelength"]
     y = v["vectors"][axis]
-    fig = go.Figure(go.Scatter(x=w, y=y, mode="lines", line={"width": 1, "color": "#2c3e50"}, name=f"axis {axis + 1}",
-                                 hovertemplate="%{x:.1f} Å<br>%{y:.3g}<extra></extra>"))
+    fig = go.Figure(
+        go.Scatter(
+            x=w,
+            y=y,
+            mode="lines",
+            line={"width": 1, "color": "#2c3e50"},
+            name=f"axis {axis + 1}",
+            hovertemplate="%{x:.1f} Å<br>%{y:.3g}<extra></extra>",
+        )
+    )
     top = float(np.nanmax(np.abs(y))) if np.isfinite(y).any() else 1.0
     for el, waves in LINES.items():
         xs = [x for x in waves if w[0] <= x <= w[-1]]
-        fig.add_trace(go.Scatter(x=xs, y=[top * 1.08] * len(xs), mode="markers", name=el,
-                                 marker={"symbol": "triangle-down", "size": 8, "color": LINE_COLOURS.get(el, "#95a5a6")},
-                                 hovertemplate=el + " %{x} Å<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=[top * 1.08] * len(xs),
+                mode="markers",
+                name=el,
+                marker={"symbol": "triangle-down", "size": 8, "color": LINE_COLOURS.get(el, "#95a5a6")},
+                hovertemplate=el + " %{x} Å<extra></extra>",
+            )
+        )
     sc = v["scales"][axis]
     fig.update_layout(xaxis_title="wavelength (Å)", yaxis_title="weight per pixel", legend={"font": {"size": 10}})
-    return ui.label_figure(fig, v["label"], f"RSCA axis {axis + 1} of the K = {v['k']} map in wavelength space "
-                                            f"(σ = {sc:.3g})")
+    return ui.label_figure(
+        fig, v["label"], f"RSCA axis {axis + 1} of the K = {v['k']} map in wavelength space (σ = {sc:.3g})"
+    )
 
 
-@callback(Output(f"{P}-msg", "children"), Output(f"{P}-steps", "figure"), Output(f"{P}-explain", "children"),
-          Output(f"{P}-numbers", "children"), Output(f"{P}-vectors", "figure"), Output(f"{P}-url", "search"),
-          Output(f"{P}-badge", "children"),
-          Input(f"{P}-step", "value"), Input(f"{P}-axis", "value"),
-          *ui.settings_inputs(P, with_input=False, with_top=False, with_cv=False))
+@callback(
+    Output(f"{P}-msg", "children"),
+    Output(f"{P}-steps", "figure"),
+    Output(f"{P}-explain", "children"),
+    Output(f"{P}-numbers", "children"),
+    Output(f"{P}-vectors", "figure"),
+    Output(f"{P}-url", "search"),
+    Output(f"{P}-badge", "children"),
+    Input(f"{P}-step", "value"),
+    Input(f"{P}-axis", "value"),
+    *ui.settings_inputs(P, with_input=False, with_top=False, with_cv=False),
+)
 def update(step, axis, ds, k, clusters):
     step = int(step) - 1 if str(step).isdigit() and 1 <= int(step) <= 4 else 0
     try:
@@ -137,12 +250,21 @@ def update(step, axis, ds, k, clusters):
         d = service.inside_steps(s)
     except Exception as exc:
         msg = service.describe_error(exc)
-        return (ui.error_alert(msg), ui.empty_figure(msg), EXPLAIN[step], None, ui.empty_figure(msg), no_update,
-                no_update)
-    numbers = (f"Pooled robust intra-cluster spread σc per reparametrized axis: "
-               f"{', '.join(f'{x:.3f}' for x in d['sigma_c'])}; rescaling σ per output axis: "
-               f"{', '.join('∞' if not np.isfinite(x) else f'{x:.3f}' for x in d['scales'])}. "
-               f"{d['n_field']:,} field stars in all.")
+        return (
+            ui.error_alert(msg),
+            ui.empty_figure(msg),
+            EXPLAIN[step],
+            None,
+            ui.empty_figure(msg),
+            no_update,
+            no_update,
+        )
+    numbers = (
+        f"Pooled robust intra-cluster spread σc per reparametrized axis: "
+        f"{', '.join(f'{x:.3f}' for x in d['sigma_c'])}; rescaling σ per output axis: "
+        f"{', '.join('∞' if not np.isfinite(x) else f'{x:.3f}' for x in d['scales'])}. "
+        f"{d['n_field']:,} field stars in all."
+    )
     try:
         v = service.axis_vectors(s)
         axis = int(axis) if axis is not None and 0 <= int(axis) < len(v["vectors"]) else 0

@@ -1,4 +1,5 @@
 """Systematics: the paper's App. A (interstellar bands), App. B (radial velocity) and App. C (visits)."""
+
 from __future__ import annotations
 
 import dash
@@ -18,99 +19,209 @@ P = "sy"
 def layout(**query):
     s, problems = service.settings_from_query(query)
     mask_text = ", ".join(f"{a}-{b}" for a, b in s.mask)
-    return html.Div([
-        dcc.Location(id=f"{P}-url", refresh=False),
-        dcc.Store(id=f"{P}-resid"),
-        html.H3(["Systematics", ui.kind_badge(None, id=f"{P}-badge")], className="mb-1"),
-        html.P("Where do non-chemical signals hide in the spectra? Residuals of high-extinction and high-velocity "
-               "stars from a PCA of their quiet counterparts (paper App. A and B), and whether siblings observed "
-               "together look more alike than siblings observed apart (App. C).", className="text-muted small"),
-        ui.messages(problems),
-        dbc.Row([
-            dbc.Col([
-                ui.settings_controls(P, s, with_input=False, with_top=False, with_cv=False, with_clusters=False),
-                dbc.Card(dbc.CardBody([
-                    dbc.Label("Diagnostic PCA components", class_name="small fw-semibold"),
-                    dbc.Input(id=f"{P}-ncomp", value="30", inputmode="numeric", size="sm", debounce=True),
-                    dbc.FormText("App. A/B run in the background and are cached for everyone."),
-                ]), class_name="mt-3 shadow-sm"),
-            ], md=3),
-            dbc.Col([
-                html.Div(id=f"{P}-msg"),
-                dbc.Card(dbc.CardBody([
-                    html.Div(dbc.Row([
-                        dbc.Col(html.Span("Computing App. A/B residuals…", className="small"), width="auto"),
-                        dbc.Col(dbc.Progress(id=f"{P}-progress", value=0, striped=True, animated=True)),
-                        dbc.Col(dbc.Button("Cancel", id=f"{P}-cancel", size="sm", color="secondary"), width="auto"),
-                    ], align="center", class_name="mb-2"), id=f"{P}-running", style={"display": "none"}),
-                    ui.graph(f"{P}-ext", height=330),
-                    ui.graph(f"{P}-rv", height=330),
-                ]), class_name="mb-3"),
-                dbc.Card(dbc.CardBody([
-                    html.Div("Masked bands and the rate", className="fw-semibold mb-1"),
-                    html.P("Shaded above: the pixel ranges below (grey) and the bands App. A suggests (pink). "
-                           "Edit the ranges and compute the rate with them masked (a new compression of the "
-                           "spectra: runs in the background).", className="small"),
-                    dbc.InputGroup([
-                        dbc.InputGroupText("extra masked pixels", class_name="small"),
-                        dbc.Input(id=f"{P}-mask", value=mask_text, placeholder="e.g. 720-910, 2370-2470",
-                                  debounce=True, size="sm"),
-                        dbc.Button("paper's bands", id=f"{P}-mask-paper", size="sm", color="light"),
-                        dbc.Button("suggested (App. A)", id=f"{P}-mask-suggested", size="sm", color="light"),
-                    ], size="sm", class_name="mb-2"),
-                    html.Div(id=f"{P}-mask-msg"),
-                    dbc.Button("Compute the rate with these bands masked", id=f"{P}-rate-run", size="sm",
-                               color="primary", class_name="me-2"),
-                    dbc.Button("Cancel", id=f"{P}-rate-cancel", size="sm", color="secondary", disabled=True),
-                    dbc.Progress(id=f"{P}-rate-progress", value=0, striped=True, animated=True,
-                                 style={"display": "none"}, class_name="mt-2"),
-                    html.Div(id=f"{P}-rate-result", className="mt-2"),
-                ]), class_name="mb-3"),
-                dbc.Card(dbc.CardBody([
-                    html.Div(id=f"{P}-visits-summary", className="small mb-1"),
-                    ui.graph(f"{P}-visits", height=330),
-                ])),
-            ], md=9),
-        ]),
-    ])
+    return html.Div(
+        [
+            dcc.Location(id=f"{P}-url", refresh=False),
+            dcc.Store(id=f"{P}-resid"),
+            html.H3(["Systematics", ui.kind_badge(None, id=f"{P}-badge")], className="mb-1"),
+            html.P(
+                "Where do non-chemical signals hide in the spectra? Residuals of high-extinction and high-velocity "
+                "stars from a PCA of their quiet counterparts (paper App. A and B), and whether siblings observed "
+                "together look more alike than siblings observed apart (App. C).",
+                className="text-muted small",
+            ),
+            ui.messages(problems),
+            dbc.Row(
+                [
+                    dbc.Col(
+                        [
+                            ui.settings_controls(
+                                P, s, with_input=False, with_top=False, with_cv=False, with_clusters=False
+                            ),
+                            dbc.Card(
+                                dbc.CardBody(
+                                    [
+                                        dbc.Label("Diagnostic PCA components", class_name="small fw-semibold"),
+                                        dbc.Input(
+                                            id=f"{P}-ncomp", value="30", inputmode="numeric", size="sm", debounce=True
+                                        ),
+                                        dbc.FormText("App. A/B run in the background and are cached for everyone."),
+                                    ]
+                                ),
+                                class_name="mt-3 shadow-sm",
+                            ),
+                        ],
+                        md=3,
+                    ),
+                    dbc.Col(
+                        [
+                            html.Div(id=f"{P}-msg"),
+                            dbc.Card(
+                                dbc.CardBody(
+                                    [
+                                        html.Div(
+                                            dbc.Row(
+                                                [
+                                                    dbc.Col(
+                                                        html.Span("Computing App. A/B residuals…", className="small"),
+                                                        width="auto",
+                                                    ),
+                                                    dbc.Col(
+                                                        dbc.Progress(
+                                                            id=f"{P}-progress", value=0, striped=True, animated=True
+                                                        )
+                                                    ),
+                                                    dbc.Col(
+                                                        dbc.Button(
+                                                            "Cancel", id=f"{P}-cancel", size="sm", color="secondary"
+                                                        ),
+                                                        width="auto",
+                                                    ),
+                                                ],
+                                                align="center",
+                                                class_name="mb-2",
+                                            ),
+                                            id=f"{P}-running",
+                                            style={"display": "none"},
+                                        ),
+                                        ui.graph(f"{P}-ext", height=330),
+                                        ui.graph(f"{P}-rv", height=330),
+                                    ]
+                                ),
+                                class_name="mb-3",
+                            ),
+                            dbc.Card(
+                                dbc.CardBody(
+                                    [
+                                        html.Div("Masked bands and the rate", className="fw-semibold mb-1"),
+                                        html.P(
+                                            "Shaded above: the pixel ranges below (grey) and the bands App. A suggests (pink). "
+                                            "Edit the ranges and compute the rate with them masked (a new compression of the "
+                                            "spectra: runs in the background).",
+                                            className="small",
+                                        ),
+                                        dbc.InputGroup(
+                                            [
+                                                dbc.InputGroupText("extra masked pixels", class_name="small"),
+                                                dbc.Input(
+                                                    id=f"{P}-mask",
+                                                    value=mask_text,
+                                                    placeholder="e.g. 720-910, 2370-2470",
+                                                    debounce=True,
+                                                    size="sm",
+                                                ),
+                                                dbc.Button(
+                                                    "paper's bands", id=f"{P}-mask-paper", size="sm", color="light"
+                                                ),
+                                                dbc.Button(
+                                                    "suggested (App. A)",
+                                                    id=f"{P}-mask-suggested",
+                                                    size="sm",
+                                                    color="light",
+                                                ),
+                                            ],
+                                            size="sm",
+                                            class_name="mb-2",
+                                        ),
+                                        html.Div(id=f"{P}-mask-msg"),
+                                        dbc.Button(
+                                            "Compute the rate with these bands masked",
+                                            id=f"{P}-rate-run",
+                                            size="sm",
+                                            color="primary",
+                                            class_name="me-2",
+                                        ),
+                                        dbc.Button(
+                                            "Cancel", id=f"{P}-rate-cancel", size="sm", color="secondary", disabled=True
+                                        ),
+                                        dbc.Progress(
+                                            id=f"{P}-rate-progress",
+                                            value=0,
+                                            striped=True,
+                                            animated=True,
+                                            style={"display": "none"},
+                                            class_name="mt-2",
+                                        ),
+                                        html.Div(id=f"{P}-rate-result", className="mt-2"),
+                                    ]
+                                ),
+                                class_name="mb-3",
+                            ),
+                            dbc.Card(
+                                dbc.CardBody(
+                                    [
+                                        html.Div(id=f"{P}-visits-summary", className="small mb-1"),
+                                        ui.graph(f"{P}-visits", height=330),
+                                    ]
+                                )
+                            ),
+                        ],
+                        md=9,
+                    ),
+                ]
+            ),
+        ]
+    )
 
 
 def residual_figure(d, kind, user_mask, label):
-    title = {"extinction": "App. A: high-extinction residuals (AK_TARG > 0.5 vs < 0.005)",
-             "rv": "App. B: radial-velocity residuals (VHELIO_AVG > 80 vs |VHELIO_AVG| < 5 km/s)"}[kind]
+    title = {
+        "extinction": "App. A: high-extinction residuals (AK_TARG > 0.5 vs < 0.005)",
+        "rv": "App. B: radial-velocity residuals (VHELIO_AVG > 80 vs |VHELIO_AVG| < 5 km/s)",
+    }[kind]
     if d is None:
         return ui.empty_figure("not computed yet")
     if "error" in d:
         return ui.label_figure(ui.empty_figure(d["error"]), label, title)
     w = np.asarray(d["wavelength"])
-    fig = go.Figure(go.Scatter(x=w, y=d["residual"], mode="lines", line={"width": 1, "color": "#2c3e50"},
-                               name="mean residual", hovertemplate="%{x:.1f} Å: %{y:.4f}<extra></extra>"))
+    fig = go.Figure(
+        go.Scatter(
+            x=w,
+            y=d["residual"],
+            mode="lines",
+            line={"width": 1, "color": "#2c3e50"},
+            name="mean residual",
+            hovertemplate="%{x:.1f} Å: %{y:.4f}<extra></extra>",
+        )
+    )
     for a, b in user_mask:
         fig.add_vrect(x0=w[a], x1=w[min(b, len(w)) - 1], fillcolor="#7f8c8d", opacity=0.25, line_width=0)
     for a, b in d["bands"]:
         fig.add_vrect(x0=w[a], x1=w[min(b, len(w)) - 1], fillcolor="#e84393", opacity=0.25, line_width=0)
     sm = d["summary"]
     fig.update_layout(xaxis_title="wavelength (Å)", yaxis_title="mean residual flux", showlegend=False)
-    return ui.label_figure(fig, label, f"{title} - {sm.get('n_high', '?')} vs {sm.get('n_low', '?')} stars, "
-                                       f"{len(d['bands'])} suggested band(s)")
+    return ui.label_figure(
+        fig,
+        label,
+        f"{title} - {sm.get('n_high', '?')} vs {sm.get('n_low', '?')} stars, {len(d['bands'])} suggested band(s)",
+    )
 
 
-@callback(Output(f"{P}-resid", "data"), Input(f"{P}-ds", "value"), Input(f"{P}-ncomp", "value"),
-          background=True, manager=service.background_manager(cached=True),
-          running=[(Output(f"{P}-running", "style"), {}, {"display": "none"})],
-          cancel=[Input(f"{P}-cancel", "n_clicks")],
-          progress=[Output(f"{P}-progress", "value"), Output(f"{P}-progress", "label")])
+@callback(
+    Output(f"{P}-resid", "data"),
+    Input(f"{P}-ds", "value"),
+    Input(f"{P}-ncomp", "value"),
+    background=True,
+    manager=service.background_manager(cached=True),
+    running=[(Output(f"{P}-running", "style"), {}, {"display": "none"})],
+    cancel=[Input(f"{P}-cancel", "n_clicks")],
+    progress=[Output(f"{P}-progress", "value"), Output(f"{P}-progress", "label")],
+)
 def run_residuals(set_progress, ds, ncomp):
     try:
         n = service.parse_int(ncomp, "diagnostic PCA components", 2, 60)
-        return service.residual_diagnostics(ds, n_components=n,
-                                            report=service.progress_reporter(set_progress))
+        return service.residual_diagnostics(ds, n_components=n, report=service.progress_reporter(set_progress))
     except Exception as exc:
         return {"error": service.describe_error(exc)}
 
 
-@callback(Output(f"{P}-mask", "value"), Input(f"{P}-mask-paper", "n_clicks"), Input(f"{P}-mask-suggested", "n_clicks"),
-          State(f"{P}-resid", "data"), prevent_initial_call=True)
+@callback(
+    Output(f"{P}-mask", "value"),
+    Input(f"{P}-mask-paper", "n_clicks"),
+    Input(f"{P}-mask-suggested", "n_clicks"),
+    State(f"{P}-resid", "data"),
+    prevent_initial_call=True,
+)
 def fill_mask(_p, _s, resid):
     if dash.ctx.triggered_id == f"{P}-mask-paper":
         ranges = service.paper_mask_ranges()
@@ -119,9 +230,18 @@ def fill_mask(_p, _s, resid):
     return ", ".join(f"{a}-{b}" for a, b in ranges)
 
 
-@callback(Output(f"{P}-msg", "children"), Output(f"{P}-ext", "figure"), Output(f"{P}-rv", "figure"),
-          Output(f"{P}-mask-msg", "children"), Output(f"{P}-url", "search"), Output(f"{P}-badge", "children"),
-          Input(f"{P}-resid", "data"), Input(f"{P}-mask", "value"), Input(f"{P}-ds", "value"), State(f"{P}-k", "value"))
+@callback(
+    Output(f"{P}-msg", "children"),
+    Output(f"{P}-ext", "figure"),
+    Output(f"{P}-rv", "figure"),
+    Output(f"{P}-mask-msg", "children"),
+    Output(f"{P}-url", "search"),
+    Output(f"{P}-badge", "children"),
+    Input(f"{P}-resid", "data"),
+    Input(f"{P}-mask", "value"),
+    Input(f"{P}-ds", "value"),
+    State(f"{P}-k", "value"),
+)
 def draw(resid, mask_text, ds, k):
     try:
         label = service.dataset_label(ds)
@@ -139,8 +259,14 @@ def draw(resid, mask_text, ds, k):
         resid = None
     resid = resid or {}
     search = service.settings_to_query(service.Settings(ds=ds, mask=mask, k=_k(k)), keys=("ds", "k", "mask"))
-    return (msg, residual_figure(resid.get("extinction"), "extinction", mask, label),
-            residual_figure(resid.get("rv"), "rv", mask, label), mask_msg, search, ui.kind_badge(label))
+    return (
+        msg,
+        residual_figure(resid.get("extinction"), "extinction", mask, label),
+        residual_figure(resid.get("rv"), "rv", mask, label),
+        mask_msg,
+        search,
+        ui.kind_badge(label),
+    )
 
 
 def _k(k):
@@ -150,14 +276,23 @@ def _k(k):
         return service.Settings().k
 
 
-@callback(Output(f"{P}-rate-result", "children"), Input(f"{P}-rate-run", "n_clicks"),
-          State(f"{P}-ds", "value"), State(f"{P}-k", "value"), State(f"{P}-mask", "value"),
-          background=True, manager=service.background_manager(cached=True), prevent_initial_call=True,
-          running=[(Output(f"{P}-rate-run", "disabled"), True, False),
-                   (Output(f"{P}-rate-cancel", "disabled"), False, True),
-                   (Output(f"{P}-rate-progress", "style"), {"display": "flex"}, {"display": "none"})],
-          cancel=[Input(f"{P}-rate-cancel", "n_clicks")],
-          progress=[Output(f"{P}-rate-progress", "value"), Output(f"{P}-rate-progress", "label")])
+@callback(
+    Output(f"{P}-rate-result", "children"),
+    Input(f"{P}-rate-run", "n_clicks"),
+    State(f"{P}-ds", "value"),
+    State(f"{P}-k", "value"),
+    State(f"{P}-mask", "value"),
+    background=True,
+    manager=service.background_manager(cached=True),
+    prevent_initial_call=True,
+    running=[
+        (Output(f"{P}-rate-run", "disabled"), True, False),
+        (Output(f"{P}-rate-cancel", "disabled"), False, True),
+        (Output(f"{P}-rate-progress", "style"), {"display": "flex"}, {"display": "none"}),
+    ],
+    cancel=[Input(f"{P}-rate-cancel", "n_clicks")],
+    progress=[Output(f"{P}-rate-progress", "value"), Output(f"{P}-rate-progress", "label")],
+)
 def rate_with_mask(set_progress, _n, ds, k, mask_text):
     try:
         s = service.settings_from_controls(ds, "spectra", k, None, service.ALL, True, None)
@@ -168,14 +303,24 @@ def rate_with_mask(set_progress, _n, ds, k, mask_text):
     except Exception as exc:
         return ui.error_alert(service.describe_error(exc))
     label = service.dataset_label(ds)
-    return html.Div([html.Span(f"K = {s.k}, CV, all clusters: global rate "),
-                     html.B(f"{r['without']:.4f}", id=f"{P}-rate-without"), html.Span(" without these bands → "),
-                     html.B(f"{r['with']:.4f}", id=f"{P}-rate-with"), html.Span(" with them masked"),
-                     ui.kind_badge(label)])
+    return html.Div(
+        [
+            html.Span(f"K = {s.k}, CV, all clusters: global rate "),
+            html.B(f"{r['without']:.4f}", id=f"{P}-rate-without"),
+            html.Span(" without these bands → "),
+            html.B(f"{r['with']:.4f}", id=f"{P}-rate-with"),
+            html.Span(" with them masked"),
+            ui.kind_badge(label),
+        ]
+    )
 
 
-@callback(Output(f"{P}-visits", "figure"), Output(f"{P}-visits-summary", "children"),
-          Input(f"{P}-ds", "value"), Input(f"{P}-k", "value"))
+@callback(
+    Output(f"{P}-visits", "figure"),
+    Output(f"{P}-visits-summary", "children"),
+    Input(f"{P}-ds", "value"),
+    Input(f"{P}-k", "value"),
+)
 def visits(ds, k):
     try:
         s = service.settings_from_controls(ds, "spectra", k, None, service.ALL, True, None)
@@ -186,17 +331,32 @@ def visits(ds, k):
     fig = go.Figure()
     for key, colour in (("together", "#27ae60"), ("separate", "#8e44ad")):
         vals = v[key]
-        fig.add_histogram(x=vals, name=f"observed {key} ({len(vals)} pairs)", histnorm="probability density",
-                          opacity=0.6, marker_color=colour, nbinsx=30)
-    fig.update_layout(barmode="overlay", xaxis_title="pair distance / mean pair distance (RSCA space)",
-                      yaxis_title="density", legend={"orientation": "h", "y": -0.3})
+        fig.add_histogram(
+            x=vals,
+            name=f"observed {key} ({len(vals)} pairs)",
+            histnorm="probability density",
+            opacity=0.6,
+            marker_color=colour,
+            nbinsx=30,
+        )
+    fig.update_layout(
+        barmode="overlay",
+        xaxis_title="pair distance / mean pair distance (RSCA space)",
+        yaxis_title="density",
+        legend={"orientation": "h", "y": -0.3},
+    )
     sm = v["summary"]
     mt, ms = sm.get("median_together"), sm.get("median_separate")
     p = sm.get("mannwhitney_p") or sm.get("p_mannwhitney") or sm.get("p_value")
-    text = (f"Median similarity: together {mt:.3f}, separate {ms:.3f}" if mt is not None and ms is not None
-            else "Not enough pairs in one of the groups") + (f"; one-sided Mann-Whitney p = {p:.3g}" if p else "")
-    return (ui.label_figure(fig, v["label"], f"App. C: intra-cluster pairs observed together vs separately (K = {s.k})"),
-            text)
+    text = (
+        f"Median similarity: together {mt:.3f}, separate {ms:.3f}"
+        if mt is not None and ms is not None
+        else "Not enough pairs in one of the groups"
+    ) + (f"; one-sided Mann-Whitney p = {p:.3g}" if p else "")
+    return (
+        ui.label_figure(fig, v["label"], f"App. C: intra-cluster pairs observed together vs separately (K = {s.k})"),
+        text,
+    )
 
 
 ui.register_settings_callbacks(P, with_input=False, with_clusters=False)

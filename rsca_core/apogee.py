@@ -21,6 +21,7 @@ Robustness of the loader:
   :class:`~rsca_core.dataset.BundleWriter` (temporary directory, ``meta.json`` last, rename), so
   an interrupted run never leaves a bundle that loads as if complete.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,9 +38,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .constants import (ALLSTAR_ELEMENTS, DLOGLAM, LOGLAM0, MAX_PIXEL_ERROR, MISSING_VALUE, N_PIXELS,
-                        PAPER_MASK_RANGES, SPECIES, STAR_BAD_BIT, abundance_column, apogee_wavelength,
-                        ranges_to_mask)
+from .constants import (
+    ALLSTAR_ELEMENTS,
+    DLOGLAM,
+    LOGLAM0,
+    MAX_PIXEL_ERROR,
+    MISSING_VALUE,
+    N_PIXELS,
+    PAPER_MASK_RANGES,
+    SPECIES,
+    STAR_BAD_BIT,
+    abundance_column,
+    apogee_wavelength,
+    ranges_to_mask,
+)
 
 #: File names of the DR16 layout.
 ALLSTAR_NAME = "allStar-r12-l33.fits"
@@ -54,8 +66,20 @@ LOGG_RANGE = (1.5, 3.0)
 #: Header keyword (primary HDU of allStar) marking files written from the simulator.
 SIMULATED_KEYWORD = "SIMULATD"
 
-ALLSTAR_COLUMNS = ("APOGEE_ID", "TELESCOPE", "FIELD", "TEFF", "LOGG", "X_H", "X_M", "ASPCAPFLAG",
-                   "AK_TARG", "VHELIO_AVG", "SNR", "VISITS")
+ALLSTAR_COLUMNS = (
+    "APOGEE_ID",
+    "TELESCOPE",
+    "FIELD",
+    "TEFF",
+    "LOGG",
+    "X_H",
+    "X_M",
+    "ASPCAPFLAG",
+    "AK_TARG",
+    "VHELIO_AVG",
+    "SNR",
+    "VISITS",
+)
 OCCAM_MEMBER_COLUMNS = ("APOGEE_ID", "CLUSTER", "CG_PROB", "RV_PROB", "FEH_PROB", "PM_PROB")
 
 # Per-star read status codes.
@@ -136,9 +160,11 @@ def read_allstar(path, visits: bool = True) -> tuple[pd.DataFrame, bool]:
         for arr_name in ("X_H", "X_M"):
             arr = np.asarray(data[cols[arr_name]], dtype=float)
             if arr.ndim != 2 or arr.shape != (n, len(ALLSTAR_ELEMENTS)):
-                raise ValueError(f"{path} (allStar): column {arr_name} has shape {arr.shape}, expected "
-                                 f"({n}, {len(ALLSTAR_ELEMENTS)}) in the element order "
-                                 f"{', '.join(ALLSTAR_ELEMENTS)}")
+                raise ValueError(
+                    f"{path} (allStar): column {arr_name} has shape {arr.shape}, expected "
+                    f"({n}, {len(ALLSTAR_ELEMENTS)}) in the element order "
+                    f"{', '.join(ALLSTAR_ELEMENTS)}"
+                )
             for j, el in enumerate(ALLSTAR_ELEMENTS):
                 out[f"{arr_name}_{el.upper()}"] = arr[:, j]
         out["ROW"] = np.arange(n)
@@ -197,13 +223,19 @@ def select_stars(allstar: pd.DataFrame, members: pd.DataFrame):
     def record(step, keep):
         field = int((keep & ~is_member).sum())
         cl = keep & is_member
-        rows.append({"step": step, "field": field, "cluster_stars": int(cl.sum()),
-                     "clusters": int(len(set(cluster_of[cl])))})
+        rows.append(
+            {"step": step, "field": field, "cluster_stars": int(cl.sum()), "clusters": int(len(set(cluster_of[cl])))}
+        )
 
     # Step 0: input. Field = every allStar row; clusters = all OCCAM candidates found in allStar.
-    rows.append({"step": f"input: allStar rows / OCCAM candidates in allStar "
-                         f"({n_not_found} OCCAM rows not in allStar)",
-                 "field": n, "cluster_stars": int(any_member.sum()), "clusters": int(mem["CLUSTER"].nunique())})
+    rows.append(
+        {
+            "step": f"input: allStar rows / OCCAM candidates in allStar ({n_not_found} OCCAM rows not in allStar)",
+            "field": n,
+            "cluster_stars": int(any_member.sum()),
+            "clusters": int(mem["CLUSTER"].nunique()),
+        }
+    )
     keep = np.ones(n, bool)
     record(f"CG_PROB > {MIN_CG_PROB:g} members, removed from the field", keep)
 
@@ -254,8 +286,14 @@ def finalise_clusters(selected: pd.DataFrame, ok: np.ndarray, rows: list, n_miss
 
     def record(step, keep):
         m = keep & is_member
-        rows.append({"step": step, "field": int((keep & ~is_member).sum()), "cluster_stars": int(m.sum()),
-                     "clusters": int(len(set(cl[m])))})
+        rows.append(
+            {
+                "step": step,
+                "field": int((keep & ~is_member).sum()),
+                "cluster_stars": int(m.sum()),
+                "clusters": int(len(set(cl[m]))),
+            }
+        )
 
     keep = np.asarray(ok, bool).copy()
     record(f"aspcapStar readable ({n_missing} missing, {n_corrupt} unreadable files skipped)", keep)
@@ -304,10 +342,14 @@ def read_aspcapstar(path, n_pixels: int = N_PIXELS):
     except OSError as exc:
         raise SpectrumFileError(f"{path}: unreadable ({exc})") from None
     flux, err, crval, cdelt = out
-    if crval is not None and cdelt is not None and (
-            abs(float(crval) - LOGLAM0) > 1e-6 or abs(float(cdelt) - DLOGLAM) > 1e-9):
-        raise SpectrumFileError(f"{path}: wavelength grid CRVAL1={crval}, CDELT1={cdelt} differs from "
-                                f"APOGEE's {LOGLAM0}, {DLOGLAM}")
+    if (
+        crval is not None
+        and cdelt is not None
+        and (abs(float(crval) - LOGLAM0) > 1e-6 or abs(float(cdelt) - DLOGLAM) > 1e-9)
+    ):
+        raise SpectrumFileError(
+            f"{path}: wavelength grid CRVAL1={crval}, CDELT1={cdelt} differs from APOGEE's {LOGLAM0}, {DLOGLAM}"
+        )
     return flux, err
 
 
@@ -322,7 +364,7 @@ def _card_value(card: str):
     v = card[10:]
     if v.lstrip().startswith("'"):
         body = v.lstrip()[1:]
-        return body[:body.find("'")].strip() if "'" in body else body.strip()
+        return body[: body.find("'")].strip() if "'" in body else body.strip()
     v = v.split("/")[0].strip()
     if v in ("T", "F"):
         return v == "T"
@@ -368,7 +410,7 @@ def _parse_fits_images(fh, path, n_pixels):
                 raise SpectrumFileError(f"{path}: corrupt FITS header in HDU {len(hdus)}") from None
             end = False
             for i in range(0, 2880, 80):
-                card = text[i:i + 80]
+                card = text[i : i + 80]
                 key = card[:8].strip()
                 if key == "END":
                     end = True
@@ -382,12 +424,14 @@ def _parse_fits_images(fh, path, n_pixels):
             naxis = int(head["NAXIS"])
             dims = [int(head[f"NAXIS{j}"]) for j in range(1, naxis + 1)]
         except (KeyError, TypeError, ValueError):
-            raise SpectrumFileError(f"{path}: corrupt FITS header in HDU {len(hdus)} "
-                                    "(BITPIX/NAXIS missing)") from None
+            raise SpectrumFileError(f"{path}: corrupt FITS header in HDU {len(hdus)} (BITPIX/NAXIS missing)") from None
         if bitpix not in _BITPIX:
             raise SpectrumFileError(f"{path}: invalid BITPIX {bitpix} in HDU {len(hdus)}")
-        size = (abs(bitpix) // 8) * int(head.get("GCOUNT", 1) or 1) * (
-            int(head.get("PCOUNT", 0) or 0) + (int(np.prod(dims)) if naxis else 0))
+        size = (
+            (abs(bitpix) // 8)
+            * int(head.get("GCOUNT", 1) or 1)
+            * (int(head.get("PCOUNT", 0) or 0) + (int(np.prod(dims)) if naxis else 0))
+        )
         if len(hdus) == 0:  # primary data (normally empty): skip
             fh.seek(size + (-size % 2880), 1)
             hdus.append((None, head))
@@ -425,10 +469,15 @@ def _read_aspcapstar_astropy(path, n_pixels):
             flux, err, hdr = hdul[1].data, hdul[2].data, hdul[1].header
             for what, arr in (("flux (HDU 1)", flux), ("error (HDU 2)", err)):
                 if arr is None or np.shape(arr) != (n_pixels,):
-                    raise SpectrumFileError(f"{path}: {what} has shape {None if arr is None else np.shape(arr)}, "
-                                            f"expected ({n_pixels},)")
-            return (np.array(flux, dtype=np.float32), np.array(err, dtype=np.float32),
-                    hdr.get("CRVAL1"), hdr.get("CDELT1"))
+                    raise SpectrumFileError(
+                        f"{path}: {what} has shape {None if arr is None else np.shape(arr)}, expected ({n_pixels},)"
+                    )
+            return (
+                np.array(flux, dtype=np.float32),
+                np.array(err, dtype=np.float32),
+                hdr.get("CRVAL1"),
+                hdr.get("CDELT1"),
+            )
     except SpectrumFileError:
         raise
     except Exception as exc:  # astropy raises OSError / TypeError / ValueError on damaged files
@@ -475,8 +524,11 @@ def _load_chunk(path: Path, n_expected: int, n_pixels: int):
                 info = zf.getinfo(name)
                 with zf.open(name) as fh:
                     version = np.lib.format.read_magic(fh)
-                    shape, _, dtype = (np.lib.format.read_array_header_1_0(fh) if version == (1, 0)
-                                       else np.lib.format.read_array_header_2_0(fh))
+                    shape, _, dtype = (
+                        np.lib.format.read_array_header_1_0(fh)
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0(fh)
+                    )
                     header = fh.tell() if hasattr(fh, "tell") else 128
                 if shape != (n_expected, n_pixels) or info.file_size < header + n_expected * n_pixels * dtype.itemsize:
                     return None
@@ -498,8 +550,16 @@ def _plan_key(paths, n_pixels, chunk_size) -> str:
     return h.hexdigest()
 
 
-def read_spectra(paths, workdir, *, workers: int | None = None, chunk_size: int = CHUNK_SIZE,
-                 n_pixels: int = N_PIXELS, executor: str = "process", progress: bool = True):
+def read_spectra(
+    paths,
+    workdir,
+    *,
+    workers: int | None = None,
+    chunk_size: int = CHUNK_SIZE,
+    n_pixels: int = N_PIXELS,
+    executor: str = "process",
+    progress: bool = True,
+):
     """Read aspcapStar files into per-chunk results under ``workdir`` (resumable).
 
     A chunk already saved by an earlier (interrupted) run for the same list of paths is not read
@@ -546,14 +606,21 @@ def read_spectra(paths, workdir, *, workers: int | None = None, chunk_size: int 
 
     workers = max(1, int(workers if workers is not None else min(8, os.cpu_count() or 1)))
     t0 = time.perf_counter()
-    bar = tqdm(total=n, initial=resumed_files, desc="reading aspcapStar", unit="file", disable=not progress,
-               file=sys.stderr, smoothing=0.05)
+    bar = tqdm(
+        total=n,
+        initial=resumed_files,
+        desc="reading aspcapStar",
+        unit="file",
+        disable=not progress,
+        file=sys.stderr,
+        smoothing=0.05,
+    )
     try:
         if workers == 1 or len(todo) <= 1:
             results = (_read_chunk(t) for t in todo)
             for c, st, pr in results:
                 a = c * chunk_size
-                status[a:a + len(st)] = st
+                status[a : a + len(st)] = st
                 problems[c] = pr
                 bar.update(len(st))
         else:
@@ -564,7 +631,7 @@ def read_spectra(paths, workdir, *, workers: int | None = None, chunk_size: int 
                     for fut in as_completed(futures):
                         c, st, pr = fut.result()
                         a = c * chunk_size
-                        status[a:a + len(st)] = st
+                        status[a : a + len(st)] = st
                         problems[c] = pr
                         bar.update(len(st))
                 except BaseException:
@@ -575,10 +642,17 @@ def read_spectra(paths, workdir, *, workers: int | None = None, chunk_size: int 
         bar.close()
     elapsed = time.perf_counter() - t0
     n_read = n - resumed_files
-    stats = {"n_files": n, "read_now": n_read, "resumed": resumed_files, "seconds": round(elapsed, 3),
-             "files_per_second": round(n_read / elapsed, 1) if elapsed > 0 and n_read else None,
-             "workers": workers, "executor": executor if workers > 1 else "serial",
-             "n_missing": int((status == MISSING).sum()), "n_corrupt": int((status == CORRUPT).sum())}
+    stats = {
+        "n_files": n,
+        "read_now": n_read,
+        "resumed": resumed_files,
+        "seconds": round(elapsed, 3),
+        "files_per_second": round(n_read / elapsed, 1) if elapsed > 0 and n_read else None,
+        "workers": workers,
+        "executor": executor if workers > 1 else "serial",
+        "n_missing": int((status == MISSING).sum()),
+        "n_corrupt": int((status == CORRUPT).sum()),
+    }
     all_problems = [p for c in sorted(problems) for p in problems[c]]
     return status, all_problems, stats
 
@@ -600,13 +674,15 @@ def pixel_mask(flux, err, mask_ranges=PAPER_MASK_RANGES, max_pixel_error: float 
 
 # ====================================================================== the loader
 def _stars_table(sel: pd.DataFrame) -> pd.DataFrame:
-    out = pd.DataFrame({
-        "apogee_id": sel["APOGEE_ID"].astype(str).to_numpy(),
-        "cluster": sel["CLUSTER"].astype(str).to_numpy(),
-        "teff": sel["TEFF"].to_numpy(float),
-        "logg": sel["LOGG"].to_numpy(float),
-        "fe_h": sel["X_H_FE"].to_numpy(float),
-    })
+    out = pd.DataFrame(
+        {
+            "apogee_id": sel["APOGEE_ID"].astype(str).to_numpy(),
+            "cluster": sel["CLUSTER"].astype(str).to_numpy(),
+            "teff": sel["TEFF"].to_numpy(float),
+            "logg": sel["LOGG"].to_numpy(float),
+            "fe_h": sel["X_H_FE"].to_numpy(float),
+        }
+    )
     for el in SPECIES:
         out[abundance_column(el)] = sel[f"X_H_{el.upper()}"].to_numpy(float)
     out["ak_targ"] = sel["AK_TARG"].to_numpy(float)
@@ -620,11 +696,24 @@ def _stars_table(sel: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def build_apogee(allstar, occam_members, out, spectra_root=None, workers: int | None = None,
-                 mask_ranges=PAPER_MASK_RANGES, progress: bool = True, *, overwrite: bool = False,
-                 max_pixel_error: float = MAX_PIXEL_ERROR, chunk_size: int = CHUNK_SIZE,
-                 executor: str = "process", with_errors: bool = True, name: str | None = None,
-                 keep_partial: bool = False, log=None):
+def build_apogee(
+    allstar,
+    occam_members,
+    out,
+    spectra_root=None,
+    workers: int | None = None,
+    mask_ranges=PAPER_MASK_RANGES,
+    progress: bool = True,
+    *,
+    overwrite: bool = False,
+    max_pixel_error: float = MAX_PIXEL_ERROR,
+    chunk_size: int = CHUNK_SIZE,
+    executor: str = "process",
+    with_errors: bool = True,
+    name: str | None = None,
+    keep_partial: bool = False,
+    log=None,
+):
     """Build a dataset bundle from APOGEE DR16 allStar + OCCAM members + aspcapStar files.
 
     Parameters
@@ -668,13 +757,16 @@ def build_apogee(allstar, occam_members, out, spectra_root=None, workers: int | 
     selected, rows = select_stars(table, members)
     del table
     selected["VISITS"] = read_allstar_visits(allstar, selected["ROW"].to_numpy())
-    paths = [str(root / aspcapstar_relpath(t, f, i)) for t, f, i in
-             zip(selected["TELESCOPE"], selected["FIELD"], selected["APOGEE_ID"])]
+    paths = [
+        str(root / aspcapstar_relpath(t, f, i))
+        for t, f, i in zip(selected["TELESCOPE"], selected["FIELD"], selected["APOGEE_ID"])
+    ]
 
     workdir = out.with_name(out.name + ".partial")
     with _exclusive(workdir, out):
-        status, problems, stats = read_spectra(paths, workdir, workers=workers, chunk_size=chunk_size,
-                                               executor=executor, progress=progress)
+        status, problems, stats = read_spectra(
+            paths, workdir, workers=workers, chunk_size=chunk_size, executor=executor, progress=progress
+        )
         for msg in problems[:20]:
             log(f"skipped: {msg}")
         if len(problems) > 20:
@@ -682,8 +774,9 @@ def build_apogee(allstar, occam_members, out, spectra_root=None, workers: int | 
         keep = finalise_clusters(selected, status == OK, rows, stats["n_missing"], stats["n_corrupt"])
         cutflow = pd.DataFrame(rows, columns=["step", "field", "cluster_stars", "clusters"])
         if not keep.any():
-            raise ValueError(f"{allstar}: no star passes the cuts and has a readable spectrum\n"
-                             + format_cutflow(cutflow))
+            raise ValueError(
+                f"{allstar}: no star passes the cuts and has a readable spectrum\n" + format_cutflow(cutflow)
+            )
 
         # Bundle order: field stars then cluster stars, each in allStar order.
         is_member = selected["CLUSTER"].to_numpy(dtype=object) != ""
@@ -695,7 +788,7 @@ def build_apogee(allstar, occam_members, out, spectra_root=None, workers: int | 
         range_mask = ranges_to_mask(ranges)
         with _bundle_writer(out, len(order), with_errors, overwrite) as w:
             for a, flux, err in _iter_chunk_arrays(workdir, len(selected), chunk_size):
-                d = dest[a:a + len(flux)]
+                d = dest[a : a + len(flux)]
                 take = d >= 0
                 if not take.any():
                     continue
@@ -711,12 +804,15 @@ def build_apogee(allstar, occam_members, out, spectra_root=None, workers: int | 
                 "source": "apogee-dr16",
                 "provenance": {
                     "loader": "rsca_core.apogee.build_apogee",
-                    "allstar": str(allstar.resolve()), "occam_members": str(occam_members.resolve()),
+                    "allstar": str(allstar.resolve()),
+                    "occam_members": str(occam_members.resolve()),
                     "spectra_root": str(root.resolve()),
                     "cutflow": cutflow.to_dict(orient="records"),
-                    "mask_ranges": [list(r) for r in ranges], "max_pixel_error": max_pixel_error,
+                    "mask_ranges": [list(r) for r in ranges],
+                    "max_pixel_error": max_pixel_error,
                     "masked": "error > max_pixel_error, non-finite, chip-gap zeros, mask_ranges",
-                    "read": stats, "unreadable_files": problems[:1000],
+                    "read": stats,
+                    "unreadable_files": problems[:1000],
                     "n_unreadable_files": len(problems),
                     "n_missing_files": stats["n_missing"],
                     "missing_files_example": [paths[i] for i in np.flatnonzero(status == MISSING)[:50]],
@@ -725,9 +821,11 @@ def build_apogee(allstar, occam_members, out, spectra_root=None, workers: int | 
             w.finish(stars, apogee_wavelength(N_PIXELS), meta)
         if not keep_partial:
             shutil.rmtree(workdir, ignore_errors=True)
-    log(f"built {out} ({kind}) in {time.perf_counter() - t_start:.1f} s: "
+    log(
+        f"built {out} ({kind}) in {time.perf_counter() - t_start:.1f} s: "
         f"{int((~is_member[order]).sum())} field stars, {int(is_member[order].sum())} cluster stars in "
-        f"{cutflow['clusters'].iloc[-1]} clusters")
+        f"{cutflow['clusters'].iloc[-1]} clusters"
+    )
     return out, cutflow
 
 
@@ -762,8 +860,10 @@ def _exclusive(workdir: Path, out: Path):
             except (OSError, ValueError):
                 pid = 0
             if _pid_alive(pid):
-                raise FileExistsError(f"{out}: another build (process {pid}) is writing it; wait for it to "
-                                      f"finish, or delete {lock} if that process is not a build") from None
+                raise FileExistsError(
+                    f"{out}: another build (process {pid}) is writing it; wait for it to "
+                    f"finish, or delete {lock} if that process is not a build"
+                ) from None
             lock.unlink(missing_ok=True)  # stale: its process is gone
     else:  # pragma: no cover - only under a tight race
         raise FileExistsError(f"{out}: could not take the lock {lock}")
@@ -843,7 +943,6 @@ def _write_bytes_atomic(data: bytes, path: Path):
     os.replace(tmp, path)
 
 
-
 def _dr16_frame(tab: pd.DataFrame) -> pd.DataFrame:
     """Normalise a DR16-style star table: ``(scalar columns, X_H (N, 26), X_M (N, 26))``.
 
@@ -880,8 +979,11 @@ def _dr16_frame(tab: pd.DataFrame) -> pd.DataFrame:
                 elif arr == "X_M" and f"X_H_{el.upper()}" in cols:
                     # [X/M] from [X/H] - [M/H] (or [Fe/H]); missing stays missing
                     xh = tab[cols[f"X_H_{el.upper()}"]].to_numpy(float)
-                    mh = tab[cols["M_H"]].to_numpy(float) if "M_H" in cols else (
-                        tab[cols["FE_H"]].to_numpy(float) if "FE_H" in cols else np.zeros(n))
+                    mh = (
+                        tab[cols["M_H"]].to_numpy(float)
+                        if "M_H" in cols
+                        else (tab[cols["FE_H"]].to_numpy(float) if "FE_H" in cols else np.zeros(n))
+                    )
                     a[:, j] = np.where(np.isclose(xh, MISSING_VALUE), MISSING_VALUE, xh - mh)
         a = np.where(np.isfinite(a), a, MISSING_VALUE)
         out[arr] = a
@@ -901,9 +1003,18 @@ def _resolve_spectra(spectra, n):
     return lambda rows: (np.asarray(flux[rows]), np.asarray(err[rows]))
 
 
-def write_dr16(survey_or_tables, out, *, spectra=None, occam_members=None, occam_clusters=None,
-               simulated: bool = True, overwrite: bool = False, chunk_size: int = 512,
-               progress: bool = True) -> Path:
+def write_dr16(
+    survey_or_tables,
+    out,
+    *,
+    spectra=None,
+    occam_members=None,
+    occam_clusters=None,
+    simulated: bool = True,
+    overwrite: bool = False,
+    chunk_size: int = 512,
+    progress: bool = True,
+) -> Path:
     """Write a survey in the APOGEE DR16 file layout (SPEC §4) under folder ``out``.
 
     ``survey_or_tables`` is a simulator survey (an object with ``stars_all``, the pre-cut DR16-like
@@ -968,8 +1079,10 @@ def write_dr16(survey_or_tables, out, *, spectra=None, occam_members=None, occam
             flux = np.asarray(flux, np.float32)
             err = np.asarray(err, np.float32)
             if flux.shape != (len(rows), N_PIXELS) or err.shape != flux.shape:
-                raise ValueError(f"spectra for rows {a}..{rows[-1]} have shapes {flux.shape}/{err.shape}, "
-                                 f"expected ({len(rows)}, {N_PIXELS})")
+                raise ValueError(
+                    f"spectra for rows {a}..{rows[-1]} have shapes {flux.shape}/{err.shape}, "
+                    f"expected ({len(rows)}, {N_PIXELS})"
+                )
             for k, i in enumerate(rows):
                 p = out / aspcapstar_relpath(tel[i], fld[i], sid[i])
                 _write_bytes_atomic(_aspcapstar_bytes(flux[k], err[k], templates), p)
@@ -992,13 +1105,24 @@ def write_dr16(survey_or_tables, out, *, spectra=None, occam_members=None, occam
     for c in OCCAM_MEMBER_COLUMNS:
         if c not in mcols:
             raise ValueError(f"OCCAM members table: missing column {c}")
-    mem = fits.BinTableHDU.from_columns([
-        fits.Column("APOGEE_ID", format=f"{max(1, _as_fits_str(occam_members[mcols['APOGEE_ID']]).itemsize)}A",
-                    array=_as_fits_str(occam_members[mcols["APOGEE_ID"]])),
-        fits.Column("CLUSTER", format=f"{max(1, _as_fits_str(occam_members[mcols['CLUSTER']]).itemsize)}A",
-                    array=_as_fits_str(occam_members[mcols["CLUSTER"]])),
-        *[fits.Column(c, format="E", array=occam_members[mcols[c]].to_numpy(np.float32))
-          for c in ("CG_PROB", "RV_PROB", "FEH_PROB", "PM_PROB")]])
+    mem = fits.BinTableHDU.from_columns(
+        [
+            fits.Column(
+                "APOGEE_ID",
+                format=f"{max(1, _as_fits_str(occam_members[mcols['APOGEE_ID']]).itemsize)}A",
+                array=_as_fits_str(occam_members[mcols["APOGEE_ID"]]),
+            ),
+            fits.Column(
+                "CLUSTER",
+                format=f"{max(1, _as_fits_str(occam_members[mcols['CLUSTER']]).itemsize)}A",
+                array=_as_fits_str(occam_members[mcols["CLUSTER"]]),
+            ),
+            *[
+                fits.Column(c, format="E", array=occam_members[mcols[c]].to_numpy(np.float32))
+                for c in ("CG_PROB", "RV_PROB", "FEH_PROB", "PM_PROB")
+            ],
+        ]
+    )
     _write_fits_atomic(fits.HDUList([primary(), mem]), out / OCCAM_MEMBER_NAME)
     if occam_clusters is None:
         counts = occam_members[mcols["CLUSTER"]].astype(str).value_counts().sort_index()
@@ -1007,8 +1131,7 @@ def write_dr16(survey_or_tables, out, *, spectra=None, occam_members=None, occam
     for c in occam_clusters.columns:
         v = occam_clusters[c]
         if v.dtype.kind in "if":
-            ccols.append(fits.Column(str(c).upper(), format="D" if v.dtype.kind == "f" else "K",
-                                     array=v.to_numpy()))
+            ccols.append(fits.Column(str(c).upper(), format="D" if v.dtype.kind == "f" else "K", array=v.to_numpy()))
         else:
             s = _as_fits_str(v)
             ccols.append(fits.Column(str(c).upper(), format=f"{max(1, s.itemsize)}A", array=s))
@@ -1020,18 +1143,22 @@ def write_dr16(survey_or_tables, out, *, spectra=None, occam_members=None, occam
         return fits.Column(name, format=f"{max(1, s.itemsize)}A", array=s)
 
     ne = len(ALLSTAR_ELEMENTS)
-    table = fits.BinTableHDU.from_columns([
-        scol("APOGEE_ID"), scol("TELESCOPE"), scol("FIELD"),
-        fits.Column("TEFF", format="E", array=frame["TEFF"].to_numpy(np.float32)),
-        fits.Column("LOGG", format="E", array=frame["LOGG"].to_numpy(np.float32)),
-        fits.Column("X_H", format=f"{ne}E", array=x_h.astype(np.float32)),
-        fits.Column("X_M", format=f"{ne}E", array=x_m.astype(np.float32)),
-        fits.Column("ASPCAPFLAG", format="K", array=frame["ASPCAPFLAG"].to_numpy(np.int64)),
-        fits.Column("AK_TARG", format="E", array=frame["AK_TARG"].to_numpy(np.float32)),
-        fits.Column("VHELIO_AVG", format="E", array=frame["VHELIO_AVG"].to_numpy(np.float32)),
-        fits.Column("SNR", format="E", array=frame["SNR"].to_numpy(np.float32)),
-        scol("VISITS"),
-    ])
+    table = fits.BinTableHDU.from_columns(
+        [
+            scol("APOGEE_ID"),
+            scol("TELESCOPE"),
+            scol("FIELD"),
+            fits.Column("TEFF", format="E", array=frame["TEFF"].to_numpy(np.float32)),
+            fits.Column("LOGG", format="E", array=frame["LOGG"].to_numpy(np.float32)),
+            fits.Column("X_H", format=f"{ne}E", array=x_h.astype(np.float32)),
+            fits.Column("X_M", format=f"{ne}E", array=x_m.astype(np.float32)),
+            fits.Column("ASPCAPFLAG", format="K", array=frame["ASPCAPFLAG"].to_numpy(np.int64)),
+            fits.Column("AK_TARG", format="E", array=frame["AK_TARG"].to_numpy(np.float32)),
+            fits.Column("VHELIO_AVG", format="E", array=frame["VHELIO_AVG"].to_numpy(np.float32)),
+            fits.Column("SNR", format="E", array=frame["SNR"].to_numpy(np.float32)),
+            scol("VISITS"),
+        ]
+    )
     _write_fits_atomic(fits.HDUList([primary(), table]), allstar_path)
     return out
 
@@ -1055,31 +1182,47 @@ def _parse_ranges(text: str):
 
 def _cmd_build(args) -> int:
     ranges = PAPER_MASK_RANGES if args.mask_ranges is None else _parse_ranges(args.mask_ranges)
-    _, cutflow = build_apogee(args.allstar, args.occam_members, args.out, spectra_root=args.spectra_root,
-                              workers=args.workers, mask_ranges=ranges, progress=not args.no_progress,
-                              overwrite=args.overwrite, executor=args.executor,
-                              with_errors=not args.no_errors)
+    _, cutflow = build_apogee(
+        args.allstar,
+        args.occam_members,
+        args.out,
+        spectra_root=args.spectra_root,
+        workers=args.workers,
+        mask_ranges=ranges,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+        executor=args.executor,
+        with_errors=not args.no_errors,
+    )
     print(format_cutflow(cutflow))
     return 0
 
 
 def add_cli(subparsers) -> None:
     p = subparsers.add_parser(
-        "build-apogee", help="build a dataset bundle from APOGEE DR16 allStar + OCCAM + aspcapStar files",
+        "build-apogee",
+        help="build a dataset bundle from APOGEE DR16 allStar + OCCAM + aspcapStar files",
         description="Apply the paper's cuts (4000<TEFF<5000, 1.5<LOGG<3, 21 species measured, STAR_BAD "
-                    "unset; OCCAM CG_PROB>0.8, clusters of >=2 stars, 2M19203303+3755558 dropped), read "
-                    "the aspcapStar spectra in parallel (resumable) and write a bundle. Prints the cut-flow.")
+        "unset; OCCAM CG_PROB>0.8, clusters of >=2 stars, 2M19203303+3755558 dropped), read "
+        "the aspcapStar spectra in parallel (resumable) and write a bundle. Prints the cut-flow.",
+    )
     p.add_argument("--allstar", required=True, help="allStar-r12-l33.fits")
     p.add_argument("--occam-members", required=True, help="occam_member-DR16.fits")
     p.add_argument("--out", required=True, help="bundle directory to create")
-    p.add_argument("--spectra-root", default=None,
-                   help="folder with {TELESCOPE}/{FIELD}/aspcapStar-r12-{APOGEE_ID}.fits "
-                        "(default: the allStar file's folder)")
+    p.add_argument(
+        "--spectra-root",
+        default=None,
+        help="folder with {TELESCOPE}/{FIELD}/aspcapStar-r12-{APOGEE_ID}.fits (default: the allStar file's folder)",
+    )
     p.add_argument("--workers", type=int, default=None, help="parallel readers (default min(8, CPUs))")
     p.add_argument("--executor", choices=("process", "thread"), default="process")
-    p.add_argument("--mask-ranges", default=None,
-                   help="pixel ranges to mask as START:STOP,... or 'none' (default: the paper's "
-                        + ",".join(f"{a}:{b}" for a, b in PAPER_MASK_RANGES) + ")")
+    p.add_argument(
+        "--mask-ranges",
+        default=None,
+        help="pixel ranges to mask as START:STOP,... or 'none' (default: the paper's "
+        + ",".join(f"{a}:{b}" for a, b in PAPER_MASK_RANGES)
+        + ")",
+    )
     p.add_argument("--no-errors", action="store_true", help="do not store the per-pixel errors")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     p.add_argument("--no-progress", action="store_true")

@@ -3,6 +3,7 @@
 Each feature module that offers commands defines ``add_cli(subparsers)``; it registers its
 sub-commands with ``parser.set_defaults(func=callable)``, where ``callable(args) -> int``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -10,15 +11,21 @@ import importlib
 import sys
 
 #: Modules that contribute sub-commands, in the order they appear in ``--help``.
-COMMAND_MODULES = ("rsca_core.cli_core", "rsca_core.simulate", "rsca_core.apogee",
-                   "rsca_core.diagnostics", "rsca_core.experiments_cli")
+COMMAND_MODULES = (
+    "rsca_core.cli_core",
+    "rsca_core.simulate",
+    "rsca_core.apogee",
+    "rsca_core.diagnostics",
+    "rsca_core.experiments_cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m rsca_core",
         description="RSCA Lab: measure the chemical likeness of stars from their spectra "
-                    "(relevant scaled component analysis and the doppelganger rate).")
+        "(relevant scaled component analysis and the doppelganger rate).",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:

@@ -1,4 +1,5 @@
 """Engine commands of the CLI: ``compress`` and ``evaluate``."""
+
 from __future__ import annotations
 
 import argparse
@@ -25,6 +26,7 @@ def positive_int(text):
 
 def _load(path):
     from .dataset import Dataset
+
     return Dataset.load(path)
 
 
@@ -34,8 +36,10 @@ def cmd_compress(args) -> int:
     comp = ds.compress(args.k, seed=args.seed, progress=not args.quiet)
     dt = time.perf_counter() - t0
     ev = comp.explained_variance
-    print(f"[{ds.label}] {ds.name}: K={comp.k} compression of {ds.n_stars} spectra "
-          f"({dt:.1f} s){' (cached)' if dt < 1 and comp.path else ''}")
+    print(
+        f"[{ds.label}] {ds.name}: K={comp.k} compression of {ds.n_stars} spectra "
+        f"({dt:.1f} s){' (cached)' if dt < 1 and comp.path else ''}"
+    )
     print(f"  leading explained variances: {', '.join(f'{v:.3g}' for v in ev[:5])}")
     if comp.path:
         print(f"  cached at {comp.path}")
@@ -51,13 +55,21 @@ def cmd_evaluate(args) -> int:
 
     ds = _load(args.dataset)
     species = _species_list(args.species) if args.species else None
-    inputs = ds.rate_inputs(args.input, k=args.k, seed=args.seed, species=species,
-                            progress=not args.quiet and not args.json)
+    inputs = ds.rate_inputs(
+        args.input, k=args.k, seed=args.seed, species=species, progress=not args.quiet and not args.json
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = doppelganger_rates(inputs.z_pop, inputs.z_clust, inputs.cluster_ids, **inputs.as_kwargs(),
-                                 cv=not args.no_cv, top_n=args.top_n, variant=args.variant,
-                                 keep_distances=False)
+        res = doppelganger_rates(
+            inputs.z_pop,
+            inputs.z_clust,
+            inputs.cluster_ids,
+            **inputs.as_kwargs(),
+            cv=not args.no_cv,
+            top_n=args.top_n,
+            variant=args.variant,
+            keep_distances=False,
+        )
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     if args.json:
@@ -67,43 +79,60 @@ def cmd_evaluate(args) -> int:
         return 0
     desc = inputs.description
     what = f"spectra, K={desc['k']}" if args.input == "spectra" else ", ".join(desc["species"])
-    print(f"[{ds.label}] {ds.name}: doppelganger rates ({what}; variant={args.variant}; "
-          f"{'leave-one-cluster-out' if not args.no_cv else 'no CV'}"
-          f"{'' if args.top_n is None else f'; top {args.top_n} axes'})")
+    print(
+        f"[{ds.label}] {ds.name}: doppelganger rates ({what}; variant={args.variant}; "
+        f"{'leave-one-cluster-out' if not args.no_cv else 'no CV'}"
+        f"{'' if args.top_n is None else f'; top {args.top_n} axes'})"
+    )
     df = res.per_cluster
     w = max(8, df.cluster.astype(str).str.len().max())
     print(f"  {'cluster':<{w}} {'n':>4} {'rate':>8} {'pairs':>8}")
     for r in df.itertuples():
         rate = "   undef" if np.isnan(r.rate) else f"{r.rate:8.4f}"
         print(f"  {r.cluster:<{w}} {r.n_stars:>4} {rate} {r.n_inter_pairs:>8}")
-    print(f"  global rate: {res.global_rate:.4f}   (paper, APOGEE DR16: 0.020 for spectra at K=30, "
-          f"0.023 for the best abundance subset)")
+    print(
+        f"  global rate: {res.global_rate:.4f}   (paper, APOGEE DR16: 0.020 for spectra at K=30, "
+        f"0.023 for the best abundance subset)"
+    )
     return 0
 
 
 def add_cli(sub):
-    p = sub.add_parser("compress", help="PCA-with-missing-values compression of a dataset (cached)",
-                       description="Compress a dataset bundle's spectra to K principal components "
-                                   "(masked pixels are missing values). The result is cached beside the "
-                                   "bundle and reused for the same K, mask and seed.")
+    p = sub.add_parser(
+        "compress",
+        help="PCA-with-missing-values compression of a dataset (cached)",
+        description="Compress a dataset bundle's spectra to K principal components "
+        "(masked pixels are missing values). The result is cached beside the "
+        "bundle and reused for the same K, mask and seed.",
+    )
     p.add_argument("--dataset", required=True, help="dataset bundle directory")
     p.add_argument("--k", type=positive_int, default=30, help="number of components (default 30)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the fit (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_compress)
 
-    p = sub.add_parser("evaluate", help="doppelganger rates of an RSCA representation",
-                       description="Fit RSCA and compute per-cluster and global doppelganger rates "
-                                   "(SPEC §2: leave-one-cluster-out unless --no-cv).")
+    p = sub.add_parser(
+        "evaluate",
+        help="doppelganger rates of an RSCA representation",
+        description="Fit RSCA and compute per-cluster and global doppelganger rates "
+        "(SPEC §2: leave-one-cluster-out unless --no-cv).",
+    )
     p.add_argument("--dataset", required=True, help="dataset bundle directory")
     p.add_argument("--k", type=positive_int, default=30, help="PCA components for spectra (default 30)")
     p.add_argument("--no-cv", action="store_true", help="fit the map on all clusters (no cross-validation)")
     p.add_argument("--top-n", type=positive_int, default=None, help="keep only the N most discriminative axes")
-    p.add_argument("--input", choices=("spectra", "abundances", "subset"), default="spectra",
-                   help="representation: PCA of spectra, all 21 abundances, or an abundance subset")
-    p.add_argument("--species", default=None,
-                   help=f"comma-separated species for --input subset (default {','.join(PAPER_SUBSET)}; "
-                        f"choices {','.join(SPECIES)})")
+    p.add_argument(
+        "--input",
+        choices=("spectra", "abundances", "subset"),
+        default="spectra",
+        help="representation: PCA of spectra, all 21 abundances, or an abundance subset",
+    )
+    p.add_argument(
+        "--species",
+        default=None,
+        help=f"comma-separated species for --input subset (default {','.join(PAPER_SUBSET)}; "
+        f"choices {','.join(SPECIES)})",
+    )
     p.add_argument("--variant", choices=("transformed", "scaled", "raw"), default="transformed")
     p.add_argument("--seed", type=int, default=0, help="compression seed (default 0)")
     p.add_argument("--json", action="store_true", help="print JSON: global_rate and a clusters list")

@@ -16,6 +16,7 @@ On complete data this is ordinary PCA (for P ≤ ``exact_below`` the basis is th
 and the answer is exact after one pass; above, subspace iteration runs to ``tol``).
 The fixed point with missing data is the least-squares rank-K fit of the observed entries.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -64,7 +65,7 @@ class _Columns:
         out = np.empty((src.shape[0], self.shape[1]), dtype=self.dtype)
         o = 0
         for a, b in self.runs:
-            out[:, o:o + b - a] = src[:, a:b]
+            out[:, o : o + b - a] = src[:, a:b]
             o += b - a
         return out
 
@@ -105,8 +106,18 @@ class MaskedPCA:
     objective_ : list of float, squared error on observed entries after each pass (from pass 2).
     """
 
-    def __init__(self, n_components, *, random_state=None, max_iter=100, tol=1e-4, oversample=10,
-                 exact_below=1024, chunk_rows=None, progress=False):
+    def __init__(
+        self,
+        n_components,
+        *,
+        random_state=None,
+        max_iter=100,
+        tol=1e-4,
+        oversample=10,
+        exact_below=1024,
+        chunk_rows=None,
+        progress=False,
+    ):
         self.n_components = n_components
         self.random_state = random_state
         self.max_iter = max_iter
@@ -122,8 +133,7 @@ class MaskedPCA:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"n_components must be a positive integer, got {k!r}")
         if k > min(n, p):
-            raise ValueError(f"n_components={k} is larger than the data allows "
-                             f"(min(n_stars, n_pixels) = {min(n, p)})")
+            raise ValueError(f"n_components={k} is larger than the data allows (min(n_stars, n_pixels) = {min(n, p)})")
         if int(self.max_iter) < 1:
             raise ValueError("max_iter must be at least 1")
 
@@ -146,8 +156,9 @@ class MaskedPCA:
                     bad &= ~m
                 if bad.any():
                     r, c = np.argwhere(bad)[0]
-                    raise ValueError(f"non-finite value at observed entry (row {a + r}, column {c}); "
-                                     "mask it or fix the data")
+                    raise ValueError(
+                        f"non-finite value at observed entry (row {a + r}, column {c}); mask it or fix the data"
+                    )
             yield a, b, chunk, m
 
     # ------------------------------------------------------------------ fitting
@@ -191,8 +202,15 @@ class MaskedPCA:
         if not keep.any():
             raise ValueError("every pixel is missing for every star")
         n_missing -= int(n * (~keep).sum())
-        Z = self._em(_Columns(X, keep), None if mask is None else _Columns(mask, keep), mu_fill[keep],
-                     n_missing > 0, K, dtype, rng)
+        Z = self._em(
+            _Columns(X, keep),
+            None if mask is None else _Columns(mask, keep),
+            mu_fill[keep],
+            n_missing > 0,
+            K,
+            dtype,
+            rng,
+        )
         W, mu = np.zeros((K, p)), np.zeros(p)
         W[:, keep], mu[keep] = self.components_, self.mean_
         self.components_, self.mean_ = W, mu
@@ -201,22 +219,22 @@ class MaskedPCA:
     def _em(self, X, mask, mu_fill, has_missing, K, dtype, rng):
         """The EM passes on the pixels that are observed for some star."""
         n, p = X.shape
-        if K > p:
-            raise ValueError(f"n_components={K} is larger than the data allows: only {p} pixels are "
-                             "observed for any star")
+        if p < K:
+            raise ValueError(
+                f"n_components={K} is larger than the data allows: only {p} pixels are observed for any star"
+            )
         if p <= self.exact_below:
             kb = p
             V = np.eye(p)
         else:
             kb = min(p, n, K + int(self.oversample))
             V = self._initial_basis(X, mask, kb, mu_fill, rng)
-        mu_center = mu_fill.copy()           # mean the pass centres with
-        W_prev = Z_prev = None               # model of the previous pass (for imputation)
+        mu_center = mu_fill.copy()  # mean the pass centres with
+        W_prev = Z_prev = None  # model of the previous pass (for imputation)
         self.objective_ = []
         self.converged_ = False
         Y = np.empty((n, kb), dtype=dtype)
-        bar = tqdm(total=self.max_iter, desc=f"MaskedPCA K={K}", unit="pass", disable=not self.progress,
-                   leave=False)
+        bar = tqdm(total=self.max_iter, desc=f"MaskedPCA K={K}", unit="pass", disable=not self.progress, leave=False)
         try:
             for it in range(int(self.max_iter)):
                 Vd = V.astype(dtype)
@@ -281,7 +299,7 @@ class MaskedPCA:
                 # With missing pixels the EM objective decides (the subspace may keep turning inside a
                 # near-degenerate pair of eigenvalues at the K-th axis without changing the fit);
                 # on complete data the subspace itself must settle (or the fit to ~tol²).
-                if not has_missing and (exact_basis or (it > 0 and (moved < self.tol or rel < self.tol ** 2))):
+                if not has_missing and (exact_basis or (it > 0 and (moved < self.tol or rel < self.tol**2))):
                     self.converged_ = True
                     break
                 if has_missing and rel < self.tol:

@@ -1,4 +1,5 @@
 """Fixed facts of the APOGEE DR16 data model used throughout RSCA Lab (SPEC §4)."""
+
 import numpy as np
 
 #: Number of pixels of an APOGEE aspcapStar spectrum.
@@ -8,11 +9,58 @@ LOGLAM0 = 4.179
 DLOGLAM = 6e-6
 
 #: Element order of the X_H / X_M arrays of allStar-r12-l33 (26 entries).
-ALLSTAR_ELEMENTS = ("C", "CI", "N", "O", "Na", "Mg", "Al", "Si", "P", "S", "K", "Ca", "Ti", "TiII",
-                    "V", "Cr", "Mn", "Fe", "Co", "Ni", "Cu", "Ge", "Rb", "Ce", "Nd", "Yb")
+ALLSTAR_ELEMENTS = (
+    "C",
+    "CI",
+    "N",
+    "O",
+    "Na",
+    "Mg",
+    "Al",
+    "Si",
+    "P",
+    "S",
+    "K",
+    "Ca",
+    "Ti",
+    "TiII",
+    "V",
+    "Cr",
+    "Mn",
+    "Fe",
+    "Co",
+    "Ni",
+    "Cu",
+    "Ge",
+    "Rb",
+    "Ce",
+    "Nd",
+    "Yb",
+)
 #: The 21 species the paper requires to be measured and uses as "all abundances".
-SPECIES = ("C", "CI", "N", "O", "Na", "Mg", "Al", "Si", "S", "K", "Ca", "Ti", "TiII",
-           "V", "Cr", "Mn", "Fe", "Co", "Ni", "Cu", "Ce")
+SPECIES = (
+    "C",
+    "CI",
+    "N",
+    "O",
+    "Na",
+    "Mg",
+    "Al",
+    "Si",
+    "S",
+    "K",
+    "Ca",
+    "Ti",
+    "TiII",
+    "V",
+    "Cr",
+    "Mn",
+    "Fe",
+    "Co",
+    "Ni",
+    "Cu",
+    "Ce",
+)
 #: The abundance subset of the paper's Fig. 4.
 PAPER_SUBSET = ("Fe", "Mg", "Ni", "Si", "Al", "C", "N")
 #: Value APOGEE uses for "not measured".

@@ -16,6 +16,7 @@ A bundle is a directory::
 
 Cluster stars are the rows with a non-empty ``cluster``; they are never part of the field set.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,15 +31,35 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .constants import (ABUNDANCE_COLUMNS, MISSING_VALUE, N_PIXELS, SPECIES, abundance_column,
-                        apogee_wavelength, ranges_to_mask)
+from .constants import (
+    ABUNDANCE_COLUMNS,
+    MISSING_VALUE,
+    N_PIXELS,
+    SPECIES,
+    abundance_column,
+    apogee_wavelength,
+    ranges_to_mask,
+)
 
 FORMAT_VERSION = 1
-REQUIRED_COLUMNS = ("apogee_id", "cluster", "teff", "logg", "fe_h", *ABUNDANCE_COLUMNS,
-                    "ak_targ", "vhelio_avg", "snr", "visits")
+REQUIRED_COLUMNS = (
+    "apogee_id",
+    "cluster",
+    "teff",
+    "logg",
+    "fe_h",
+    *ABUNDANCE_COLUMNS,
+    "ak_targ",
+    "vhelio_avg",
+    "snr",
+    "visits",
+)
 STRING_COLUMNS = ("apogee_id", "cluster", "visits", "telescope", "field")
-ARRAY_FILES = {"spectra": ("spectra.npy", np.float32), "mask": ("mask.npy", np.bool_),
-               "errors": ("errors.npy", np.float32)}
+ARRAY_FILES = {
+    "spectra": ("spectra.npy", np.float32),
+    "mask": ("mask.npy", np.bool_),
+    "errors": ("errors.npy", np.float32),
+}
 
 
 class BundleError(ValueError):
@@ -69,26 +90,36 @@ def _npy_shape(path: Path):
 @dataclass
 class Compression:
     """A cached PCA compression of a bundle's spectra (fitted on field + cluster stars together)."""
+
     k: int
     seed: int
-    components: np.ndarray          # (K, P)
-    mean: np.ndarray                # (P,)
+    components: np.ndarray  # (K, P)
+    mean: np.ndarray  # (P,)
     explained_variance: np.ndarray  # (K,)
-    scores: np.ndarray              # (N, K), one row per star of the bundle
+    scores: np.ndarray  # (N, K), one row per star of the bundle
     mask_key: str = ""
     path: Path | None = None
 
-    def truncate(self, k: int) -> "Compression":
+    def truncate(self, k: int) -> Compression:
         """The leading ``k`` components (an approximation of a K=k fit when pixels are missing)."""
         if not 1 <= k <= self.k:
             raise ValueError(f"cannot truncate a K={self.k} compression to K={k}")
-        return Compression(k, self.seed, self.components[:k], self.mean, self.explained_variance[:k],
-                           self.scores[:, :k], self.mask_key, self.path)
+        return Compression(
+            k,
+            self.seed,
+            self.components[:k],
+            self.mean,
+            self.explained_variance[:k],
+            self.scores[:, :k],
+            self.mask_key,
+            self.path,
+        )
 
 
 @dataclass
 class RateInputs:
     """Everything ``doppelganger_rates`` needs, taken from one bundle."""
+
     z_pop: np.ndarray
     z_clust: np.ndarray
     cluster_ids: np.ndarray
@@ -99,8 +130,9 @@ class RateInputs:
     description: dict = field(default_factory=dict)
 
     def as_kwargs(self) -> dict:
-        return dict(pop_vhelio=self.pop_vhelio, pop_ak=self.pop_ak,
-                    clust_vhelio=self.clust_vhelio, clust_ak=self.clust_ak)
+        return dict(
+            pop_vhelio=self.pop_vhelio, pop_ak=self.pop_ak, clust_vhelio=self.clust_vhelio, clust_ak=self.clust_ak
+        )
 
 
 class Dataset:
@@ -110,8 +142,17 @@ class Dataset:
     :meth:`Dataset.load`. Large bundles are written incrementally with :meth:`Dataset.create`.
     """
 
-    def __init__(self, stars: pd.DataFrame, spectra, mask, wavelength=None, *, errors=None,
-                 meta: dict | None = None, path: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        stars: pd.DataFrame,
+        spectra,
+        mask,
+        wavelength=None,
+        *,
+        errors=None,
+        meta: dict | None = None,
+        path: str | os.PathLike | None = None,
+    ):
         self.stars = _normalise_stars(stars)
         self.spectra = spectra
         self.mask = mask
@@ -132,8 +173,9 @@ class Dataset:
         if self.errors is not None and self.errors.shape != self.spectra.shape:
             raise BundleError(f"{where}: errors shape {self.errors.shape} differs from spectra {self.spectra.shape}")
         if self.wavelength.shape != (self.spectra.shape[1],):
-            raise BundleError(f"{where}: wavelength has {self.wavelength.shape} entries, spectra have "
-                              f"{self.spectra.shape[1]} pixels")
+            raise BundleError(
+                f"{where}: wavelength has {self.wavelength.shape} entries, spectra have {self.spectra.shape[1]} pixels"
+            )
         missing = [c for c in REQUIRED_COLUMNS if c not in self.stars.columns]
         if missing:
             raise BundleError(f"{where}: star table lacks column(s) {', '.join(missing)}")
@@ -188,11 +230,17 @@ class Dataset:
 
     def summary(self) -> dict:
         sizes = self.cluster_sizes()
-        return {"name": self.name, "kind": self.kind, "n_stars": self.n_stars,
-                "n_field": int((~self.is_cluster).sum()), "n_cluster_stars": int(self.is_cluster.sum()),
-                "n_clusters": int(len(sizes)), "n_pixels": self.n_pixels,
-                "missing_fraction": float(np.mean(self.mask[: min(2000, self.n_stars)])) if self.n_stars else 0.0,
-                "uid": self.meta.get("uid", "")}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "n_stars": self.n_stars,
+            "n_field": int((~self.is_cluster).sum()),
+            "n_cluster_stars": int(self.is_cluster.sum()),
+            "n_clusters": int(len(sizes)),
+            "n_pixels": self.n_pixels,
+            "missing_fraction": float(np.mean(self.mask[: min(2000, self.n_stars)])) if self.n_stars else 0.0,
+            "uid": self.meta.get("uid", ""),
+        }
 
     # ------------------------------------------------------------------ labels
     def abundances(self, species=SPECIES, rows=None) -> np.ndarray:
@@ -205,15 +253,16 @@ class Dataset:
 
     # ------------------------------------------------------------------ I/O
     @classmethod
-    def load(cls, path, mmap: bool = True) -> "Dataset":
+    def load(cls, path, mmap: bool = True) -> Dataset:
         """Load a bundle; arrays are memory-mapped. Raises :class:`BundleError` naming the bad file."""
         path = Path(path)
         if not path.is_dir():
             raise BundleError(f"{path}: no such dataset directory")
         meta_path = path / "meta.json"
         if not meta_path.exists():
-            raise BundleError(f"{meta_path}: missing - the bundle is incomplete (interrupted write?) "
-                              "or not a dataset bundle")
+            raise BundleError(
+                f"{meta_path}: missing - the bundle is incomplete (interrupted write?) or not a dataset bundle"
+            )
         try:
             meta = json.loads(meta_path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
@@ -221,8 +270,10 @@ class Dataset:
         if not isinstance(meta, dict) or meta.get("format") != "rsca-bundle":
             raise BundleError(f"{meta_path}: not an RSCA Lab bundle description")
         if int(meta.get("version", 0)) > FORMAT_VERSION:
-            raise BundleError(f"{meta_path}: format version {meta.get('version')} is newer than this "
-                              f"RSCA Lab understands ({FORMAT_VERSION})")
+            raise BundleError(
+                f"{meta_path}: format version {meta.get('version')} is newer than this "
+                f"RSCA Lab understands ({FORMAT_VERSION})"
+            )
         n, p = int(meta["n_stars"]), int(meta["n_pixels"])
         arrays = {}
         for key, (fname, dtype) in ARRAY_FILES.items():
@@ -245,38 +296,48 @@ class Dataset:
         if not spath.exists():
             raise BundleError(f"{spath}: file missing")
         try:
-            stars = pd.read_csv(spath, dtype={c: str for c in STRING_COLUMNS}, keep_default_na=False,
-                                low_memory=False,
-                                na_values={c: ["", "nan", "NaN"] for c in _numeric_guess(spath)})
+            stars = pd.read_csv(
+                spath,
+                dtype={c: str for c in STRING_COLUMNS},
+                keep_default_na=False,
+                low_memory=False,
+                na_values={c: ["", "nan", "NaN"] for c in _numeric_guess(spath)},
+            )
         except Exception as exc:
             raise BundleError(f"{spath}: unreadable ({exc})") from None
         if len(stars) != n:
             raise BundleError(f"{spath}: {len(stars)} rows, expected {n} from meta.json")
         try:
-            return cls(stars, arrays["spectra"], arrays["mask"], wavelength, errors=arrays["errors"],
-                       meta=meta, path=path)
+            return cls(
+                stars, arrays["spectra"], arrays["mask"], wavelength, errors=arrays["errors"], meta=meta, path=path
+            )
         except BundleError as exc:
             raise BundleError(f"{path}: {exc}") from None
 
     def save(self, path, overwrite: bool = False) -> Path:
         """Write the bundle to ``path`` atomically (a temporary directory renamed at the end)."""
         path = Path(path)
-        with Dataset.create(path, self.n_stars, self.n_pixels, with_errors=self.errors is not None,
-                            overwrite=overwrite) as w:
+        with Dataset.create(
+            path, self.n_stars, self.n_pixels, with_errors=self.errors is not None, overwrite=overwrite
+        ) as w:
             for start in range(0, self.n_stars, 4096):
                 sl = slice(start, start + 4096)
                 w.spectra[sl] = self.spectra[sl]
                 w.mask[sl] = self.mask[sl]
                 if self.errors is not None:
                     w.errors[sl] = self.errors[sl]
-            w.finish(self.stars, self.wavelength, {k: v for k, v in self.meta.items()
-                                                   if k not in ("uid", "format", "version", "n_stars", "n_pixels")})
+            w.finish(
+                self.stars,
+                self.wavelength,
+                {k: v for k, v in self.meta.items() if k not in ("uid", "format", "version", "n_stars", "n_pixels")},
+            )
         self.path = path
         return path
 
     @staticmethod
-    def create(path, n_stars: int, n_pixels: int = N_PIXELS, with_errors: bool = True,
-               overwrite: bool = False) -> "BundleWriter":
+    def create(
+        path, n_stars: int, n_pixels: int = N_PIXELS, with_errors: bool = True, overwrite: bool = False
+    ) -> BundleWriter:
         """Start writing a bundle incrementally: fill ``writer.spectra[i] = …`` then ``writer.finish(stars, …)``."""
         return BundleWriter(Path(path), n_stars, n_pixels, with_errors, overwrite)
 
@@ -311,8 +372,9 @@ class Dataset:
     def has_compression(self, k: int, seed: int = 0, extra_mask_ranges=()) -> bool:
         return bool(self.meta.get("uid")) and self.compression_path(k, seed, extra_mask_ranges).exists()
 
-    def compress(self, k: int, seed: int = 0, extra_mask_ranges=(), progress: bool = False,
-                 use_cache: bool = True, **pca_options) -> Compression:
+    def compress(
+        self, k: int, seed: int = 0, extra_mask_ranges=(), progress: bool = False, use_cache: bool = True, **pca_options
+    ) -> Compression:
         """PCA-with-missing-values compression of all spectra, cached on disk beside the bundle.
 
         A cached result is reused when the same ``k``, effective mask and ``seed`` are asked again.
@@ -326,8 +388,9 @@ class Dataset:
         if use_cache and self.meta.get("uid") and fpath.exists():
             try:
                 with np.load(fpath) as z:
-                    comp = Compression(k, int(seed), z["components"], z["mean"], z["explained_variance"],
-                                       z["scores"], key, fpath)
+                    comp = Compression(
+                        k, int(seed), z["components"], z["mean"], z["explained_variance"], z["scores"], key, fpath
+                    )
                 if comp.scores.shape == (self.n_stars, k):
                     return comp
             except Exception:
@@ -335,15 +398,21 @@ class Dataset:
         pca = MaskedPCA(k, random_state=seed, progress=progress, **pca_options)
         mask = self.effective_mask(extra_mask_ranges)
         scores = pca.fit_transform(self.spectra, mask)
-        comp = Compression(k, int(seed), pca.components_.astype(np.float32), pca.mean_,
-                           pca.explained_variance_, scores, key, None)
+        comp = Compression(
+            k, int(seed), pca.components_.astype(np.float32), pca.mean_, pca.explained_variance_, scores, key, None
+        )
         if use_cache and self.meta.get("uid"):
             try:
                 cdir.mkdir(parents=True, exist_ok=True)
                 fd, tmp = tempfile.mkstemp(dir=cdir, suffix=".npz.tmp")
                 with os.fdopen(fd, "wb") as fh:
-                    np.savez(fh, components=comp.components, mean=comp.mean,
-                             explained_variance=comp.explained_variance, scores=comp.scores)
+                    np.savez(
+                        fh,
+                        components=comp.components,
+                        mean=comp.mean,
+                        explained_variance=comp.explained_variance,
+                        scores=comp.scores,
+                    )
                 os.chmod(tmp, 0o644)  # mkstemp makes it private
                 os.replace(tmp, fpath)
                 comp.path = fpath
@@ -351,8 +420,15 @@ class Dataset:
                 pass  # read-only location: the result is still returned
         return comp
 
-    def rate_inputs(self, input: str = "spectra", k: int = 30, seed: int = 0, species=None,
-                    extra_mask_ranges=(), progress: bool = False) -> RateInputs:
+    def rate_inputs(
+        self,
+        input: str = "spectra",
+        k: int = 30,
+        seed: int = 0,
+        species=None,
+        extra_mask_ranges=(),
+        progress: bool = False,
+    ) -> RateInputs:
         """Field/cluster representations plus pair-filter metadata for ``doppelganger_rates``.
 
         ``input`` is ``"spectra"`` (PCA scores, K components), ``"abundances"`` (the 21 species) or
@@ -375,11 +451,15 @@ class Dataset:
         fi, ci = self.field_index, self.cluster_index
         st = self.stars
         return RateInputs(
-            z_pop=np.asarray(z[fi], dtype=float), z_clust=np.asarray(z[ci], dtype=float),
+            z_pop=np.asarray(z[fi], dtype=float),
+            z_clust=np.asarray(z[ci], dtype=float),
             cluster_ids=st["cluster"].to_numpy(dtype=object)[ci],
-            pop_vhelio=st["vhelio_avg"].to_numpy(float)[fi], pop_ak=st["ak_targ"].to_numpy(float)[fi],
-            clust_vhelio=st["vhelio_avg"].to_numpy(float)[ci], clust_ak=st["ak_targ"].to_numpy(float)[ci],
-            description=desc | {"dataset": self.name, "kind": self.kind})
+            pop_vhelio=st["vhelio_avg"].to_numpy(float)[fi],
+            pop_ak=st["ak_targ"].to_numpy(float)[fi],
+            clust_vhelio=st["vhelio_avg"].to_numpy(float)[ci],
+            clust_ak=st["ak_targ"].to_numpy(float)[ci],
+            description=desc | {"dataset": self.name, "kind": self.kind},
+        )
 
 
 class _OredMask:
@@ -414,8 +494,9 @@ class BundleWriter:
         fmt = np.lib.format
         self.spectra = fmt.open_memmap(self.tmp / "spectra.npy", mode="w+", dtype=np.float32, shape=shape)
         self.mask = fmt.open_memmap(self.tmp / "mask.npy", mode="w+", dtype=np.bool_, shape=shape)
-        self.errors = (fmt.open_memmap(self.tmp / "errors.npy", mode="w+", dtype=np.float32, shape=shape)
-                       if with_errors else None)
+        self.errors = (
+            fmt.open_memmap(self.tmp / "errors.npy", mode="w+", dtype=np.float32, shape=shape) if with_errors else None
+        )
         self._done = False
 
     def __enter__(self):
@@ -448,8 +529,13 @@ class BundleWriter:
         np.save(self.tmp / "wavelength.npy", wavelength)
         stars.to_csv(self.tmp / "stars.csv", index=False)
         full_meta = dict(meta or {})
-        full_meta.update(format="rsca-bundle", version=FORMAT_VERSION, n_stars=self.n_stars,
-                         n_pixels=self.n_pixels, uid=uuid.uuid4().hex)
+        full_meta.update(
+            format="rsca-bundle",
+            version=FORMAT_VERSION,
+            n_stars=self.n_stars,
+            n_pixels=self.n_pixels,
+            uid=uuid.uuid4().hex,
+        )
         full_meta.setdefault("kind", "simulated")
         (self.tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, default=_json_default))
         if self.path.exists():

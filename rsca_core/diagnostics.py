@@ -11,6 +11,7 @@
 
 CLI: ``python -m rsca_core diagnose --dataset DIR --which dib|rv|visits [--out CSV]``.
 """
+
 from __future__ import annotations
 
 import re
@@ -31,18 +32,19 @@ N_COMPONENTS = 30
 @dataclass
 class ResidualDiagnostic:
     """Per-pixel mean residual of the "high" stars from the PCA basis of the "low" stars."""
-    which: str                       # "extinction" | "rv"
-    wavelength: np.ndarray           # (P,) Å
-    residual: np.ndarray             # (P,) mean residual over high stars (NaN where never observed)
-    abs_residual: np.ndarray         # (P,) mean |residual|
-    n_observed: np.ndarray           # (P,) high stars with that pixel observed
-    bands: pd.DataFrame              # suggested pixel ranges to mask
-    threshold: float                 # |statistic - baseline| above which a pixel is flagged
-    baseline: float                  # median of the statistic over pixels
-    statistic: str                   # "mean" | "abs"
+
+    which: str  # "extinction" | "rv"
+    wavelength: np.ndarray  # (P,) Å
+    residual: np.ndarray  # (P,) mean residual over high stars (NaN where never observed)
+    abs_residual: np.ndarray  # (P,) mean |residual|
+    n_observed: np.ndarray  # (P,) high stars with that pixel observed
+    bands: pd.DataFrame  # suggested pixel ranges to mask
+    threshold: float  # |statistic - baseline| above which a pixel is flagged
+    baseline: float  # median of the statistic over pixels
+    statistic: str  # "mean" | "abs"
     n_low: int
     n_high: int
-    label: str = "simulated"         # "simulated" | "real"
+    label: str = "simulated"  # "simulated" | "real"
     settings: dict = field(default_factory=dict)
 
     @property
@@ -61,19 +63,36 @@ class ResidualDiagnostic:
         in_band = np.zeros(len(self.wavelength), bool)
         for a, b in self.suggested_ranges:
             in_band[a:b] = True
-        return pd.DataFrame({"pixel": np.arange(len(self.wavelength)), "wavelength": self.wavelength,
-                             "residual": self.residual, "abs_residual": self.abs_residual,
-                             "n_observed": self.n_observed, "flagged": self.flagged, "in_band": in_band,
-                             "data": self.label})
+        return pd.DataFrame(
+            {
+                "pixel": np.arange(len(self.wavelength)),
+                "wavelength": self.wavelength,
+                "residual": self.residual,
+                "abs_residual": self.abs_residual,
+                "n_observed": self.n_observed,
+                "flagged": self.flagged,
+                "in_band": in_band,
+                "data": self.label,
+            }
+        )
 
     def summary(self) -> dict:
         s = self.residual if self.statistic == "mean" else self.abs_residual
         i = int(np.nanargmax(np.abs(np.nan_to_num(s - self.baseline)))) if np.isfinite(s).any() else -1
-        return {"diagnostic": self.which, "data": self.label, "n_low": self.n_low, "n_high": self.n_high,
-                "statistic": self.statistic, "threshold": self.threshold, "baseline": self.baseline,
-                "peak_pixel": i, "peak_wavelength": float(self.wavelength[i]) if i >= 0 else float("nan"),
-                "peak_value": float(s[i]) if i >= 0 else float("nan"), "n_bands": int(len(self.bands)),
-                **{k: v for k, v in self.settings.items() if k in ("n_components", "low", "high")}}
+        return {
+            "diagnostic": self.which,
+            "data": self.label,
+            "n_low": self.n_low,
+            "n_high": self.n_high,
+            "statistic": self.statistic,
+            "threshold": self.threshold,
+            "baseline": self.baseline,
+            "peak_pixel": i,
+            "peak_wavelength": float(self.wavelength[i]) if i >= 0 else float("nan"),
+            "peak_value": float(s[i]) if i >= 0 else float("nan"),
+            "n_bands": int(len(self.bands)),
+            **{k: v for k, v in self.settings.items() if k in ("n_components", "low", "high")},
+        }
 
 
 def quality_mask(ds, rows, max_pixel_error: float = MAX_PIXEL_ERROR):
@@ -105,8 +124,17 @@ def _subsample(rows, max_n, rng):
     return rows
 
 
-def find_bands(values, wavelength, threshold=None, *, nsigma: float = 5.0, baseline=None, merge_gap: int = 3,
-               min_width: int = 2, pad: int = 0):
+def find_bands(
+    values,
+    wavelength,
+    threshold=None,
+    *,
+    nsigma: float = 5.0,
+    baseline=None,
+    merge_gap: int = 3,
+    min_width: int = 2,
+    pad: int = 0,
+):
     """Contiguous pixel ranges where ``|values - baseline|`` exceeds ``threshold``.
 
     ``baseline`` defaults to the median of ``values``; ``threshold`` to ``nsigma`` normal-consistent
@@ -141,17 +169,38 @@ def find_bands(values, wavelength, threshold=None, *, nsigma: float = 5.0, basel
         a, b = max(0, a - pad), min(P, b + pad)
         seg = np.abs(np.nan_to_num(v[a:b] - baseline))
         k = a + int(np.argmax(seg))
-        rows.append({"start": int(a), "stop": int(b), "wave_start": float(wavelength[a]),
-                     "wave_stop": float(wavelength[b - 1]), "n_pixels": int(b - a), "peak_pixel": k,
-                     "peak_wavelength": float(wavelength[k]), "peak_value": float(v[k])})
+        rows.append(
+            {
+                "start": int(a),
+                "stop": int(b),
+                "wave_start": float(wavelength[a]),
+                "wave_stop": float(wavelength[b - 1]),
+                "n_pixels": int(b - a),
+                "peak_pixel": k,
+                "peak_wavelength": float(wavelength[k]),
+                "peak_value": float(v[k]),
+            }
+        )
     cols = ["start", "stop", "wave_start", "wave_stop", "n_pixels", "peak_pixel", "peak_wavelength", "peak_value"]
     return pd.DataFrame(rows, columns=cols), float(threshold), float(baseline)
 
 
-def residual_spectrum(ds, low_rows, high_rows, *, n_components: int = N_COMPONENTS, seed: int = 0,
-                      mask: str = "auto", max_pixel_error: float = MAX_PIXEL_ERROR, progress: bool = False,
-                      chunk: int = 2048, max_iter: int = 30, tol: float = 1e-5, min_reference: int = 5,
-                      **pca_options):
+def residual_spectrum(
+    ds,
+    low_rows,
+    high_rows,
+    *,
+    n_components: int = N_COMPONENTS,
+    seed: int = 0,
+    mask: str = "auto",
+    max_pixel_error: float = MAX_PIXEL_ERROR,
+    progress: bool = False,
+    chunk: int = 2048,
+    max_iter: int = 30,
+    tol: float = 1e-5,
+    min_reference: int = 5,
+    **pca_options,
+):
     """Mean residual per pixel of ``high_rows`` from a MaskedPCA basis fitted on ``low_rows``.
 
     ``mask``: "auto" (per-pixel quality mask from the errors when stored, else the bundle mask),
@@ -172,8 +221,10 @@ def residual_spectrum(ds, low_rows, high_rows, *, n_components: int = N_COMPONEN
         raise ValueError(f"mask must be 'auto', 'bundle' or 'quality', not {mask!r}")
 
     if len(low_rows) <= n_components:
-        raise ValueError(f"only {len(low_rows)} reference stars for a {n_components}-component PCA; "
-                         "loosen the threshold or lower n_components")
+        raise ValueError(
+            f"only {len(low_rows)} reference stars for a {n_components}-component PCA; "
+            "loosen the threshold or lower n_components"
+        )
     if len(high_rows) == 0:
         raise ValueError("no star in the comparison set; loosen the threshold")
     from threadpoolctl import threadpool_limits
@@ -193,7 +244,7 @@ def residual_spectrum(ds, low_rows, high_rows, *, n_components: int = N_COMPONEN
     total_abs = np.zeros(P)
     count = np.zeros(P, np.int64)
     for a in range(0, len(high_rows), chunk):
-        rows = high_rows[a:a + chunk]
+        rows = high_rows[a : a + chunk]
         Xh = np.asarray(ds.spectra[rows], dtype=np.float64)
         Mh = masks(rows) | poor[None, :]
         Xh = np.where(Mh, 0.0, Xh)
@@ -209,28 +260,88 @@ def residual_spectrum(ds, low_rows, high_rows, *, n_components: int = N_COMPONEN
     return residual, abs_residual, count, pca
 
 
-def _residual_diagnostic(which, ds, low_rows, high_rows, *, n_components, seed, statistic, threshold, nsigma,
-                         merge_gap, min_width, pad, mask, max_pixel_error, progress, settings):
+def _residual_diagnostic(
+    which,
+    ds,
+    low_rows,
+    high_rows,
+    *,
+    n_components,
+    seed,
+    statistic,
+    threshold,
+    nsigma,
+    merge_gap,
+    min_width,
+    pad,
+    mask,
+    max_pixel_error,
+    progress,
+    settings,
+):
     if statistic not in ("mean", "abs"):
         raise ValueError(f"statistic must be 'mean' or 'abs', not {statistic!r}")
     residual, abs_residual, count, _ = residual_spectrum(
-        ds, low_rows, high_rows, n_components=n_components, seed=seed, mask=mask,
-        max_pixel_error=max_pixel_error, progress=progress)
+        ds,
+        low_rows,
+        high_rows,
+        n_components=n_components,
+        seed=seed,
+        mask=mask,
+        max_pixel_error=max_pixel_error,
+        progress=progress,
+    )
     stat = residual if statistic == "mean" else abs_residual
-    bands, thr, base = find_bands(stat, ds.wavelength, threshold, nsigma=nsigma, merge_gap=merge_gap,
-                                  min_width=min_width, pad=pad)
-    settings = dict(settings, n_components=n_components, seed=seed, mask=mask, nsigma=nsigma,
-                    merge_gap=merge_gap, min_width=min_width, pad=pad)
-    return ResidualDiagnostic(which, np.asarray(ds.wavelength), residual, abs_residual, count, bands, thr, base,
-                              statistic, int(len(low_rows)), int(len(high_rows)), ds.label, settings)
+    bands, thr, base = find_bands(
+        stat, ds.wavelength, threshold, nsigma=nsigma, merge_gap=merge_gap, min_width=min_width, pad=pad
+    )
+    settings = dict(
+        settings,
+        n_components=n_components,
+        seed=seed,
+        mask=mask,
+        nsigma=nsigma,
+        merge_gap=merge_gap,
+        min_width=min_width,
+        pad=pad,
+    )
+    return ResidualDiagnostic(
+        which,
+        np.asarray(ds.wavelength),
+        residual,
+        abs_residual,
+        count,
+        bands,
+        thr,
+        base,
+        statistic,
+        int(len(low_rows)),
+        int(len(high_rows)),
+        ds.label,
+        settings,
+    )
 
 
-def extinction_residuals(ds, n_components: int = N_COMPONENTS, low: float = EXTINCTION_LOW,
-                         high: float = EXTINCTION_HIGH, *, stars: str = "field", statistic: str = "mean",
-                         threshold: float | None = None, nsigma: float = 5.0, merge_gap: int = 3,
-                         min_width: int = 2, pad: int = 0, max_low: int | None = None,
-                         max_high: int | None = None, seed: int = 0, mask: str = "auto",
-                         max_pixel_error: float = MAX_PIXEL_ERROR, progress: bool = False) -> ResidualDiagnostic:
+def extinction_residuals(
+    ds,
+    n_components: int = N_COMPONENTS,
+    low: float = EXTINCTION_LOW,
+    high: float = EXTINCTION_HIGH,
+    *,
+    stars: str = "field",
+    statistic: str = "mean",
+    threshold: float | None = None,
+    nsigma: float = 5.0,
+    merge_gap: int = 3,
+    min_width: int = 2,
+    pad: int = 0,
+    max_low: int | None = None,
+    max_high: int | None = None,
+    seed: int = 0,
+    mask: str = "auto",
+    max_pixel_error: float = MAX_PIXEL_ERROR,
+    progress: bool = False,
+) -> ResidualDiagnostic:
     """Paper App. A: interstellar bands from high-extinction residuals of a low-extinction PCA.
 
     Reference set: AK_TARG < ``low``; comparison set: AK_TARG > ``high`` (``stars`` = "field" or
@@ -245,20 +356,54 @@ def extinction_residuals(ds, n_components: int = N_COMPONENTS, low: float = EXTI
     ak = ds.stars["ak_targ"].to_numpy(float)[rows]
     low_rows = _subsample(rows[np.isfinite(ak) & (ak < low)], max_low, rng)
     high_rows = _subsample(rows[np.isfinite(ak) & (ak > high)], max_high, rng)
-    return _residual_diagnostic("extinction", ds, low_rows, high_rows, n_components=n_components, seed=seed,
-                                statistic=statistic, threshold=threshold, nsigma=nsigma, merge_gap=merge_gap,
-                                min_width=min_width, pad=pad, mask=mask, max_pixel_error=max_pixel_error,
-                                progress=progress,
-                                settings={"low": low, "high": high, "column": "ak_targ", "stars": stars,
-                                          "reference": f"AK_TARG < {low}", "comparison": f"AK_TARG > {high}"})
+    return _residual_diagnostic(
+        "extinction",
+        ds,
+        low_rows,
+        high_rows,
+        n_components=n_components,
+        seed=seed,
+        statistic=statistic,
+        threshold=threshold,
+        nsigma=nsigma,
+        merge_gap=merge_gap,
+        min_width=min_width,
+        pad=pad,
+        mask=mask,
+        max_pixel_error=max_pixel_error,
+        progress=progress,
+        settings={
+            "low": low,
+            "high": high,
+            "column": "ak_targ",
+            "stars": stars,
+            "reference": f"AK_TARG < {low}",
+            "comparison": f"AK_TARG > {high}",
+        },
+    )
 
 
-def rv_residuals(ds, n_components: int = N_COMPONENTS, low: float = RV_LOW, high: float = RV_HIGH, *,
-                 high_abs: bool = False, stars: str = "field", statistic: str = "mean",
-                 threshold: float | None = None, nsigma: float = 5.0, merge_gap: int = 3, min_width: int = 2,
-                 pad: int = 0, max_low: int | None = None, max_high: int | None = None, seed: int = 0,
-                 mask: str = "auto", max_pixel_error: float = MAX_PIXEL_ERROR,
-                 progress: bool = False) -> ResidualDiagnostic:
+def rv_residuals(
+    ds,
+    n_components: int = N_COMPONENTS,
+    low: float = RV_LOW,
+    high: float = RV_HIGH,
+    *,
+    high_abs: bool = False,
+    stars: str = "field",
+    statistic: str = "mean",
+    threshold: float | None = None,
+    nsigma: float = 5.0,
+    merge_gap: int = 3,
+    min_width: int = 2,
+    pad: int = 0,
+    max_low: int | None = None,
+    max_high: int | None = None,
+    seed: int = 0,
+    mask: str = "auto",
+    max_pixel_error: float = MAX_PIXEL_ERROR,
+    progress: bool = False,
+) -> ResidualDiagnostic:
     """Paper App. B: radial-velocity systematics; reference |VHELIO_AVG| < ``low``, comparison
     VHELIO_AVG > ``high`` (|VHELIO_AVG| > ``high`` with ``high_abs=True``). Otherwise as
     :func:`extinction_residuals`."""
@@ -270,12 +415,31 @@ def rv_residuals(ds, n_components: int = N_COMPONENTS, low: float = RV_LOW, high
     hv = np.abs(v) if high_abs else v
     high_rows = _subsample(rows[fin & (hv > high)], max_high, rng)
     comp = f"|VHELIO_AVG| > {high}" if high_abs else f"VHELIO_AVG > {high}"
-    return _residual_diagnostic("rv", ds, low_rows, high_rows, n_components=n_components, seed=seed,
-                                statistic=statistic, threshold=threshold, nsigma=nsigma, merge_gap=merge_gap,
-                                min_width=min_width, pad=pad, mask=mask, max_pixel_error=max_pixel_error,
-                                progress=progress,
-                                settings={"low": low, "high": high, "column": "vhelio_avg", "stars": stars,
-                                          "reference": f"|VHELIO_AVG| < {low}", "comparison": comp})
+    return _residual_diagnostic(
+        "rv",
+        ds,
+        low_rows,
+        high_rows,
+        n_components=n_components,
+        seed=seed,
+        statistic=statistic,
+        threshold=threshold,
+        nsigma=nsigma,
+        merge_gap=merge_gap,
+        min_width=min_width,
+        pad=pad,
+        mask=mask,
+        max_pixel_error=max_pixel_error,
+        progress=progress,
+        settings={
+            "low": low,
+            "high": high,
+            "column": "vhelio_avg",
+            "stars": stars,
+            "reference": f"|VHELIO_AVG| < {low}",
+            "comparison": comp,
+        },
+    )
 
 
 # ====================================================================== App. C
@@ -320,7 +484,8 @@ def visit_overlap(a: frozenset, b: frozenset) -> float:
 @dataclass
 class VisitSimilarity:
     """Intra-cluster pair distances split by whether the two stars were observed together."""
-    pairs: pd.DataFrame      # cluster, star_a, star_b, overlap, category, distance, similarity
+
+    pairs: pd.DataFrame  # cluster, star_a, star_b, overlap, category, distance, similarity
     summary: dict
     label: str = "simulated"
 
@@ -357,9 +522,11 @@ def _representation(ds, representation, k, seed, extra_mask_ranges=(), progress=
             return Z
         variant = "scaled"
     else:
-        raise ValueError("representation must be 'rsca', 'pca', 'spectra', 'abundances', 'abundances-rsca' or "
-                         "an array, "
-                         f"not {representation!r}")
+        raise ValueError(
+            "representation must be 'rsca', 'pca', 'spectra', 'abundances', 'abundances-rsca' or "
+            "an array, "
+            f"not {representation!r}"
+        )
     from .rsca import RSCA
 
     fi, ci = ds.field_index, ds.cluster_index
@@ -368,9 +535,18 @@ def _representation(ds, representation, k, seed, extra_mask_ranges=(), progress=
     return model.transform(Z)
 
 
-def visit_similarity(ds, representation="rsca", *, k: int = N_COMPONENTS, seed: int = 0, key: str = "date",
-                     normalise: str = "cluster", extra_mask_ranges=(), progress: bool = False,
-                     pca_options: dict | None = None) -> VisitSimilarity:
+def visit_similarity(
+    ds,
+    representation="rsca",
+    *,
+    k: int = N_COMPONENTS,
+    seed: int = 0,
+    key: str = "date",
+    normalise: str = "cluster",
+    extra_mask_ranges=(),
+    progress: bool = False,
+    pca_options: dict | None = None,
+) -> VisitSimilarity:
     """Paper App. C: intra-cluster similarity for siblings observed together vs separately.
 
     Every unordered pair of members of a cluster is classified from the stars' ``visits`` (sets of
@@ -401,8 +577,9 @@ def visit_similarity(ds, representation="rsca", *, k: int = N_COMPONENTS, seed: 
         raise ValueError(f"normalise must be 'global' or 'cluster', not {normalise!r}")
     if "visits" not in ds.stars.columns:
         raise ValueError("the dataset has no 'visits' column")
-    Z = _representation(ds, representation, k, seed, extra_mask_ranges=extra_mask_ranges, progress=progress,
-                        pca_options=pca_options)
+    Z = _representation(
+        ds, representation, k, seed, extra_mask_ranges=extra_mask_ranges, progress=progress, pca_options=pca_options
+    )
     st = ds.stars
     if Z is None:  # "spectra": RMS flux difference over the pixels observed in both stars, × sqrt(P)
         ci = ds.cluster_index
@@ -416,8 +593,10 @@ def visit_similarity(ds, representation="rsca", *, k: int = N_COMPONENTS, seed: 
             d = X[a, ok] - X[b, ok]
             return float(np.sqrt(np.mean(d * d) * X.shape[1])) if ok.any() else float("nan")
     else:
+
         def dist(i, j):
             return float(np.linalg.norm(Z[i] - Z[j]))
+
     keys = [visit_keys(v, key) for v in st["visits"]]
     ids = st["apogee_id"].to_numpy(dtype=object)
     rows = []
@@ -427,8 +606,7 @@ def visit_similarity(ds, representation="rsca", *, k: int = N_COMPONENTS, seed: 
             for y in range(x + 1, len(members)):
                 i, j = members[x], members[y]
                 ov = visit_overlap(keys[i], keys[j])
-                cat = ("unknown" if np.isnan(ov) else "together" if ov == 1.0 else
-                       "separate" if ov == 0.0 else "partial")
+                cat = "unknown" if np.isnan(ov) else "together" if ov == 1.0 else "separate" if ov == 0.0 else "partial"
                 rows.append((name, ids[i], ids[j], ov, cat, dist(i, j)))
     pairs = pd.DataFrame(rows, columns=["cluster", "star_a", "star_b", "overlap", "category", "distance"])
     if len(pairs):
@@ -445,18 +623,26 @@ def visit_similarity(ds, representation="rsca", *, k: int = N_COMPONENTS, seed: 
     used = pairs[pairs["compared"].astype(bool)]
     tog = used.loc[used["category"] == "together", "similarity"].to_numpy(float)
     sep = used.loc[used["category"] == "separate", "similarity"].to_numpy(float)
-    summary = {"data": ds.label, "representation": representation if isinstance(representation, str) else "array",
-               "k": k, "key": key, "normalise": normalise, "n_pairs": int(len(pairs)),
-               "n_together": int(len(tog)), "n_separate": int(len(sep)),
-               "n_partial": int((pairs["category"] == "partial").sum()),
-               "n_unknown": int((pairs["category"] == "unknown").sum()),
-               "n_clusters_compared": int(used["cluster"].nunique()),
-               "median_together": float(np.median(tog)) if len(tog) else float("nan"),
-               "median_separate": float(np.median(sep)) if len(sep) else float("nan"),
-               "mean_together": float(np.mean(tog)) if len(tog) else float("nan"),
-               "mean_separate": float(np.mean(sep)) if len(sep) else float("nan")}
-    summary["median_ratio"] = summary["median_together"] / summary["median_separate"] if len(tog) and len(sep) \
-        else float("nan")
+    summary = {
+        "data": ds.label,
+        "representation": representation if isinstance(representation, str) else "array",
+        "k": k,
+        "key": key,
+        "normalise": normalise,
+        "n_pairs": int(len(pairs)),
+        "n_together": int(len(tog)),
+        "n_separate": int(len(sep)),
+        "n_partial": int((pairs["category"] == "partial").sum()),
+        "n_unknown": int((pairs["category"] == "unknown").sum()),
+        "n_clusters_compared": int(used["cluster"].nunique()),
+        "median_together": float(np.median(tog)) if len(tog) else float("nan"),
+        "median_separate": float(np.median(sep)) if len(sep) else float("nan"),
+        "mean_together": float(np.mean(tog)) if len(tog) else float("nan"),
+        "mean_separate": float(np.mean(sep)) if len(sep) else float("nan"),
+    }
+    summary["median_ratio"] = (
+        summary["median_together"] / summary["median_separate"] if len(tog) and len(sep) else float("nan")
+    )
     if len(tog) and len(sep):
         summary["mannwhitney_p"] = float(stats.mannwhitneyu(tog, sep, alternative="less").pvalue)
         summary["ks_p"] = float(stats.ks_2samp(tog, sep).pvalue)
@@ -491,38 +677,63 @@ def _cmd_diagnose(args) -> int:
             kw["low"] = args.low
         if args.high is not None:
             kw["high"] = args.high
-        res = fn(ds, n_components=args.n_components, statistic=args.statistic, threshold=args.threshold,
-                 nsigma=args.nsigma, max_low=args.max_low, max_high=args.max_high, seed=args.seed,
-                 progress=not args.no_progress, **kw)
+        res = fn(
+            ds,
+            n_components=args.n_components,
+            statistic=args.statistic,
+            threshold=args.threshold,
+            nsigma=args.nsigma,
+            max_low=args.max_low,
+            max_high=args.max_high,
+            seed=args.seed,
+            progress=not args.no_progress,
+            **kw,
+        )
         s = res.summary()
-        print(f"{'App. A: interstellar bands' if args.which == 'dib' else 'App. B: radial-velocity systematics'} "
-              f"{tag}")
-        print(f"reference {res.settings['reference']}: {res.n_low} stars; comparison "
-              f"{res.settings['comparison']}: {res.n_high} stars; PCA K={args.n_components}")
-        print(f"peak |residual| {abs(s['peak_value']):.4g} at {s['peak_wavelength']:.1f} Å (pixel {s['peak_pixel']}); "
-              f"threshold {res.threshold:.3g} around {res.baseline:.3g}")
+        print(f"{'App. A: interstellar bands' if args.which == 'dib' else 'App. B: radial-velocity systematics'} {tag}")
+        print(
+            f"reference {res.settings['reference']}: {res.n_low} stars; comparison "
+            f"{res.settings['comparison']}: {res.n_high} stars; PCA K={args.n_components}"
+        )
+        print(
+            f"peak |residual| {abs(s['peak_value']):.4g} at {s['peak_wavelength']:.1f} Å (pixel {s['peak_pixel']}); "
+            f"threshold {res.threshold:.3g} around {res.baseline:.3g}"
+        )
         if len(res.bands):
             print("suggested bands to mask (pixel start:stop, Å):")
             for b in res.bands.itertuples(index=False):
-                print(f"  {b.start}:{b.stop}  {b.wave_start:.1f}-{b.wave_stop:.1f} Å  peak {b.peak_value:+.4f} "
-                      f"at {b.peak_wavelength:.1f} Å")
+                print(
+                    f"  {b.start}:{b.stop}  {b.wave_start:.1f}-{b.wave_stop:.1f} Å  peak {b.peak_value:+.4f} "
+                    f"at {b.peak_wavelength:.1f} Å"
+                )
             print("as --mask-ranges: " + ",".join(f"{a}:{b}" for a, b in res.suggested_ranges))
         else:
             print("no band exceeds the threshold")
         table = res.to_frame()
     else:
-        res = visit_similarity(ds, args.representation, k=args.n_components, seed=args.seed, key=args.visit_key,
-                               normalise=args.normalise, progress=not args.no_progress)
+        res = visit_similarity(
+            ds,
+            args.representation,
+            k=args.n_components,
+            seed=args.seed,
+            key=args.visit_key,
+            normalise=args.normalise,
+            progress=not args.no_progress,
+        )
         s = res.summary
         print(f"App. C: sibling similarity observed together vs separately {tag}")
         rep = s["representation"] + (f" (K={s['k']})" if s["representation"] in ("pca", "rsca") else "")
-        print(f"representation {rep}, similarity scale per {s['normalise']}; pairs: {s['n_together']} together, "
-              f"{s['n_separate']} separate, {s['n_partial']} partial (set aside), {s['n_unknown']} without visits")
+        print(
+            f"representation {rep}, similarity scale per {s['normalise']}; pairs: {s['n_together']} together, "
+            f"{s['n_separate']} separate, {s['n_partial']} partial (set aside), {s['n_unknown']} without visits"
+        )
         if s["normalise"] == "cluster":
             print(f"compared within the {s['n_clusters_compared']} clusters that have both kinds of pairs")
-        print(f"median similarity together {s['median_together']:.3f}, separate {s['median_separate']:.3f} "
-              f"(ratio {s['median_ratio']:.3f}); Mann-Whitney p (together closer) {s['mannwhitney_p']:.3g}, "
-              f"KS p {s['ks_p']:.3g}")
+        print(
+            f"median similarity together {s['median_together']:.3f}, separate {s['median_separate']:.3f} "
+            f"(ratio {s['median_ratio']:.3f}); Mann-Whitney p (together closer) {s['mannwhitney_p']:.3g}, "
+            f"KS p {s['ks_p']:.3g}"
+        )
         table = res.to_frame()
     if args.out:
         _write_csv(table, args.out)
@@ -532,29 +743,51 @@ def _cmd_diagnose(args) -> int:
 
 def add_cli(subparsers) -> None:
     p = subparsers.add_parser(
-        "diagnose", help="systematics diagnostics of the paper's appendices (interstellar bands, RV, visits)",
+        "diagnose",
+        help="systematics diagnostics of the paper's appendices (interstellar bands, RV, visits)",
         description="App. A (--which dib): residuals of high-extinction stars from a low-extinction PCA and the "
-                    "bands to mask. App. B (--which rv): the same for radial velocity. App. C (--which visits): "
-                    "sibling similarity observed together vs separately.")
+        "bands to mask. App. B (--which rv): the same for radial velocity. App. C (--which visits): "
+        "sibling similarity observed together vs separately.",
+    )
     p.add_argument("--dataset", required=True, help="bundle directory")
     p.add_argument("--which", required=True, choices=("dib", "rv", "visits"))
     p.add_argument("--out", default=None, help="CSV file for the per-pixel residuals / the pair table")
     p.add_argument("--n-components", type=int, default=N_COMPONENTS, help="PCA components (default 30)")
-    p.add_argument("--low", type=float, default=None,
-                   help=f"reference threshold (default AK_TARG < {EXTINCTION_LOW} / |VHELIO_AVG| < {RV_LOW})")
-    p.add_argument("--high", type=float, default=None,
-                   help=f"comparison threshold (default AK_TARG > {EXTINCTION_HIGH} / VHELIO_AVG > {RV_HIGH})")
-    p.add_argument("--statistic", choices=("mean", "abs"), default="mean",
-                   help="flag bands on the mean residual or the mean |residual|")
+    p.add_argument(
+        "--low",
+        type=float,
+        default=None,
+        help=f"reference threshold (default AK_TARG < {EXTINCTION_LOW} / |VHELIO_AVG| < {RV_LOW})",
+    )
+    p.add_argument(
+        "--high",
+        type=float,
+        default=None,
+        help=f"comparison threshold (default AK_TARG > {EXTINCTION_HIGH} / VHELIO_AVG > {RV_HIGH})",
+    )
+    p.add_argument(
+        "--statistic",
+        choices=("mean", "abs"),
+        default="mean",
+        help="flag bands on the mean residual or the mean |residual|",
+    )
     p.add_argument("--threshold", type=float, default=None, help="absolute flag threshold (default: nsigma MADs)")
     p.add_argument("--nsigma", type=float, default=5.0)
     p.add_argument("--max-low", type=int, default=None, help="subsample the reference stars")
     p.add_argument("--max-high", type=int, default=None, help="subsample the comparison stars")
-    p.add_argument("--representation", default="rsca", choices=("rsca", "pca", "spectra", "abundances-rsca", "abundances"),
-                   help="space of the pair distances for --which visits")
+    p.add_argument(
+        "--representation",
+        default="rsca",
+        choices=("rsca", "pca", "spectra", "abundances-rsca", "abundances"),
+        help="space of the pair distances for --which visits",
+    )
     p.add_argument("--visit-key", choices=("date", "name"), default="date")
-    p.add_argument("--normalise", choices=("cluster", "global"), default="cluster",
-                   help="scale of the similarities: per cluster (default) or over all pairs (paper Fig. 8)")
+    p.add_argument(
+        "--normalise",
+        choices=("cluster", "global"),
+        default="cluster",
+        help="scale of the similarities: per cluster (default) or over all pairs (paper Fig. 8)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_diagnose)

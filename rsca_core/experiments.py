@@ -46,6 +46,7 @@ Shared conventions
 * ``progress``: False, True (own tqdm bar on stderr) or an object with ``update(n)`` (e.g. a tqdm bar
   shared by several experiments; each function documents how many units it adds).
 """
+
 from __future__ import annotations
 
 import sys
@@ -68,12 +69,17 @@ DATA_SIZE_KS = (10, 20, 30)
 INPUT_NAMES = {"spectra": "spectra", "abundances": "all abundances", "subset": "abundance subset"}
 
 #: Paper values that have a counterpart in our tables (SPEC §3; Table 1 rows quoted in the SPEC).
-PAPER_TOP_N = {1: (PAPER_RESULTS["spectra_k30_top1"], None), 4: PAPER_RESULTS["spectra_k30_top4"],
-               "all": PAPER_RESULTS["spectra_k30_all_axes"]}
-PAPER_ABLATION = {("spectra", "transformed"): PAPER_RESULTS["spectra_k30"],
-                  ("subset", "transformed"): PAPER_RESULTS["abundance_subset"]}
+PAPER_TOP_N = {
+    1: (PAPER_RESULTS["spectra_k30_top1"], None),
+    4: PAPER_RESULTS["spectra_k30_top4"],
+    "all": PAPER_RESULTS["spectra_k30_all_axes"],
+}
+PAPER_ABLATION = {
+    ("spectra", "transformed"): PAPER_RESULTS["spectra_k30"],
+    ("subset", "transformed"): PAPER_RESULTS["abundance_subset"],
+}
 
-_MEMO: "weakref.WeakKeyDictionary[Dataset, dict]" = weakref.WeakKeyDictionary()
+_MEMO: weakref.WeakKeyDictionary[Dataset, dict] = weakref.WeakKeyDictionary()
 
 
 # ---------------------------------------------------------------------------- small helpers
@@ -127,8 +133,9 @@ def _species(species):
     return sp
 
 
-def compression_scores(ds: Dataset, k: int, seed: int = 0, truncate_from: int | None = None,
-                       extra_mask_ranges=(), progress: bool = False) -> np.ndarray:
+def compression_scores(
+    ds: Dataset, k: int, seed: int = 0, truncate_from: int | None = None, extra_mask_ranges=(), progress: bool = False
+) -> np.ndarray:
     """(N, k) PCA scores of every star, memoised per Dataset object (on top of the disk cache).
 
     ``truncate_from=None``: the exact K=k compression. ``truncate_from=K_max ≥ k``: the leading k
@@ -155,14 +162,21 @@ def complete_rows(ds: Dataset, species) -> np.ndarray:
     return ~np.isnan(ds.abundances(list(species))).any(axis=1)
 
 
-def representation(ds: Dataset, input: str = "spectra", k: int = 30, seed: int = 0, species=None,
-                   rows=None, truncate_from=None, extra_mask_ranges=()) -> RateInputs:
+def representation(
+    ds: Dataset,
+    input: str = "spectra",
+    k: int = 30,
+    seed: int = 0,
+    species=None,
+    rows=None,
+    truncate_from=None,
+    extra_mask_ranges=(),
+) -> RateInputs:
     """Rate inputs like ``ds.rate_inputs`` but for a subset of stars (``rows``, boolean) and memoised
     compressions. Abundance inputs drop stars lacking a used species."""
     if input == "spectra":
         z = compression_scores(ds, k, seed, truncate_from, extra_mask_ranges)
-        desc = {"input": "spectra", "k": int(k), "seed": int(seed),
-                "compression": _compression_note(k, truncate_from)}
+        desc = {"input": "spectra", "k": int(k), "seed": int(seed), "compression": _compression_note(k, truncate_from)}
         keep = np.ones(ds.n_stars, bool)
     elif input in ("abundances", "subset"):
         sp = list(SPECIES) if input == "abundances" else _species(species or PAPER_SUBSET)
@@ -178,14 +192,17 @@ def representation(ds: Dataset, input: str = "spectra", k: int = 30, seed: int =
     if len(fi) == 0:
         raise ValueError(f"{ds.name}: no field star left for the {INPUT_NAMES[input]} representation")
     st = ds.stars
-    desc |= {"n_field": int(len(fi)), "n_cluster_stars": int(len(ci)),
-             "n_left_out": int(ds.n_stars - keep.sum())}
+    desc |= {"n_field": int(len(fi)), "n_cluster_stars": int(len(ci)), "n_left_out": int(ds.n_stars - keep.sum())}
     return RateInputs(
-        z_pop=np.asarray(z[fi], float), z_clust=np.asarray(z[ci], float),
+        z_pop=np.asarray(z[fi], float),
+        z_clust=np.asarray(z[ci], float),
         cluster_ids=st["cluster"].to_numpy(dtype=object)[ci],
-        pop_vhelio=st["vhelio_avg"].to_numpy(float)[fi], pop_ak=st["ak_targ"].to_numpy(float)[fi],
-        clust_vhelio=st["vhelio_avg"].to_numpy(float)[ci], clust_ak=st["ak_targ"].to_numpy(float)[ci],
-        description=desc | {"dataset": ds.name, "kind": ds.kind})
+        pop_vhelio=st["vhelio_avg"].to_numpy(float)[fi],
+        pop_ak=st["ak_targ"].to_numpy(float)[fi],
+        clust_vhelio=st["vhelio_avg"].to_numpy(float)[ci],
+        clust_ak=st["ak_targ"].to_numpy(float)[ci],
+        description=desc | {"dataset": ds.name, "kind": ds.kind},
+    )
 
 
 def _rates(inp: RateInputs, notes: list, **kw):
@@ -206,9 +223,19 @@ def _n_rated(res):
 
 
 # ---------------------------------------------------------------------------- Fig. 2
-def k_sweep(ds: Dataset, ks=DEFAULT_KS, seed: int = 0, cv=(True, False), *, truncate_from: int | None = None,
-            variant: str = "transformed", max_dvhelio: float = MAX_DVHELIO, max_dak: float = MAX_DAK,
-            extra_mask_ranges=(), progress=False) -> pd.DataFrame:
+def k_sweep(
+    ds: Dataset,
+    ks=DEFAULT_KS,
+    seed: int = 0,
+    cv=(True, False),
+    *,
+    truncate_from: int | None = None,
+    variant: str = "transformed",
+    max_dvhelio: float = MAX_DVHELIO,
+    max_dak: float = MAX_DAK,
+    extra_mask_ranges=(),
+    progress=False,
+) -> pd.DataFrame:
     """Global doppelganger rate vs K, with (leave-one-cluster-out) and without CV (Fig. 2).
 
     One row per (K, cv): ``k, cv, global_rate, n_clusters_rated, n_stars_rated, compression, seed,
@@ -222,20 +249,39 @@ def k_sweep(ds: Dataset, ks=DEFAULT_KS, seed: int = 0, cv=(True, False), *, trun
     rows = []
     try:
         for k in ks:
-            inp = representation(ds, "spectra", k, seed, truncate_from=truncate_from,
-                                 extra_mask_ranges=extra_mask_ranges)
+            inp = representation(
+                ds, "spectra", k, seed, truncate_from=truncate_from, extra_mask_ranges=extra_mask_ranges
+            )
             for c in cvs:
                 notes = []
                 try:
-                    res = _rates(inp, notes, cv=c, variant=variant, max_dvhelio=max_dvhelio, max_dak=max_dak,
-                                 keep_distances=False)
+                    res = _rates(
+                        inp,
+                        notes,
+                        cv=c,
+                        variant=variant,
+                        max_dvhelio=max_dvhelio,
+                        max_dak=max_dak,
+                        keep_distances=False,
+                    )
                     g, (nc, ns) = res.global_rate, _n_rated(res)
                 except ValueError as exc:
                     g, nc, ns = np.nan, 0, 0
                     notes.append(str(exc))
-                rows.append({"k": k, "cv": c, "global_rate": g, "n_clusters_rated": nc, "n_stars_rated": ns,
-                             "compression": _compression_note(k, truncate_from), "variant": variant,
-                             "seed": int(seed), "label": ds.label, "notes": " | ".join(notes)})
+                rows.append(
+                    {
+                        "k": k,
+                        "cv": c,
+                        "global_rate": g,
+                        "n_clusters_rated": nc,
+                        "n_stars_rated": ns,
+                        "compression": _compression_note(k, truncate_from),
+                        "variant": variant,
+                        "seed": int(seed),
+                        "label": ds.label,
+                        "notes": " | ".join(notes),
+                    }
+                )
                 bar.update()
     finally:
         bar.close()
@@ -243,9 +289,21 @@ def k_sweep(ds: Dataset, ks=DEFAULT_KS, seed: int = 0, cv=(True, False), *, trun
 
 
 # ---------------------------------------------------------------------------- Table 1
-def top_n_table(ds: Dataset, k: int = 30, ns=DEFAULT_NS, n_seeds: int = 10, seed: int = 0, *, cv: bool = True,
-                truncate_from: int | None = None, variant: str = "transformed", max_dvhelio: float = MAX_DVHELIO,
-                max_dak: float = MAX_DAK, extra_mask_ranges=(), progress=False) -> pd.DataFrame:
+def top_n_table(
+    ds: Dataset,
+    k: int = 30,
+    ns=DEFAULT_NS,
+    n_seeds: int = 10,
+    seed: int = 0,
+    *,
+    cv: bool = True,
+    truncate_from: int | None = None,
+    variant: str = "transformed",
+    max_dvhelio: float = MAX_DVHELIO,
+    max_dak: float = MAX_DAK,
+    extra_mask_ranges=(),
+    progress=False,
+) -> pd.DataFrame:
     """Global rate keeping only the top N axes (and all K axes) of a K-dim map (Table 1).
 
     Compressions with seeds ``seed … seed + n_seeds − 1``; for each, one pass over the folds gives
@@ -266,10 +324,17 @@ def top_n_table(ds: Dataset, k: int = 30, ns=DEFAULT_NS, n_seeds: int = 10, seed
     bar = _Progress(progress, n_seeds, f"top-N table (K={k})")
     try:
         for s in seeds:
-            inp = representation(ds, "spectra", k, s, truncate_from=truncate_from,
-                                 extra_mask_ranges=extra_mask_ranges)
-            res = _rates(inp, notes, cv=cv, top_n=levels, variant=variant, max_dvhelio=max_dvhelio,
-                         max_dak=max_dak, keep_distances=False)
+            inp = representation(ds, "spectra", k, s, truncate_from=truncate_from, extra_mask_ranges=extra_mask_ranges)
+            res = _rates(
+                inp,
+                notes,
+                cv=cv,
+                top_n=levels,
+                variant=variant,
+                max_dvhelio=max_dvhelio,
+                max_dak=max_dak,
+                keep_distances=False,
+            )
             per_seed[s] = {n: res[n].global_rate for n in levels}
             bar.update()
     finally:
@@ -278,25 +343,46 @@ def top_n_table(ds: Dataset, k: int = 30, ns=DEFAULT_NS, n_seeds: int = 10, seed
     for n in levels:
         vals = np.array([per_seed[s][n] for s in seeds], float)
         paper = PAPER_TOP_N.get("all" if n is None else n, (np.nan, np.nan))
-        row = {"n_axes": k if n is None else n, "axes": f"all {k}" if n is None else f"top {n}",
-               "mean": float(np.nanmean(vals)) if np.isfinite(vals).any() else np.nan,
-               "std": float(np.nanstd(vals, ddof=1)) if np.isfinite(vals).sum() > 1 else np.nan,
-               "n_seeds": int(np.isfinite(vals).sum())}
+        row = {
+            "n_axes": k if n is None else n,
+            "axes": f"all {k}" if n is None else f"top {n}",
+            "mean": float(np.nanmean(vals)) if np.isfinite(vals).any() else np.nan,
+            "std": float(np.nanstd(vals, ddof=1)) if np.isfinite(vals).sum() > 1 else np.nan,
+            "n_seeds": int(np.isfinite(vals).sum()),
+        }
         row |= {f"rate_seed{s}": v for s, v in zip(seeds, vals)}
-        row |= {"paper_mean": paper[0] if k == 30 else np.nan,
-                "paper_std": (paper[1] if paper[1] is not None else np.nan) if k == 30 else np.nan,
-                "k": int(k), "cv": bool(cv), "compression": _compression_note(k, truncate_from),
-                "seeds": f"{seeds[0]}..{seeds[-1]}" if len(seeds) > 1 else str(seeds[0]),
-                "seed": int(seed), "label": ds.label, "notes": " | ".join(notes)}
+        row |= {
+            "paper_mean": paper[0] if k == 30 else np.nan,
+            "paper_std": (paper[1] if paper[1] is not None else np.nan) if k == 30 else np.nan,
+            "k": int(k),
+            "cv": bool(cv),
+            "compression": _compression_note(k, truncate_from),
+            "seeds": f"{seeds[0]}..{seeds[-1]}" if len(seeds) > 1 else str(seeds[0]),
+            "seed": int(seed),
+            "label": ds.label,
+            "notes": " | ".join(notes),
+        }
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------------------- Fig. 4
-def ablation(ds: Dataset, k: int = 30, subset=PAPER_SUBSET, *, variants=VARIANTS, n_seeds: int = 1, seed: int = 0,
-             cv: bool = True, common_stars: bool = True, truncate_from: int | None = None,
-             max_dvhelio: float = MAX_DVHELIO, max_dak: float = MAX_DAK, extra_mask_ranges=(),
-             progress=False) -> pd.DataFrame:
+def ablation(
+    ds: Dataset,
+    k: int = 30,
+    subset=PAPER_SUBSET,
+    *,
+    variants=VARIANTS,
+    n_seeds: int = 1,
+    seed: int = 0,
+    cv: bool = True,
+    common_stars: bool = True,
+    truncate_from: int | None = None,
+    max_dvhelio: float = MAX_DVHELIO,
+    max_dak: float = MAX_DAK,
+    extra_mask_ranges=(),
+    progress=False,
+) -> pd.DataFrame:
     """{spectra (K PCA scores), all 21 abundances, ``subset``} × ``variants`` (Fig. 4).
 
     Spectra rates are averaged over ``n_seeds`` compressions (seeds ``seed …``); abundances are
@@ -320,15 +406,26 @@ def ablation(ds: Dataset, k: int = 30, subset=PAPER_SUBSET, *, variants=VARIANTS
     try:
         for inp_name in ("spectra", "abundances", "subset"):
             runs = seeds if inp_name == "spectra" else [None]
-            inputs = [representation(ds, inp_name, k, s if s is not None else seed, species=sub, rows=rows_mask,
-                                     truncate_from=truncate_from, extra_mask_ranges=extra_mask_ranges)
-                      for s in runs]
+            inputs = [
+                representation(
+                    ds,
+                    inp_name,
+                    k,
+                    s if s is not None else seed,
+                    species=sub,
+                    rows=rows_mask,
+                    truncate_from=truncate_from,
+                    extra_mask_ranges=extra_mask_ranges,
+                )
+                for s in runs
+            ]
             for v in variants:
                 notes, vals = [], []
                 for inp in inputs:
                     try:
-                        res = _rates(inp, notes, cv=cv, variant=v, max_dvhelio=max_dvhelio, max_dak=max_dak,
-                                     keep_distances=False)
+                        res = _rates(
+                            inp, notes, cv=cv, variant=v, max_dvhelio=max_dvhelio, max_dak=max_dak, keep_distances=False
+                        )
                         vals.append(res.global_rate)
                     except ValueError as exc:
                         vals.append(np.nan)
@@ -336,18 +433,29 @@ def ablation(ds: Dataset, k: int = 30, subset=PAPER_SUBSET, *, variants=VARIANTS
                     bar.update()
                 vals = np.array(vals, float)
                 d = inputs[0].description
-                out.append({
-                    "input": inp_name, "representation": INPUT_NAMES[inp_name], "variant": v,
-                    "mean": float(np.nanmean(vals)) if np.isfinite(vals).any() else np.nan,
-                    "std": float(np.nanstd(vals, ddof=1)) if np.isfinite(vals).sum() > 1 else np.nan,
-                    "n_runs": int(np.isfinite(vals).sum()), "k": int(k) if inp_name == "spectra" else np.nan,
-                    "species": "" if inp_name == "spectra" else ",".join(d["species"]),
-                    "n_field": d["n_field"], "n_cluster_stars": d["n_cluster_stars"],
-                    "paper": PAPER_ABLATION.get((inp_name, v), np.nan) if (inp_name != "spectra" or k == 30)
-                    and (inp_name != "subset" or sub == list(PAPER_SUBSET)) else np.nan,
-                    "seeds": (f"{seeds[0]}..{seeds[-1]}" if len(seeds) > 1 else str(seeds[0]))
-                    if inp_name == "spectra" else "",
-                    "seed": int(seed), "label": ds.label, "notes": " | ".join(notes)})
+                out.append(
+                    {
+                        "input": inp_name,
+                        "representation": INPUT_NAMES[inp_name],
+                        "variant": v,
+                        "mean": float(np.nanmean(vals)) if np.isfinite(vals).any() else np.nan,
+                        "std": float(np.nanstd(vals, ddof=1)) if np.isfinite(vals).sum() > 1 else np.nan,
+                        "n_runs": int(np.isfinite(vals).sum()),
+                        "k": int(k) if inp_name == "spectra" else np.nan,
+                        "species": "" if inp_name == "spectra" else ",".join(d["species"]),
+                        "n_field": d["n_field"],
+                        "n_cluster_stars": d["n_cluster_stars"],
+                        "paper": PAPER_ABLATION.get((inp_name, v), np.nan)
+                        if (inp_name != "spectra" or k == 30) and (inp_name != "subset" or sub == list(PAPER_SUBSET))
+                        else np.nan,
+                        "seeds": (f"{seeds[0]}..{seeds[-1]}" if len(seeds) > 1 else str(seeds[0]))
+                        if inp_name == "spectra"
+                        else "",
+                        "seed": int(seed),
+                        "label": ds.label,
+                        "notes": " | ".join(notes),
+                    }
+                )
     finally:
         bar.close()
     return pd.DataFrame(out)
@@ -361,10 +469,21 @@ def default_cluster_counts(n_usable: int, max_points: int = 10) -> list[int]:
     return sorted(set(int(round(v)) for v in np.linspace(2, n_usable - 1, max_points)))
 
 
-def data_size_curve(ds: Dataset, ks=DATA_SIZE_KS, n_clusters=None, n_trials: int = 50, seed: int = 0, *,
-                    truncate_from: int | None = None, variant: str = "transformed",
-                    max_dvhelio: float = MAX_DVHELIO, max_dak: float = MAX_DAK, extra_mask_ranges=(),
-                    return_trials: bool = False, progress=False):
+def data_size_curve(
+    ds: Dataset,
+    ks=DATA_SIZE_KS,
+    n_clusters=None,
+    n_trials: int = 50,
+    seed: int = 0,
+    *,
+    truncate_from: int | None = None,
+    variant: str = "transformed",
+    max_dvhelio: float = MAX_DVHELIO,
+    max_dak: float = MAX_DAK,
+    extra_mask_ranges=(),
+    return_trials: bool = False,
+    progress=False,
+):
     """Expected global rate when the map is trained on only m clusters (Fig. 5).
 
     Evaluation (held-out, so it never scores a cluster with a map that saw it): in each trial, for
@@ -392,19 +511,40 @@ def data_size_curve(ds: Dataset, ks=DATA_SIZE_KS, n_clusters=None, n_trials: int
     ms = default_cluster_counts(len(usable)) if n_clusters is None else _positive_ints(n_clusters, "n_clusters")
     bad = [m for m in ms if m > len(usable) - 1]
     if bad:
-        raise ValueError(f"n_clusters={bad[0]} is too many: each evaluated cluster can be trained on at most "
-                         f"{len(usable) - 1} other clusters")
+        raise ValueError(
+            f"n_clusters={bad[0]} is too many: each evaluated cluster can be trained on at most "
+            f"{len(usable) - 1} other clusters"
+        )
     ms = sorted(set(ms))
     rng = np.random.default_rng(seed)
     # draws[m][t][c] = names of the training clusters for evaluating c (shared by every K)
-    draws = {m: [{c: sorted(rng.choice([o for o in usable if o != c], size=m, replace=False).tolist())
-                  for c in usable} for _ in range(n_trials)] for m in ms}
+    draws = {
+        m: [
+            {c: sorted(rng.choice([o for o in usable if o != c], size=m, replace=False).tolist()) for c in usable}
+            for _ in range(n_trials)
+        ]
+        for m in ms
+    }
     bar = _Progress(progress, len(ks) * len(ms) * n_trials, "data-size curve")
     trial_rows = []
     try:
         with threadpool_limits(limits=1, user_api="blas"):  # K × K work: BLAS threads only add overhead
-            _data_size_trials(ds, ks, ms, n_trials, usable, draws, est, seed, truncate_from, extra_mask_ranges,
-                              float(max_dvhelio), float(max_dak), trial_rows, bar)
+            _data_size_trials(
+                ds,
+                ks,
+                ms,
+                n_trials,
+                usable,
+                draws,
+                est,
+                seed,
+                truncate_from,
+                extra_mask_ranges,
+                float(max_dvhelio),
+                float(max_dak),
+                trial_rows,
+                bar,
+            )
     finally:
         bar.close()
     trials = pd.DataFrame(trial_rows)
@@ -412,14 +552,22 @@ def data_size_curve(ds: Dataset, ks=DATA_SIZE_KS, n_clusters=None, n_trials: int
     for (k, m), grp in trials.groupby(["k", "n_train_clusters"], sort=True):
         vals = grp["global_rate"].to_numpy(float)
         fin = vals[np.isfinite(vals)]
-        summary.append({"k": int(k), "n_train_clusters": int(m),
-                        "mean_rate": float(fin.mean()) if len(fin) else np.nan,
-                        "std_rate": float(fin.std(ddof=1)) if len(fin) > 1 else np.nan,
-                        "sem": float(fin.std(ddof=1) / np.sqrt(len(fin))) if len(fin) > 1 else np.nan,
-                        "n_trials": int(len(fin)),
-                        "fraction_unfit": float(grp["n_unfit"].sum() / grp["n_evaluated"].sum()),
-                        "n_clusters_total": len(usable), "variant": variant,
-                        "compression": _compression_note(k, truncate_from), "seed": int(seed), "label": ds.label})
+        summary.append(
+            {
+                "k": int(k),
+                "n_train_clusters": int(m),
+                "mean_rate": float(fin.mean()) if len(fin) else np.nan,
+                "std_rate": float(fin.std(ddof=1)) if len(fin) > 1 else np.nan,
+                "sem": float(fin.std(ddof=1) / np.sqrt(len(fin))) if len(fin) > 1 else np.nan,
+                "n_trials": int(len(fin)),
+                "fraction_unfit": float(grp["n_unfit"].sum() / grp["n_evaluated"].sum()),
+                "n_clusters_total": len(usable),
+                "variant": variant,
+                "compression": _compression_note(k, truncate_from),
+                "seed": int(seed),
+                "label": ds.label,
+            }
+        )
     summary = pd.DataFrame(summary)
     if return_trials:
         trials["seed"], trials["label"] = int(seed), ds.label
@@ -427,11 +575,24 @@ def data_size_curve(ds: Dataset, ks=DATA_SIZE_KS, n_clusters=None, n_trials: int
     return summary
 
 
-def _data_size_trials(ds, ks, ms, n_trials, usable, draws, est, seed, truncate_from, extra_mask_ranges,
-                      max_dvhelio, max_dak, trial_rows, bar):
+def _data_size_trials(
+    ds,
+    ks,
+    ms,
+    n_trials,
+    usable,
+    draws,
+    est,
+    seed,
+    truncate_from,
+    extra_mask_ranges,
+    max_dvhelio,
+    max_dak,
+    trial_rows,
+    bar,
+):
     for k in ks:
-        inp = representation(ds, "spectra", k, seed, truncate_from=truncate_from,
-                             extra_mask_ranges=extra_mask_ranges)
+        inp = representation(ds, "spectra", k, seed, truncate_from=truncate_from, extra_mask_ranges=extra_mask_ranges)
         ids = check_cluster_ids(inp.cluster_ids, len(inp.cluster_ids))
         groups = group_indices(ids)
         mean, sphere = est.fit_population(inp.z_pop)
@@ -459,18 +620,34 @@ def _data_size_trials(ds, ks, ms, n_trials, usable, draws, est, seed, truncate_f
                         rates.append(rate)
                         weights.append(len(idx))
                 g = float(np.average(rates, weights=weights)) if rates else np.nan
-                trial_rows.append({"k": k, "n_train_clusters": m, "trial": t, "global_rate": g,
-                                   "n_unfit": unfit, "n_evaluated": len(usable)})
+                trial_rows.append(
+                    {
+                        "k": k,
+                        "n_train_clusters": m,
+                        "trial": t,
+                        "global_rate": g,
+                        "n_unfit": unfit,
+                        "n_evaluated": len(usable),
+                    }
+                )
                 bar.update()
 
 
 # ---------------------------------------------------------------------------- Fig. 3
-CORRELATION_LABELS = ("teff", "logg", "fe_h", *[f"x_h_{s.lower()}" for s in SPECIES], "ak_targ", "vhelio_avg",
-                      "snr")
+CORRELATION_LABELS = ("teff", "logg", "fe_h", *[f"x_h_{s.lower()}" for s in SPECIES], "ak_targ", "vhelio_avg", "snr")
 
 
-def feature_relations(ds: Dataset, k: int = 30, n_features: int = 3, seed: int = 0, *, vhelio_feature=None,
-                      n_correlated: int = 10, truncate_from: int | None = None, extra_mask_ranges=()) -> dict:
+def feature_relations(
+    ds: Dataset,
+    k: int = 30,
+    n_features: int = 3,
+    seed: int = 0,
+    *,
+    vhelio_feature=None,
+    n_correlated: int = 10,
+    truncate_from: int | None = None,
+    extra_mask_ranges=(),
+) -> dict:
     """The top RSCA features of a K-dim map fitted on all clusters, against observed labels (Fig. 3).
 
     Returns a dict:
@@ -516,8 +693,9 @@ def feature_relations(ds: Dataset, k: int = 30, n_features: int = 3, seed: int =
         else:
             vhelio_feature = n_features
     m = max(n_features, vhelio_feature)
-    stars = pd.DataFrame({"apogee_id": st["apogee_id"], "cluster": st["cluster"], "is_cluster": isc,
-                          "fe_h": feh, "vhelio_avg": vh})
+    stars = pd.DataFrame(
+        {"apogee_id": st["apogee_id"], "cluster": st["cluster"], "is_cluster": isc, "fe_h": feh, "vhelio_avg": vh}
+    )
     for i in range(m):
         stars[f"feature_{i + 1}"] = Y[:, i]
     stars["label"], stars["seed"] = ds.label, int(seed)
@@ -545,17 +723,38 @@ def feature_relations(ds: Dataset, k: int = 30, n_features: int = 3, seed: int =
         rows.append(row)
     corr = pd.DataFrame(rows)
     corr["seed"], corr["label"] = int(seed), ds.label
-    return {"stars": stars, "correlations": corr,
-            "settings": {"k": int(k), "seed": int(seed), "n_features": n_features, "vhelio_feature": vhelio_feature,
-                         "compression": _compression_note(k, truncate_from), "label": ds.label,
-                         "n_field": int(field.sum()), "n_cluster_stars": int(isc.sum())}}
+    return {
+        "stars": stars,
+        "correlations": corr,
+        "settings": {
+            "k": int(k),
+            "seed": int(seed),
+            "n_features": n_features,
+            "vhelio_feature": vhelio_feature,
+            "compression": _compression_note(k, truncate_from),
+            "label": ds.label,
+            "n_field": int(field.sum()),
+            "n_cluster_stars": int(isc.sum()),
+        },
+    }
 
 
 # ---------------------------------------------------------------------------- Fig. 9/10
-def distance_histograms(ds: Dataset, k: int = 30, seed: int = 0, inputs=("spectra", "subset"), *,
-                        subset=PAPER_SUBSET, cv: bool = True, bins: int = 30, truncate_from: int | None = None,
-                        max_dvhelio: float = MAX_DVHELIO, max_dak: float = MAX_DAK, extra_mask_ranges=(),
-                        progress=False) -> dict:
+def distance_histograms(
+    ds: Dataset,
+    k: int = 30,
+    seed: int = 0,
+    inputs=("spectra", "subset"),
+    *,
+    subset=PAPER_SUBSET,
+    cv: bool = True,
+    bins: int = 30,
+    truncate_from: int | None = None,
+    max_dvhelio: float = MAX_DVHELIO,
+    max_dak: float = MAX_DAK,
+    extra_mask_ranges=(),
+    progress=False,
+) -> dict:
     """Per-cluster intra- vs inter-cluster distance distributions (Fig. 9/10).
 
     For each representation in ``inputs`` ("spectra", "abundances", "subset"), the full RSCA
@@ -578,8 +777,9 @@ def distance_histograms(ds: Dataset, k: int = 30, seed: int = 0, inputs=("spectr
     summary, hists, raw = [], [], {}
     try:
         for inp_name in inputs:
-            inp = representation(ds, inp_name, k, seed, species=sub, truncate_from=truncate_from,
-                                 extra_mask_ranges=extra_mask_ranges)
+            inp = representation(
+                ds, inp_name, k, seed, species=sub, truncate_from=truncate_from, extra_mask_ranges=extra_mask_ranges
+            )
             notes = []
             res = _rates(inp, notes, cv=cv, max_dvhelio=max_dvhelio, max_dak=max_dak, keep_distances=True)
             raw[inp_name] = {}
@@ -588,11 +788,24 @@ def distance_histograms(ds: Dataset, k: int = 30, seed: int = 0, inputs=("spectr
                 inter = res.inter_distances.get(r.cluster)
                 inter = np.array([]) if inter is None else np.asarray(inter, float)
                 raw[inp_name][r.cluster] = {"intra": intra, "inter": inter}
-                summary.append({"input": inp_name, "representation": INPUT_NAMES[inp_name], "cluster": r.cluster,
-                                "n_stars": int(r.n_stars), "rate": r.rate, "median_intra": r.median_intra,
-                                "n_intra_pairs": int(len(intra)), "n_inter_pairs": int(r.n_inter_pairs),
-                                "global_rate": res.global_rate, "k": int(k) if inp_name == "spectra" else np.nan,
-                                "cv": bool(cv), "seed": int(seed), "label": ds.label, "notes": " | ".join(notes)})
+                summary.append(
+                    {
+                        "input": inp_name,
+                        "representation": INPUT_NAMES[inp_name],
+                        "cluster": r.cluster,
+                        "n_stars": int(r.n_stars),
+                        "rate": r.rate,
+                        "median_intra": r.median_intra,
+                        "n_intra_pairs": int(len(intra)),
+                        "n_inter_pairs": int(r.n_inter_pairs),
+                        "global_rate": res.global_rate,
+                        "k": int(k) if inp_name == "spectra" else np.nan,
+                        "cv": bool(cv),
+                        "seed": int(seed),
+                        "label": ds.label,
+                        "notes": " | ".join(notes),
+                    }
+                )
                 if len(intra) == 0:
                     continue
                 hi = max(float(intra.max()), float(np.quantile(inter, 0.99)) if len(inter) else 0.0)
@@ -601,16 +814,36 @@ def distance_histograms(ds: Dataset, k: int = 30, seed: int = 0, inputs=("spectr
                 ce, _ = np.histogram(inter, edges)
                 width = np.diff(edges)
                 for b in range(bins):
-                    hists.append({"input": inp_name, "cluster": r.cluster, "bin": b, "left": edges[b],
-                                  "right": edges[b + 1], "intra_count": int(ci[b]), "inter_count": int(ce[b]),
-                                  "intra_density": ci[b] / (len(intra) * width[b]),
-                                  "inter_density": ce[b] / (len(inter) * width[b]) if len(inter) else np.nan})
+                    hists.append(
+                        {
+                            "input": inp_name,
+                            "cluster": r.cluster,
+                            "bin": b,
+                            "left": edges[b],
+                            "right": edges[b + 1],
+                            "intra_count": int(ci[b]),
+                            "inter_count": int(ce[b]),
+                            "intra_density": ci[b] / (len(intra) * width[b]),
+                            "inter_density": ce[b] / (len(inter) * width[b]) if len(inter) else np.nan,
+                        }
+                    )
             bar.update()
     finally:
         bar.close()
     h = pd.DataFrame(hists)
     if len(h):
         h["seed"], h["label"] = int(seed), ds.label
-    return {"summary": pd.DataFrame(summary), "histograms": h, "distances": raw,
-            "settings": {"k": int(k), "seed": int(seed), "cv": bool(cv), "inputs": list(inputs), "subset": sub,
-                         "bins": bins, "label": ds.label}}
+    return {
+        "summary": pd.DataFrame(summary),
+        "histograms": h,
+        "distances": raw,
+        "settings": {
+            "k": int(k),
+            "seed": int(seed),
+            "cv": bool(cv),
+            "inputs": list(inputs),
+            "subset": sub,
+            "bins": bins,
+            "label": ds.label,
+        },
+    }

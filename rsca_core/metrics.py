@@ -18,6 +18,7 @@ training clusters alone). Candidate field stars of a cluster are found by binary
 distances use one matrix product per cluster, with pairs within rounding of the median recomputed
 exactly, so that the strict "<" is decided as a direct computation would.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,6 +39,7 @@ class UndefinedRateWarning(UserWarning):
 @dataclass
 class DoppelgangerResult:
     """Output of :func:`doppelganger_rates`."""
+
     global_rate: float
     per_cluster: pd.DataFrame
     intra_distances: dict = field(default_factory=dict)
@@ -50,10 +52,16 @@ class DoppelgangerResult:
         return int(self.per_cluster.loc[ok, "n_stars"].sum())
 
     def to_dict(self) -> dict:
-        rows = [{"name": r.cluster, "n_stars": int(r.n_stars),
-                 "rate": None if pd.isna(r.rate) else float(r.rate),
-                 "median_intra": None if pd.isna(r.median_intra) else float(r.median_intra),
-                 "n_inter_pairs": int(r.n_inter_pairs)} for r in self.per_cluster.itertuples()]
+        rows = [
+            {
+                "name": r.cluster,
+                "n_stars": int(r.n_stars),
+                "rate": None if pd.isna(r.rate) else float(r.rate),
+                "median_intra": None if pd.isna(r.median_intra) else float(r.median_intra),
+                "n_inter_pairs": int(r.n_inter_pairs),
+            }
+            for r in self.per_cluster.itertuples()
+        ]
         g = None if np.isnan(self.global_rate) else float(self.global_rate)
         return {"global_rate": g, "clusters": rows, "settings": self.settings}
 
@@ -134,7 +142,7 @@ def _count_below(Ym, Yf, pair_ok, median, keep):
     dist = None
     if keep:
         if exact is not None:
-            gap[ii, jj] = exact ** 2 - m2
+            gap[ii, jj] = exact**2 - m2
         gap += m2
         dist = np.sqrt(np.maximum(gap[pair_ok], 0.0))
     return n_below, int(np.count_nonzero(pair_ok)), dist
@@ -152,9 +160,22 @@ def _fold_rate(A, S_members, Zf, sphere, pair_ok, keep):
     return (n_below / n_pairs if n_pairs else np.nan), med, n_pairs, intra, dist
 
 
-def doppelganger_rates(Z_pop, Z_clust, cluster_ids, *, pop_vhelio=None, pop_ak=None, clust_vhelio=None,
-                       clust_ak=None, cv=True, top_n=None, max_dvhelio=5.0, max_dak=0.05,
-                       keep_distances=True, **rsca_options) -> DoppelgangerResult:
+def doppelganger_rates(
+    Z_pop,
+    Z_clust,
+    cluster_ids,
+    *,
+    pop_vhelio=None,
+    pop_ak=None,
+    clust_vhelio=None,
+    clust_ak=None,
+    cv=True,
+    top_n=None,
+    max_dvhelio=5.0,
+    max_dak=0.05,
+    keep_distances=True,
+    **rsca_options,
+) -> DoppelgangerResult:
     """Per-cluster and global doppelganger rates of the RSCA representation (SPEC §2).
 
     ``top_n`` may also be a list (e.g. ``[1, 2, 4, None]``): then a dict {top_n: result} is
@@ -189,12 +210,17 @@ def doppelganger_rates(Z_pop, Z_clust, cluster_ids, *, pop_vhelio=None, pop_ak=N
     usable = [c for c, idx in groups.items() if len(idx) >= 2]
     need = 3 if (cv and est.variant != "raw") else 2
     if len(usable) < need:
-        raise ValueError(f"need at least {need} clusters with 2 or more stars"
-                         f"{' for leave-one-cluster-out' if need == 3 else ''}; got {len(usable)}")
+        raise ValueError(
+            f"need at least {need} clusters with 2 or more stars"
+            f"{' for leave-one-cluster-out' if need == 3 else ''}; got {len(usable)}"
+        )
     singles = [c for c, idx in groups.items() if len(idx) < 2]
     if singles:
-        warnings.warn(f"{len(singles)} cluster(s) with a single star have no rate: {', '.join(singles[:5])}",
-                      UndefinedRateWarning, stacklevel=2)
+        warnings.warn(
+            f"{len(singles)} cluster(s) with a single star have no rate: {', '.join(singles[:5])}",
+            UndefinedRateWarning,
+            stacklevel=2,
+        )
 
     results = {n: {"rows": [], "intra": {}, "inter": {}} for n in top_ns}
     # Step 2 is shared by every fold: it depends on the field only (its field-sized sums are split
@@ -208,31 +234,48 @@ def doppelganger_rates(Z_pop, Z_clust, cluster_ids, *, pop_vhelio=None, pop_ak=N
             fold_geom = est.fit_leave_one_out(stats)
         else:
             fold_geom = dict.fromkeys(groups, est.fit_cluster_subset(stats))
-        _fold_loop(groups, fold_geom, (Z_pop, mean, sphere), S_cl, top_ns, results,
-                   keep_distances, (pfilter, cvh, ca) if use_filter else None)
+        _fold_loop(
+            groups,
+            fold_geom,
+            (Z_pop, mean, sphere),
+            S_cl,
+            top_ns,
+            results,
+            keep_distances,
+            (pfilter, cvh, ca) if use_filter else None,
+        )
 
-    settings = {"cv": bool(cv), "max_dvhelio": float(max_dvhelio) if use_filter else None,
-                "max_dak": float(max_dak) if use_filter else None, "pair_filter": use_filter,
-                "k": int(K), "n_field": int(len(Z_pop)), "n_cluster_stars": int(len(Z_clust)),
-                **est.get_params()}
+    settings = {
+        "cv": bool(cv),
+        "max_dvhelio": float(max_dvhelio) if use_filter else None,
+        "max_dak": float(max_dak) if use_filter else None,
+        "pair_filter": use_filter,
+        "k": int(K),
+        "n_field": int(len(Z_pop)),
+        "n_cluster_stars": int(len(Z_clust)),
+        **est.get_params(),
+    }
     out = {}
     for n in top_ns:
-        df = pd.DataFrame(results[n]["rows"], columns=["cluster", "n_stars", "rate", "median_intra",
-                                                       "n_inter_pairs"])
+        df = pd.DataFrame(results[n]["rows"], columns=["cluster", "n_stars", "rate", "median_intra", "n_inter_pairs"])
         undefined = df[(df.n_stars >= 2) & df.rate.isna()]
         if len(undefined):
-            warnings.warn(f"{len(undefined)} cluster(s) have no field star passing the pair filter; their "
-                          f"rate is undefined and left out of the global rate: "
-                          f"{', '.join(undefined.cluster.astype(str)[:5])}", UndefinedRateWarning, stacklevel=2)
+            warnings.warn(
+                f"{len(undefined)} cluster(s) have no field star passing the pair filter; their "
+                f"rate is undefined and left out of the global rate: "
+                f"{', '.join(undefined.cluster.astype(str)[:5])}",
+                UndefinedRateWarning,
+                stacklevel=2,
+            )
         ok = df.rate.notna()
         if ok.any():
             g = float(np.average(df.rate[ok], weights=df.n_stars[ok]))
         else:
             g = np.nan
-            warnings.warn("no cluster has a defined rate; the global rate is undefined",
-                          UndefinedRateWarning, stacklevel=2)
-        out[n] = DoppelgangerResult(g, df, results[n]["intra"], results[n]["inter"],
-                                    settings | {"top_n": n})
+            warnings.warn(
+                "no cluster has a defined rate; the global rate is undefined", UndefinedRateWarning, stacklevel=2
+            )
+        out[n] = DoppelgangerResult(g, df, results[n]["intra"], results[n]["inter"], settings | {"top_n": n})
     return out if multi else out[top_ns[0]]
 
 
@@ -254,10 +297,8 @@ def _fold_loop(groups, fold_geom, pop, S_cl, top_ns, results, keep_distances, fl
         Zf = np.take(Z_pop, cand, axis=0) if flt is not None else Z_pop.copy()
         Zf -= mean
         for n in top_ns:
-            rate, med, n_pairs, intra, dist = _fold_rate(geom.matrix(n), S_cl[idx], Zf, sphere, pair_ok,
-                                                         keep_distances)
+            rate, med, n_pairs, intra, dist = _fold_rate(geom.matrix(n), S_cl[idx], Zf, sphere, pair_ok, keep_distances)
             results[n]["rows"].append((name, len(idx), rate, med, n_pairs))
             if keep_distances:
                 results[n]["intra"][name] = intra
                 results[n]["inter"][name] = dist
-

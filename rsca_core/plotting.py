@@ -6,6 +6,7 @@ Every function takes the table (or dict) an experiment returned and an optional 
 data always says "simulated". Paper values (SPEC §3) are drawn as black open markers where the
 paper has a counterpart.
 """
+
 from __future__ import annotations
 
 import math
@@ -43,8 +44,7 @@ def _label(table, label):
 def _title(text, label, seed=None):
     tag = "SIMULATED data" if label == "simulated" else f"{label} data"
     extra = "" if seed is None else f", seed {seed}"
-    return dict(text=f"{text} <span style='font-size:0.8em;color:#555'>({tag}{extra})</span>", x=0.01,
-                xanchor="left")
+    return dict(text=f"{text} <span style='font-size:0.8em;color:#555'>({tag}{extra})</span>", x=0.01, xanchor="left")
 
 
 def _seed(table):
@@ -55,8 +55,14 @@ def _seed(table):
     return None
 
 
-_LABEL_NAMES = {"teff": "Teff", "logg": "logg", "fe_h": "[Fe/H]", "ak_targ": "AK_TARG", "vhelio_avg": "VHELIO_AVG",
-                "snr": "SNR"} | {f"x_h_{sp.lower()}": f"[{sp}/H]" for sp in SPECIES}
+_LABEL_NAMES = {
+    "teff": "Teff",
+    "logg": "logg",
+    "fe_h": "[Fe/H]",
+    "ak_targ": "AK_TARG",
+    "vhelio_avg": "VHELIO_AVG",
+    "snr": "SNR",
+} | {f"x_h_{sp.lower()}": f"[{sp}/H]" for sp in SPECIES}
 
 
 def label_name(column: str) -> str:
@@ -65,8 +71,15 @@ def label_name(column: str) -> str:
 
 
 def _layout(fig, title, height=420, width=None, **kw):
-    fig.update_layout(title=title, template="plotly_white", height=height, width=width,
-                      margin=dict(l=60, r=20, t=60, b=50), legend=dict(orientation="h", y=-0.18), **kw)
+    fig.update_layout(
+        title=title,
+        template="plotly_white",
+        height=height,
+        width=width,
+        margin=dict(l=60, r=20, t=60, b=50),
+        legend=dict(orientation="h", y=-0.18),
+        **kw,
+    )
     return fig
 
 
@@ -87,10 +100,18 @@ def fig_k_sweep(table: pd.DataFrame, label: str | None = None) -> go.Figure:
     for cv, name, colour in ((True, "with CV (leave one cluster out)", BLUE), (False, "without CV", GREEN)):
         sub = table[table["cv"] == cv].sort_values("k")
         if len(sub):
-            fig.add_trace(go.Scatter(x=sub["k"], y=sub["global_rate"], mode="lines+markers", name=name,
-                                     line=dict(color=colour)))
-    fig.add_trace(go.Scatter(x=[PAPER_RESULTS["best_k"]], y=[PAPER_RESULTS["spectra_k30"]], mode="markers",
-                             name="paper, APOGEE DR16 (K = 30, CV)", marker=PAPER_MARKER))
+            fig.add_trace(
+                go.Scatter(x=sub["k"], y=sub["global_rate"], mode="lines+markers", name=name, line=dict(color=colour))
+            )
+    fig.add_trace(
+        go.Scatter(
+            x=[PAPER_RESULTS["best_k"]],
+            y=[PAPER_RESULTS["spectra_k30"]],
+            mode="markers",
+            name="paper, APOGEE DR16 (K = 30, CV)",
+            marker=PAPER_MARKER,
+        )
+    )
     fig.update_xaxes(title="number of PCA components K")
     fig.update_yaxes(title="global doppelganger rate", rangemode="tozero")
     return _layout(fig, _title("Doppelganger rate vs PCA dimensionality", label, _seed(table)))
@@ -104,15 +125,33 @@ def fig_top_n(table: pd.DataFrame, label: str | None = None) -> go.Figure:
     t = table.reset_index(drop=True)
     x = t["axes"].tolist()
     n_seeds = int(t["n_seeds"].max()) if "n_seeds" in t.columns else None
-    name = ("this dataset (1 compression seed)" if n_seeds == 1
-            else f"this dataset (mean ± std over {n_seeds} compression seeds)")
-    fig = go.Figure(go.Scatter(x=x, y=t["mean"], mode="markers+lines", name=name,
-                               error_y=dict(type="data", array=t["std"].fillna(0)), line=dict(color=BLUE)))
+    name = (
+        "this dataset (1 compression seed)"
+        if n_seeds == 1
+        else f"this dataset (mean ± std over {n_seeds} compression seeds)"
+    )
+    fig = go.Figure(
+        go.Scatter(
+            x=x,
+            y=t["mean"],
+            mode="markers+lines",
+            name=name,
+            error_y=dict(type="data", array=t["std"].fillna(0)),
+            line=dict(color=BLUE),
+        )
+    )
     if "paper_mean" in t.columns and t["paper_mean"].notna().any():
         p = t[t["paper_mean"].notna()]
-        fig.add_trace(go.Scatter(x=p["axes"], y=p["paper_mean"], mode="markers", name="paper, APOGEE DR16",
-                                 marker=PAPER_MARKER,
-                                 error_y=dict(type="data", array=p["paper_std"].fillna(0), color="black")))
+        fig.add_trace(
+            go.Scatter(
+                x=p["axes"],
+                y=p["paper_mean"],
+                mode="markers",
+                name="paper, APOGEE DR16",
+                marker=PAPER_MARKER,
+                error_y=dict(type="data", array=p["paper_std"].fillna(0), color="black"),
+            )
+        )
     k = int(t["k"].iloc[0]) if "k" in t.columns else int(t["n_axes"].max())
     fig.update_xaxes(title=f"RSCA axes kept (of a K = {k} map)", type="category")
     fig.update_yaxes(title="global doppelganger rate", rangemode="tozero")
@@ -129,14 +168,28 @@ def fig_ablation(table: pd.DataFrame, label: str | None = None) -> go.Figure:
     for v in dict.fromkeys(table["variant"]):
         sub = table[table["variant"] == v].set_index("representation").reindex(order)
         err = sub["std"].fillna(0) if "std" in sub.columns else None
-        fig.add_trace(go.Bar(x=order, y=sub["mean"], name=f"on {v}", marker_color=VARIANT_COLOURS.get(v, GREY),
-                             error_y=None if err is None else dict(type="data", array=err),
-                             text=[f"{y:.3f}" if pd.notna(y) else "n/a" for y in sub["mean"]],
-                             textposition="outside"))
+        fig.add_trace(
+            go.Bar(
+                x=order,
+                y=sub["mean"],
+                name=f"on {v}",
+                marker_color=VARIANT_COLOURS.get(v, GREY),
+                error_y=None if err is None else dict(type="data", array=err),
+                text=[f"{y:.3f}" if pd.notna(y) else "n/a" for y in sub["mean"]],
+                textposition="outside",
+            )
+        )
     if "paper" in table.columns and table["paper"].notna().any():
         p = table[table["paper"].notna()]
-        fig.add_trace(go.Scatter(x=p["representation"], y=p["paper"], mode="markers",
-                                 name="paper, APOGEE DR16 (transformed)", marker=PAPER_MARKER))
+        fig.add_trace(
+            go.Scatter(
+                x=p["representation"],
+                y=p["paper"],
+                mode="markers",
+                name="paper, APOGEE DR16 (transformed)",
+                marker=PAPER_MARKER,
+            )
+        )
     fig.update_layout(barmode="group")
     fig.update_yaxes(title="global doppelganger rate", rangemode="tozero")
     return _layout(fig, _title("Doppelganger rate by representation and method", label, _seed(table)))
@@ -156,11 +209,17 @@ def fig_data_size(table: pd.DataFrame, label: str | None = None) -> go.Figure:
         if "fraction_unfit" in sub.columns:
             sub = sub[sub["fraction_unfit"] == 0]
         n = int(sub["n_trials"].max()) if "n_trials" in sub.columns and len(sub) else 0
-        fig.add_trace(go.Scatter(x=sub["n_train_clusters"], y=sub["mean_rate"], mode="lines+markers",
-                                 name=f"K = {k}", line=dict(color=K_COLOURS[i % len(K_COLOURS)]),
-                                 error_y=dict(type="data", array=sub["sem"].fillna(0)) if "sem" in sub else None,
-                                 hovertemplate=f"K = {k}<br>%{{x}} training clusters<br>rate %{{y:.4f}}"
-                                               f"<extra>{n} trials</extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=sub["n_train_clusters"],
+                y=sub["mean_rate"],
+                mode="lines+markers",
+                name=f"K = {k}",
+                line=dict(color=K_COLOURS[i % len(K_COLOURS)]),
+                error_y=dict(type="data", array=sub["sem"].fillna(0)) if "sem" in sub else None,
+                hovertemplate=f"K = {k}<br>%{{x}} training clusters<br>rate %{{y:.4f}}<extra>{n} trials</extra>",
+            )
+        )
     fig.update_xaxes(title="number of training clusters")
     fig.update_yaxes(title="expected global doppelganger rate", rangemode="tozero")
     return _layout(fig, _title("Doppelganger rate vs number of training clusters", label, _seed(table)))
@@ -180,8 +239,9 @@ def fig_feature_relations(result: dict, label: str | None = None, bins: int = 80
     panels = [(f"feature_{i}", "fe_h", f"Feature #{i}", "[Fe/H]") for i in range(1, n_feat + 1)]
     if vf is not None and f"feature_{vf}" in st.columns:
         panels.append((f"feature_{vf}", "vhelio_avg", f"Feature #{vf}", "VHELIO_AVG (km/s)"))
-    fig = make_subplots(rows=1, cols=len(panels), horizontal_spacing=0.06,
-                        subplot_titles=[f"{a} vs {b}" for _, _, a, b in panels])
+    fig = make_subplots(
+        rows=1, cols=len(panels), horizontal_spacing=0.06, subplot_titles=[f"{a} vs {b}" for _, _, a, b in panels]
+    )
     field, clust = st[~st["is_cluster"]], st[st["is_cluster"]]
     for j, (fx, fy, nx, ny) in enumerate(panels, start=1):
         x, y = field[fy].to_numpy(float), field[fx].to_numpy(float)
@@ -197,19 +257,42 @@ def fig_feature_relations(result: dict, label: str | None = None, bins: int = 80
             rng.append((lo - pad, hi + pad))
         H, xe, ye = np.histogram2d(x[ok], y[ok], bins=bins, range=rng)
         z = np.log10(np.where(H > 0, H, np.nan))
-        fig.add_trace(go.Heatmap(x=0.5 * (xe[1:] + xe[:-1]), y=0.5 * (ye[1:] + ye[:-1]), z=z.T,
-                                 colorscale="Blues", showscale=j == len(panels),
-                                 colorbar=dict(title="log10 N", len=0.8), name="field stars",
-                                 hovertemplate=f"{ny} %{{x:.2f}}<br>{nx} %{{y:.2f}}<br>log10 N %{{z:.1f}}"
-                                               "<extra>field</extra>"), row=1, col=j)
-        fig.add_trace(go.Scattergl(x=clust[fy], y=clust[fx], mode="markers", name="open-cluster stars",
-                                   marker=dict(color=ORANGE, size=5, line=dict(width=0.5, color="black")),
-                                   text=clust["cluster"], showlegend=j == 1,
-                                   hovertemplate="%{text}<extra></extra>"), row=1, col=j)
+        fig.add_trace(
+            go.Heatmap(
+                x=0.5 * (xe[1:] + xe[:-1]),
+                y=0.5 * (ye[1:] + ye[:-1]),
+                z=z.T,
+                colorscale="Blues",
+                showscale=j == len(panels),
+                colorbar=dict(title="log10 N", len=0.8),
+                name="field stars",
+                hovertemplate=f"{ny} %{{x:.2f}}<br>{nx} %{{y:.2f}}<br>log10 N %{{z:.1f}}<extra>field</extra>",
+            ),
+            row=1,
+            col=j,
+        )
+        fig.add_trace(
+            go.Scattergl(
+                x=clust[fy],
+                y=clust[fx],
+                mode="markers",
+                name="open-cluster stars",
+                marker=dict(color=ORANGE, size=5, line=dict(width=0.5, color="black")),
+                text=clust["cluster"],
+                showlegend=j == 1,
+                hovertemplate="%{text}<extra></extra>",
+            ),
+            row=1,
+            col=j,
+        )
         fig.update_xaxes(title_text=ny, range=list(rng[0]), row=1, col=j)
         fig.update_yaxes(title_text=nx, range=list(rng[1]), row=1, col=j)
-    return _layout(fig, _title(f"Top RSCA features (K = {s.get('k', '?')})", label, s.get("seed")),
-                   height=420, width=max(700, 330 * len(panels)))
+    return _layout(
+        fig,
+        _title(f"Top RSCA features (K = {s.get('k', '?')})", label, s.get("seed")),
+        height=420,
+        width=max(700, 330 * len(panels)),
+    )
 
 
 def fig_feature_correlations(table: pd.DataFrame, label: str | None = None) -> go.Figure:
@@ -221,18 +304,26 @@ def fig_feature_correlations(table: pd.DataFrame, label: str | None = None) -> g
     skip = {"feature", "axis", "scale", "r2_all_labels", "seed", "label"}
     cols = [c for c in table.columns if c not in skip]
     names = [label_name(c) for c in cols]
-    fig = go.Figure(go.Heatmap(z=table[cols].to_numpy(float), x=names,
-                               y=[f"#{a}" for a in table["axis"]] if "axis" in table else table["feature"],
-                               zmin=-1, zmax=1, colorscale="RdBu_r", colorbar=dict(title="Pearson r"),
-                               hovertemplate="feature %{y}<br>%{x}<br>r = %{z:.2f}<extra></extra>"))
+    fig = go.Figure(
+        go.Heatmap(
+            z=table[cols].to_numpy(float),
+            x=names,
+            y=[f"#{a}" for a in table["axis"]] if "axis" in table else table["feature"],
+            zmin=-1,
+            zmax=1,
+            colorscale="RdBu_r",
+            colorbar=dict(title="Pearson r"),
+            hovertemplate="feature %{y}<br>%{x}<br>r = %{z:.2f}<extra></extra>",
+        )
+    )
     fig.update_yaxes(autorange="reversed", title="RSCA feature (most discriminative first)")
-    return _layout(fig, _title("Correlation of RSCA features with observed labels", label, _seed(table)),
-                   height=440)
+    return _layout(fig, _title("Correlation of RSCA features with observed labels", label, _seed(table)), height=440)
 
 
 # ---------------------------------------------------------------------------- Fig. 9/10
-def fig_distance_histograms(result: dict, label: str | None = None, inputs=None, ncols: int = 4,
-                            panel_height: int = 135, panel_width: int = 225) -> go.Figure:
+def fig_distance_histograms(
+    result: dict, label: str | None = None, inputs=None, ncols: int = 4, panel_height: int = 135, panel_width: int = 225
+) -> go.Figure:
     """Grid of per-cluster histograms of intra- (blue) vs inter-cluster (green) distances; the median
     intra-cluster distance dashed; each panel's title gives the cluster's doppelganger rate.
 
@@ -255,8 +346,13 @@ def fig_distance_histograms(result: dict, label: str | None = None, inputs=None,
         r = info.loc[(i, c)] if (i, c) in info.index else None
         rate = "n/a" if r is None or pd.isna(r["rate"]) else f"{r['rate']:.3f}"
         titles.append(f"{c} · {short.get(i, i)} · rate {rate}")
-    fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=titles or None, horizontal_spacing=0.04,
-                        vertical_spacing=min(0.08, 0.35 / nrows))
+    fig = make_subplots(
+        rows=nrows,
+        cols=ncols,
+        subplot_titles=titles or None,
+        horizontal_spacing=0.04,
+        vertical_spacing=min(0.08, 0.35 / nrows),
+    )
     for n, (c, i) in enumerate(panels):
         row, col = n // ncols + 1, n % ncols + 1
         sub = h[(h["cluster"] == c) & (h["input"] == i)]
@@ -264,12 +360,34 @@ def fig_distance_histograms(result: dict, label: str | None = None, inputs=None,
             continue
         centre = 0.5 * (sub["left"] + sub["right"])
         width = (sub["right"] - sub["left"]).to_numpy()
-        fig.add_trace(go.Bar(x=centre, y=sub["inter_density"], width=width, marker_color=GREEN, opacity=0.6,
-                             name="inter-cluster (member, field star)", showlegend=n == 0,
-                             legendgroup="inter"), row=row, col=col)
-        fig.add_trace(go.Bar(x=centre, y=sub["intra_density"], width=width, marker_color=BLUE, opacity=0.6,
-                             name="intra-cluster (member pairs)", showlegend=n == 0, legendgroup="intra"),
-                      row=row, col=col)
+        fig.add_trace(
+            go.Bar(
+                x=centre,
+                y=sub["inter_density"],
+                width=width,
+                marker_color=GREEN,
+                opacity=0.6,
+                name="inter-cluster (member, field star)",
+                showlegend=n == 0,
+                legendgroup="inter",
+            ),
+            row=row,
+            col=col,
+        )
+        fig.add_trace(
+            go.Bar(
+                x=centre,
+                y=sub["intra_density"],
+                width=width,
+                marker_color=BLUE,
+                opacity=0.6,
+                name="intra-cluster (member pairs)",
+                showlegend=n == 0,
+                legendgroup="intra",
+            ),
+            row=row,
+            col=col,
+        )
         med = info.loc[(i, c), "median_intra"] if (i, c) in info.index else np.nan
         if pd.notna(med):
             fig.add_vline(x=float(med), line=dict(color="black", dash="dash", width=1), row=row, col=col)
@@ -279,13 +397,25 @@ def fig_distance_histograms(result: dict, label: str | None = None, inputs=None,
     fig.update_yaxes(showticklabels=False)
     g = summ.drop_duplicates("input").set_index("input")["global_rate"] if len(summ) else {}
     glob = ", ".join(f"{short.get(i, i)} {g[i]:.4f}" for i in inputs if i in g and pd.notna(g[i]))
-    fig = _layout(fig, _title(f"Intra- vs inter-cluster distances (global rate: {glob}; dashed = median intra)",
-                              label, _seed(summ)), height=130 + panel_height * nrows, width=panel_width * ncols)
-    fig.update_layout(legend=dict(orientation="h", yanchor="bottom", y=1.0 + 40 / fig.layout.height, x=1.0,
-                                  xanchor="right"), margin=dict(t=100, b=30))
+    fig = _layout(
+        fig,
+        _title(f"Intra- vs inter-cluster distances (global rate: {glob}; dashed = median intra)", label, _seed(summ)),
+        height=130 + panel_height * nrows,
+        width=panel_width * ncols,
+    )
+    fig.update_layout(
+        legend=dict(orientation="h", yanchor="bottom", y=1.0 + 40 / fig.layout.height, x=1.0, xanchor="right"),
+        margin=dict(t=100, b=30),
+    )
     return fig
 
 
 #: experiment name → figure function (the CLI and the dashboard use this mapping)
-FIGURES = {"k_sweep": fig_k_sweep, "top_n": fig_top_n, "ablation": fig_ablation, "data_size": fig_data_size,
-           "features": fig_feature_relations, "distances": fig_distance_histograms}
+FIGURES = {
+    "k_sweep": fig_k_sweep,
+    "top_n": fig_top_n,
+    "ablation": fig_ablation,
+    "data_size": fig_data_size,
+    "features": fig_feature_relations,
+    "distances": fig_distance_histograms,
+}

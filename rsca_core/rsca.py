@@ -5,6 +5,7 @@ rows of ``components_`` are the output axes in order of importance (σ_i ascendi
 map are kept for teaching and plotting: ``sphere_`` (whitening), ``rotation_`` (reparametrization,
 rows = basis vectors in the sphered space) and ``scales_`` / ``weights_`` (rescaling).
 """
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,9 @@ def check_representation(Z, name, n_features=None):
 def check_cluster_ids(cluster_ids, n):
     ids = np.asarray(cluster_ids, dtype=object)
     if ids.ndim != 1 or len(ids) != n:
-        raise ValueError(f"cluster_ids has {len(ids) if ids.ndim == 1 else ids.shape} entries, "
-                         f"expected one per cluster star ({n})")
+        raise ValueError(
+            f"cluster_ids has {len(ids) if ids.ndim == 1 else ids.shape} entries, expected one per cluster star ({n})"
+        )
     ids = np.array([str(v) for v in ids], dtype=object)
     if np.any(ids == ""):
         raise ValueError("cluster_ids contains empty names")
@@ -71,8 +73,10 @@ def axis_scales(sigma_c, relative=True):
     sigma_c = np.asarray(sigma_c, dtype=float)
     if np.any(sigma_c <= 0):
         i = int(np.flatnonzero(sigma_c <= 0)[0])
-        raise ValueError(f"the intra-cluster spread is zero on axis {i}: duplicate stars, or more "
-                         "features than the cluster stars can constrain")
+        raise ValueError(
+            f"the intra-cluster spread is zero on axis {i}: duplicate stars, or more "
+            "features than the cluster stars can constrain"
+        )
     if not relative:
         return sigma_c.copy()
     out = np.full_like(sigma_c, np.inf)
@@ -88,7 +92,7 @@ def _field_sums(Z_pop, n_parts=4):
     bounds = np.linspace(0, n, n_parts + 1).astype(int)
 
     def part(ab):
-        block = Z_pop[ab[0]:ab[1]]
+        block = Z_pop[ab[0] : ab[1]]
         return np.ones(len(block)) @ block, block.T @ block
 
     try:
@@ -115,14 +119,15 @@ def sphere_population(Z_pop):
     if n * (mean @ mean) > 1e4 * max(np.trace(cov), 1e-300):
         cov = np.zeros((K, K))
         for a in range(0, n, 8192):  # centred in cache-sized blocks: exact and copy-free
-            Zc = Z_pop[a:a + 8192] - mean
+            Zc = Z_pop[a : a + 8192] - mean
             cov += Zc.T @ Zc
     cov /= n - 1
     lam, vec = np.linalg.eigh(cov)
     lam, vec = lam[::-1], vec[:, ::-1]
     if lam[-1] <= 1e-12 * max(lam[0], 1e-300):
-        raise ValueError("the field representation is degenerate (a feature is constant or a linear "
-                         "combination of others); reduce K")
+        raise ValueError(
+            "the field representation is degenerate (a feature is constant or a linear combination of others); reduce K"
+        )
     return mean, vec.T / np.sqrt(lam)[:, None]
 
 
@@ -204,8 +209,9 @@ class ClusterStats:
         else:
             w = train.astype(float)
         var = np.einsum("fj,fjk->fk", w, np.broadcast_to(s2, (F, *s2.shape[1:]))) / w.sum(1)[:, None]
-        return [ClusterGeometry.from_parts(np.array(rotations[i]), np.sqrt(var[i]), relative=relative)
-                for i in range(F)]
+        return [
+            ClusterGeometry.from_parts(np.array(rotations[i]), np.sqrt(var[i]), relative=relative) for i in range(F)
+        ]
 
 
 def _padded_variances(P, sizes, robust):
@@ -309,8 +315,10 @@ class RSCA:
         if self.variant == "raw":
             return np.zeros(K), np.eye(K)
         if Z_pop.shape[0] < K + 1:
-            raise ValueError(f"K={K} is larger than the data allows: {Z_pop.shape[0]} field stars "
-                             f"cannot constrain a {K}-dimensional covariance")
+            raise ValueError(
+                f"K={K} is larger than the data allows: {Z_pop.shape[0]} field stars "
+                f"cannot constrain a {K}-dimensional covariance"
+            )
         if self.variant == "scaled":
             sd = Z_pop.std(axis=0, ddof=1)
             if np.any(sd <= 0):
@@ -348,12 +356,18 @@ class RSCA:
     def _check_cluster_dof(self, dof, K, context=""):
         """Step 3 needs at least K degrees of freedom (cluster stars minus clusters)."""
         if self.variant == "transformed" and dof < K:
-            raise ValueError(f"K={K} is larger than the data allows: {context}the cluster stars give only "
-                             f"{dof} degrees of freedom (stars minus clusters)")
+            raise ValueError(
+                f"K={K} is larger than the data allows: {context}the cluster stars give only "
+                f"{dof} degrees of freedom (stars minus clusters)"
+            )
 
     def _geometry_options(self):
-        return {"rotate": self.variant == "transformed", "robust": self.robust, "pooled": self.pooled,
-                "relative": self.relative_scaling}
+        return {
+            "rotate": self.variant == "transformed",
+            "robust": self.robust,
+            "pooled": self.pooled,
+            "relative": self.relative_scaling,
+        }
 
     # ------------------------------------------------------------------ estimator API
     def fit(self, Z_pop, Z_clust, cluster_ids):

@@ -83,6 +83,7 @@ Physics (each effect a :class:`SimulationConfig` switch; see the field comments 
   "synthetic gap") + noise (SPEC precisions, growing at low SNR) + occasional −9999.99 failures
   (more for weak-lined species, hot or metal-poor stars) and STAR_BAD flags (low SNR).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -97,9 +98,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .constants import (ALLSTAR_ELEMENTS, DLOGLAM, MAX_PIXEL_ERROR, MISSING_VALUE, N_PIXELS,
-                        PAPER_MASK_RANGES, SPECIES, STAR_BAD_BIT, abundance_column,
-                        apogee_wavelength, ranges_to_mask)
+from .constants import (
+    ALLSTAR_ELEMENTS,
+    DLOGLAM,
+    MAX_PIXEL_ERROR,
+    MISSING_VALUE,
+    N_PIXELS,
+    PAPER_MASK_RANGES,
+    SPECIES,
+    STAR_BAD_BIT,
+    abundance_column,
+    apogee_wavelength,
+    ranges_to_mask,
+)
 
 C_KMS = 299792.458
 #: km/s per pixel of the APOGEE log-λ grid.
@@ -113,11 +124,38 @@ BAD_PIXEL_ERROR = 1.0
 DEFAULT_N_FIELD = 20000
 #: Cluster sizes (after the cuts) of the default: 22 clusters, 185 stars, like the paper.
 PAPER_CLUSTER_SIZES = (25, 23, 19, 16, 13, 11, 10, 9, 8, 7, 6, 5, 5, 4, 4, 4, 3, 3, 3, 3, 2, 2)
-CLUSTER_NAMES = ("NGC_6791", "NGC_6819", "NGC_2682", "NGC_188", "NGC_7789", "NGC_2158", "NGC_6705",
-                 "NGC_2420", "NGC_1245", "NGC_2243", "Berkeley_39", "NGC_752", "IC_166", "King_5",
-                 "Berkeley_53", "NGC_1798", "NGC_4337", "Trumpler_5", "Collinder_261", "NGC_2204",
-                 "NGC_7044", "Berkeley_17", "NGC_2324", "Berkeley_71", "NGC_1857", "Czernik_20",
-                 "NGC_1907", "Berkeley_66", "NGC_6811", "King_7")
+CLUSTER_NAMES = (
+    "NGC_6791",
+    "NGC_6819",
+    "NGC_2682",
+    "NGC_188",
+    "NGC_7789",
+    "NGC_2158",
+    "NGC_6705",
+    "NGC_2420",
+    "NGC_1245",
+    "NGC_2243",
+    "Berkeley_39",
+    "NGC_752",
+    "IC_166",
+    "King_5",
+    "Berkeley_53",
+    "NGC_1798",
+    "NGC_4337",
+    "Trumpler_5",
+    "Collinder_261",
+    "NGC_2204",
+    "NGC_7044",
+    "Berkeley_17",
+    "NGC_2324",
+    "Berkeley_71",
+    "NGC_1857",
+    "Czernik_20",
+    "NGC_1907",
+    "Berkeley_66",
+    "NGC_6811",
+    "King_7",
+)
 TEFF_RANGE = (4000.0, 5000.0)
 LOGG_RANGE = (1.5, 3.0)
 MIN_CG_PROB = 0.8
@@ -129,16 +167,56 @@ _SP_INDEX = {s: i for i, s in enumerate(LINE_SPECIES)}
 #: (The upper end of the SPEC's ranges: DR16's intra-cluster scatter, e.g. ~0.02-0.03 dex in [Fe/H]
 #: for open clusters, is larger than its formal errors; with the lower end the abundance-based
 #: doppelganger rate of the default survey falls to ~0.008, with these it is ~0.02 like the paper's.)
-LABEL_PRECISION = {"Fe": 0.02, "Mg": 0.028, "Si": 0.03, "Ni": 0.03, "C": 0.05, "CI": 0.08,
-                   "N": 0.05, "O": 0.05, "Al": 0.05, "Ca": 0.045, "Mn": 0.05, "Na": 0.15,
-                   "S": 0.10, "K": 0.09, "Ti": 0.09, "TiII": 0.15, "V": 0.14, "Cr": 0.10,
-                   "Co": 0.13, "Cu": 0.15, "Ce": 0.14, "P": 0.15}
+LABEL_PRECISION = {
+    "Fe": 0.02,
+    "Mg": 0.028,
+    "Si": 0.03,
+    "Ni": 0.03,
+    "C": 0.05,
+    "CI": 0.08,
+    "N": 0.05,
+    "O": 0.05,
+    "Al": 0.05,
+    "Ca": 0.045,
+    "Mn": 0.05,
+    "Na": 0.15,
+    "S": 0.10,
+    "K": 0.09,
+    "Ti": 0.09,
+    "TiII": 0.15,
+    "V": 0.14,
+    "Cr": 0.10,
+    "Co": 0.13,
+    "Cu": 0.15,
+    "Ce": 0.14,
+    "P": 0.15,
+}
 TEFF_PRECISION, LOGG_PRECISION = 70.0, 0.07
 #: Base probability that ASPCAP reports −9999.99 for a species (before Teff/[Fe/H] modulation).
-FAILURE_RATE = {"C": 0.001, "CI": 0.004, "N": 0.002, "O": 0.001, "Na": 0.008, "Mg": 0.0005,
-                "Al": 0.001, "Si": 0.0005, "S": 0.003, "K": 0.002, "Ca": 0.001, "Ti": 0.002,
-                "TiII": 0.004, "V": 0.008, "Cr": 0.003, "Mn": 0.002, "Fe": 0.0003, "Co": 0.005,
-                "Ni": 0.0005, "Cu": 0.008, "Ce": 0.006, "P": 0.2}
+FAILURE_RATE = {
+    "C": 0.001,
+    "CI": 0.004,
+    "N": 0.002,
+    "O": 0.001,
+    "Na": 0.008,
+    "Mg": 0.0005,
+    "Al": 0.001,
+    "Si": 0.0005,
+    "S": 0.003,
+    "K": 0.002,
+    "Ca": 0.001,
+    "Ti": 0.002,
+    "TiII": 0.004,
+    "V": 0.008,
+    "Cr": 0.003,
+    "Mn": 0.002,
+    "Fe": 0.0003,
+    "Co": 0.005,
+    "Ni": 0.0005,
+    "Cu": 0.008,
+    "Ce": 0.006,
+    "P": 0.2,
+}
 #: Elements of allStar that DR16 does not report for any star.
 UNREPORTED = ("Ge", "Rb", "Nd", "Yb")
 #: Diffuse interstellar bands: (rest wavelength Å, strength relative to 15273, Gaussian sigma Å).
@@ -153,45 +231,45 @@ class SimulationConfig:
 
     # --- survey shape
     cluster_sizes: tuple = PAPER_CLUSTER_SIZES  #: members per cluster that pass the cuts
-    singleton_clusters: int = 2        #: extra OCCAM clusters left with one star (dropped by the cuts)
+    singleton_clusters: int = 2  #: extra OCCAM clusters left with one star (dropped by the cuts)
     failing_field_fraction: float = 0.25  #: failing field stars generated per passing one (DR16 files)
     low_prob_candidates: float = 0.15  #: OCCAM candidates with CG_PROB<0.8 per member (become field stars)
     # --- stars and chemistry
-    isochrones: bool = True            #: Teff tied to logg/[Fe/H]/mass on giant isochrones (else independent)
+    isochrones: bool = True  #: Teff tied to logg/[Fe/H]/mass on giant isochrones (else independent)
     cluster_isochrone_spread: bool = True  #: cluster members spread along their isochrone (else near one point)
-    two_alpha_sequences: bool = True   #: a high-α thick-disc sequence besides the low-α thin disc
-    thick_fraction: float = 0.2        #: fraction of field giants on the high-α sequence
-    dredge_up: bool = True             #: first dredge-up: [C/Fe] down, [N/Fe] up with giant mass
-    element_scatter: float = 0.03      #: independent per-element scatter of field chemistry (dex, typical)
-    cluster_spread: float = 0.01       #: intrinsic abundance spread inside a cluster (dex)
+    two_alpha_sequences: bool = True  #: a high-α thick-disc sequence besides the low-α thin disc
+    thick_fraction: float = 0.2  #: fraction of field giants on the high-α sequence
+    dredge_up: bool = True  #: first dredge-up: [C/Fe] down, [N/Fe] up with giant mass
+    element_scatter: float = 0.03  #: independent per-element scatter of field chemistry (dex, typical)
+    cluster_spread: float = 0.01  #: intrinsic abundance spread inside a cluster (dex)
     # --- spectra
-    atomic_lines: bool = True          #: atomic lines of the 21 species
-    molecular_lines: bool = True       #: OH, CN and CO lines / band heads
-    saturation: bool = True            #: curve-of-growth saturation (else depth ∝ optical depth)
-    line_teff_logg: bool = True        #: line strengths depend on Teff and logg (else abundances only)
-    resolution: float = 22500.0        #: spectral resolving power R
-    fibre_lsf: bool = True             #: per-fibre line-spread variation: line optical depths × (1 + δ)
-    fibre_lsf_sigma: float = 0.04      #: spread of δ between stars
-    macroturbulence: float = 4.0       #: extra Gaussian broadening, km/s (sigma)
-    pseudo_continuum: bool = True      #: ASPCAP-like pseudo-continuum placed low in line-dense regions
+    atomic_lines: bool = True  #: atomic lines of the 21 species
+    molecular_lines: bool = True  #: OH, CN and CO lines / band heads
+    saturation: bool = True  #: curve-of-growth saturation (else depth ∝ optical depth)
+    line_teff_logg: bool = True  #: line strengths depend on Teff and logg (else abundances only)
+    resolution: float = 22500.0  #: spectral resolving power R
+    fibre_lsf: bool = True  #: per-fibre line-spread variation: line optical depths × (1 + δ)
+    fibre_lsf_sigma: float = 0.04  #: spread of δ between stars
+    macroturbulence: float = 4.0  #: extra Gaussian broadening, km/s (sigma)
+    pseudo_continuum: bool = True  #: ASPCAP-like pseudo-continuum placed low in line-dense regions
     pseudo_continuum_strength: float = 0.15
-    dibs: bool = True                  #: diffuse interstellar bands scaling with AK_TARG
-    dib_depth_per_ak: float = 0.2      #: central depth of the 15273 Å band per magnitude of A_K
-    rv_systematics: bool = True        #: telluric/sky residuals at observed wavelengths + RV shift error
+    dibs: bool = True  #: diffuse interstellar bands scaling with AK_TARG
+    dib_depth_per_ak: float = 0.2  #: central depth of the 15273 Å band per magnitude of A_K
+    rv_systematics: bool = True  #: telluric/sky residuals at observed wavelengths + RV shift error
     rv_strength: float = 1.0
-    plate_systematics: bool = True     #: residuals shared by stars observed on the same visits
+    plate_systematics: bool = True  #: residuals shared by stars observed on the same visits
     plate_strength: float = 1.0
-    noise: bool = True                 #: per-pixel Gaussian noise from the SNR
+    noise: bool = True  #: per-pixel Gaussian noise from the SNR
     snr_field_median: float = 157.2
     snr_cluster_median: float = 191.4
-    snr_sigma_ln: float = 0.73         #: lognormal width of the SNR (IQR 102–272 for the field)
+    snr_sigma_ln: float = 0.73  #: lognormal width of the SNR (IQR 102–272 for the field)
     error_floor: float = 0.001
-    bad_pixels: bool = True            #: cosmic rays and bad columns (error 1.0, masked)
+    bad_pixels: bool = True  #: cosmic rays and bad columns (error 1.0, masked)
     bad_pixel_fraction: float = 0.003
     # --- labels (allStar)
-    label_noise: bool = True           #: observed labels carry ASPCAP-like noise
-    label_biases: bool = True          #: smooth Teff/logg-dependent label biases (the "synthetic gap")
-    label_failures: bool = True        #: occasional −9999.99 abundances and STAR_BAD flags
+    label_noise: bool = True  #: observed labels carry ASPCAP-like noise
+    label_biases: bool = True  #: smooth Teff/logg-dependent label biases (the "synthetic gap")
+    label_failures: bool = True  #: occasional −9999.99 abundances and STAR_BAD flags
     # --- the bundle
     mask_ranges: tuple = PAPER_MASK_RANGES  #: pixel ranges masked in the direct bundle (as the loader)
 
@@ -204,8 +282,15 @@ class SimulationConfig:
         self.cluster_sizes = sizes
         self.mask_ranges = tuple(tuple(int(v) for v in r) for r in (self.mask_ranges or ()))
         ranges_to_mask(self.mask_ranges)
-        for name in ("failing_field_fraction", "low_prob_candidates", "thick_fraction", "element_scatter",
-                     "cluster_spread", "bad_pixel_fraction", "error_floor"):
+        for name in (
+            "failing_field_fraction",
+            "low_prob_candidates",
+            "thick_fraction",
+            "element_scatter",
+            "cluster_spread",
+            "bad_pixel_fraction",
+            "error_floor",
+        ):
             if not float(getattr(self, name)) >= 0:
                 raise ValueError(f"{name} must be >= 0")
         if not self.resolution > 1000:
@@ -220,7 +305,7 @@ class SimulationConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SimulationConfig":
+    def from_dict(cls, d: dict) -> SimulationConfig:
         known = {f.name for f in fields(cls)}
         extra = set(d) - known
         if extra:
@@ -239,15 +324,32 @@ SWITCHES = tuple(f.name for f in fields(SimulationConfig) if f.type in ("bool", 
 # ====================================================================== chemistry model
 # [X/H] = [Fe/H] + a·[α/Fe] + b·[Fe/H] + c·(age − 5 Gyr)/5 + dredge-up + scatter
 _CHEM = {  # species: (a_alpha, b_feh, c_age, scatter multiplier)
-    "C": (0.25, 0.05, 0.03, 1.0), "CI": (0.25, 0.05, 0.03, 1.0), "N": (0.0, 0.15, 0.0, 1.3),
-    "O": (0.9, 0.0, 0.0, 0.8), "Na": (0.3, 0.1, 0.0, 1.5), "Mg": (1.0, 0.0, 0.0, 0.6),
-    "Al": (0.8, 0.05, 0.0, 1.2), "Si": (0.7, 0.0, 0.0, 0.6), "S": (0.8, 0.0, 0.0, 1.2),
-    "K": (0.4, 0.0, 0.0, 1.2), "Ca": (0.5, 0.0, 0.0, 0.8), "Ti": (0.6, 0.0, 0.0, 1.0),
-    "TiII": (0.6, 0.0, 0.0, 1.0), "V": (0.3, 0.05, 0.0, 1.3), "Cr": (0.0, 0.0, 0.0, 0.6),
-    "Mn": (-0.5, 0.15, 0.0, 0.8), "Fe": (0.0, 0.0, 0.0, 0.0), "Co": (0.3, 0.05, 0.0, 1.2),
-    "Ni": (0.15, 0.05, 0.0, 0.6), "Cu": (0.4, 0.2, 0.0, 1.5), "Ce": (-0.3, -0.1, -0.08, 1.5),
-    "P": (0.3, 0.0, 0.0, 1.5), "Ge": (0.0, 0.0, 0.0, 1.0), "Rb": (0.0, 0.0, 0.0, 1.0),
-    "Nd": (0.0, 0.0, -0.05, 1.0), "Yb": (0.0, 0.0, 0.0, 1.0),
+    "C": (0.25, 0.05, 0.03, 1.0),
+    "CI": (0.25, 0.05, 0.03, 1.0),
+    "N": (0.0, 0.15, 0.0, 1.3),
+    "O": (0.9, 0.0, 0.0, 0.8),
+    "Na": (0.3, 0.1, 0.0, 1.5),
+    "Mg": (1.0, 0.0, 0.0, 0.6),
+    "Al": (0.8, 0.05, 0.0, 1.2),
+    "Si": (0.7, 0.0, 0.0, 0.6),
+    "S": (0.8, 0.0, 0.0, 1.2),
+    "K": (0.4, 0.0, 0.0, 1.2),
+    "Ca": (0.5, 0.0, 0.0, 0.8),
+    "Ti": (0.6, 0.0, 0.0, 1.0),
+    "TiII": (0.6, 0.0, 0.0, 1.0),
+    "V": (0.3, 0.05, 0.0, 1.3),
+    "Cr": (0.0, 0.0, 0.0, 0.6),
+    "Mn": (-0.5, 0.15, 0.0, 0.8),
+    "Fe": (0.0, 0.0, 0.0, 0.0),
+    "Co": (0.3, 0.05, 0.0, 1.2),
+    "Ni": (0.15, 0.05, 0.0, 0.6),
+    "Cu": (0.4, 0.2, 0.0, 1.5),
+    "Ce": (-0.3, -0.1, -0.08, 1.5),
+    "P": (0.3, 0.0, 0.0, 1.5),
+    "Ge": (0.0, 0.0, 0.0, 1.0),
+    "Rb": (0.0, 0.0, 0.0, 1.0),
+    "Nd": (0.0, 0.0, -0.05, 1.0),
+    "Yb": (0.0, 0.0, 0.0, 1.0),
 }
 _SAME_ELEMENT = {"CI": "C", "TiII": "Ti"}  # same element, same true abundance
 
@@ -345,30 +447,56 @@ def _snr_factor(snr):
 # ====================================================================== line list
 @dataclass
 class LineList:
-    wave: np.ndarray        # (L,) Å
-    log_tau: np.ndarray     # (L,) log10 optical depth at the reference star (solar, 4600 K, logg 2.5)
-    weights: np.ndarray     # (L, n_species) abundance weights (order LINE_SPECIES)
-    theta: np.ndarray       # (L,) Teff sensitivity (per unit of 5040/Teff)
-    gamma: np.ndarray       # (L,) logg sensitivity
-    eta: np.ndarray         # (L,) Lorentzian fraction of the pseudo-Voigt profile
-    kind: np.ndarray        # (L,) "atomic" | "OH" | "CN" | "CO"
-    species: np.ndarray     # (L,) label of the absorber
+    wave: np.ndarray  # (L,) Å
+    log_tau: np.ndarray  # (L,) log10 optical depth at the reference star (solar, 4600 K, logg 2.5)
+    weights: np.ndarray  # (L, n_species) abundance weights (order LINE_SPECIES)
+    theta: np.ndarray  # (L,) Teff sensitivity (per unit of 5040/Teff)
+    gamma: np.ndarray  # (L,) logg sensitivity
+    eta: np.ndarray  # (L,) Lorentzian fraction of the pseudo-Voigt profile
+    kind: np.ndarray  # (L,) "atomic" | "OH" | "CN" | "CO"
+    species: np.ndarray  # (L,) label of the absorber
 
 
 _STRONG = {  # species: (wavelengths Å (SPEC §5), range of tau at the reference star)
-    "K": ((15163, 15168), (0.5, 1.0)), "Mn": ((15159, 15218, 15263), (0.4, 0.9)),
+    "K": ((15163, 15168), (0.5, 1.0)),
+    "Mn": ((15159, 15218, 15263), (0.4, 0.9)),
     "Fe": ((15207, 15294, 15490, 15648, 15662, 15964, 16040, 16153, 16165, 16487), (0.9, 2.2)),
     "Mg": ((15740, 15749, 15765, 15886, 15954), (1.8, 4.5)),
     "Si": ((15377, 15888, 15960, 16060, 16095, 16380, 16681), (0.9, 2.2)),
-    "Al": ((16719, 16751, 16763), (1.2, 3.0)), "Ca": ((16137, 16151, 16157, 16197), (0.4, 0.9)),
-    "Ti": ((15544, 15603, 15716, 16635), (0.3, 0.7)), "Ni": ((15606, 16584, 16589, 16674), (0.3, 0.7)),
-    "Na": ((16374, 16389), (0.2, 0.4)), "S": ((15470, 15476, 15479), (0.2, 0.35)),
-    "Cr": ((15680, 15860), (0.2, 0.4)), "V": ((15925,), (0.1, 0.2)), "Co": ((16758,), (0.1, 0.18)),
-    "Cu": ((16006,), (0.08, 0.14)), "Ce": ((15785,), (0.08, 0.14)),
-    "CI": ((16005, 16022, 16890), (0.2, 0.4)), "TiII": ((15874,), (0.15, 0.3)),
+    "Al": ((16719, 16751, 16763), (1.2, 3.0)),
+    "Ca": ((16137, 16151, 16157, 16197), (0.4, 0.9)),
+    "Ti": ((15544, 15603, 15716, 16635), (0.3, 0.7)),
+    "Ni": ((15606, 16584, 16589, 16674), (0.3, 0.7)),
+    "Na": ((16374, 16389), (0.2, 0.4)),
+    "S": ((15470, 15476, 15479), (0.2, 0.35)),
+    "Cr": ((15680, 15860), (0.2, 0.4)),
+    "V": ((15925,), (0.1, 0.2)),
+    "Co": ((16758,), (0.1, 0.18)),
+    "Cu": ((16006,), (0.08, 0.14)),
+    "Ce": ((15785,), (0.08, 0.14)),
+    "CI": ((16005, 16022, 16890), (0.2, 0.4)),
+    "TiII": ((15874,), (0.15, 0.3)),
 }
-_WEAK_COUNT = {"Fe": 110, "Si": 8, "Mg": 4, "Ni": 8, "Ti": 8, "Ca": 4, "Cr": 6, "V": 5, "Co": 5,
-               "Mn": 4, "Al": 2, "Na": 2, "K": 2, "S": 4, "Cu": 3, "Ce": 5, "CI": 2, "TiII": 3}
+_WEAK_COUNT = {
+    "Fe": 110,
+    "Si": 8,
+    "Mg": 4,
+    "Ni": 8,
+    "Ti": 8,
+    "Ca": 4,
+    "Cr": 6,
+    "V": 5,
+    "Co": 5,
+    "Mn": 4,
+    "Al": 2,
+    "Na": 2,
+    "K": 2,
+    "S": 4,
+    "Cu": 3,
+    "Ce": 5,
+    "CI": 2,
+    "TiII": 3,
+}
 CO_BANDHEADS = (15580.0, 15780.0, 16190.0, 16610.0)
 LINE_LIST_SEED = 20221024
 
@@ -409,39 +537,76 @@ def line_list() -> LineList:
             rows.append((float(w), rng.normal(np.log10(0.08), 0.35), {sp: 1.0}, th, ga, 0.05, "atomic", sp))
     # OH: O not locked in CO; strongly temperature sensitive
     for w in _uniform_in_chips(rng, 110):
-        rows.append((float(w), rng.normal(np.log10(0.15), 0.35), {"O": 1.25, "C": -0.25},
-                     rng.uniform(2.5, 4.0), 0.15, 0.0, "OH", "OH"))
+        rows.append(
+            (
+                float(w),
+                rng.normal(np.log10(0.15), 0.35),
+                {"O": 1.25, "C": -0.25},
+                rng.uniform(2.5, 4.0),
+                0.15,
+                0.0,
+                "OH",
+                "OH",
+            )
+        )
     # CN ∝ C·N/O (free carbon)
     for w in _uniform_in_chips(rng, 240):
-        rows.append((float(w), rng.normal(np.log10(0.06), 0.35), {"C": 1.0, "N": 1.0, "O": -0.5},
-                     rng.uniform(2.0, 3.0), -0.1, 0.0, "CN", "CN"))
+        rows.append(
+            (
+                float(w),
+                rng.normal(np.log10(0.06), 0.35),
+                {"C": 1.0, "N": 1.0, "O": -0.5},
+                rng.uniform(2.0, 3.0),
+                -0.1,
+                0.0,
+                "CN",
+                "CN",
+            )
+        )
     # CO second-overtone band heads: R-branch lines piling up at the head, fading redward
     for head in CO_BANDHEADS:
         base = np.log10(0.35)
         for k in range(1, 40):
-            rows.append((head + 0.045 * k * k, base - k / 40.0 + rng.normal(0, 0.05), {"C": 1.0},
-                         rng.uniform(1.5, 2.5), 0.2, 0.0, "CO", "CO"))
+            rows.append(
+                (
+                    head + 0.045 * k * k,
+                    base - k / 40.0 + rng.normal(0, 0.05),
+                    {"C": 1.0},
+                    rng.uniform(1.5, 2.5),
+                    0.2,
+                    0.0,
+                    "CO",
+                    "CO",
+                )
+            )
     for w in _uniform_in_chips(rng, 60):  # weak CO lines elsewhere
-        rows.append((float(w), rng.normal(np.log10(0.05), 0.3), {"C": 1.0}, rng.uniform(1.5, 2.5), 0.2,
-                     0.0, "CO", "CO"))
+        rows.append(
+            (float(w), rng.normal(np.log10(0.05), 0.3), {"C": 1.0}, rng.uniform(1.5, 2.5), 0.2, 0.0, "CO", "CO")
+        )
     rows.sort(key=lambda r: r[0])
     L = len(rows)
     weights = np.zeros((L, len(LINE_SPECIES)))
     for i, r in enumerate(rows):
         for sp, wgt in r[2].items():
             weights[i, _SP_INDEX[sp]] = wgt
-    return LineList(wave=np.array([r[0] for r in rows]), log_tau=np.array([r[1] for r in rows]),
-                    weights=weights, theta=np.array([r[3] for r in rows]),
-                    gamma=np.array([r[4] for r in rows]), eta=np.array([r[5] for r in rows]),
-                    kind=np.array([r[6] for r in rows]), species=np.array([r[7] for r in rows]))
+    return LineList(
+        wave=np.array([r[0] for r in rows]),
+        log_tau=np.array([r[1] for r in rows]),
+        weights=weights,
+        theta=np.array([r[3] for r in rows]),
+        gamma=np.array([r[4] for r in rows]),
+        eta=np.array([r[5] for r in rows]),
+        kind=np.array([r[6] for r in rows]),
+        species=np.array([r[7] for r in rows]),
+    )
 
 
 @dataclass
 class _ProfileGroup:
-    lines: np.ndarray       # indices into the line list
-    profile: np.ndarray     # (L_g, W) float32 pseudo-Voigt × taper, peak ≈ 1
-    index: np.ndarray       # (L_g, W) pixel index of each profile sample
-    valid: np.ndarray       # (L_g, W) bool, inside the grid
+    lines: np.ndarray  # indices into the line list
+    profile: np.ndarray  # (L_g, W) float32 pseudo-Voigt × taper, peak ≈ 1
+    index: np.ndarray  # (L_g, W) pixel index of each profile sample
+    valid: np.ndarray  # (L_g, W) bool, inside the grid
 
 
 @lru_cache(maxsize=8)
@@ -515,8 +680,13 @@ def _instrument():
     ext = np.arange(-pad, N_PIXELS + pad)
     wl_ext = 10.0 ** (np.log10(apogee_wavelength()[0]) + DLOGLAM * ext)
     n_tel = 90
-    tel_w = np.concatenate([rng.uniform(15100, 15400, n_tel // 3), rng.uniform(16600, 17000, n_tel // 3),
-                            rng.uniform(15400, 16600, n_tel - 2 * (n_tel // 3))])
+    tel_w = np.concatenate(
+        [
+            rng.uniform(15100, 15400, n_tel // 3),
+            rng.uniform(16600, 17000, n_tel // 3),
+            rng.uniform(15400, 16600, n_tel - 2 * (n_tel // 3)),
+        ]
+    )
     tel_d = rng.lognormal(np.log(0.08), 0.8, n_tel).clip(0.01, 0.5)
     n_sky = 70
     sky_w = _uniform_in_chips(rng, n_sky)
@@ -541,16 +711,25 @@ def _instrument():
         phase = rng.uniform(0, 2 * np.pi)
         basis.append(np.sin(2 * np.pi * pix / period + phase))
     basis = np.array(basis) * data[None, :]
-    return {"data": data, "shape": shape, "pad": pad, "telluric": tel, "sky": sky,
-            "basis": basis.astype(np.float64), "shape32": shape.astype(np.float32),
-            "telluric32": tel.astype(np.float32), "sky32": sky.astype(np.float32),
-            "basis32": basis.astype(np.float32)}
+    return {
+        "data": data,
+        "shape": shape,
+        "pad": pad,
+        "telluric": tel,
+        "sky": sky,
+        "basis": basis.astype(np.float64),
+        "shape32": shape.astype(np.float32),
+        "telluric32": tel.astype(np.float32),
+        "sky32": sky.astype(np.float32),
+        "basis32": basis.astype(np.float32),
+    }
 
 
 # ====================================================================== the survey
 @dataclass
 class SimulatedSurvey:
     """A generated survey: the pre-cut star table and an on-demand spectrum generator."""
+
     config: SimulationConfig
     seed: int
     n_field: int
@@ -571,11 +750,15 @@ class SimulatedSurvey:
         cl = sel["CLUSTER"].to_numpy(dtype=object)
         cg = sel["CG_PROB"].to_numpy(float)
         member = (cl != "") & (cg > np.float32(MIN_CG_PROB))
-        out = pd.DataFrame({
-            "apogee_id": sel["APOGEE_ID"].astype(str).to_numpy(),
-            "cluster": np.where(member, cl, "").astype(object),
-            "teff": sel["TEFF"].to_numpy(float), "logg": sel["LOGG"].to_numpy(float),
-            "fe_h": sel["X_H_FE"].to_numpy(float)})
+        out = pd.DataFrame(
+            {
+                "apogee_id": sel["APOGEE_ID"].astype(str).to_numpy(),
+                "cluster": np.where(member, cl, "").astype(object),
+                "teff": sel["TEFF"].to_numpy(float),
+                "logg": sel["LOGG"].to_numpy(float),
+                "fe_h": sel["X_H_FE"].to_numpy(float),
+            }
+        )
         for el in SPECIES:
             out[abundance_column(el)] = sel[f"X_H_{el.upper()}"].to_numpy(float)
         out["ak_targ"] = sel["AK_TARG"].to_numpy(float)
@@ -620,9 +803,9 @@ class SimulatedSurvey:
         out_e = np.empty((len(rows), N_PIXELS), np.float32)
         step = 64
         for a in range(0, len(rows), step):
-            f, e = self._spectra_chunk(rows[a:a + step], noiseless)
-            out_f[a:a + step] = f
-            out_e[a:a + step] = e
+            f, e = self._spectra_chunk(rows[a : a + step], noiseless)
+            out_f[a : a + step] = f
+            out_e[a : a + step] = e
         return out_f, out_e
 
     def _spectra_chunk(self, rows, noiseless):
@@ -659,8 +842,8 @@ class SimulatedSurvey:
                 lt -= 0.2 * feh[None, :]
                 if cfg.line_teff_logg:
                     lt += ll.theta[li][:, None] * dT[None, :] + ll.gamma[li][:, None] * dg[None, :]
-                tau = (10.0 ** lt).astype(f32)
-                x = g.profile[:, :, None] * tau[:, None, :]          # (L_g, W, B)
+                tau = (10.0**lt).astype(f32)
+                x = g.profile[:, :, None] * tau[:, None, :]  # (L_g, W, B)
                 if cfg.saturation:
                     np.negative(x, out=x)
                     r = np.exp(x, out=x)
@@ -676,7 +859,7 @@ class SimulatedSurvey:
                 r += 1
                 pieces.append(np.log(r, out=r).reshape(-1, B))
             M = np.concatenate(pieces, axis=0) if len(pieces) > 1 else pieces[0]
-            logF = np.ascontiguousarray((S @ M).T)                      # (B, P) float32
+            logF = np.ascontiguousarray((S @ M).T)  # (B, P) float32
             if cfg.fibre_lsf:
                 logF *= (1 + cfg.fibre_lsf_sigma * self._star_sys["lsf"][rows]).astype(f32)[:, None]
             F = np.exp(logF)
@@ -716,8 +899,8 @@ class SimulatedSurvey:
             T, Sk = inst["telluric32"], inst["sky32"]
             for k in range(B):
                 o, fr = start[k], frac[k]
-                tel = T[o:o + N_PIXELS] * (1 - fr) + T[o + 1:o + 1 + N_PIXELS] * fr
-                sky = Sk[o:o + N_PIXELS] * (1 - fr) + Sk[o + 1:o + 1 + N_PIXELS] * fr
+                tel = T[o : o + N_PIXELS] * (1 - fr) + T[o + 1 : o + 1 + N_PIXELS] * fr
+                sky = Sk[o : o + N_PIXELS] * (1 - fr) + Sk[o + 1 : o + 1 + N_PIXELS] * fr
                 F[k] *= 1 + eps_t[k] * tel
                 F[k] += eps_s[k] * sky
             # rest-frame shift error ∝ VHELIO_AVG (template mismatch): F(λ) → F(λ(1 − δv/c))
@@ -759,19 +942,30 @@ class SimulatedSurvey:
     @property
     def _kinds(self):
         cfg = self.config
-        return tuple(k for k, on in (("atomic", cfg.atomic_lines), ("OH", cfg.molecular_lines),
-                                     ("CN", cfg.molecular_lines), ("CO", cfg.molecular_lines)) if on)
+        return tuple(
+            k
+            for k, on in (
+                ("atomic", cfg.atomic_lines),
+                ("OH", cfg.molecular_lines),
+                ("CN", cfg.molecular_lines),
+                ("CO", cfg.molecular_lines),
+            )
+            if on
+        )
 
     @property
     def _arrays(self):
         if not hasattr(self, "_arr_cache"):
             t = self.stars_all
             self._arr_cache = {
-                "teff": t["true_teff"].to_numpy(float), "logg": t["true_logg"].to_numpy(float),
+                "teff": t["true_teff"].to_numpy(float),
+                "logg": t["true_logg"].to_numpy(float),
                 "feh": t["true_fe_h"].to_numpy(float),
                 "xh": np.stack([t["true_" + abundance_column(s)].to_numpy(float) for s in LINE_SPECIES], 1),
-                "ak": t["AK_TARG"].to_numpy(float), "vhelio": t["VHELIO_AVG"].to_numpy(float),
-                "snr": t["SNR"].to_numpy(float)}
+                "ak": t["AK_TARG"].to_numpy(float),
+                "vhelio": t["VHELIO_AVG"].to_numpy(float),
+                "snr": t["SNR"].to_numpy(float),
+            }
         return self._arr_cache
 
 
@@ -792,10 +986,12 @@ def _apogee_ids(rng, ra, dec):
         h = ra[todo] / 15.0
         hs = np.floor(h * 360000 + 1e-6).astype(np.int64)  # hundredths of a second of time
         ad = np.abs(dec[todo])
-        ds = np.floor(ad * 36000 + 1e-6).astype(np.int64)   # tenths of an arcsecond
+        ds = np.floor(ad * 36000 + 1e-6).astype(np.int64)  # tenths of an arcsecond
         sign = np.where(dec[todo] >= 0, "+", "-")
-        cand = [f"2M{a // 360000:02d}{a // 6000 % 60:02d}{a % 6000:04d}{s}{d // 36000:02d}{d // 600 % 60:02d}"
-                f"{d % 600:03d}" for a, d, s in zip(hs.tolist(), ds.tolist(), sign)]
+        cand = [
+            f"2M{a // 360000:02d}{a // 6000 % 60:02d}{a % 6000:04d}{s}{d // 36000:02d}{d // 600 % 60:02d}{d % 600:03d}"
+            for a, d, s in zip(hs.tolist(), ds.tolist(), sign)
+        ]
         again = []
         for k, s in zip(todo, cand):
             if s in taken or s == ANOMALOUS_STAR:
@@ -843,27 +1039,40 @@ class _Builder:
         feh = np.empty(n)
         age = np.empty(n)
         m = {k: pop == k for k in ("thin", "thick", "halo", "dwarf")}
-        for k, (mu, sd, lo, hi) in {"thin": (-0.05, 0.22, -1.0, 0.5), "thick": (-0.45, 0.22, -1.3, 0.3),
-                                    "halo": (-1.3, 0.4, -2.3, -0.6), "dwarf": (-0.05, 0.22, -1.0, 0.5)}.items():
+        for k, (mu, sd, lo, hi) in {
+            "thin": (-0.05, 0.22, -1.0, 0.5),
+            "thick": (-0.45, 0.22, -1.3, 0.3),
+            "halo": (-1.3, 0.4, -2.3, -0.6),
+            "dwarf": (-0.05, 0.22, -1.0, 0.5),
+        }.items():
             feh[m[k]] = np.clip(rng.normal(mu, sd, m[k].sum()), lo, hi)
         age[m["thin"]] = np.clip(rng.gamma(3.0, 1.6, m["thin"].sum()), 0.4, 11.0)
         age[m["dwarf"]] = rng.uniform(1, 11, m["dwarf"].sum())
         age[m["thick"]] = np.clip(rng.normal(10.5, 1.2, m["thick"].sum()), 7.5, 13.0)
         age[m["halo"]] = rng.uniform(11, 13, m["halo"].sum())
-        alpha = self.alpha_of(rng, feh, age, np.where(m["thin"] | m["dwarf"], "low",
-                                                       np.where(m["thick"], "high", "halo")))
+        alpha = self.alpha_of(
+            rng, feh, age, np.where(m["thin"] | m["dwarf"], "low", np.where(m["thick"], "high", "halo"))
+        )
         mass = _mass_from_age(age, feh)
-        logg, teff, is_rc = _draw_giants(rng, n, feh, mass, (0.9, 3.7), 0.28, spread=True,
-                                         isochrones=cfg.isochrones)
+        logg, teff, is_rc = _draw_giants(rng, n, feh, mass, (0.9, 3.7), 0.28, spread=True, isochrones=cfg.isochrones)
         nd = m["dwarf"].sum()
         logg[m["dwarf"]] = rng.uniform(3.9, 4.7, nd)
         teff[m["dwarf"]] = rng.uniform(4000, 5600, nd)
         is_rc[m["dwarf"]] = False
-        chem = _elements_from_latent(feh, alpha, age, mass, _scatter(rng, n, cfg.element_scatter),
-                                     cfg.dredge_up)
+        chem = _elements_from_latent(feh, alpha, age, mass, _scatter(rng, n, cfg.element_scatter), cfg.dredge_up)
         evol = np.where(m["dwarf"], "dwarf", np.where(is_rc, "rc", "rgb"))
-        return dict(population=pop, feh=feh, alpha=alpha, age=age, mass=mass, logg=logg, teff=teff,
-                    evol=evol, chem=chem, true_cluster=np.full(n, "none", dtype=object))
+        return dict(
+            population=pop,
+            feh=feh,
+            alpha=alpha,
+            age=age,
+            mass=mass,
+            logg=logg,
+            teff=teff,
+            evol=evol,
+            chem=chem,
+            true_cluster=np.full(n, "none", dtype=object),
+        )
 
     def alpha_of(self, rng, feh, age, seq):
         """Two-sequence [α/Fe]: low-α thin disc, high-α thick disc (merging at [Fe/H] ≈ +0.1)."""
@@ -881,19 +1090,27 @@ class _Builder:
         feh = np.full(n, cl["feh"])
         mass = np.full(n, cl["mass"])
         if cfg.cluster_isochrone_spread:
-            logg, teff, is_rc = _draw_giants(rng, n, feh, mass, (1.2, 3.5), 0.35, spread=False,
-                                             isochrones=cfg.isochrones)
+            logg, teff, is_rc = _draw_giants(
+                rng, n, feh, mass, (1.2, 3.5), 0.35, spread=False, isochrones=cfg.isochrones
+            )
         else:
             logg = np.full(n, cl["logg0"]) + rng.normal(0, 0.03, n)
             teff = _isochrone_teff(logg, feh, mass, np.zeros(n, bool)) + rng.normal(0, 10, n)
             is_rc = np.zeros(n, bool)
-        scat = {el: np.full(n, cl["offset"][el]) + rng.normal(0, cfg.cluster_spread, n)
-                for el in ALLSTAR_ELEMENTS}
-        chem = _elements_from_latent(feh, np.full(n, cl["alpha"]), np.full(n, cl["age"]), mass, scat,
-                                     cfg.dredge_up)
-        return dict(population=np.full(n, "cluster", dtype=object), feh=feh, alpha=np.full(n, cl["alpha"]),
-                    age=np.full(n, cl["age"]), mass=mass, logg=logg, teff=teff,
-                    evol=np.where(is_rc, "rc", "rgb"), chem=chem, true_cluster=np.full(n, cl["name"], dtype=object))
+        scat = {el: np.full(n, cl["offset"][el]) + rng.normal(0, cfg.cluster_spread, n) for el in ALLSTAR_ELEMENTS}
+        chem = _elements_from_latent(feh, np.full(n, cl["alpha"]), np.full(n, cl["age"]), mass, scat, cfg.dredge_up)
+        return dict(
+            population=np.full(n, "cluster", dtype=object),
+            feh=feh,
+            alpha=np.full(n, cl["alpha"]),
+            age=np.full(n, cl["age"]),
+            mass=mass,
+            logg=logg,
+            teff=teff,
+            evol=np.where(is_rc, "rc", "rgb"),
+            chem=chem,
+            true_cluster=np.full(n, cl["name"], dtype=object),
+        )
 
     # -------------------------------------------------------------- observed labels
     def observe(self, s, snr):
@@ -936,8 +1153,9 @@ class _Builder:
         if cfg.label_failures:
             p_bad = 0.008 + 0.35 * (snr < 40) + 0.3 * (s["logg"] > 3.8) * (s["teff"] > 5300)
             flag |= (rng.random(n) < p_bad).astype(np.int64) << STAR_BAD_BIT
-        return dict(teff=_f32(obs_teff), logg=_f32(obs_logg), xh={k: _f32(v) for k, v in xh.items()},
-                    m_h=_f32(m_h), flag=flag)
+        return dict(
+            teff=_f32(obs_teff), logg=_f32(obs_logg), xh={k: _f32(v) for k, v in xh.items()}, m_h=_f32(m_h), flag=flag
+        )
 
     def snr(self, n, cluster=False):
         med = self.cfg.snr_cluster_median if cluster else self.cfg.snr_field_median
@@ -945,8 +1163,9 @@ class _Builder:
         return _f32(np.clip(self.rng["obs"].lognormal(np.log(med), sig, n), 8.0, 2000.0))
 
 
-def generate_survey(config: SimulationConfig | None = None, n_field: int = DEFAULT_N_FIELD,
-                    seed: int = 0, progress: bool = False) -> SimulatedSurvey:
+def generate_survey(
+    config: SimulationConfig | None = None, n_field: int = DEFAULT_N_FIELD, seed: int = 0, progress: bool = False
+) -> SimulatedSurvey:
     """Draw a survey's star table (all stars, passing or failing the paper's cuts).
 
     ``n_field`` is the number of *field* stars of the final bundle (after the cuts); the clusters
@@ -961,7 +1180,7 @@ def generate_survey(config: SimulationConfig | None = None, n_field: int = DEFAU
     rng_c, rng_o, rng_s = b.rng["cluster"], b.rng["obs"], b.rng["sys"]
 
     # ------------------------------------------------------------ clusters
-    names = list(CLUSTER_NAMES[:len(cfg.cluster_sizes) + cfg.singleton_clusters])
+    names = list(CLUSTER_NAMES[: len(cfg.cluster_sizes) + cfg.singleton_clusters])
     targets = list(cfg.cluster_sizes) + [1] * cfg.singleton_clusters
     clusters = []
     for name in names:
@@ -969,11 +1188,18 @@ def generate_survey(config: SimulationConfig | None = None, n_field: int = DEFAU
         feh = float(np.clip(rng_c.normal(-0.05, 0.2), -0.6, 0.4))
         seq = np.array(["low"])
         alpha = float(b.alpha_of(rng_c, np.array([feh]), np.array([age]), seq)[0])
-        cl = dict(name=name, age=age, feh=feh, alpha=alpha, mass=float(_mass_from_age(age, feh)),
-                  offset={el: float(v[0]) for el, v in _scatter(rng_c, 1, cfg.element_scatter).items()},
-                  logg0=float(rng_c.uniform(2.0, 2.7)),
-                  vhelio=float(rng_c.normal(0, 35)), ak=float(np.clip(rng_c.lognormal(np.log(0.12), 0.8), 0.005, 0.9)),
-                  telescope="lco25m" if rng_c.random() < 0.2 else "apo25m")
+        cl = dict(
+            name=name,
+            age=age,
+            feh=feh,
+            alpha=alpha,
+            mass=float(_mass_from_age(age, feh)),
+            offset={el: float(v[0]) for el, v in _scatter(rng_c, 1, cfg.element_scatter).items()},
+            logg0=float(rng_c.uniform(2.0, 2.7)),
+            vhelio=float(rng_c.normal(0, 35)),
+            ak=float(np.clip(rng_c.lognormal(np.log(0.12), 0.8), 0.005, 0.9)),
+            telescope="lco25m" if rng_c.random() < 0.2 else "apo25m",
+        )
         clusters.append(cl)
 
     blocks = []  # each: dict of per-star arrays for the table
@@ -1005,17 +1231,19 @@ def generate_survey(config: SimulationConfig | None = None, n_field: int = DEFAU
             obs = _take_obs(obs, keep)
             got += int(ok[:last].sum())
             cg = _f32(rng_c.uniform(0.81, 1.0, last))
-            add_block(s, obs, snr[keep], dict(kind="member", cluster_idx=np.full(last, j),
-                                              cg_prob=cg, ok=ok[:last]))
+            add_block(s, obs, snr[keep], dict(kind="member", cluster_idx=np.full(last, j), cg_prob=cg, ok=ok[:last]))
         # OCCAM candidates with low membership probability (half true siblings, half field stars)
         n_low = rng_c.poisson(cfg.low_prob_candidates * max(target, 2))
         if n_low:
             true_sib = rng_c.random(n_low) < 0.5
             s_sib = b.cluster_members(rng_c, cl, n_low)
             s_fld = b.field_candidates(n_low)
-            s = {k: np.where(true_sib if np.ndim(v) == 1 else true_sib[:, None], s_sib[k], s_fld[k])
-                 if k != "chem" else {el: np.where(true_sib, s_sib["chem"][el], s_fld["chem"][el])
-                                      for el in ALLSTAR_ELEMENTS} for k, v in s_sib.items()}
+            s = {
+                k: np.where(true_sib if np.ndim(v) == 1 else true_sib[:, None], s_sib[k], s_fld[k])
+                if k != "chem"
+                else {el: np.where(true_sib, s_sib["chem"][el], s_fld["chem"][el]) for el in ALLSTAR_ELEMENTS}
+                for k, v in s_sib.items()
+            }
             snr = b.snr(n_low)
             obs = b.observe(s, snr)
             ok = _passes(obs["teff"], obs["logg"], obs["xh"], obs["flag"])
@@ -1025,8 +1253,10 @@ def generate_survey(config: SimulationConfig | None = None, n_field: int = DEFAU
     n_lowprob_pass = sum(int(bl["ok"].sum()) for bl in blocks if bl["kind"] == "lowprob")
     quota = n_field - n_lowprob_pass
     if quota < 0:
-        raise ValueError(f"n_field={n_field} is smaller than the {n_lowprob_pass} low-probability OCCAM "
-                         "candidates that end up in the field; ask for more field stars")
+        raise ValueError(
+            f"n_field={n_field} is smaller than the {n_lowprob_pass} low-probability OCCAM "
+            "candidates that end up in the field; ask for more field stars"
+        )
     # ------------------------------------------------------------ field
     n_fail_target = int(round(cfg.failing_field_fraction * quota))
     got_pass, got_fail = 0, 0
@@ -1037,16 +1267,19 @@ def generate_survey(config: SimulationConfig | None = None, n_field: int = DEFAU
         snr = b.snr(n)
         obs = b.observe(s, snr)
         ok = _passes(obs["teff"], obs["logg"], obs["xh"], obs["flag"])
-        take_pass = np.flatnonzero(ok)[:max(0, quota - got_pass)]
-        take_fail = np.flatnonzero(~ok)[:max(0, n_fail_target - got_fail)]
+        take_pass = np.flatnonzero(ok)[: max(0, quota - got_pass)]
+        take_fail = np.flatnonzero(~ok)[: max(0, n_fail_target - got_fail)]
         keep = np.sort(np.concatenate([take_pass, take_fail]))
         if not len(keep):
             continue
         got_pass += len(take_pass)
         got_fail += len(take_fail)
-        add_block(_take(s, keep), _take_obs(obs, keep), snr[keep],
-                  dict(kind="field", cluster_idx=np.full(len(keep), -1), cg_prob=np.full(len(keep), np.nan),
-                       ok=ok[keep]))
+        add_block(
+            _take(s, keep),
+            _take_obs(obs, keep),
+            snr[keep],
+            dict(kind="field", cluster_idx=np.full(len(keep), -1), cg_prob=np.full(len(keep), np.nan), ok=ok[keep]),
+        )
 
     # ------------------------------------------------------------ assemble
     cat = _concat_blocks(blocks)
@@ -1058,12 +1291,13 @@ def generate_survey(config: SimulationConfig | None = None, n_field: int = DEFAU
     is_field = kind == "field"
     n_sky_fields = max(1, int(np.ceil(is_field.sum() / 260)))
     fld_l = rng_o.uniform(0, 360, n_sky_fields)
-    fld_b = np.where(rng_o.random(n_sky_fields) < 0.35, rng_o.uniform(-60, 60, n_sky_fields),
-                     rng_o.normal(0, 4, n_sky_fields))
+    fld_b = np.where(
+        rng_o.random(n_sky_fields) < 0.35, rng_o.uniform(-60, 60, n_sky_fields), rng_o.normal(0, 4, n_sky_fields)
+    )
     fld_names = []
     used = set()
-    for l, bb in zip(fld_l, fld_b):
-        nm = f"{int(l):03d}{int(round(bb)):+03d}"
+    for gl, bb in zip(fld_l, fld_b):
+        nm = f"{int(gl):03d}{int(round(bb)):+03d}"
         k = 1
         base = nm
         while nm in used:
@@ -1072,8 +1306,11 @@ def generate_survey(config: SimulationConfig | None = None, n_field: int = DEFAU
         used.add(nm)
         fld_names.append(nm)
     high_lat = np.abs(fld_b) > 12
-    fld_ak = np.where(high_lat, rng_o.uniform(0.0, 0.03, n_sky_fields),
-                      np.clip(rng_o.lognormal(np.log(0.15), 0.9, n_sky_fields), 0.005, 3.0))
+    fld_ak = np.where(
+        high_lat,
+        rng_o.uniform(0.0, 0.03, n_sky_fields),
+        np.clip(rng_o.lognormal(np.log(0.15), 0.9, n_sky_fields), 0.005, 3.0),
+    )
     fld_v = rng_o.normal(0, 40, n_sky_fields)
     fld_vism = rng_o.normal(0, 12, n_sky_fields)
     fld_tel = np.where(rng_o.random(n_sky_fields) < 0.2, "lco25m", "apo25m")
@@ -1093,8 +1330,16 @@ def generate_survey(config: SimulationConfig | None = None, n_field: int = DEFAU
         mjds = [int(m) for m in sorted(set(mjd0 + np.cumsum(rng_o.integers(1, 30, n_vis)) - 1))]
         vis = list(range(n_visits[0], n_visits[0] + len(mjds)))
         n_visits[0] += len(mjds)
-        plates.append(dict(id=pid, telescope=tel, mjds=mjds, bc=float(rng_o.uniform(-28, 28)), vis=vis,
-                           visits=",".join(f"{tel}-{pid}-{m}" for m in mjds)))
+        plates.append(
+            dict(
+                id=pid,
+                telescope=tel,
+                mjds=mjds,
+                bc=float(rng_o.uniform(-28, 28)),
+                vis=vis,
+                visits=",".join(f"{tel}-{pid}-{m}" for m in mjds),
+            )
+        )
         return len(plates) - 1
 
     fld_plates = np.full((n_sky_fields, 2), -1)
@@ -1103,8 +1348,10 @@ def generate_survey(config: SimulationConfig | None = None, n_field: int = DEFAU
         k = 1 + int(rng_o.random() < 0.4)
         fld_nplates[f] = k
         fld_plates[f, :k] = [new_plate(fld_tel[f]) for _ in range(k)]
-    cl_field = np.array([("N" + c["name"][4:] if c["name"].startswith("NGC_") else c["name"].replace("_", ""))
-                         for c in clusters], dtype=object)
+    cl_field = np.array(
+        [("N" + c["name"][4:] if c["name"].startswith("NGC_") else c["name"].replace("_", "")) for c in clusters],
+        dtype=object,
+    )
     cl_plates = np.full((len(clusters), 3), -1)
     cl_nplates = np.empty(len(clusters), np.int64)
     for j, c in enumerate(clusters):
@@ -1133,15 +1380,18 @@ def generate_survey(config: SimulationConfig | None = None, n_field: int = DEFAU
     cj = rng_o.integers(0, len(clusters), nf)
     u_pl = rng_o.random(nf)
     g = rng_o.standard_normal((5, nf))
-    vs = pd.Series(cat["population"][fi]).map({"thin": 30.0, "thick": 55.0, "halo": 120.0,
-                                                "dwarf": 25.0}).fillna(30.0).to_numpy()
+    vs = (
+        pd.Series(cat["population"][fi])
+        .map({"thin": 30.0, "thick": 55.0, "halo": 120.0, "dwarf": 25.0})
+        .fillna(30.0)
+        .to_numpy()
+    )
     star_field[fi] = np.where(in_cl, cl_field[cj], np.asarray(fld_names, dtype=object)[sky_f])
     star_tel[fi] = np.where(in_cl, cl_tel[cj], fld_tel[sky_f].astype(object))
     pl_cl = cl_plates[cj, (u_pl * cl_nplates[cj]).astype(int)]
     pl_sky = fld_plates[sky_f, (u_pl * fld_nplates[sky_f]).astype(int)]
     star_plate[fi] = np.where(in_cl, pl_cl, pl_sky)
-    star_ak[fi] = np.where(in_cl, cl_ak[cj] * np.exp(0.5 * g[0]),
-                           fld_ak[sky_f] * np.exp(0.35 * g[0]) + 0.008 * g[1])
+    star_ak[fi] = np.where(in_cl, cl_ak[cj] * np.exp(0.5 * g[0]), fld_ak[sky_f] * np.exp(0.35 * g[0]) + 0.008 * g[1])
     star_v[fi] = np.where(in_cl, cl_v[cj] * 0.3, fld_v[sky_f]) + vs * g[2]
     star_vism[fi] = np.where(in_cl, 0.0, fld_vism[sky_f])
     ra[fi] = np.where(in_cl, cl_ra[cj] + 0.5 * g[3], fld_ra[sky_f] + 0.6 * g[3])
@@ -1182,10 +1432,13 @@ def generate_survey(config: SimulationConfig | None = None, n_field: int = DEFAU
 
     n_vis = n_visits[0]
     nv = np.array([len(v) for v in star_visits])
-    W = sparse.csr_matrix((np.repeat(1.0 / nv, nv), (np.repeat(np.arange(n), nv),
-                                                     np.fromiter((q for v in star_visits for q in v),
-                                                                 np.int64, int(nv.sum())))),
-                          shape=(n, n_vis))
+    W = sparse.csr_matrix(
+        (
+            np.repeat(1.0 / nv, nv),
+            (np.repeat(np.arange(n), nv), np.fromiter((q for v in star_visits for q in v), np.int64, int(nv.sum()))),
+        ),
+        shape=(n, n_vis),
+    )
     n_basis = _instrument()["basis"].shape[0]
     v_tel = rng_s.normal(0.0, 0.10, n_vis)
     v_sky = rng_s.normal(0.0, 0.004, n_vis)
@@ -1206,24 +1459,47 @@ def generate_survey(config: SimulationConfig | None = None, n_field: int = DEFAU
     obs = cat["obs"]
     cl_name = np.array([clusters[j]["name"] if j >= 0 else "" for j in cidx], dtype=object)
     cand = cidx >= 0
-    tab = {"APOGEE_ID": np.array(ids, dtype=object), "TELESCOPE": star_tel, "FIELD": star_field,
-           "TEFF": obs["teff"], "LOGG": obs["logg"], "M_H": obs["m_h"]}
+    tab = {
+        "APOGEE_ID": np.array(ids, dtype=object),
+        "TELESCOPE": star_tel,
+        "FIELD": star_field,
+        "TEFF": obs["teff"],
+        "LOGG": obs["logg"],
+        "M_H": obs["m_h"],
+    }
     for el in ALLSTAR_ELEMENTS:
         tab[f"X_H_{el.upper()}"] = obs["xh"][el]
-    tab.update({"ASPCAPFLAG": obs["flag"], "AK_TARG": _f32(star_ak), "VHELIO_AVG": _f32(star_v),
-                "SNR": cat["snr"], "VISITS": visit_strings, "CLUSTER": cl_name,
-                "CG_PROB": np.where(cand, cat["cg_prob"], np.nan)})
+    tab.update(
+        {
+            "ASPCAPFLAG": obs["flag"],
+            "AK_TARG": _f32(star_ak),
+            "VHELIO_AVG": _f32(star_v),
+            "SNR": cat["snr"],
+            "VISITS": visit_strings,
+            "CLUSTER": cl_name,
+            "CG_PROB": np.where(cand, cat["cg_prob"], np.nan),
+        }
+    )
     for c in ("RV_PROB", "FEH_PROB", "PM_PROB"):
         tab[c] = np.where(cand, _f32(rng_o.uniform(0.5, 1.0, n)), np.nan)
-    tab.update({"true_teff": cat["teff"], "true_logg": cat["logg"], "true_fe_h": cat["feh"],
-                "true_alpha_fe": cat["alpha"]})
+    tab.update(
+        {"true_teff": cat["teff"], "true_logg": cat["logg"], "true_fe_h": cat["feh"], "true_alpha_fe": cat["alpha"]}
+    )
     for el in SPECIES:
         tab["true_" + abundance_column(el)] = cat["chem"][el]
-    tab.update({"population": cat["population"], "evol": cat["evol"], "age": cat["age"], "mass": cat["mass"],
-                "true_cluster": cat["true_cluster"],
-                "plate": np.array([plates[p]["id"] for p in star_plate], np.int64),
-                "plate_bc": np.array([plates[p]["bc"] for p in star_plate]), "v_ism": star_vism,
-                "passes_cuts": cat["ok"]})
+    tab.update(
+        {
+            "population": cat["population"],
+            "evol": cat["evol"],
+            "age": cat["age"],
+            "mass": cat["mass"],
+            "true_cluster": cat["true_cluster"],
+            "plate": np.array([plates[p]["id"] for p in star_plate], np.int64),
+            "plate_bc": np.array([plates[p]["bc"] for p in star_plate]),
+            "v_ism": star_vism,
+            "passes_cuts": cat["ok"],
+        }
+    )
     stars_all = pd.DataFrame(tab)
 
     # ------------------------------------------------------------ the cuts (as the DR16 loader)
@@ -1231,13 +1507,18 @@ def generate_survey(config: SimulationConfig | None = None, n_field: int = DEFAU
     in_bundle = np.zeros(n, bool)
     in_bundle[bundle_rows] = True
     stars_all["in_bundle"] = in_bundle
-    n_field_bundle = int((stars_all["CLUSTER"].iloc[bundle_rows].eq("")
-                          | ~(stars_all["CG_PROB"].iloc[bundle_rows] > np.float32(MIN_CG_PROB))).sum())
+    n_field_bundle = int(
+        (
+            stars_all["CLUSTER"].iloc[bundle_rows].eq("")
+            | ~(stars_all["CG_PROB"].iloc[bundle_rows] > np.float32(MIN_CG_PROB))
+        ).sum()
+    )
     if n_field_bundle != n_field:  # pragma: no cover - internal consistency
         raise RuntimeError(f"simulator bug: {n_field_bundle} field stars pass the cuts, expected {n_field}")
 
-    survey = SimulatedSurvey(config=cfg, seed=seed, n_field=n_field, stars_all=stars_all,
-                             bundle_rows=bundle_rows, cutflow=cutflow)
+    survey = SimulatedSurvey(
+        config=cfg, seed=seed, n_field=n_field, stars_all=stars_all, bundle_rows=bundle_rows, cutflow=cutflow
+    )
     survey._visit_table = visit_table
     survey._star_visits = star_visits
     survey._plate_bc = np.array([p["bc"] for p in plates])
@@ -1294,11 +1575,23 @@ def _apply_cuts(stars_all: pd.DataFrame):
 
     def record(step, keep):
         m = keep & member
-        rows.append({"step": step, "field": int((keep & ~member).sum()), "cluster_stars": int(m.sum()),
-                     "clusters": int(len(set(cluster_of[m])))})
+        rows.append(
+            {
+                "step": step,
+                "field": int((keep & ~member).sum()),
+                "cluster_stars": int(m.sum()),
+                "clusters": int(len(set(cluster_of[m]))),
+            }
+        )
 
-    rows.append({"step": "input: allStar rows / OCCAM candidates in allStar (0 OCCAM rows not in allStar)",
-                 "field": n, "cluster_stars": int(cand.sum()), "clusters": int(len(set(cl[cand])))})
+    rows.append(
+        {
+            "step": "input: allStar rows / OCCAM candidates in allStar (0 OCCAM rows not in allStar)",
+            "field": n,
+            "cluster_stars": int(cand.sum()),
+            "clusters": int(len(set(cl[cand]))),
+        }
+    )
     keep = np.ones(n, bool)
     record(f"CG_PROB > {MIN_CG_PROB:g} members, removed from the field", keep)
     teff = t["TEFF"].to_numpy(float)
@@ -1335,9 +1628,17 @@ def bundle_mask(flux, err, mask_ranges=PAPER_MASK_RANGES, max_pixel_error: float
     return m | ranges_to_mask(mask_ranges, flux.shape[-1])[None, :]
 
 
-def simulate(out, n_field: int = DEFAULT_N_FIELD, seed: int = 0, format: str = "bundle",
-             config: SimulationConfig | None = None, progress: bool = True, overwrite: bool = False,
-             name: str | None = None, chunk_size: int = 1024) -> Path:
+def simulate(
+    out,
+    n_field: int = DEFAULT_N_FIELD,
+    seed: int = 0,
+    format: str = "bundle",
+    config: SimulationConfig | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+    name: str | None = None,
+    chunk_size: int = 1024,
+) -> Path:
     """Simulate a survey and write it to ``out``; returns the path.
 
     ``format="bundle"`` writes a Dataset bundle (only stars passing the paper's cuts, spectra
@@ -1359,8 +1660,9 @@ def simulate(out, n_field: int = DEFAULT_N_FIELD, seed: int = 0, format: str = "
         try:
             from .apogee import write_dr16
         except ImportError:
-            raise ValueError("--format dr16 needs rsca_core.apogee.write_dr16, which is not available "
-                             "in this build") from None
+            raise ValueError(
+                "--format dr16 needs rsca_core.apogee.write_dr16, which is not available in this build"
+            ) from None
         return Path(write_dr16(survey, out, overwrite=overwrite, progress=progress, simulated=True))
 
     from .dataset import Dataset
@@ -1371,11 +1673,11 @@ def simulate(out, n_field: int = DEFAULT_N_FIELD, seed: int = 0, format: str = "
         bar = tqdm(total=n, desc="simulating spectra", unit="star", disable=not progress, file=sys.stderr)
         try:
             for a in range(0, n, chunk_size):
-                r = rows[a:a + chunk_size]
+                r = rows[a : a + chunk_size]
                 flux, err = survey.spectra(r)
-                w.spectra[a:a + len(r)] = flux
-                w.errors[a:a + len(r)] = err
-                w.mask[a:a + len(r)] = bundle_mask(flux, err, cfg.mask_ranges)
+                w.spectra[a : a + len(r)] = flux
+                w.errors[a : a + len(r)] = err
+                w.mask[a : a + len(r)] = bundle_mask(flux, err, cfg.mask_ranges)
                 bar.update(len(r))
         finally:
             bar.close()
@@ -1386,10 +1688,14 @@ def simulate(out, n_field: int = DEFAULT_N_FIELD, seed: int = 0, format: str = "
             "name": name or f"simulated survey ({len(stars) - n_cl} field, {n_cl} cluster stars, seed {seed})",
             "source": "rsca_core.simulate",
             "provenance": {
-                "generator": "rsca_core.simulate.simulate", "seed": int(seed), "n_field": int(n_field),
-                "config": cfg.to_dict(), "cutflow": survey.cutflow,
+                "generator": "rsca_core.simulate.simulate",
+                "seed": int(seed),
+                "n_field": int(n_field),
+                "config": cfg.to_dict(),
+                "cutflow": survey.cutflow,
                 "n_generated": int(len(survey.stars_all)),
-                "seconds": round(time.perf_counter() - t0, 2), "seconds_table": round(t_table, 2),
+                "seconds": round(time.perf_counter() - t0, 2),
+                "seconds_table": round(t_table, 2),
                 "mask": "error > 0.05, non-finite, chip-gap zeros, config.mask_ranges",
             },
         }
@@ -1419,14 +1725,21 @@ def ensure_default_dataset(path=None, progress: bool = True) -> Path:
     with open(lock_path, "w") as lock:
         try:
             import fcntl
+
             fcntl.flock(lock, fcntl.LOCK_EX)
         except ImportError:  # pragma: no cover - non-POSIX
             pass
         if not (path / "meta.json").exists():
             if progress:
                 print(f"building the default simulated survey in {path} (once)...", file=sys.stderr)
-            simulate(path, n_field=DEFAULT_N_FIELD, seed=0, progress=progress, overwrite=path.exists(),
-                     name=f"simulated default survey ({DEFAULT_N_FIELD} field stars)")
+            simulate(
+                path,
+                n_field=DEFAULT_N_FIELD,
+                seed=0,
+                progress=progress,
+                overwrite=path.exists(),
+                name=f"simulated default survey ({DEFAULT_N_FIELD} field stars)",
+            )
     return path
 
 
@@ -1458,14 +1771,23 @@ def _cmd_simulate(args) -> int:
     overrides = {s: getattr(args, s) for s in SWITCHES}
     cfg = SimulationConfig(**overrides)
     t0 = time.perf_counter()
-    path = simulate(args.out, n_field=args.n_field, seed=args.seed, format=args.format, config=cfg,
-                    progress=args.progress, overwrite=args.overwrite)
+    path = simulate(
+        args.out,
+        n_field=args.n_field,
+        seed=args.seed,
+        format=args.format,
+        config=cfg,
+        progress=args.progress,
+        overwrite=args.overwrite,
+    )
     dt = time.perf_counter() - t0
     if args.format == "bundle":
         meta = json.loads((Path(path) / "meta.json").read_text())
         cf = meta["provenance"]["cutflow"][-1]
-        print(f"[simulated] wrote {path} in {dt:.1f} s: {cf['field']} field stars, {cf['cluster_stars']} "
-              f"cluster stars in {cf['clusters']} clusters")
+        print(
+            f"[simulated] wrote {path} in {dt:.1f} s: {cf['field']} field stars, {cf['cluster_stars']} "
+            f"cluster stars in {cf['clusters']} clusters"
+        )
     else:
         print(f"[simulated] wrote DR16-layout files under {path} in {dt:.1f} s")
     return 0
@@ -1473,6 +1795,7 @@ def _cmd_simulate(args) -> int:
 
 def _nonneg_int(text):
     import argparse
+
     try:
         v = int(text)
     except ValueError:
@@ -1484,6 +1807,7 @@ def _nonneg_int(text):
 
 def _pos_int(text):
     import argparse
+
     v = _nonneg_int(text)
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
@@ -1492,21 +1816,32 @@ def _pos_int(text):
 
 def add_cli(subparsers) -> None:
     p = subparsers.add_parser(
-        "simulate", help="write a simulated APOGEE-like survey (bundle or DR16 file layout)",
+        "simulate",
+        help="write a simulated APOGEE-like survey (bundle or DR16 file layout)",
         description="Simulate an APOGEE-like survey with the paper's confounders (SPEC §5): red giants on "
-                    "isochrones, two-sequence chemistry, homogeneous open clusters, atomic and molecular "
-                    "lines, interstellar bands, RV/telluric and plate systematics, noise, bad pixels and "
-                    "ASPCAP-like labels. Default shape: 22 clusters with 185 stars and "
-                    f"{DEFAULT_N_FIELD} field stars (after the paper's cuts). Output is labelled simulated.")
+        "isochrones, two-sequence chemistry, homogeneous open clusters, atomic and molecular "
+        "lines, interstellar bands, RV/telluric and plate systematics, noise, bad pixels and "
+        "ASPCAP-like labels. Default shape: 22 clusters with 185 stars and "
+        f"{DEFAULT_N_FIELD} field stars (after the paper's cuts). Output is labelled simulated.",
+    )
     p.add_argument("--out", required=True, help="output folder (bundle, or DR16 layout with --format dr16)")
-    p.add_argument("--n-field", type=_pos_int, default=DEFAULT_N_FIELD,
-                   help=f"field stars after the cuts (default {DEFAULT_N_FIELD}; 151145 = the paper's scale)")
+    p.add_argument(
+        "--n-field",
+        type=_pos_int,
+        default=DEFAULT_N_FIELD,
+        help=f"field stars after the cuts (default {DEFAULT_N_FIELD}; 151145 = the paper's scale)",
+    )
     p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
-    p.add_argument("--format", choices=("bundle", "dr16"), default="bundle",
-                   help="bundle (default) or the DR16 allStar/aspcapStar/OCCAM file layout")
+    p.add_argument(
+        "--format",
+        choices=("bundle", "dr16"),
+        default="bundle",
+        help="bundle (default) or the DR16 allStar/aspcapStar/OCCAM file layout",
+    )
     for s in SWITCHES:
-        p.add_argument("--no-" + s.replace("_", "-"), dest=s, action="store_false",
-                       help=f"{_switch_help(s)}; switch it off")
+        p.add_argument(
+            "--no-" + s.replace("_", "-"), dest=s, action="store_false", help=f"{_switch_help(s)}; switch it off"
+        )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=_cmd_simulate)

@@ -1,6 +1,1 @@
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+"""Shared pytest configuration. rsca_core, pages and app are importable through `pip install -e .`."""

@@ -1,5 +1,10 @@
 """Small planted-cluster data shared by the core tests."""
+
+from pathlib import Path
+
 import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent  # the checkout
 
 
 def planted(seed=0, K=5, n_pop=600, sizes=(2, 3, 4, 5, 6, 7), spread=0.6, with_meta=True):
@@ -41,23 +46,29 @@ def small_dataset(n_field=300, sizes=(3, 4, 5, 6), n_pixels=400, seed=0, kind="s
     latent = rng.standard_normal((n, 4)) * [3, 2, 1.5, 1]
     cluster = np.array([""] * n_field + sum(([f"OC{j}"] * s for j, s in enumerate(sizes)), []), dtype=object)
     start = n_field
-    for j, s in enumerate(sizes):
-        latent[start:start + s] = rng.standard_normal(4) * [3, 2, 1.5, 1] + 0.3 * rng.standard_normal((s, 4))
+    for s in sizes:
+        latent[start : start + s] = rng.standard_normal(4) * [3, 2, 1.5, 1] + 0.3 * rng.standard_normal((s, 4))
         start += s
     basis = rng.standard_normal((4, n_pixels)) * 0.02
     spectra = (1 + latent @ basis + 0.003 * rng.standard_normal((n, n_pixels))).astype(np.float32)
     mask = rng.random((n, n_pixels)) < 0.03
-    stars = pd.DataFrame({"apogee_id": [f"2M{i:08d}" for i in range(n)], "cluster": cluster,
-                          "teff": rng.uniform(4000, 5000, n), "logg": rng.uniform(1.5, 3, n),
-                          "fe_h": latent[:, 0] * 0.1})
+    stars = pd.DataFrame(
+        {
+            "apogee_id": [f"2M{i:08d}" for i in range(n)],
+            "cluster": cluster,
+            "teff": rng.uniform(4000, 5000, n),
+            "logg": rng.uniform(1.5, 3, n),
+            "fe_h": latent[:, 0] * 0.1,
+        }
+    )
     for j, col in enumerate(ABUNDANCE_COLUMNS):
         stars[col] = latent[:, j % 4] * 0.1 + 0.01 * rng.standard_normal(n)
     vel = rng.normal(0, 20, n)
     ak = np.abs(rng.normal(0.05, 0.05, n))
     start = n_field
     for s in sizes:
-        vel[start:start + s] = rng.normal(0, 20) + rng.normal(0, 1, s)
-        ak[start:start + s] = abs(rng.normal(0.05, 0.03)) + np.abs(rng.normal(0, 0.01, s))
+        vel[start : start + s] = rng.normal(0, 20) + rng.normal(0, 1, s)
+        ak[start : start + s] = abs(rng.normal(0.05, 0.03)) + np.abs(rng.normal(0, 0.01, s))
         start += s
     stars["ak_targ"], stars["vhelio_avg"] = ak, vel
     stars["snr"] = rng.uniform(80, 300, n)

@@ -3,6 +3,7 @@
 Every star of the survey is built to pass or fail one specific cut, so the expected outcome of each
 cut (and of the whole loader) is known by construction, independently of the code under test.
 """
+
 import os
 import shutil
 
@@ -11,8 +12,7 @@ import pandas as pd
 import pytest
 from astropy.io import fits
 
-from rsca_core import BundleError, Dataset
-from rsca_core import apogee
+from rsca_core import BundleError, Dataset, apogee
 from rsca_core.apogee import build_apogee, read_aspcapstar, write_dr16
 from rsca_core.constants import ALLSTAR_ELEMENTS, N_PIXELS, PAPER_MASK_RANGES, SPECIES, abundance_column
 
@@ -23,26 +23,49 @@ def _survey():
     """(table, expected) for the hand-built survey. Names say what each star is for."""
     rows = []
 
-    def star(sid, *, teff=4500.0, logg=2.2, flag=0, cluster="", cg=0.0, missing=(), missing_xm=(), field="F1",
-             telescope="apo25m"):
-        rows.append(dict(APOGEE_ID=sid, TELESCOPE=telescope, FIELD=field, TEFF=teff, LOGG=logg, ASPCAPFLAG=flag,
-                         CLUSTER=cluster, CG_PROB=cg, missing=tuple(missing), missing_xm=tuple(missing_xm)))
+    def star(
+        sid,
+        *,
+        teff=4500.0,
+        logg=2.2,
+        flag=0,
+        cluster="",
+        cg=0.0,
+        missing=(),
+        missing_xm=(),
+        field="F1",
+        telescope="apo25m",
+    ):
+        rows.append(
+            dict(
+                APOGEE_ID=sid,
+                TELESCOPE=telescope,
+                FIELD=field,
+                TEFF=teff,
+                LOGG=logg,
+                ASPCAPFLAG=flag,
+                CLUSTER=cluster,
+                CG_PROB=cg,
+                missing=tuple(missing),
+                missing_xm=tuple(missing_xm),
+            )
+        )
 
     for i, sid in enumerate(OK_FIELD):
         star(sid, field="F1" if i < 3 else "F2", telescope="apo25m" if i % 2 == 0 else "lco25m")
-    star("2M_TEFF_EDGE", teff=4000.0)          # 4000 < TEFF is strict
+    star("2M_TEFF_EDGE", teff=4000.0)  # 4000 < TEFF is strict
     star("2M_TEFF_HOT", teff=5300.0)
-    star("2M_LOGG_EDGE", logg=3.0)             # LOGG < 3.0 is strict
+    star("2M_LOGG_EDGE", logg=3.0)  # LOGG < 3.0 is strict
     star("2M_LOGG_LOW", logg=1.2)
-    star("2M_NO_CE", missing=("Ce",))          # one of the 21 species missing in X_H
+    star("2M_NO_CE", missing=("Ce",))  # one of the 21 species missing in X_H
     star("2M_NO_TIII_XM", missing_xm=("TiII",))  # missing in X_M only
     star("2M_NO_GE", missing=("Ge", "P", "Rb"))  # not among the 21 species: kept
     star("2M_STAR_BAD", flag=1 << 23)
     star("2M_OTHER_FLAG", flag=(1 << 22) | (1 << 24) | 1)  # other bits: kept
-    star("2M_MISSING_FILE")                    # passes every cut, but no aspcapStar file
-    star("2M_CORRUPT_FILE")                    # garbage bytes
-    star("2M_SHORT_FILE")                      # 8000-pixel spectrum
-    star("2M_LOWPROB_MEMBER", cluster="NGC A", cg=0.5)   # OCCAM candidate, CG_PROB <= 0.8: field star
+    star("2M_MISSING_FILE")  # passes every cut, but no aspcapStar file
+    star("2M_CORRUPT_FILE")  # garbage bytes
+    star("2M_SHORT_FILE")  # 8000-pixel spectrum
+    star("2M_LOWPROB_MEMBER", cluster="NGC A", cg=0.5)  # OCCAM candidate, CG_PROB <= 0.8: field star
     # Cluster NGC A: 3 good members (+ the low-probability one above)
     for j in range(3):
         star(f"2M_A{j}", cluster="NGC A", cg=0.9 + 0.01 * j, field="NGCA")
@@ -94,8 +117,8 @@ def _spectra(n, seed=2):
     rng = np.random.default_rng(seed)
     flux = (1 + 0.02 * rng.standard_normal((n, N_PIXELS))).astype(np.float32)
     err = np.full((n, N_PIXELS), 0.01, np.float32)
-    err[rng.random((n, N_PIXELS)) < 0.02] = 0.2          # bad pixels: error > 0.05
-    flux[:, 3000:3050] = 0.0                              # a chip gap holds zeros
+    err[rng.random((n, N_PIXELS)) < 0.02] = 0.2  # bad pixels: error > 0.05
+    flux[:, 3000:3050] = 0.0  # a chip gap holds zeros
     err[:, 3000:3050] = 0.0
     return flux, err
 
@@ -116,11 +139,21 @@ def dr16(tmp_path_factory):
     for sid in expected["missing"]:
         path_of(sid).unlink()
     path_of("2M_CORRUPT_FILE").write_bytes(b"SIMPLE  =                    T" + b"\x00\x13garbage" * 50)
-    short = fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.ones(8000, np.float32)),
-                          fits.ImageHDU(np.ones(8000, np.float32))])
+    short = fits.HDUList(
+        [fits.PrimaryHDU(), fits.ImageHDU(np.ones(8000, np.float32)), fits.ImageHDU(np.ones(8000, np.float32))]
+    )
     short.writeto(path_of("2M_SHORT_FILE"), overwrite=True)
-    return dict(root=root, tab=tab, expected=expected, flux=flux, err=err, ids=ids, path_of=path_of,
-                allstar=root / apogee.ALLSTAR_NAME, members=root / apogee.OCCAM_MEMBER_NAME)
+    return dict(
+        root=root,
+        tab=tab,
+        expected=expected,
+        flux=flux,
+        err=err,
+        ids=ids,
+        path_of=path_of,
+        allstar=root / apogee.ALLSTAR_NAME,
+        members=root / apogee.OCCAM_MEMBER_NAME,
+    )
 
 
 def _build(d, out, **kw):
@@ -149,13 +182,13 @@ def test_each_cut_removes_exactly_the_planted_stars(dr16, tmp_path):
     table = [tuple(r) for r in cutflow[["field", "cluster_stars", "clusters"]].to_numpy()]
     n = len(dr16["tab"])
     assert table == [
-        (n, 13, 5),   # input: 13 OCCAM candidates in 5 clusters (A:4, B:2, C:2, D:3, E:2)
+        (n, 13, 5),  # input: 13 OCCAM candidates in 5 clusters (A:4, B:2, C:2, D:3, E:2)
         (n - 10, 10, 4),  # CG_PROB > 0.8: A0-2, B0-1, C0-1, D0-1 + anomalous; E (0.8, 0.3) and A low-prob out
-        (n - 10 - 2, 9, 4),   # TEFF: TEFF_EDGE, TEFF_HOT (field) and B1_HOT (cluster)
-        (n - 10 - 4, 9, 4),   # LOGG: LOGG_EDGE, LOGG_LOW
-        (n - 10 - 6, 9, 4),   # abundances: NO_CE, NO_TIII_XM (NO_GE kept)
-        (n - 10 - 7, 9, 4),   # STAR_BAD (OTHER_FLAG kept)
-        (n - 10 - 7, 8, 4),   # 2M19203303+3755558
+        (n - 10 - 2, 9, 4),  # TEFF: TEFF_EDGE, TEFF_HOT (field) and B1_HOT (cluster)
+        (n - 10 - 4, 9, 4),  # LOGG: LOGG_EDGE, LOGG_LOW
+        (n - 10 - 6, 9, 4),  # abundances: NO_CE, NO_TIII_XM (NO_GE kept)
+        (n - 10 - 7, 9, 4),  # STAR_BAD (OTHER_FLAG kept)
+        (n - 10 - 7, 8, 4),  # 2M19203303+3755558
         (n - 10 - 10, 7, 4),  # unreadable: MISSING_FILE, CORRUPT_FILE, SHORT_FILE (field); C1 (cluster)
         (n - 10 - 10, 5, 2),  # clusters with one star: B (B0 left), C (C0 left)
     ]
@@ -178,8 +211,13 @@ def test_spectra_mask_errors_and_labels_copied_faithfully(dr16, tmp_path):
     for el in SPECIES:
         assert np.allclose(ds.stars[abundance_column(el)], xh[:, ALLSTAR_ELEMENTS.index(el)], atol=1e-6)
     assert np.allclose(ds.stars["fe_h"], xh[:, ALLSTAR_ELEMENTS.index("Fe")], atol=1e-6)
-    for col, src in (("teff", "TEFF"), ("logg", "LOGG"), ("ak_targ", "AK_TARG"), ("vhelio_avg", "VHELIO_AVG"),
-                     ("snr", "SNR")):
+    for col, src in (
+        ("teff", "TEFF"),
+        ("logg", "LOGG"),
+        ("ak_targ", "AK_TARG"),
+        ("vhelio_avg", "VHELIO_AVG"),
+        ("snr", "SNR"),
+    ):
         assert np.allclose(ds.stars[col], tab[src], rtol=1e-6, atol=1e-4), col
     assert ds.stars["visits"].tolist() == tab["VISITS"].tolist()
 
@@ -205,8 +243,15 @@ def test_kind_real_without_simulator_keyword(dr16, tmp_path):
     with fits.open(root / apogee.ALLSTAR_NAME) as h:
         assert apogee.SIMULATED_KEYWORD not in h[1].header
         fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU(h[1].data, h[1].header)]).writeto(root / "allStar-real.fits")
-    out, _ = build_apogee(root / "allStar-real.fits", root / apogee.OCCAM_MEMBER_NAME, tmp_path / "b",
-                          spectra_root=root, workers=1, progress=False, log=lambda m: None)
+    out, _ = build_apogee(
+        root / "allStar-real.fits",
+        root / apogee.OCCAM_MEMBER_NAME,
+        tmp_path / "b",
+        spectra_root=root,
+        workers=1,
+        progress=False,
+        log=lambda m: None,
+    )
     ds = Dataset.load(out)
     assert ds.meta["kind"] == "real" and ds.label == "real"
 
@@ -214,21 +259,32 @@ def test_kind_real_without_simulator_keyword(dr16, tmp_path):
 def _rewrite_table(src, dst, rename=None, drop=None):
     with fits.open(src) as h:
         cols = [c for c in h[1].columns if c.name != drop]
-        new = [fits.Column(name=(rename(c.name) if rename else c.name), format=c.format, array=h[1].data[c.name])
-               for c in cols]
+        new = [
+            fits.Column(name=(rename(c.name) if rename else c.name), format=c.format, array=h[1].data[c.name])
+            for c in cols
+        ]
         fits.HDUList([h[0].copy(), fits.BinTableHDU.from_columns(new)]).writeto(dst)
 
 
-@pytest.mark.parametrize("which,column", [("allstar", "VHELIO_AVG"), ("allstar", "X_M"), ("allstar", "ASPCAPFLAG"),
-                                          ("members", "CG_PROB"), ("members", "CLUSTER")])
+@pytest.mark.parametrize(
+    "which,column",
+    [
+        ("allstar", "VHELIO_AVG"),
+        ("allstar", "X_M"),
+        ("allstar", "ASPCAPFLAG"),
+        ("members", "CG_PROB"),
+        ("members", "CLUSTER"),
+    ],
+)
 def test_missing_column_is_an_error_naming_it(dr16, tmp_path, which, column):
     src = dr16[which]
     bad = tmp_path / "bad.fits"
     _rewrite_table(src, bad, drop=column)
     args = {"allstar": dr16["allstar"], "members": dr16["members"], which: bad}
     with pytest.raises(ValueError, match=rf"missing column {column}\b") as info:
-        build_apogee(args["allstar"], args["members"], tmp_path / "b", spectra_root=dr16["root"], workers=1,
-                     progress=False)
+        build_apogee(
+            args["allstar"], args["members"], tmp_path / "b", spectra_root=dr16["root"], workers=1, progress=False
+        )
     assert str(bad) in str(info.value)
     assert not (tmp_path / "b").exists()
 
@@ -237,8 +293,9 @@ def test_column_names_case_insensitive(dr16, tmp_path):
     a, m = tmp_path / "allstar.fits", tmp_path / "members.fits"
     _rewrite_table(dr16["allstar"], a, rename=str.lower)
     _rewrite_table(dr16["members"], m, rename=lambda s: s.title())
-    out, cutflow = build_apogee(a, m, tmp_path / "b", spectra_root=dr16["root"], workers=1, progress=False,
-                                log=lambda msg: None)
+    out, cutflow = build_apogee(
+        a, m, tmp_path / "b", spectra_root=dr16["root"], workers=1, progress=False, log=lambda msg: None
+    )
     ref, ref_cf = _build(dr16, tmp_path / "ref")
     assert Dataset.load(out).stars["apogee_id"].tolist() == Dataset.load(ref).stars["apogee_id"].tolist()
     assert cutflow[["field", "cluster_stars", "clusters"]].equals(ref_cf[["field", "cluster_stars", "clusters"]])
@@ -316,23 +373,27 @@ def test_fast_reader_matches_astropy(dr16, tmp_path):
     ih = fits.ImageHDU((raw * 1000).astype(np.int16))
     ih.header["BSCALE"], ih.header["BZERO"] = 0.001, 0.0
     p = tmp_path / "scaled.fits"
-    fits.HDUList([fits.PrimaryHDU(np.zeros((3, 5))), ih, fits.ImageHDU(raw.astype(np.float64)),
-                  fits.ImageHDU(np.ones(4))]).writeto(p)
+    fits.HDUList(
+        [fits.PrimaryHDU(np.zeros((3, 5))), ih, fits.ImageHDU(raw.astype(np.float64)), fits.ImageHDU(np.ones(4))]
+    ).writeto(p)
     f, e = read_aspcapstar(p)
     with fits.open(p) as h:
         assert np.allclose(f, h[1].data, atol=1e-6) and np.allclose(e, h[2].data)
     # tile-compressed images go through astropy
     p = tmp_path / "compressed.fits"
-    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(raw.astype(np.float32)),
-                  fits.CompImageHDU((2 * raw).astype(np.float32))]).writeto(p)
+    fits.HDUList(
+        [fits.PrimaryHDU(), fits.CompImageHDU(raw.astype(np.float32)), fits.CompImageHDU((2 * raw).astype(np.float32))]
+    ).writeto(p)
     f, e = read_aspcapstar(p)
     with fits.open(p) as h:
         assert np.array_equal(f, h[1].data) and np.array_equal(e, h[2].data)
     # damaged files: a clear error naming the file
     good = dr16["path_of"](OK_FIELD[0]).read_bytes()
-    for name, data, msg in (("trunc.fits", good[:-5000], "truncated"), ("two.fits", good[:2880 * 2 + 8575 * 4],
-                                                                          None),
-                            ("notfits.fits", b"hello" * 1000, "not a FITS file")):
+    for name, data, msg in (
+        ("trunc.fits", good[:-5000], "truncated"),
+        ("two.fits", good[: 2880 * 2 + 8575 * 4], None),
+        ("notfits.fits", b"hello" * 1000, "not a FITS file"),
+    ):
         q = tmp_path / name
         q.write_bytes(data)
         with pytest.raises(apogee.SpectrumFileError, match=msg) as info:
@@ -374,8 +435,22 @@ def test_cli_prints_cutflow_and_errors(dr16, tmp_path, capsys):
     from rsca_core.cli import main
 
     out = tmp_path / "b"
-    rc = main(["build-apogee", "--allstar", str(dr16["allstar"]), "--occam-members", str(dr16["members"]),
-               "--out", str(out), "--workers", "1", "--no-progress", "--mask-ranges", "720:910,2370:2470"])
+    rc = main(
+        [
+            "build-apogee",
+            "--allstar",
+            str(dr16["allstar"]),
+            "--occam-members",
+            str(dr16["members"]),
+            "--out",
+            str(out),
+            "--workers",
+            "1",
+            "--no-progress",
+            "--mask-ranges",
+            "720:910,2370:2470",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "STAR_BAD" in text and "cluster stars" in text
@@ -384,11 +459,31 @@ def test_cli_prints_cutflow_and_errors(dr16, tmp_path, capsys):
     ds = Dataset.load(out)
     assert ds.mask[:, 720:910].all() and ds.mask[:, 2370:2470].all()
     assert ds.meta["provenance"]["mask_ranges"] == [[720, 910], [2370, 2470]]
-    rc = main(["build-apogee", "--allstar", str(dr16["allstar"]), "--occam-members", str(dr16["members"]),
-               "--out", str(out), "--no-progress"])
+    rc = main(
+        [
+            "build-apogee",
+            "--allstar",
+            str(dr16["allstar"]),
+            "--occam-members",
+            str(dr16["members"]),
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 1 and "already exists" in capsys.readouterr().err
-    rc = main(["build-apogee", "--allstar", str(tmp_path / "nope.fits"), "--occam-members", str(dr16["members"]),
-               "--out", str(tmp_path / "c"), "--no-progress"])
+    rc = main(
+        [
+            "build-apogee",
+            "--allstar",
+            str(tmp_path / "nope.fits"),
+            "--occam-members",
+            str(dr16["members"]),
+            "--out",
+            str(tmp_path / "c"),
+            "--no-progress",
+        ]
+    )
     assert rc == 1 and "nope.fits" in capsys.readouterr().err
 
 
@@ -399,9 +494,23 @@ def test_loading_simulated_dr16_files_equals_the_direct_bundle(tmp_path, capsys)
     common = ["--n-field", "30", "--seed", "4", "--no-progress"]
     assert main(["simulate", "--out", str(tmp_path / "direct"), *common]) == 0
     assert main(["simulate", "--out", str(tmp_path / "dr16"), "--format", "dr16", *common]) == 0
-    assert main(["build-apogee", "--allstar", str(tmp_path / "dr16" / apogee.ALLSTAR_NAME),
-                 "--occam-members", str(tmp_path / "dr16" / apogee.OCCAM_MEMBER_NAME),
-                 "--out", str(tmp_path / "loaded"), "--workers", "2", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "build-apogee",
+                "--allstar",
+                str(tmp_path / "dr16" / apogee.ALLSTAR_NAME),
+                "--occam-members",
+                str(tmp_path / "dr16" / apogee.OCCAM_MEMBER_NAME),
+                "--out",
+                str(tmp_path / "loaded"),
+                "--workers",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     direct, loaded = Dataset.load(tmp_path / "direct"), Dataset.load(tmp_path / "loaded")
     assert loaded.kind == "simulated" and loaded.label == "simulated"
@@ -427,8 +536,11 @@ def test_loading_simulated_dr16_files_equals_the_direct_bundle(tmp_path, capsys)
     failing = set(table.loc[~table["passes_cuts"].astype(bool), "APOGEE_ID"])
     assert failing and not loaded_ids & failing
     assert loaded_ids == set(table.loc[table["in_bundle"].astype(bool), "APOGEE_ID"])
-    low_prob = table[(table["CLUSTER"] != "") & ~(table["CG_PROB"].astype("float32") > np.float32(0.8))
-                     & table["in_bundle"].astype(bool)]
+    low_prob = table[
+        (table["CLUSTER"] != "")
+        & ~(table["CG_PROB"].astype("float32") > np.float32(0.8))
+        & table["in_bundle"].astype(bool)
+    ]
     assert len(low_prob) and set(low_prob["APOGEE_ID"]) <= set(loaded.stars.loc[~loaded.is_cluster, "apogee_id"])
 
 
@@ -444,8 +556,8 @@ def test_resume_rereads_only_chunks_whose_missing_file_appeared(dr16, tmp_path, 
     calls = []
     monkeypatch.setattr(apogee, "read_aspcapstar", lambda p, *a, **k: (calls.append(str(p)), real(p, *a, **k))[1])
     status, _, stats = apogee.read_spectra(paths, work, workers=1, chunk_size=3, progress=False)
-    assert calls == [] and stats["resumed"] == 9          # nothing changed: nothing read
-    shutil.copy(tmp_path / "copy.fits", paths[6])          # the missing file appears
+    assert calls == [] and stats["resumed"] == 9  # nothing changed: nothing read
+    shutil.copy(tmp_path / "copy.fits", paths[6])  # the missing file appears
     try:
         status, _, stats = apogee.read_spectra(paths, work, workers=1, chunk_size=3, progress=False)
     finally:
@@ -457,11 +569,11 @@ def test_concurrent_build_refused_and_killed_leftovers_cleared(dr16, tmp_path):
     out = tmp_path / "b"
     partial = tmp_path / "b.partial"
     partial.mkdir()
-    (partial / "lock").write_text(str(os.getppid()))          # a live process holds the lock
+    (partial / "lock").write_text(str(os.getppid()))  # a live process holds the lock
     with pytest.raises(FileExistsError, match="another build"):
         _build(dr16, out)
-    (partial / "lock").write_text("999999999")                # its process is gone: stale
-    leftover = tmp_path / "b.tmp-abc123"                      # a bundle write killed half way
+    (partial / "lock").write_text("999999999")  # its process is gone: stale
+    leftover = tmp_path / "b.tmp-abc123"  # a bundle write killed half way
     leftover.mkdir()
     (leftover / "spectra.npy").write_bytes(b"\0" * 100)
     path, _ = _build(dr16, out)

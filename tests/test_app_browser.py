@@ -7,12 +7,14 @@ that bad input gives a message (never a traceback) and that the browser console 
 The survey is built once per session with ``python -m rsca_core simulate`` (or taken from
 RSCA_TEST_DATASET, a bundle directory, if set); the app sees it through RSCA_DATASET.
 """
+
 from __future__ import annotations
 
 import csv
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -24,7 +26,16 @@ import pytest
 pytest.importorskip("dash.testing")
 
 ROOT = Path(__file__).resolve().parent.parent
-K_FIT = 12          # the app cuts every K from one K_FIT compression (RSCA_K_FIT)
+
+
+def free_port() -> int:
+    """A free port on 127.0.0.1, so that several checkouts can run the browser tests at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+K_FIT = 12  # the app cuts every K from one K_FIT compression (RSCA_K_FIT)
 N_FIELD = 300
 
 
@@ -39,9 +50,23 @@ def bundle(tmp_path_factory):
         path = Path(given)
     else:
         path = tmp_path_factory.mktemp("data") / "small"
-        subprocess.run([sys.executable, "-m", "rsca_core", "simulate", "--out", str(path),
-                        "--n-field", str(N_FIELD), "--seed", "3"], check=True, cwd=ROOT,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "rsca_core",
+                "simulate",
+                "--out",
+                str(path),
+                "--n-field",
+                str(N_FIELD),
+                "--seed",
+                "3",
+            ],
+            check=True,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+        )
     ds = Dataset.load(path)
     ds.compress(K_FIT, seed=0)  # cached beside the bundle: the app and the checks below read this file
     return path
@@ -51,12 +76,17 @@ def bundle(tmp_path_factory):
 def dash_app(bundle, tmp_path_factory):
     """The app, pointed at the small survey (env vars are read at call time by the service layer)."""
     state = tmp_path_factory.mktemp("state")
-    env = {"RSCA_DATASET": str(bundle), "RSCA_DATA_DIR": str(tmp_path_factory.mktemp("datadir")),
-           "RSCA_K_FIT": str(K_FIT), "RSCA_STATE_DIR": str(state), "RSCA_CACHE_TYPE": "simple"}
+    env = {
+        "RSCA_DATASET": str(bundle),
+        "RSCA_DATA_DIR": str(tmp_path_factory.mktemp("datadir")),
+        "RSCA_K_FIT": str(K_FIT),
+        "RSCA_STATE_DIR": str(state),
+        "RSCA_CACHE_TYPE": "simple",
+    }
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    sys.path.insert(0, str(ROOT))
     import app as app_module
+
     yield app_module.app
     for k, v in old.items():
         if v is None:
@@ -81,8 +111,17 @@ def core(bundle):
         z = comp.scores[:, :k] if z is None else z
         keep = np.ones(len(ci), bool) if clusters is None else np.isin(ids, clusters)
         c = ci[keep]
-        return doppelganger_rates(z[fi], z[c], ids[keep], pop_vhelio=vh[fi], pop_ak=ak[fi],
-                                  clust_vhelio=vh[c], clust_ak=ak[c], cv=cv, top_n=top_n)
+        return doppelganger_rates(
+            z[fi],
+            z[c],
+            ids[keep],
+            pop_vhelio=vh[fi],
+            pop_ak=ak[fi],
+            clust_vhelio=vh[c],
+            clust_ak=ak[c],
+            cv=cv,
+            top_n=top_n,
+        )
 
     return {"ds": ds, "rate": rate, "names": ds.cluster_names}
 
@@ -139,7 +178,7 @@ def open_page(dash_duo, path):
 
 # ------------------------------------------------------------------------------------------ Explore
 def test_explore_shows_the_core_rate_and_follows_every_control(dash_duo, dash_app, core):
-    dash_duo.start_server(dash_app)
+    dash_duo.start_server(dash_app, port=free_port())
     dash_duo.wait_for_element("#ex-global-rate", timeout=60)
     k0 = min(30, K_FIT)
     want = core["rate"](k=k0, cv=True).global_rate
@@ -166,7 +205,8 @@ def test_explore_shows_the_core_rate_and_follows_every_control(dash_duo, dash_ap
 
     # per-cluster bars equal the core's per-cluster rates
     fig = dash_duo.driver.execute_script(
-        "return document.getElementById('ex-bars').getElementsByClassName('js-plotly-plot')[0].data[0]")
+        "return document.getElementById('ex-bars').getElementsByClassName('js-plotly-plot')[0].data[0]"
+    )
     per = core["rate"](k=8, cv=False).per_cluster
     got = dict(zip(fig["x"], fig["y"]))
     for row in per.itertuples():
@@ -178,16 +218,19 @@ def test_explore_shows_the_core_rate_and_follows_every_control(dash_duo, dash_ap
 def test_explore_state_in_url_is_restored_and_shareable(dash_duo, dash_app, core):
     names = core["names"]
     chosen = names[:5]
-    dash_duo.start_server(dash_app)
+    dash_duo.start_server(dash_app, port=free_port())
     open_page(dash_duo, f"/?k=12&cv=0&top=3&clusters={','.join(chosen)}")
     want = core["rate"](k=12, cv=False, clusters=chosen, top_n=3).global_rate
     assert shown_rate(dash_duo) == f"{want:.4f}"
     assert dash_duo.find_element("#ex-k").get_attribute("value") == "12"
     assert dash_duo.find_element("#ex-top").get_attribute("value") == "3"
     # the features were drawn for these settings: 3 panels x (field density + one trace per cluster)
-    n_traces = wait_js(dash_duo, "var g = document.getElementById('ex-features')"
-                                 ".getElementsByClassName('js-plotly-plot')[0]; return g && g.data ? g.data.length : 0",
-                       lambda n: n == 3 * (1 + len(chosen)))
+    n_traces = wait_js(
+        dash_duo,
+        "var g = document.getElementById('ex-features')"
+        ".getElementsByClassName('js-plotly-plot')[0]; return g && g.data ? g.data.length : 0",
+        lambda n: n == 3 * (1 + len(chosen)),
+    )
     assert n_traces == 3 * (1 + len(chosen))
     assert not severe(dash_duo.get_logs())
 
@@ -197,7 +240,7 @@ def test_explore_abundance_subset_input(dash_duo, dash_app, core):
     z = ds.abundances(["Fe", "Mg", "Si"])
     if np.isnan(z).any():
         pytest.skip("test survey has missing abundances")
-    dash_duo.start_server(dash_app)
+    dash_duo.start_server(dash_app, port=free_port())
     open_page(dash_duo, "/?input=subset&species=Fe,Mg,Si")
     want = core["rate"](z=z, cv=True).global_rate
     assert shown_rate(dash_duo) == f"{want:.4f}"
@@ -206,7 +249,7 @@ def test_explore_abundance_subset_input(dash_duo, dash_app, core):
 
 
 def test_bad_input_gives_messages_not_tracebacks(dash_duo, dash_app, core):
-    dash_duo.start_server(dash_app)
+    dash_duo.start_server(dash_app, port=free_port())
     open_page(dash_duo, "/?k=abc&cv=maybe&clusters=NoSuchCluster&top=-4&ds=../../etc&input=<script>")
     dash_duo.wait_for_contains_text("#ex-url-msg", "K must be a whole number", timeout=30)
     text = dash_duo.find_element("#ex-url-msg").text
@@ -233,7 +276,7 @@ def test_bad_input_gives_messages_not_tracebacks(dash_duo, dash_app, core):
 
 def test_missing_dataset_is_a_message(dash_duo, dash_app, tmp_path, monkeypatch):
     monkeypatch.setenv("RSCA_DATASET", str(tmp_path / "nowhere"))
-    dash_duo.start_server(dash_app)
+    dash_duo.start_server(dash_app, port=free_port())
     dash_duo.wait_for_contains_text("#ex-msg", "missing", timeout=30)
     open_page(dash_duo, "/data")
     dash_duo.wait_for_contains_text("#dt-msg", "missing", timeout=30)
@@ -242,7 +285,7 @@ def test_missing_dataset_is_a_message(dash_duo, dash_app, tmp_path, monkeypatch)
 
 
 def test_downloads_say_simulated_and_match(dash_duo, dash_app, core):
-    dash_duo.start_server(dash_app)
+    dash_duo.start_server(dash_app, port=free_port())
     open_page(dash_duo, "/?k=10")
     want = core["rate"](k=10)
     assert shown_rate(dash_duo) == f"{want.global_rate:.4f}"
@@ -251,7 +294,7 @@ def test_downloads_say_simulated_and_match(dash_duo, dash_app, core):
     csv_file = _wait_file(target, ".csv")
     text = csv_file.read_text()
     assert "SIMULATED" in text.splitlines()[0]
-    rows = list(csv.DictReader(io.StringIO("\n".join(l for l in text.splitlines() if not l.startswith("#")))))
+    rows = list(csv.DictReader(io.StringIO("\n".join(ln for ln in text.splitlines() if not ln.startswith("#")))))
     got = {r["cluster"]: r["rate"] for r in rows}
     for row in want.per_cluster.itertuples():
         if not np.isnan(row.rate):
@@ -264,6 +307,7 @@ def test_downloads_say_simulated_and_match(dash_duo, dash_app, core):
         assert str(z["data_kind"]) == "simulated"
         # the stored linear map reproduces the model on a complete spectrum: y = x W^T + b
         from rsca_core import RSCA
+
         ds = core["ds"]
         comp = ds.compress(K_FIT, seed=0).truncate(10)
         st = ds.stars
@@ -289,13 +333,14 @@ def _wait_file(folder: Path, suffix: str, timeout=20) -> Path:
 
 # ------------------------------------------------------------------------------------------ other pages
 def test_clusters_grid_has_one_panel_per_cluster_with_its_rate(dash_duo, dash_app, core):
-    dash_duo.start_server(dash_app)
+    dash_duo.start_server(dash_app, port=free_port())
     open_page(dash_duo, "/clusters?k=10")
     want = core["rate"](k=10)
     assert shown_rate(dash_duo, "#cl-global-rate") == f"{want.global_rate:.4f}"
     titles = dash_duo.driver.execute_script(
         "return document.getElementById('cl-grid').getElementsByClassName('js-plotly-plot')[0]"
-        ".layout.annotations.map(a => a.text)")
+        ".layout.annotations.map(a => a.text)"
+    )
     for row in want.per_cluster.itertuples():
         rate = "n/a" if np.isnan(row.rate) else f"{row.rate:.3f}"
         assert f"{row.cluster} (n={row.n_stars}): rate {rate}" in titles
@@ -306,14 +351,14 @@ def test_clusters_grid_has_one_panel_per_cluster_with_its_rate(dash_duo, dash_ap
 
 
 def test_inside_rsca_steps_follow_the_slider(dash_duo, dash_app, core):
-    dash_duo.start_server(dash_app)
+    dash_duo.start_server(dash_app, port=free_port())
     open_page(dash_duo, "/inside?step=1")
     dash_duo.wait_for_contains_text("#in-explain", "Compress", timeout=30)
-    get = ("return document.getElementById('in-steps').getElementsByClassName('js-plotly-plot')[0]"
-           ".data[0]")
+    get = "return document.getElementById('in-steps').getElementsByClassName('js-plotly-plot')[0].data[0]"
     field0 = dash_duo.driver.execute_script(get)
     # step 2 on the slider: the field is sphered (unit covariance, zero mean)
     from selenium.webdriver.common.keys import Keys
+
     dash_duo.find_element("#in-step [role=slider]").send_keys(Keys.ARROW_RIGHT)
     dash_duo.wait_for_contains_text("#in-explain", "Sphere", timeout=30)
     end = time.time() + 20
@@ -334,7 +379,7 @@ def test_inside_rsca_steps_follow_the_slider(dash_duo, dash_app, core):
 
 def test_data_page_counts(dash_duo, dash_app, core):
     ds = core["ds"]
-    dash_duo.start_server(dash_app)
+    dash_duo.start_server(dash_app, port=free_port())
     open_page(dash_duo, "/data")
     dash_duo.wait_for_element("#dt-facts", timeout=30)
     facts = dash_duo.find_element("#dt-facts").text
@@ -347,7 +392,7 @@ def test_data_page_counts(dash_duo, dash_app, core):
 
 
 def test_systematics_page_loads_and_rejects_bad_bands(dash_duo, dash_app):
-    dash_duo.start_server(dash_app)
+    dash_duo.start_server(dash_app, port=free_port())
     open_page(dash_duo, "/systematics?mask=720-910")
     dash_duo.wait_for_element("#sy-mask", timeout=30)
     assert dash_duo.find_element("#sy-mask").get_attribute("value") == "720-910"
@@ -359,23 +404,32 @@ def test_systematics_page_loads_and_rejects_bad_bands(dash_duo, dash_app):
 
 
 def test_every_page_opens_without_console_errors(dash_duo, dash_app):
-    dash_duo.start_server(dash_app)
-    for path, marker in (("/", "#ex-global-rate"), ("/clusters", "#cl-global-rate"), ("/curves", "#cu-title"),
-                         ("/systematics", "#sy-mask"), ("/inside", "#in-explain"), ("/data", "#dt-facts")):
+    dash_duo.start_server(dash_app, port=free_port())
+    for path, marker in (
+        ("/", "#ex-global-rate"),
+        ("/clusters", "#cl-global-rate"),
+        ("/curves", "#cu-title"),
+        ("/systematics", "#sy-mask"),
+        ("/inside", "#in-explain"),
+        ("/data", "#dt-facts"),
+    ):
         open_page(dash_duo, path)
         dash_duo.wait_for_element(marker, timeout=60)
         time.sleep(1.0)
         assert "Traceback" not in dash_duo.driver.page_source, path
         assert not severe(dash_duo.get_logs()), path
-    r = json.loads(dash_duo.driver.execute_script(
-        "var x = new XMLHttpRequest(); x.open('GET', '/healthz', false); x.send(); return x.responseText;"))
+    r = json.loads(
+        dash_duo.driver.execute_script(
+            "var x = new XMLHttpRequest(); x.open('GET', '/healthz', false); x.send(); return x.responseText;"
+        )
+    )
     assert r["status"] == "ok"
 
 
 def test_data_page_builds_a_simulated_survey_in_the_background(dash_duo, dash_app):
     from rsca_core import Dataset
 
-    dash_duo.start_server(dash_app)
+    dash_duo.start_server(dash_app, port=free_port())
     open_page(dash_duo, "/data")
     dash_duo.wait_for_element("#sim-run", timeout=30)
     set_input(dash_duo, "#sim-name", "bad name!")

@@ -3,17 +3,13 @@
 A shared URL must restore exactly the view it was made from, and any tampered value must turn into a
 message naming the parameter while the rest of the URL still applies.
 """
+
 from __future__ import annotations
 
 import itertools
-import sys
-from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from pages import _service as service  # noqa: E402
 
@@ -32,11 +28,22 @@ def _query(search):
 
 
 def test_query_roundtrip_restores_every_setting():
-    combos = itertools.product(("spectra", "abundances", "subset"), (2, 30, 60), (True, False), (None, 1, 7),
-                               ((), ((720, 910),), ((720, 910), (2370, 2470))))
+    combos = itertools.product(
+        ("spectra", "abundances", "subset"),
+        (2, 30, 60),
+        (True, False),
+        (None, 1, 7),
+        ((), ((720, 910),), ((720, 910), (2370, 2470))),
+    )
     for inp, k, cv, top, mask in combos:
-        s = service.Settings(input=inp, k=k, cv=cv, top_n=top, species=("Fe", "Mg") if inp == "subset"
-                             else service.PAPER_SUBSET, mask=mask)
+        s = service.Settings(
+            input=inp,
+            k=k,
+            cv=cv,
+            top_n=top,
+            species=("Fe", "Mg") if inp == "subset" else service.PAPER_SUBSET,
+            mask=mask,
+        )
         search = service.settings_to_query(s, keys=("ds", "input", "k", "species", "cv", "top", "mask"))
         back, problems = service.settings_from_query(_query(search))
         assert problems == []
@@ -44,15 +51,36 @@ def test_query_roundtrip_restores_every_setting():
 
 
 def test_tampered_values_fall_back_one_by_one_with_messages():
-    q = {"k": "abc", "cv": "maybe", "top": "-4", "input": "<script>", "species": "Fe,Unobtainium",
-         "mask": "720-910,9000-9999", "ds": "../../etc/passwd"}
+    q = {
+        "k": "abc",
+        "cv": "maybe",
+        "top": "-4",
+        "input": "<script>",
+        "species": "Fe,Unobtainium",
+        "mask": "720-910,9000-9999",
+        "ds": "../../etc/passwd",
+    }
     s, problems = service.settings_from_query(q)
     d = service.Settings()
-    assert (s.k, s.cv, s.top_n, s.input, s.species, s.mask, s.ds) == (d.k, d.cv, d.top_n, d.input, d.species,
-                                                                         d.mask, d.ds)
+    assert (s.k, s.cv, s.top_n, s.input, s.species, s.mask, s.ds) == (
+        d.k,
+        d.cv,
+        d.top_n,
+        d.input,
+        d.species,
+        d.mask,
+        d.ds,
+    )
     text = " | ".join(problems)
-    for name in ("K must be a whole number", "cv must be 1 or 0", "top-N", "input must be one of",
-                 "unknown species", "0 ≤ start < stop ≤ 8575", "unknown dataset"):
+    for name in (
+        "K must be a whole number",
+        "cv must be 1 or 0",
+        "top-N",
+        "input must be one of",
+        "unknown species",
+        "0 ≤ start < stop ≤ 8575",
+        "unknown dataset",
+    ):
         assert name in text
     assert len(problems) == len(q)
     # good values next to bad ones still apply
@@ -60,9 +88,24 @@ def test_tampered_values_fall_back_one_by_one_with_messages():
     assert (s.k, s.top_n, s.cv) == (12, 3, True) and len(problems) == 1
 
 
-@pytest.mark.parametrize("value,ok", [("2", 2), ("60", 60), (" 17 ", 17), (17.0, 17), ("61", None), ("1", None),
-                                      ("1e3", None), ("abc", None), ("", None), (True, None), (17.5, None),
-                                      (float("nan"), None), ("9" * 400, None)])
+@pytest.mark.parametrize(
+    "value,ok",
+    [
+        ("2", 2),
+        ("60", 60),
+        (" 17 ", 17),
+        (17.0, 17),
+        ("61", None),
+        ("1", None),
+        ("1e3", None),
+        ("abc", None),
+        ("", None),
+        (True, None),
+        (17.5, None),
+        (float("nan"), None),
+        ("9" * 400, None),
+    ],
+)
 def test_k_parsing(value, ok):
     if ok is None:
         with pytest.raises(service.UserError):
@@ -73,7 +116,7 @@ def test_k_parsing(value, ok):
 
 def test_repeated_or_huge_parameters_do_not_break_parsing():
     s, problems = service.settings_from_query({"k": ["5", "9"], "cv": "0" * 5000})
-    assert s.k == 9                      # the last one wins, like a form
+    assert s.k == 9  # the last one wins, like a form
     assert any("too long" in p for p in problems)
 
 
@@ -96,6 +139,7 @@ def test_missing_dataset_is_a_user_error_naming_it():
 def test_every_cache_type_serves_correct_results_even_when_the_backend_is_down(kind, tmp_path, monkeypatch):
     # Redis points at a closed port: cache errors must be ignored, never reach a page or a worker
     from flask import Flask
+
     monkeypatch.setenv("RSCA_CACHE_TYPE", kind)
     monkeypatch.setenv("RSCA_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("RSCA_REDIS_URL", "redis://127.0.0.1:1/0")

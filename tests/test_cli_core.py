@@ -1,4 +1,5 @@
 """The engine CLI: `compress` and `evaluate` on a small bundle, with clear one-line errors."""
+
 import json
 import subprocess
 import sys
@@ -6,13 +7,13 @@ import sys
 import pytest
 
 from rsca_core import Dataset, doppelganger_rates
-from tests.conftest import ROOT
-from tests.helpers import small_dataset
+from tests.helpers import ROOT, small_dataset
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "rsca_core", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "rsca_core", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -60,14 +61,17 @@ def test_compress_caches(bundle):
     assert list((bundle / "cache").glob("pca-k3-seed0-*.npz"))
 
 
-@pytest.mark.parametrize("args,msg", [
-    (("evaluate", "--dataset", "/nonexistent/x"), "no such dataset directory"),
-    (("evaluate", "--dataset", "{b}", "--k", "0"), "positive integer"),
-    (("evaluate", "--dataset", "{b}", "--k", "abc"), "positive integer"),
-    (("evaluate", "--dataset", "{b}", "--input", "subset", "--species", "Fe,Xx"), "unknown species"),
-    (("evaluate", "--dataset", "{b}", "--k", "4", "--top-n", "9"), "top_n=9 is out of range"),
-    (("compress", "--dataset", "{b}", "--k", "100000"), "larger than the data allows"),
-])
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (("evaluate", "--dataset", "/nonexistent/x"), "no such dataset directory"),
+        (("evaluate", "--dataset", "{b}", "--k", "0"), "positive integer"),
+        (("evaluate", "--dataset", "{b}", "--k", "abc"), "positive integer"),
+        (("evaluate", "--dataset", "{b}", "--input", "subset", "--species", "Fe,Xx"), "unknown species"),
+        (("evaluate", "--dataset", "{b}", "--k", "4", "--top-n", "9"), "top_n=9 is out of range"),
+        (("compress", "--dataset", "{b}", "--k", "100000"), "larger than the data allows"),
+    ],
+)
 def test_bad_input_gives_one_line_error(bundle, args, msg):
     r = run(*[a.format(b=bundle) for a in args])
     assert r.returncode != 0

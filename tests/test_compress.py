@@ -1,4 +1,5 @@
 """MaskedPCA: ordinary PCA on complete data, a better fit than mean imputation with missing pixels."""
+
 import numpy as np
 import pytest
 
@@ -112,7 +113,7 @@ def test_pixels_missing_for_every_star_are_left_out_of_the_fit(p):
     # those are complete, and the dropped pixels get zero loading and zero mean
     X = low_rank(p=p, seed=4)
     band = np.zeros(p, bool)
-    band[p // 3: p // 3 + p // 10] = True
+    band[p // 3 : p // 3 + p // 10] = True
     mask = np.broadcast_to(band, X.shape).copy()
     X[mask] = np.nan  # never read
     pca = MaskedPCA(5, random_state=0).fit(X, mask)

@@ -1,5 +1,7 @@
 """Dataset bundles: round trip, clear errors on broken bundles, cached compressions."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -33,15 +35,20 @@ def test_refuses_to_overwrite(bundle):
         ds.save(path)
 
 
-@pytest.mark.parametrize("damage,msg", [
-    (lambda p: (p / "meta.json").unlink(), "meta.json: missing"),
-    (lambda p: open(p / "spectra.npy", "r+b").truncate(1000), "spectra.npy: truncated"),
-    (lambda p: (p / "mask.npy").unlink(), "mask.npy: file missing"),
-    (lambda p: (p / "stars.csv").write_text((p / "stars.csv").read_text().rsplit("\n", 3)[0] + "\n"),
-     "stars.csv: .* rows, expected"),
-    (lambda p: (p / "meta.json").write_text("{not json"), "meta.json: unreadable"),
-    (lambda p: np.save(p / "wavelength.npy", np.arange(3.0)), "wavelength.npy: shape"),
-])
+@pytest.mark.parametrize(
+    "damage,msg",
+    [
+        (lambda p: (p / "meta.json").unlink(), "meta.json: missing"),
+        (lambda p: os.truncate(p / "spectra.npy", 1000), "spectra.npy: truncated"),
+        (lambda p: (p / "mask.npy").unlink(), "mask.npy: file missing"),
+        (
+            lambda p: (p / "stars.csv").write_text((p / "stars.csv").read_text().rsplit("\n", 3)[0] + "\n"),
+            "stars.csv: .* rows, expected",
+        ),
+        (lambda p: (p / "meta.json").write_text("{not json"), "meta.json: unreadable"),
+        (lambda p: np.save(p / "wavelength.npy", np.arange(3.0)), "wavelength.npy: shape"),
+    ],
+)
 def test_broken_bundle_errors_name_the_file(bundle, damage, msg):
     _, path = bundle
     damage(path)
@@ -52,6 +59,7 @@ def test_broken_bundle_errors_name_the_file(bundle, damage, msg):
 def test_missing_column_is_named(bundle):
     _, path = bundle
     import pandas as pd
+
     stars = pd.read_csv(path / "stars.csv").drop(columns=["ak_targ"])
     stars.to_csv(path / "stars.csv", index=False)
     with pytest.raises(BundleError, match="ak_targ"):
@@ -60,10 +68,9 @@ def test_missing_column_is_named(bundle):
 
 def test_interrupted_writer_leaves_nothing_loadable(tmp_path):
     path = tmp_path / "b"
-    with pytest.raises(RuntimeError):
-        with Dataset.create(path, 10, 50) as w:
-            w.spectra[:5] = 1
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), Dataset.create(path, 10, 50) as w:
+        w.spectra[:5] = 1
+        raise RuntimeError("killed")
     assert not path.exists() and not list(tmp_path.iterdir())
 
 

@@ -1,12 +1,19 @@
 """Systematics diagnostics (paper App. A–C): they must find what was planted, and only then."""
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from rsca_core import Dataset
 from rsca_core.constants import ABUNDANCE_COLUMNS, apogee_wavelength
-from rsca_core.diagnostics import (extinction_residuals, find_bands, rv_residuals, visit_keys, visit_overlap,
-                                   visit_similarity)
+from rsca_core.diagnostics import (
+    extinction_residuals,
+    find_bands,
+    rv_residuals,
+    visit_keys,
+    visit_overlap,
+    visit_similarity,
+)
 
 WL = apogee_wavelength()
 DIB = 15273.0
@@ -28,8 +35,19 @@ def _base(n, rng, n_lat=3):
 
 
 def _stars(n, **cols):
-    st = pd.DataFrame({"apogee_id": [f"2M{i:08d}" for i in range(n)], "cluster": "", "teff": 4500.0, "logg": 2.0,
-                       "fe_h": 0.0, "ak_targ": 0.1, "vhelio_avg": 20.0, "snr": 150.0, "visits": ""})
+    st = pd.DataFrame(
+        {
+            "apogee_id": [f"2M{i:08d}" for i in range(n)],
+            "cluster": "",
+            "teff": 4500.0,
+            "logg": 2.0,
+            "fe_h": 0.0,
+            "ak_targ": 0.1,
+            "vhelio_avg": 20.0,
+            "snr": 150.0,
+            "visits": "",
+        }
+    )
     for c in ABUNDANCE_COLUMNS:
         st[c] = 0.0
     for k, v in cols.items():
@@ -73,7 +91,7 @@ def test_rv_residual_finds_planted_systematic():
     n = 160
     spec, mask = _base(n, rng)
     v = np.where(np.arange(n) % 2 == 0, rng.uniform(-4.9, 4.9, n), rng.uniform(85, 150, n))
-    spec += 0.0003 * v[:, None] * _gauss(16200.0, 3.0)   # residual that grows with VHELIO_AVG
+    spec += 0.0003 * v[:, None] * _gauss(16200.0, 3.0)  # residual that grows with VHELIO_AVG
     ds = Dataset(_stars(n, vhelio_avg=v), spec.astype(np.float32), mask, WL)
     res = rv_residuals(ds, n_components=4)
     assert res.n_low == 80 and res.n_high == 80
@@ -86,10 +104,10 @@ def test_rv_residual_finds_planted_systematic():
 
 def test_find_bands_hand_worked():
     v = np.zeros(40)
-    v[5:8] = -1.0          # run of 3
-    v[9] = -1.0            # gap of one pixel: merged with the run above (merge_gap=3)
-    v[20] = 1.0            # single pixel: dropped (min_width=2)
-    v[30:33] = 0.5         # below threshold 0.6
+    v[5:8] = -1.0  # run of 3
+    v[9] = -1.0  # gap of one pixel: merged with the run above (merge_gap=3)
+    v[20] = 1.0  # single pixel: dropped (min_width=2)
+    v[30:33] = 0.5  # below threshold 0.6
     bands, thr, base = find_bands(v, np.arange(40) * 10.0, threshold=0.6, baseline=0.0)
     assert bands[["start", "stop"]].to_numpy().tolist() == [[5, 10]]
     assert bands["peak_value"].tolist() == [-1.0] and bands["wave_stop"].tolist() == [90.0]
@@ -152,7 +170,7 @@ def test_visit_similarity_separates_pairs_only_with_plate_systematics(amp):
     ib = ds.stars.index[ds.stars["apogee_id"] == r["star_b"]][0]
     ok = ~(ds.mask[ia] | ds.mask[ib])
     d = ds.spectra[ia, ok].astype(float) - ds.spectra[ib, ok]
-    assert r["distance"] == pytest.approx(np.sqrt(np.mean(d ** 2) * len(WL)), rel=1e-6)
+    assert r["distance"] == pytest.approx(np.sqrt(np.mean(d**2) * len(WL)), rel=1e-6)
     if amp:
         assert s["median_ratio"] < 0.8 and s["mannwhitney_p"] < 1e-6
     else:
@@ -173,9 +191,10 @@ def test_visit_similarity_partial_and_unknown_pairs():
     assert cats[(ids[0], ids[1])] == "partial" and cats[(ids[0], ids[2])] == "separate"
     assert cats[(ids[1], ids[2])] == "separate"
     assert res.summary["n_unknown"] == 1 and res.summary["n_partial"] == 1
-    assert res.pairs["distance"].tolist() == [abs(st.index.get_loc(st.index[st["apogee_id"] == a][0])
-                                                  - st.index.get_loc(st.index[st["apogee_id"] == b][0]))
-                                              for a, b in zip(res.pairs["star_a"], res.pairs["star_b"])]
+    assert res.pairs["distance"].tolist() == [
+        abs(st.index.get_loc(st.index[st["apogee_id"] == a][0]) - st.index.get_loc(st.index[st["apogee_id"] == b][0]))
+        for a, b in zip(res.pairs["star_a"], res.pairs["star_b"])
+    ]
 
 
 def test_cli_diagnose(tmp_path, capsys):
@@ -185,8 +204,20 @@ def test_cli_diagnose(tmp_path, capsys):
     path = tmp_path / "b"
     ds.save(path)
     out = tmp_path / "dib.csv"
-    rc = main(["diagnose", "--dataset", str(path), "--which", "dib", "--n-components", "4", "--out", str(out),
-               "--no-progress"])
+    rc = main(
+        [
+            "diagnose",
+            "--dataset",
+            str(path),
+            "--which",
+            "dib",
+            "--n-components",
+            "4",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "simulated" in text and "suggested bands" in text and "--mask-ranges" not in text.split("as ")[0]
@@ -212,8 +243,9 @@ def _sim_subset(config, pick, n_field, seed=0):
     keep = pick(st).to_numpy()
     rows = survey.bundle_rows[keep]
     flux, err = survey.spectra(rows)
-    ds = Dataset(st[keep].reset_index(drop=True), flux, bundle_mask(flux, err, ()), WL, errors=err,
-                 meta={"kind": "simulated"})
+    ds = Dataset(
+        st[keep].reset_index(drop=True), flux, bundle_mask(flux, err, ()), WL, errors=err, meta={"kind": "simulated"}
+    )
     return ds, survey, rows
 
 
@@ -265,8 +297,11 @@ def test_simulated_dibs_found_at_their_wavelengths_and_only_when_on(dib_runs):
     assert np.nanmax(np.abs(r_off.residual[near])) < 0.1 * np.nanmax(np.abs(r_on.residual[near]))
 
 
-@pytest.mark.xfail(strict=True, reason="known confound (issue 3 note): with DIBs off, the residual of the "
-                   "high-extinction stars still anti-correlates (r ≈ -0.2 to -0.25) with the DIB pattern")
+@pytest.mark.xfail(
+    strict=True,
+    reason="known confound (issue 3 note): with DIBs off, the residual of the "
+    "high-extinction stars still anti-correlates (r ≈ -0.2 to -0.25) with the DIB pattern",
+)
 def test_extinction_residual_without_dibs_is_uncorrelated_with_the_dib_pattern(dib_runs):
     _, _, r_off, planted, ok = dib_runs
     assert abs(_corr(r_off.residual, planted, ok)) < 0.2
@@ -313,8 +348,8 @@ def test_pixels_unobserved_in_reference_set_are_left_out():
     ds = _planted_dib(False, n=120)
     mask = np.array(ds.mask)
     low = ds.stars["ak_targ"].to_numpy() < 0.005
-    mask[np.ix_(low, np.arange(5000, 5010))] = True        # never observed in the reference stars
-    mask[np.flatnonzero(low)[:3], 6000] = False             # observed in only 3 of them
+    mask[np.ix_(low, np.arange(5000, 5010))] = True  # never observed in the reference stars
+    mask[np.flatnonzero(low)[:3], 6000] = False  # observed in only 3 of them
     mask[np.flatnonzero(low)[3:], 6000] = True
     ds2 = Dataset(ds.stars, ds.spectra, mask, WL)
     res = extinction_residuals(ds2, n_components=4)

@@ -4,6 +4,7 @@ hadolint must pass, the image must follow the hosting rules of issue 5, and its 
 are replayed outside Docker on exactly the files it copies: the build-time preparation command, then
 the image's own CMD (gunicorn) and HEALTHCHECK, against a small simulated survey.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,7 +48,7 @@ def env_of(args):
 
 def exec_form(args):
     """A JSON-array CMD / HEALTHCHECK CMD as a list."""
-    return json.loads(args[args.index("["):])
+    return json.loads(args[args.index("[") :])
 
 
 def free_port():
@@ -107,8 +108,7 @@ def test_build_and_run_steps_work_on_exactly_the_copied_files(tmp_path):
             for src in srcs:  # Docker's rules: a folder's contents go into dst; a file into dst/ or as dst
                 s_path, d_path = ROOT / src, app_dir / dst
                 if s_path.is_dir():
-                    shutil.copytree(s_path, d_path, dirs_exist_ok=True,
-                                    ignore=shutil.ignore_patterns("__pycache__"))
+                    shutil.copytree(s_path, d_path, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
                 else:
                     if dst.endswith("/") or dst == "." or len(srcs) > 1:
                         d_path = d_path / s_path.name
@@ -120,11 +120,32 @@ def test_build_and_run_steps_work_on_exactly_the_copied_files(tmp_path):
 
     # a small survey instead of the 20,000-star default, and a small compression, to keep CI quick
     bundle = tmp_path / "small"
-    subprocess.run([sys.executable, "-m", "rsca_core", "simulate", "--out", str(bundle), "--n-field", "300",
-                    "--seed", "4", "--no-progress"], check=True, cwd=app_dir, env=env,
-                   stdout=subprocess.DEVNULL)
-    env |= {"RSCA_DATASET": str(bundle), "RSCA_K_FIT": "8", "HOME": str(tmp_path),
-            "TMPDIR": str(tmp_path), "RSCA_STATE_DIR": str(tmp_path / "state")}
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rsca_core",
+            "simulate",
+            "--out",
+            str(bundle),
+            "--n-field",
+            "300",
+            "--seed",
+            "4",
+            "--no-progress",
+        ],
+        check=True,
+        cwd=app_dir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    env |= {
+        "RSCA_DATASET": str(bundle),
+        "RSCA_K_FIT": "8",
+        "HOME": str(tmp_path),
+        "TMPDIR": str(tmp_path),
+        "RSCA_STATE_DIR": str(tmp_path / "state"),
+    }
 
     prep = [a for k, a in ins if k == "RUN" and "--prepare-only" in a][0]
     argv = shlex.split(prep)
@@ -138,8 +159,9 @@ def test_build_and_run_steps_work_on_exactly_the_copied_files(tmp_path):
     cmd[cmd.index("--bind") + 1] = f"127.0.0.1:{port}"
     beside = Path(sys.executable).with_name("gunicorn")
     cmd[0] = str(beside) if beside.exists() else shutil.which("gunicorn")
-    server = subprocess.Popen(cmd, cwd=app_dir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              start_new_session=True)
+    server = subprocess.Popen(
+        cmd, cwd=app_dir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
     try:
         deadline = time.time() + 90
         while True:

@@ -3,6 +3,7 @@
 Every table is checked against an independent computation: direct calls of `doppelganger_rates` on
 `Dataset.compress` scores, explicit enumeration of training subsets, or plain numpy.
 """
+
 import itertools
 import json
 import math
@@ -12,12 +13,12 @@ import uuid
 import numpy as np
 import pandas as pd
 import pytest
-
 from helpers import small_dataset
+
 from rsca_core import RSCA, Dataset, doppelganger_rates
 from rsca_core import experiments as E
-from rsca_core.experiments_cli import EXPERIMENTS
 from rsca_core.constants import PAPER_SUBSET, SPECIES, abundance_column
+from rsca_core.experiments_cli import EXPERIMENTS
 
 SIZES = (3, 4, 5, 6, 7, 8)
 
@@ -44,8 +45,11 @@ def _split(ds, z, rows=None):
     f, c = keep & ~isc, keep & isc
     st = ds.stars
     return (z[f], z[c], st["cluster"].to_numpy(object)[c]), dict(
-        pop_vhelio=st["vhelio_avg"].to_numpy(float)[f], pop_ak=st["ak_targ"].to_numpy(float)[f],
-        clust_vhelio=st["vhelio_avg"].to_numpy(float)[c], clust_ak=st["ak_targ"].to_numpy(float)[c])
+        pop_vhelio=st["vhelio_avg"].to_numpy(float)[f],
+        pop_ak=st["ak_targ"].to_numpy(float)[f],
+        clust_vhelio=st["vhelio_avg"].to_numpy(float)[c],
+        clust_ak=st["ak_targ"].to_numpy(float)[c],
+    )
 
 
 def _direct(ds, z, rows=None, **kw):
@@ -72,7 +76,7 @@ def test_k_sweep_truncated_uses_leading_components_of_one_fit(ds):
     t = E.k_sweep(ds, ks=(3, 6), seed=2, cv=True, truncate_from=6)
     full = ds.compress(6, seed=2).scores
     for r in t.itertuples():
-        ref = _direct(ds, full[:, :r.k], cv=True).global_rate
+        ref = _direct(ds, full[:, : r.k], cv=True).global_rate
         assert r.global_rate == pytest.approx(ref, rel=1e-9, abs=1e-12)
     assert list(t["compression"]) == ["truncated from K=6", "exact K=6"]
 
@@ -104,12 +108,17 @@ def test_top_n_table_mean_and_std_over_seeds(ds):
 def test_ablation_grid_matches_direct_calls(ds):
     t = E.ablation(ds, k=5, seed=0)
     assert len(t) == 9
-    assert set(zip(t["input"], t["variant"])) == set(itertools.product(
-        ("spectra", "abundances", "subset"), ("raw", "scaled", "transformed")))
+    assert set(zip(t["input"], t["variant"])) == set(
+        itertools.product(("spectra", "abundances", "subset"), ("raw", "scaled", "transformed"))
+    )
     z = ds.compress(5, seed=0).scores
-    checks = {("spectra", "transformed"): z, ("spectra", "raw"): z,
-              ("abundances", "raw"): _abund(ds, SPECIES), ("subset", "scaled"): _abund(ds, PAPER_SUBSET),
-              ("subset", "transformed"): _abund(ds, PAPER_SUBSET)}
+    checks = {
+        ("spectra", "transformed"): z,
+        ("spectra", "raw"): z,
+        ("abundances", "raw"): _abund(ds, SPECIES),
+        ("subset", "scaled"): _abund(ds, PAPER_SUBSET),
+        ("subset", "transformed"): _abund(ds, PAPER_SUBSET),
+    }
     for (inp, var), rep in checks.items():
         row = t[(t["input"] == inp) & (t["variant"] == var)].iloc[0]
         assert row["mean"] == pytest.approx(_direct(ds, rep, variant=var).global_rate, rel=1e-9, abs=1e-12)
@@ -169,12 +178,20 @@ def test_data_size_mean_matches_exact_expectation_over_subsets(ds):
         rates = []
         for sub in itertools.combinations(others, m):
             tr = np.isin(ids, sub)
-            rates.append(_brute_rate(zp, zc[ids == c], (meta["pop_vhelio"], meta["pop_ak"]),
-                                     (meta["clust_vhelio"][ids == c], meta["clust_ak"][ids == c]), zc[tr], ids[tr]))
+            rates.append(
+                _brute_rate(
+                    zp,
+                    zc[ids == c],
+                    (meta["pop_vhelio"], meta["pop_ak"]),
+                    (meta["clust_vhelio"][ids == c], meta["clust_ak"][ids == c]),
+                    zc[tr],
+                    ids[tr],
+                )
+            )
         exp_c[c], var_c[c] = np.mean(rates), np.var(rates)
     w = np.array([sizes[c] for c in names], float) / sum(sizes.values())
     expected = float(np.dot(w, [exp_c[c] for c in names]))
-    sd_trial = math.sqrt(float(np.dot(w ** 2, [var_c[c] for c in names])))
+    sd_trial = math.sqrt(float(np.dot(w**2, [var_c[c] for c in names])))
     t, trials = E.data_size_curve(ds, ks=(k,), n_clusters=(m,), n_trials=n_trials, seed=5, return_trials=True)
     assert len(trials) == n_trials and trials["global_rate"].notna().all()
     assert abs(t["mean_rate"].iloc[0] - expected) <= 4.5 * sd_trial / math.sqrt(n_trials) + 1e-12
@@ -225,16 +242,16 @@ def test_feature_relations_against_a_direct_fit(ds):
 def test_distance_histograms_match_per_cluster_rates(ds):
     res = E.distance_histograms(ds, k=5, inputs=("spectra", "subset"), bins=12)
     summ, h = res["summary"], res["histograms"]
-    direct = {"spectra": _direct(ds, ds.compress(5, seed=0).scores),
-              "subset": _direct(ds, _abund(ds, PAPER_SUBSET))}
+    direct = {"spectra": _direct(ds, ds.compress(5, seed=0).scores), "subset": _direct(ds, _abund(ds, PAPER_SUBSET))}
     for inp, ref in direct.items():
         got = summ[summ["input"] == inp].set_index("cluster")
         exp = ref.per_cluster.set_index("cluster")
         np.testing.assert_allclose(got["rate"], exp.loc[got.index, "rate"], rtol=1e-12, atol=1e-15)
         np.testing.assert_allclose(got["median_intra"], exp.loc[got.index, "median_intra"], rtol=1e-9)
         assert got["global_rate"].iloc[0] == pytest.approx(ref.global_rate, rel=1e-12)
-    counts = h.groupby(["input", "cluster"]).agg(intra=("intra_count", "sum"), inter=("inter_count", "sum"),
-                                                 nbins=("bin", "size"))
+    counts = h.groupby(["input", "cluster"]).agg(
+        intra=("intra_count", "sum"), inter=("inter_count", "sum"), nbins=("bin", "size")
+    )
     for (inp, c), r in counts.iterrows():
         n = SIZES[int(c[2:])]
         assert r.intra == n * (n - 1) // 2 and r.nbins == 12
@@ -251,13 +268,16 @@ def test_outputs_carry_the_dataset_kind():
     assert list(t["label"]) == ["real"] and list(t["seed"]) == [7]
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda d: E.k_sweep(d, ks=(0,)), "positive integers"),
-    (lambda d: E.ablation(d, k=3, subset=("Fe", "Xx")), "unknown species"),
-    (lambda d: E.ablation(d, k=3, subset=()), "empty"),
-    (lambda d: E.top_n_table(d, k=3, ns=(1, 5)), "exceeds K"),
-    (lambda d: E.k_sweep("not a dataset"), "expected a Dataset"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda d: E.k_sweep(d, ks=(0,)), "positive integers"),
+        (lambda d: E.ablation(d, k=3, subset=("Fe", "Xx")), "unknown species"),
+        (lambda d: E.ablation(d, k=3, subset=()), "empty"),
+        (lambda d: E.top_n_table(d, k=3, ns=(1, 5)), "exceeds K"),
+        (lambda d: E.k_sweep("not a dataset"), "expected a Dataset"),
+    ],
+)
 def test_bad_arguments_raise_clear_errors(ds, call, match):
     with pytest.raises(ValueError, match=match):
         call(ds)
@@ -270,8 +290,9 @@ def test_reproduce_quick_end_to_end_on_a_simulated_bundle(tmp_path):
 
     bundle = simulate.simulate(tmp_path / "sim", n_field=150, seed=1, progress=False)
     out = tmp_path / "out"
-    rc = cli.main(["reproduce", "--dataset", str(bundle), "--out", str(out), "--quick", "--k", "8",
-                   "--seed", "3", "--quiet"])
+    rc = cli.main(
+        ["reproduce", "--dataset", str(bundle), "--out", str(out), "--quick", "--k", "8", "--seed", "3", "--quiet"]
+    )
     assert rc == 0
     doc = json.loads((out / "results.json").read_text())
     assert doc["label"] == "simulated" and doc["seed"] == 3 and doc["quick"] is True

@@ -1,4 +1,5 @@
 """doppelganger_rates against a brute-force, loop-based implementation of SPEC §2."""
+
 import math
 import warnings
 
@@ -26,8 +27,10 @@ def brute_force(Z_pop, Z_clust, ids, meta, cv=True, top_n=None, variant="transfo
         below = total = 0
         for a, i in enumerate(members):
             for f in range(len(Z_pop)):
-                if meta is not None and not (abs(meta["pop_vhelio"][f] - meta["clust_vhelio"][i]) < 5.0
-                                             and abs(meta["pop_ak"][f] - meta["clust_ak"][i]) < 0.05):
+                if meta is not None and not (
+                    abs(meta["pop_vhelio"][f] - meta["clust_vhelio"][i]) < 5.0
+                    and abs(meta["pop_ak"][f] - meta["clust_ak"][i]) < 0.05
+                ):
                     continue
                 total += 1
                 below += math.dist(Ym[a], Yp[f]) < med

@@ -1,4 +1,5 @@
 """Figures of rsca_core.plotting: they show the table's numbers and always say simulated/real."""
+
 import subprocess
 import sys
 
@@ -15,8 +16,15 @@ def _title(fig):
 
 
 def k_table(label="simulated"):
-    return pd.DataFrame({"k": [10, 5, 10, 5], "cv": [True, True, False, False],
-                         "global_rate": [0.03, 0.05, 0.02, 0.045], "seed": 3, "label": label})
+    return pd.DataFrame(
+        {
+            "k": [10, 5, 10, 5],
+            "cv": [True, True, False, False],
+            "global_rate": [0.03, 0.05, 0.02, 0.045],
+            "seed": 3,
+            "label": label,
+        }
+    )
 
 
 def test_k_sweep_figure_plots_each_cv_curve_sorted_by_k():
@@ -41,9 +49,20 @@ def test_real_data_figures_say_real_and_unlabelled_tables_are_refused():
 
 
 def test_top_n_figure_error_bars_and_paper_points():
-    t = pd.DataFrame({"n_axes": [1, 4, 30], "axes": ["top 1", "top 4", "all 30"], "mean": [0.1, 0.02, 0.03],
-                      "std": [0.01, 0.002, np.nan], "n_seeds": 10, "paper_mean": [0.0962, 0.0180, 0.0199],
-                      "paper_std": [np.nan, 0.0021, 0.0015], "k": 30, "seed": 0, "label": "simulated"})
+    t = pd.DataFrame(
+        {
+            "n_axes": [1, 4, 30],
+            "axes": ["top 1", "top 4", "all 30"],
+            "mean": [0.1, 0.02, 0.03],
+            "std": [0.01, 0.002, np.nan],
+            "n_seeds": 10,
+            "paper_mean": [0.0962, 0.0180, 0.0199],
+            "paper_std": [np.nan, 0.0021, 0.0015],
+            "k": 30,
+            "seed": 0,
+            "label": "simulated",
+        }
+    )
     fig = P.fig_top_n(t)
     ours, paper = fig.data
     assert list(ours.x) == ["top 1", "top 4", "all 30"] and list(ours.y) == [0.1, 0.02, 0.03]
@@ -53,8 +72,11 @@ def test_top_n_figure_error_bars_and_paper_points():
 
 
 def test_ablation_figure_has_one_bar_series_per_variant():
-    rows = [(r, v, 0.01 * (i + 1) + 0.1 * j) for j, r in enumerate(("spectra", "all abundances", "abundance subset"))
-            for i, v in enumerate(("raw", "scaled", "transformed"))]
+    rows = [
+        (r, v, 0.01 * (i + 1) + 0.1 * j)
+        for j, r in enumerate(("spectra", "all abundances", "abundance subset"))
+        for i, v in enumerate(("raw", "scaled", "transformed"))
+    ]
     t = pd.DataFrame(rows, columns=["representation", "variant", "mean"])
     t["std"], t["label"], t["seed"] = 0.001, "simulated", 1
     t["paper"] = np.where((t["representation"] == "spectra") & (t["variant"] == "transformed"), 0.02, np.nan)
@@ -68,9 +90,18 @@ def test_ablation_figure_has_one_bar_series_per_variant():
 
 
 def test_data_size_figure_omits_points_with_unfittable_draws():
-    t = pd.DataFrame({"k": [10, 10, 10, 30, 30], "n_train_clusters": [2, 5, 9, 5, 9],
-                      "mean_rate": [0.1, 0.05, 0.04, 0.2, 0.03], "sem": 0.001, "n_trials": 50,
-                      "fraction_unfit": [0, 0, 0, 0.3, 0], "seed": 0, "label": "simulated"})
+    t = pd.DataFrame(
+        {
+            "k": [10, 10, 10, 30, 30],
+            "n_train_clusters": [2, 5, 9, 5, 9],
+            "mean_rate": [0.1, 0.05, 0.04, 0.2, 0.03],
+            "sem": 0.001,
+            "n_trials": 50,
+            "fraction_unfit": [0, 0, 0, 0.3, 0],
+            "seed": 0,
+            "label": "simulated",
+        }
+    )
     fig = P.fig_data_size(t)
     assert [d.name for d in fig.data] == ["K = 10", "K = 30"]
     assert list(fig.data[0].x) == [2, 5, 9] and list(fig.data[1].x) == [9]
@@ -80,18 +111,37 @@ def _feature_result(label="simulated"):
     rng = np.random.default_rng(0)
     n_f, n_c = 500, 20
     feh = rng.normal(0, 0.3, n_f + n_c)
-    st = pd.DataFrame({"apogee_id": [f"s{i}" for i in range(n_f + n_c)],
-                       "cluster": [""] * n_f + ["OC1"] * n_c, "is_cluster": [False] * n_f + [True] * n_c,
-                       "fe_h": feh, "vhelio_avg": rng.normal(0, 40, n_f + n_c)})
+    st = pd.DataFrame(
+        {
+            "apogee_id": [f"s{i}" for i in range(n_f + n_c)],
+            "cluster": [""] * n_f + ["OC1"] * n_c,
+            "is_cluster": [False] * n_f + [True] * n_c,
+            "fe_h": feh,
+            "vhelio_avg": rng.normal(0, 40, n_f + n_c),
+        }
+    )
     for i in range(1, 5):
         st[f"feature_{i}"] = feh * (5 - i) + rng.normal(0, 1, n_f + n_c)
     st["label"] = label
-    corr = pd.DataFrame({"feature": [f"feature_{i}" for i in range(1, 5)], "axis": [1, 2, 3, 4],
-                         "scale": [0.1, 0.2, 0.3, 0.4], "fe_h": [0.9, 0.5, 0.2, 0.1], "x_h_mg": 0.3,
-                         "x_h_tiii": -0.2, "vhelio_avg": [0, 0, 0, 0.5], "r2_all_labels": 0.9,
-                         "seed": 0, "label": label})
-    return {"stars": st, "correlations": corr,
-            "settings": {"k": 30, "seed": 0, "n_features": 3, "vhelio_feature": 4, "label": label}}
+    corr = pd.DataFrame(
+        {
+            "feature": [f"feature_{i}" for i in range(1, 5)],
+            "axis": [1, 2, 3, 4],
+            "scale": [0.1, 0.2, 0.3, 0.4],
+            "fe_h": [0.9, 0.5, 0.2, 0.1],
+            "x_h_mg": 0.3,
+            "x_h_tiii": -0.2,
+            "vhelio_avg": [0, 0, 0, 0.5],
+            "r2_all_labels": 0.9,
+            "seed": 0,
+            "label": label,
+        }
+    )
+    return {
+        "stars": st,
+        "correlations": corr,
+        "settings": {"k": 30, "seed": 0, "n_features": 3, "vhelio_feature": 4, "label": label},
+    }
 
 
 def test_feature_figure_overlays_clusters_on_field_density():
@@ -106,7 +156,7 @@ def test_feature_figure_overlays_clusters_on_field_density():
     np.testing.assert_allclose(pts[3].y, st.loc[st.is_cluster, "feature_4"])
     # the density counts every field star inside the plotted range (log10 of the 2-D histogram)
     z = np.asarray(heat[0].z, float)
-    assert 0.9 * 500 <= np.nansum(10 ** z) <= 500
+    assert 0.9 * 500 <= np.nansum(10**z) <= 500
     titles = [a.text for a in fig.layout.annotations]
     assert titles[-1] == "Feature #4 vs VHELIO_AVG (km/s)" and "SIMULATED" in _title(fig)
     cfig = P.fig_feature_correlations(res)
@@ -119,24 +169,49 @@ def test_distance_grid_titles_give_each_clusters_rate_and_median_lines():
     summ, hist = [], []
     for inp in ("spectra", "subset"):
         for c, rate in (("NGC 1", 0.0125), ("NGC 2", np.nan)):
-            summ.append({"input": inp, "cluster": c, "rate": rate, "median_intra": 1.5, "global_rate": 0.0125,
-                         "seed": 2, "label": "simulated", "n_stars": 3})
+            summ.append(
+                {
+                    "input": inp,
+                    "cluster": c,
+                    "rate": rate,
+                    "median_intra": 1.5,
+                    "global_rate": 0.0125,
+                    "seed": 2,
+                    "label": "simulated",
+                    "n_stars": 3,
+                }
+            )
             for b in range(5):
-                hist.append({"input": inp, "cluster": c, "bin": b, "left": b, "right": b + 1,
-                             "intra_density": rng.random(), "inter_density": rng.random()})
+                hist.append(
+                    {
+                        "input": inp,
+                        "cluster": c,
+                        "bin": b,
+                        "left": b,
+                        "right": b + 1,
+                        "intra_density": rng.random(),
+                        "inter_density": rng.random(),
+                    }
+                )
     res = {"summary": pd.DataFrame(summ), "histograms": pd.DataFrame(hist), "settings": {"label": "simulated"}}
     fig = P.fig_distance_histograms(res)
     titles = [a.text for a in fig.layout.annotations if a.text and "rate" in a.text]
-    assert titles == ["NGC 1 · spectra · rate 0.013", "NGC 1 · abund. subset · rate 0.013",
-                      "NGC 2 · spectra · rate n/a", "NGC 2 · abund. subset · rate n/a"]
+    assert titles == [
+        "NGC 1 · spectra · rate 0.013",
+        "NGC 1 · abund. subset · rate 0.013",
+        "NGC 2 · spectra · rate n/a",
+        "NGC 2 · abund. subset · rate n/a",
+    ]
     assert len(fig.layout.shapes) == 4  # one dashed median line per panel
     assert all(s.x0 == 1.5 for s in fig.layout.shapes)
     assert "SIMULATED" in _title(fig) and "spectra 0.0125" in _title(fig)
 
 
 def test_engine_modules_do_not_import_dash():
-    code = ("import sys, rsca_core.plotting, rsca_core.experiments, rsca_core.experiments_cli; "
-            "bad = [m for m in sys.modules if m == 'dash' or m.startswith('dash.') or m == 'flask']; "
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, rsca_core.plotting, rsca_core.experiments, rsca_core.experiments_cli; "
+        "bad = [m for m in sys.modules if m == 'dash' or m.startswith('dash.') or m == 'flask']; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=P.__file__.rsplit("/", 2)[0])
     assert r.returncode == 0, r.stdout + r.stderr

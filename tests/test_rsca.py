@@ -1,4 +1,5 @@
 """The RSCA estimator against SPEC §1, checked by direct recomputation."""
+
 import numpy as np
 import pytest
 
@@ -44,8 +45,9 @@ def test_reparametrization_diagonalises_cluster_residuals():
     assert np.all(np.diff(np.diag(scatter)) <= 1e-9)
 
 
-@pytest.mark.parametrize("robust,pooled,relative", [(True, True, True), (False, True, True),
-                                                    (True, False, True), (True, True, False)])
+@pytest.mark.parametrize(
+    "robust,pooled,relative", [(True, True, True), (False, True, True), (True, False, True), (True, True, False)]
+)
 def test_scales_match_brute_force_formula(robust, pooled, relative):
     Z_pop, Z_clust, ids, _ = planted(seed=3)
     est = RSCA(robust=robust, pooled=pooled, relative_scaling=relative).fit(Z_pop, Z_clust, ids)
@@ -66,7 +68,7 @@ def test_scales_match_brute_force_formula(robust, pooled, relative):
         if relative:
             expected = (sc2 / (1 - sc2)) ** 0.5 if sc2 < 1 else np.inf
         else:
-            expected = sc2 ** 0.5
+            expected = sc2**0.5
         assert est.scales_[out_axis] == pytest.approx(expected, rel=1e-9)
         w = 0.0 if np.isinf(expected) else 1.0 / expected
         assert np.allclose(est.components_[out_axis], w * u, atol=1e-12)
@@ -115,13 +117,16 @@ def test_variants():
         assert sc.scales_[out_axis] == pytest.approx((sc2 / (1 - sc2)) ** 0.5 if sc2 < 1 else np.inf)
 
 
-@pytest.mark.parametrize("bad,msg", [
-    (lambda Zp, Zc, i: (Zp, Zc[:2], i[:2]), "at least 2 clusters"),
-    (lambda Zp, Zc, i: (np.where(np.arange(Zp.size).reshape(Zp.shape) == 3, np.nan, Zp), Zc, i), "NaN"),
-    (lambda Zp, Zc, i: (Zp, Zc[:, :-1], i), "features"),
-    (lambda Zp, Zc, i: (Zp, Zc, i[:-1]), "cluster_ids"),
-    (lambda Zp, Zc, i: (Zp[:4], Zc, i), "larger than the data allows"),
-])
+@pytest.mark.parametrize(
+    "bad,msg",
+    [
+        (lambda Zp, Zc, i: (Zp, Zc[:2], i[:2]), "at least 2 clusters"),
+        (lambda Zp, Zc, i: (np.where(np.arange(Zp.size).reshape(Zp.shape) == 3, np.nan, Zp), Zc, i), "NaN"),
+        (lambda Zp, Zc, i: (Zp, Zc[:, :-1], i), "features"),
+        (lambda Zp, Zc, i: (Zp, Zc, i[:-1]), "cluster_ids"),
+        (lambda Zp, Zc, i: (Zp[:4], Zc, i), "larger than the data allows"),
+    ],
+)
 def test_clear_errors(bad, msg):
     Z_pop, Z_clust, ids, _ = planted()
     with pytest.raises(ValueError, match=msg):
@@ -164,6 +169,7 @@ def test_sphering_is_exact_far_from_the_origin(offset):
 @pytest.mark.parametrize("variant", ["transformed", "scaled"])
 def test_subset_fit_from_shared_cluster_stats_equals_a_fit_on_the_subset(variant):
     from rsca_core.rsca import ClusterStats, group_indices
+
     Z_pop, Z_clust, ids, _ = planted(seed=11)
     est = RSCA(variant=variant)
     mean, sphere = est.fit_population(Z_pop)
@@ -178,12 +184,21 @@ def test_subset_fit_from_shared_cluster_stats_equals_a_fit_on_the_subset(variant
         assert np.allclose(geom.scales, alone.scales_, rtol=1e-10)
 
 
-@pytest.mark.parametrize("variant,robust,pooled,relative", [
-    ("transformed", True, True, True), ("transformed", False, True, True), ("transformed", True, False, True),
-    ("transformed", True, True, False), ("scaled", True, True, True), ("scaled", False, False, True)])
+@pytest.mark.parametrize(
+    "variant,robust,pooled,relative",
+    [
+        ("transformed", True, True, True),
+        ("transformed", False, True, True),
+        ("transformed", True, False, True),
+        ("transformed", True, True, False),
+        ("scaled", True, True, True),
+        ("scaled", False, False, True),
+    ],
+)
 def test_all_folds_at_once_equal_one_fold_at_a_time(variant, robust, pooled, relative, monkeypatch):
     from rsca_core import rsca
     from rsca_core.rsca import ClusterStats, group_indices
+
     Z_pop, Z_clust, ids, _ = planted(seed=12)
     if not robust:  # also through the memory-bounded path: folds in batches of 2
         sizes = [np.sum(ids == c) for c in set(ids)]

@@ -1,5 +1,6 @@
 """The simulated survey: every switch does what it says, the bundle obeys the paper's cuts and
 equals what the DR16 loader makes of the same survey, labels are truth + bias + noise."""
+
 import json
 import time
 
@@ -9,12 +10,27 @@ import pytest
 
 from rsca_core import Dataset
 from rsca_core import simulate as sim
-from rsca_core.constants import (DLOGLAM, MISSING_VALUE, N_PIXELS, SPECIES, STAR_BAD_BIT,
-                                 abundance_column, apogee_wavelength)
+from rsca_core.constants import (
+    DLOGLAM,
+    MISSING_VALUE,
+    N_PIXELS,
+    SPECIES,
+    STAR_BAD_BIT,
+    abundance_column,
+    apogee_wavelength,
+)
 
 SMALL = dict(cluster_sizes=(6, 4, 3, 2), singleton_clusters=1)
-ALL_OFF = dict(atomic_lines=False, molecular_lines=False, pseudo_continuum=False, dibs=False,
-               rv_systematics=False, plate_systematics=False, noise=False, bad_pixels=False)
+ALL_OFF = dict(
+    atomic_lines=False,
+    molecular_lines=False,
+    pseudo_continuum=False,
+    dibs=False,
+    rv_systematics=False,
+    plate_systematics=False,
+    noise=False,
+    bad_pixels=False,
+)
 
 
 def survey(n_field=120, seed=0, **cfg):
@@ -74,17 +90,27 @@ def test_cuts_agree_with_the_dr16_loader_selection():
 
     s = survey(n_field=200, seed=2)
     t = s.stars_all
-    allstar = t[["APOGEE_ID", "TELESCOPE", "FIELD", "TEFF", "LOGG", "ASPCAPFLAG", "AK_TARG", "VHELIO_AVG",
-                 "SNR", "VISITS"]].copy()
+    allstar = t[
+        ["APOGEE_ID", "TELESCOPE", "FIELD", "TEFF", "LOGG", "ASPCAPFLAG", "AK_TARG", "VHELIO_AVG", "SNR", "VISITS"]
+    ].copy()
     from rsca_core.constants import ALLSTAR_ELEMENTS
+
     for el in ALLSTAR_ELEMENTS:
         allstar[f"X_H_{el.upper()}"] = t[f"X_H_{el.upper()}"]
-        allstar[f"X_M_{el.upper()}"] = np.where(np.isclose(t[f"X_H_{el.upper()}"], MISSING_VALUE),
-                                                MISSING_VALUE, t[f"X_H_{el.upper()}"] - t["M_H"])
+        allstar[f"X_M_{el.upper()}"] = np.where(
+            np.isclose(t[f"X_H_{el.upper()}"], MISSING_VALUE), MISSING_VALUE, t[f"X_H_{el.upper()}"] - t["M_H"]
+        )
     cand = t["CLUSTER"] != ""
-    members = pd.DataFrame({"APOGEE_ID": t.APOGEE_ID[cand], "CLUSTER": t.CLUSTER[cand],
-                            "CG_PROB": t.CG_PROB[cand].astype(np.float32), "RV_PROB": 1.0,
-                            "FEH_PROB": 1.0, "PM_PROB": 1.0})
+    members = pd.DataFrame(
+        {
+            "APOGEE_ID": t.APOGEE_ID[cand],
+            "CLUSTER": t.CLUSTER[cand],
+            "CG_PROB": t.CG_PROB[cand].astype(np.float32),
+            "RV_PROB": 1.0,
+            "FEH_PROB": 1.0,
+            "PM_PROB": 1.0,
+        }
+    )
     selected, rows = apogee.select_stars(allstar, members)
     keep = apogee.finalise_clusters(selected, np.ones(len(selected), bool), rows, 0, 0)
     sel = selected[keep]
@@ -106,8 +132,14 @@ def test_dr16_files_load_to_the_direct_bundle(tmp_path):
     cfg = sim.SimulationConfig(**SMALL)
     direct = sim.simulate(tmp_path / "direct", n_field=40, seed=5, config=cfg, progress=False)
     files = sim.simulate(tmp_path / "dr16", n_field=40, seed=5, config=cfg, format="dr16", progress=False)
-    built, _ = apogee.build_apogee(files / apogee.ALLSTAR_NAME, files / apogee.OCCAM_MEMBER_NAME,
-                                   tmp_path / "built", workers=1, progress=False, log=lambda m: None)
+    built, _ = apogee.build_apogee(
+        files / apogee.ALLSTAR_NAME,
+        files / apogee.OCCAM_MEMBER_NAME,
+        tmp_path / "built",
+        workers=1,
+        progress=False,
+        log=lambda m: None,
+    )
     a, b = Dataset.load(direct), Dataset.load(built)
     assert b.kind == "simulated"
     common = [c for c in b.stars.columns if c in a.stars.columns]
@@ -139,8 +171,8 @@ def test_clusters_are_homogeneous_and_share_velocity_and_extinction():
     cols = ["true_" + abundance_column(sp) for sp in SPECIES]
     dev = members.groupby("CLUSTER")[cols].transform(lambda x: x - x.mean()).to_numpy()
     dof = len(members) - members.CLUSTER.nunique()
-    pooled = np.sqrt((dev ** 2).sum(axis=0) / dof)  # per species
-    assert np.all(pooled < 0.015) and 0.008 < np.sqrt((pooled ** 2).mean()) < 0.012
+    pooled = np.sqrt((dev**2).sum(axis=0) / dof)  # per species
+    assert np.all(pooled < 0.015) and 0.008 < np.sqrt((pooled**2).mean()) < 0.012
     # ... but members spread along their giant branch (pooled within-cluster spread)
     dev = members.groupby("CLUSTER")[["true_teff", "true_logg"]].transform(lambda x: x - x.mean())
     assert dev.true_teff.std() > 100 and dev.true_logg.std() > 0.2
@@ -185,7 +217,7 @@ def test_label_failures_switch():
     t = survey(n_field=400, seed=9).stars_all
     xh = t[[f"X_H_{s.upper()}" for s in SPECIES]].to_numpy()
     assert np.isclose(xh, MISSING_VALUE).any() and ((t.ASPCAPFLAG.to_numpy(np.int64) >> STAR_BAD_BIT) & 1).any()
-    assert (t.X_H_GE == np.float32(MISSING_VALUE)).all()  # not reported in DR16
+    assert (np.float32(MISSING_VALUE) == t.X_H_GE).all()  # not reported in DR16
     off = survey(n_field=400, seed=9, label_failures=False).stars_all
     xh = off[[f"X_H_{s.upper()}" for s in SPECIES]].to_numpy()
     assert not np.isclose(xh, MISSING_VALUE).any()
@@ -234,7 +266,7 @@ def test_rv_systematics_follow_vhelio():
     inst = sim._instrument()
     lags = np.arange(-120, 121)
     idx = inst["pad"] + lags[:, None] + np.flatnonzero(data)[None, :]
-    templates = inst["telluric"][idx]                     # (lags, pixels)
+    templates = inst["telluric"][idx]  # (lags, pixels)
     v = t.VHELIO_AVG.to_numpy()[rows] - t.plate_bc.to_numpy()[rows]
     best = lags[np.abs(resid @ templates.T).argmax(axis=1)]
     predicted = np.log10(1 + v / sim.C_KMS) / DLOGLAM
@@ -305,6 +337,7 @@ def test_noise_follows_the_error_array_and_bad_pixels_are_flagged():
 
 def _with_truth(s, col, values):
     import dataclasses
+
     t = s.stars_all.copy()
     t[col] = values
     return dataclasses.replace(s, stars_all=t)
@@ -322,7 +355,7 @@ def test_line_depth_grows_with_abundance_and_saturates():
             v = s.stars_all[col].to_numpy().copy()
             v[row] += dx
             f, _ = _with_truth(s, col, v).spectra([row])
-            out.append(1 - f[0, px - 2:px + 3].min())
+            out.append(1 - f[0, px - 2 : px + 3].min())
         return out
 
     # curve of growth: the strong Mg I 15740 line gains less and less depth per dex
@@ -345,11 +378,11 @@ def test_molecular_lines_switch_and_carbon_response():
     f_off, _ = s_off.spectra([row])
     assert np.all(f_off[0][f_off[0] != 0] == 1)
     f_on, _ = s_on.spectra([row])
-    d0 = 1 - f_on[0, px:px + 15].min()
+    d0 = 1 - f_on[0, px : px + 15].min()
     v = s_on.stars_all.true_x_h_c.to_numpy().copy()
     v[row] += 0.3
     f_c, _ = _with_truth(s_on, "true_x_h_c", v).spectra([row])
-    assert 1 - f_c[0, px:px + 15].min() > d0 + 0.01
+    assert 1 - f_c[0, px : px + 15].min() > d0 + 0.01
 
 
 # ---------------------------------------------------------------------------- CLI + default
@@ -357,8 +390,18 @@ def test_cli_switches_and_overwrite(tmp_path):
     from rsca_core import cli
 
     out = tmp_path / "b"
-    argv = ["simulate", "--out", str(out), "--n-field", "30", "--seed", "2", "--no-dibs",
-            "--no-plate-systematics", "--no-progress"]
+    argv = [
+        "simulate",
+        "--out",
+        str(out),
+        "--n-field",
+        "30",
+        "--seed",
+        "2",
+        "--no-dibs",
+        "--no-plate-systematics",
+        "--no-progress",
+    ]
     assert cli.main(argv) == 0
     meta = json.loads((out / "meta.json").read_text())
     cfg = meta["provenance"]["config"]
