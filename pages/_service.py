@@ -34,6 +34,7 @@ import pandas as pd
 from flask_caching import Cache
 
 from rsca_core.constants import PAPER_SUBSET, SPECIES
+from rsca_core.metrics import distance_histogram
 
 log = logging.getLogger("rsca_lab")
 
@@ -45,7 +46,6 @@ DEFAULT_K = 30
 SEED = 0
 INPUTS = ("spectra", "abundances", "subset")
 INPUT_LABELS = {"spectra": "spectra (PCA)", "abundances": "all 21 abundances", "subset": "abundance subset"}
-HIST_BINS = 40
 MAX_PARAM_CHARS = 2000
 ALL = "__all__"  # "every cluster" for pages without a cluster selector
 
@@ -592,17 +592,6 @@ def rate_inputs(s: Settings, allow_compute: bool = False):
     )
 
 
-def _hist(intra, inter, bins=HIST_BINS):
-    intra = np.asarray(intra, float)
-    inter = np.asarray(inter, float)
-    hi = max(np.percentile(inter, 99.5) if inter.size else 0.0, intra.max() if intra.size else 0.0)
-    hi = hi * 1.05 if hi > 0 else 1.0
-    edges = np.linspace(0.0, hi, bins + 1)
-    ci = np.histogram(np.clip(intra, 0, hi), edges)[0]
-    ce = np.histogram(np.clip(inter, 0, hi), edges)[0]
-    return {"edges": edges, "intra": ci, "inter": ce}
-
-
 def _compute_rates(s: Settings) -> dict:
     from rsca_core import doppelganger_rates
 
@@ -615,7 +604,7 @@ def _compute_rates(s: Settings) -> dict:
     for name in per["cluster"]:
         intra = res.intra_distances.get(name, np.empty(0))
         inter = res.inter_distances.get(name, np.empty(0))
-        hists[name] = _hist(intra, inter)
+        hists[name] = distance_histogram(intra, inter)
     return {
         "global_rate": float(res.global_rate),
         "per_cluster": per,

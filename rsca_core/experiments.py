@@ -60,7 +60,7 @@ from tqdm.auto import tqdm
 
 from .constants import MAX_DAK, MAX_DVHELIO, PAPER_RESULTS, PAPER_SUBSET, SPECIES, canonical_species
 from .dataset import Dataset, RateInputs
-from .metrics import _fold_rate, _PairFilter, doppelganger_rates
+from .metrics import _fold_rate, _PairFilter, distance_histogram, doppelganger_rates, global_rate
 from .rsca import RSCA, VARIANTS, ClusterStats, check_cluster_ids, group_indices
 
 DEFAULT_KS = (5, 10, 15, 20, 25, 30, 40, 50, 60)
@@ -619,7 +619,7 @@ def _data_size_trials(
                     if n_pairs:
                         rates.append(rate)
                         weights.append(len(idx))
-                g = float(np.average(rates, weights=weights)) if rates else np.nan
+                g = global_rate(rates, weights)
                 trial_rows.append(
                     {
                         "k": k,
@@ -808,10 +808,8 @@ def distance_histograms(
                 )
                 if len(intra) == 0:
                     continue
-                hi = max(float(intra.max()), float(np.quantile(inter, 0.99)) if len(inter) else 0.0)
-                edges = np.linspace(0.0, hi * 1.02 if hi > 0 else 1.0, bins + 1)
-                ci, _ = np.histogram(intra, edges)
-                ce, _ = np.histogram(inter, edges)
+                hist = distance_histogram(intra, inter, bins)
+                edges, ci, ce = hist["edges"], hist["intra"], hist["inter"]
                 width = np.diff(edges)
                 for b in range(bins):
                     hists.append(

@@ -31,6 +31,61 @@ from threadpoolctl import threadpool_limits
 
 from .rsca import RSCA, ClusterStats, check_cluster_ids, check_representation, check_top_n, group_indices
 
+#: Bins of a distance histogram (Fig. 9/10, the dashboard's histograms).
+HIST_BINS = 40
+
+
+def global_rate(rates, n_stars) -> float:
+    """The global doppelganger rate: the mean of the defined per-cluster rates weighted by cluster size.
+
+    Clusters whose rate is undefined (NaN) are left out; ``nan`` when none is defined.
+
+    Examples
+    --------
+    >>> global_rate([0.1, 0.4, float("nan")], [3, 1, 5])
+    0.175
+    """
+    r = np.asarray(rates, float)
+    w = np.asarray(n_stars, float)
+    ok = np.isfinite(r)
+    return float(np.average(r[ok], weights=w[ok])) if ok.any() else float("nan")
+
+
+def histogram_edges(intra, inter, bins: int = HIST_BINS) -> np.ndarray:
+    """Shared bin edges of an intra- and inter-cluster distance histogram.
+
+    The range is [0, 1.02 × max(largest intra distance, 99th percentile of inter distances)], so that
+    the rare very distant field pairs do not squeeze the interesting part; :func:`distance_histogram`
+    puts those pairs in the last bin.
+
+    Examples
+    --------
+    >>> histogram_edges([1.0, 2.0], [0.5, 1.5, 3.0], bins=2).round(4).tolist()
+    [0.0, 1.5147, 3.0294]
+    """
+    intra = np.asarray(intra, float).ravel()
+    inter = np.asarray(inter, float).ravel()
+    hi = max(float(intra.max()) if intra.size else 0.0, float(np.quantile(inter, 0.99)) if inter.size else 0.0)
+    return np.linspace(0.0, hi * 1.02 if hi > 0 else 1.0, int(bins) + 1)
+
+
+def distance_histogram(intra, inter, bins: int = HIST_BINS) -> dict:
+    """Counts of intra- and inter-cluster distances on :func:`histogram_edges` (overflow in the last bin).
+
+    Returns ``{"edges", "intra", "inter"}``; the counts add up to the numbers of distances given.
+
+    Examples
+    --------
+    >>> h = distance_histogram([1.0, 20.0], [0.5, 1.5, 30.0], bins=2)
+    >>> h["intra"].tolist(), h["inter"].tolist()
+    ([1, 1], [2, 1])
+    """
+    edges = histogram_edges(intra, inter, bins)
+    top = edges[-1]
+    ci = np.histogram(np.clip(np.asarray(intra, float), 0.0, top), edges)[0]
+    ce = np.histogram(np.clip(np.asarray(inter, float), 0.0, top), edges)[0]
+    return {"edges": edges, "intra": ci, "inter": ce}
+
 
 class UndefinedRateWarning(UserWarning):
     """A cluster's rate (or the global rate) is undefined and was left out."""
@@ -267,11 +322,8 @@ def doppelganger_rates(
                 UndefinedRateWarning,
                 stacklevel=2,
             )
-        ok = df.rate.notna()
-        if ok.any():
-            g = float(np.average(df.rate[ok], weights=df.n_stars[ok]))
-        else:
-            g = np.nan
+        g = global_rate(df.rate, df.n_stars)
+        if not np.isfinite(g):
             warnings.warn(
                 "no cluster has a defined rate; the global rate is undefined", UndefinedRateWarning, stacklevel=2
             )
