@@ -42,7 +42,7 @@ def global_rate(rates, n_stars) -> float:
 
     Examples
     --------
-    >>> global_rate([0.1, 0.4, float("nan")], [3, 1, 5])
+    >>> round(global_rate([0.1, 0.4, float("nan")], [3, 1, 5]), 6)
     0.175
     """
     r = np.asarray(rates, float)
