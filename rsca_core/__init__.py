@@ -9,6 +9,7 @@ from .constants import PAPER_MASK_RANGES, PAPER_RESULTS, PAPER_SUBSET, SPECIES
 from .dataset import BundleError, Compression, Dataset, RateInputs
 from .metrics import DoppelgangerResult, doppelganger_rates
 from .rsca import RSCA
+from .siblings import Embedding, embed, project
 
 __all__ = [
     "MaskedPCA",
@@ -23,5 +24,8 @@ __all__ = [
     "PAPER_SUBSET",
     "PAPER_MASK_RANGES",
     "PAPER_RESULTS",
+    "Embedding",
+    "embed",
+    "project",
 ]
 __version__ = "0.1.0"

@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "rsca_core.apogee",
     "rsca_core.diagnostics",
     "rsca_core.experiments_cli",
+    "rsca_core.siblings",
 )
 
 
