@@ -7,8 +7,8 @@ module uses the same representation to answer an astronomer's questions about si
   representation ``python -m rsca_core evaluate`` rates (``Dataset.rate_inputs``: the cached
   compression at K for spectra) and places every star of the bundle in RSCA space
   (an :class:`Embedding`);
-* :meth:`Embedding.siblings` lists a star's nearest other stars (Euclidean, through a
-  scikit-learn k-d tree) with a *sibling score* read off the known cluster pairs;
+* :meth:`Embedding.siblings` lists a star's nearest other stars (Euclidean, through
+  scikit-learn `NearestNeighbors`) with a *sibling score* read off the known cluster pairs;
 * :meth:`Embedding.candidates` lists field stars near a cluster, beside the number of chance
   doppelgangers expected among them from the cluster's leave-one-cluster-out rate;
 * :func:`project` places spectra that are not in the bundle (aspcapStar files of new stars) in the
@@ -84,18 +84,74 @@ CATALOGUE_KEYWORDS = {
     "species": "SPECIES",
     "clusters": "CLUSTERS",
 }
-#: Growth factor of the neighbour count while searching for stars that pass the pair filter.
-QUERY_GROWTH = 4
-#: Relative slack of the radius query that collects every star tied with the n-th neighbour
-#: (the tree's rounding is ~1e-16; exact distances decide afterwards).
-RADIUS_SLACK = 1e-9
+#: Bound on the rounding of the squared distances scikit-learn's searches return, relative to the
+#: largest squared norm (a tree, or a brute-force |x|² + |q|² − 2 x·q, is exact to ~1e-15 of that): stars this close to the cut are decided by exact distances.
+DISTANCE_TOLERANCE = 1e-12
 
 
-def _nearest_index(coords: np.ndarray):
-    """The k-d tree over the coordinates (scikit-learn): ~2 ms per query at 150,000 stars × 30 axes."""
-    from sklearn.neighbors import NearestNeighbors
+#: Leaf size of the k-d tree: single-point queries at 150,000 stars are ~2× faster than the default 30.
+LEAF_SIZE = 100
 
-    return NearestNeighbors(algorithm="kd_tree").fit(coords)
+
+class NeighbourIndex:
+    """scikit-learn ``NearestNeighbors`` (a k-d tree) over the coordinates' informative axes.
+
+    RSCA gives the axes that carry no information (intra-cluster spread ≥ the field's) weight 0:
+    those columns are 0 for every star and are left out of the tree (a query point's values there
+    add the same amount to every squared distance, which the radius query accounts for).
+    Single-point k-d tree queries run on one thread: no thread-pool start-up per query.
+    """
+
+    def __init__(self, coords: np.ndarray):
+        from sklearn.neighbors import NearestNeighbors
+
+        coords = np.asarray(coords, dtype=float)
+        cols = np.flatnonzero(np.any(coords != 0, axis=0))
+        self.columns = cols if len(cols) else np.arange(min(1, coords.shape[1]))
+        self.rest = np.setdiff1d(np.arange(coords.shape[1]), self.columns)
+        self.nn = NearestNeighbors(algorithm="kd_tree", leaf_size=LEAF_SIZE).fit(coords[:, self.columns])
+        self.n = len(coords)
+        self.max_sq = float(np.max((coords * coords).sum(axis=1), initial=0.0))
+
+    def slack2(self, point: np.ndarray) -> float:
+        """Rounding bound of a squared distance to ``point`` (see DISTANCE_TOLERANCE)."""
+        return DISTANCE_TOLERANCE * (self.max_sq + float((point * point).sum()))
+
+    def kneighbors(self, point: np.ndarray, k: int):
+        """(distances over the informative axes, rows) of the ``k`` nearest, by the tree."""
+        d, i = self.nn.kneighbors(point[:, self.columns], k)
+        return d[0], i[0]
+
+    def within(self, point: np.ndarray, radius: float) -> np.ndarray:
+        """Rows whose (full) distance to ``point`` is at most ``radius``, by the tree."""
+        c2 = float((point[:, self.rest] ** 2).sum())
+        if radius**2 < c2:
+            return np.zeros(0, dtype=np.intp)
+        return self.nn.radius_neighbors(point[:, self.columns], np.sqrt(radius**2 - c2), return_distance=False)[0]
+
+
+def _search(index: NeighbourIndex, coords, point, n, exclude):
+    """Rows of the ``n`` points of ``coords`` (indexed by ``index``) nearest ``point``, but ``exclude``.
+
+    One k-nearest query for n (+1 for ``exclude``) + 1 neighbours; when the last two are closer than
+    the search's rounding, a radius query collects every point that may be tied with the n-th.
+    Exact distances (:func:`exact_distances`) and row numbers then decide the order.
+    """
+    m = n + (exclude is not None)
+    k = min(index.n, m + 1)
+    dist, idx = index.kneighbors(point, k)
+    slack2 = index.slack2(point)
+    last = dist[min(m, k) - 1]
+    if k > m and dist[m] ** 2 - last**2 > 2 * slack2:
+        cand = idx[:m]  # no other point can be as close as the m-th: the set is settled
+    else:
+        c2 = float((point[:, index.rest] ** 2).sum())
+        cand = index.within(point, np.sqrt(last**2 + c2 + 2 * slack2))
+    if exclude is not None:
+        cand = cand[cand != exclude]
+    d = exact_distances(coords[cand], point[0])
+    order = np.lexsort((cand, d))[:n]
+    return cand[order], d[order]
 
 
 def pair_distances(Y: np.ndarray) -> np.ndarray:
@@ -121,7 +177,7 @@ def exact_distances(coords: np.ndarray, point: np.ndarray) -> np.ndarray:
     [0.0, 5.0]
     """
     diff = np.asarray(coords, dtype=float) - np.asarray(point, dtype=float)
-    return np.sqrt(np.einsum("ij,ij->i", diff, diff))
+    return np.sqrt((diff * diff).sum(axis=1))  # row by row: a row's value does not depend on the others
 
 
 @dataclass
@@ -316,20 +372,20 @@ class Embedding:
     # ------------------------------------------------------------------ neighbours
     @property
     def neighbour_index(self):
-        """The fitted scikit-learn ``NearestNeighbors`` (k-d tree), built on first use."""
+        """The :class:`NeighbourIndex` over all stars (scikit-learn k-d tree), built on first use."""
         if self._nn is None:
-            self._nn = _nearest_index(self.coords)
+            self._nn = NeighbourIndex(self.coords)
         return self._nn
 
     def nearest(self, point, n: int = 50, *, exclude: int | None = None, allowed=None):
         """Rows and distances of the ``n`` stars nearest ``point``, ties broken by bundle order.
 
         ``exclude`` is a row left out (the star itself); ``allowed`` an optional boolean mask of the
-        rows that may be returned. The k-d tree finds the n-th allowed neighbour's distance (asking
-        for ``QUERY_GROWTH`` times more neighbours until n allowed ones are among them), then a radius
-        query collects every star within that distance, so stars tied with the n-th are all seen;
-        their exact distances (:func:`exact_distances`) and row numbers decide the order.
-        Fewer than ``n`` rows come back only if fewer stars are allowed.
+        rows that may be returned (then the search runs among those stars only, so n of them come
+        back whenever n are allowed). scikit-learn finds the neighbours; every star that could be
+        tied with the n-th (within the search's rounding) is compared by its exact distance
+        (:func:`exact_distances`) and row number. Fewer than ``n`` rows come back only if fewer
+        stars are allowed.
         """
         n = int(n)
         if n < 1:
@@ -337,27 +393,20 @@ class Embedding:
         point = np.asarray(point, dtype=float).reshape(1, -1)
         if point.shape[1] != self.n_axes:
             raise ValueError(f"point has {point.shape[1]} coordinates, the embedding {self.n_axes}")
-        nn, N = self.neighbour_index, self.n_stars
-        ok_mask = np.ones(N, dtype=bool) if allowed is None else np.asarray(allowed, dtype=bool).copy()
+        if allowed is None:
+            n = min(n, self.n_stars - (exclude is not None))
+            if n < 1:
+                return np.zeros(0, dtype=np.intp), np.zeros(0)
+            return _search(self.neighbour_index, self.coords, point, n, exclude)
+        ok = np.asarray(allowed, dtype=bool).copy()
         if exclude is not None:
-            ok_mask[exclude] = False
-        n_ok = int(ok_mask.sum())
-        if n_ok == 0:
+            ok[exclude] = False
+        rows = np.flatnonzero(ok)
+        if len(rows) == 0:
             return np.zeros(0, dtype=np.intp), np.zeros(0)
-        n = min(n, n_ok)
-        k = min(N, n + (exclude is not None))
-        while True:
-            dist, idx = nn.kneighbors(point, k)
-            passing = ok_mask[idx[0]]
-            if passing.sum() >= n or k == N:
-                break
-            k = min(N, k * QUERY_GROWTH)
-        radius = float(dist[0][passing][n - 1])
-        cand = nn.radius_neighbors(point, radius * (1 + RADIUS_SLACK) + 1e-300, return_distance=False)[0]
-        cand = cand[ok_mask[cand]]
-        d = exact_distances(self.coords[cand], point[0])
-        order = np.lexsort((cand, d))[:n]
-        return cand[order], d[order]
+        sub = self.coords[rows]
+        got, d = _search(NeighbourIndex(sub), sub, point, min(n, len(rows)), None)
+        return rows[got], d
 
     def pair_filter_mask(self, row: int, max_dvhelio: float = MAX_DVHELIO, max_dak: float = MAX_DAK) -> np.ndarray:
         """Stars with |ΔVHELIO_AVG| < 5 km/s and |ΔAK_TARG| < 0.05 from star ``row`` (the rate's filter)."""
@@ -510,9 +559,8 @@ class Embedding:
             with np.errstate(invalid="ignore"):
                 searched &= np.abs(labels["vhelio_avg"] - ref["vhelio_avg"]) < MAX_DVHELIO
                 searched &= np.abs(labels["ak_targ"] - ref["ak_targ"]) < MAX_DAK
-        inside = self.neighbour_index.radius_neighbors(
-            centre[None], radius * (1 + RADIUS_SLACK), return_distance=False
-        )[0]
+        index = self.neighbour_index
+        inside = index.within(centre[None], np.sqrt(radius**2 + 2 * index.slack2(centre[None])))
         inside = inside[searched[inside]]
         d = exact_distances(self.coords[inside], centre)
         keep = d < radius

@@ -53,10 +53,12 @@ def emb(ds):
     return embed(ds, k=K)
 
 
-def grid_embedding(seed=0, n=400, dims=3):
-    """Integer coordinates on a small grid: many exactly tied distances and duplicate positions."""
+def grid_embedding(seed=0, n=400, dims=3, zero_axes=0):
+    """Integer coordinates on a small grid: many exactly tied distances and duplicate positions.
+    ``zero_axes`` trailing columns are 0 for every star (RSCA's weight-0 axes)."""
     rng = np.random.default_rng(seed)
     coords = rng.integers(-3, 4, size=(n, dims)).astype(float)
+    coords = np.hstack([coords, np.zeros((n, zero_axes))])
     cluster = np.array([""] * n, dtype=object)
     cluster[:6], cluster[6:10] = "A", "B"
     stars = pd.DataFrame(
@@ -84,8 +86,10 @@ def brute_force(coords, row, n, allowed=None):
 
 
 # ------------------------------------------------------------------------------------ neighbours
-def test_siblings_equal_a_brute_force_scan_with_ties_in_bundle_order():
-    e = grid_embedding()
+@pytest.mark.parametrize("dims, zero_axes", [(3, 0), (20, 3)])
+def test_siblings_equal_a_brute_force_scan_with_ties_in_bundle_order(dims, zero_axes):
+    e = grid_embedding(dims=dims, zero_axes=zero_axes)
+    tied_at_cut = 0
     for row in (0, 7, 123, 399):
         for n in (1, 5, 37, 120):
             got = e.siblings(row, n=n)
@@ -93,9 +97,15 @@ def test_siblings_equal_a_brute_force_scan_with_ties_in_bundle_order():
             assert got.index.tolist() == rows.tolist()
             assert np.array_equal(got["distance"].to_numpy(), d)
             assert got["apogee_id"].tolist() == [f"S{r:04d}" for r in rows]
-    # the grid really has ties at the cut (otherwise the tie rule would be untested)
-    d_all = np.sqrt(((e.coords - e.coords[7]) ** 2).sum(1))
-    assert np.sum(d_all == np.sort(d_all)[37]) > 1
+            d_all = np.delete(np.sqrt(((e.coords - e.coords[row]) ** 2).sum(1)), row)
+            tied_at_cut += np.sum(d_all == d[-1]) > np.sum(d == d[-1])
+    assert tied_at_cut >= 3  # the n-th neighbour is tied with stars left out: the tie rule is tested
+    # a position off the bundle, with values on the all-zero axes too
+    point = np.r_[np.full(dims, 0.5), np.full(zero_axes, 2.0)]
+    got = e.siblings_of_point(point, n=40)
+    d = np.sqrt(((e.coords - point) ** 2).sum(1))
+    order = np.lexsort((np.arange(len(d)), d))[:40]
+    assert got.index.tolist() == order.tolist() and np.allclose(got["distance"], d[order], rtol=1e-14)
 
 
 def test_pair_filter_keeps_n_stars_that_pass_it():
