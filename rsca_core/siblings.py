@@ -318,6 +318,7 @@ class Embedding:
         self._loo_given = loo_rates
         self._row_of: dict | None = None
         self._nn = None
+        self._labels: dict[str, np.ndarray] = {}  # one entry per label column used
         self._intra_sorted: np.ndarray | None = None
         self._loo: dict[tuple, float] = {}  # at most two entries per cluster of the bundle
 
@@ -365,9 +366,13 @@ class Embedding:
         return jsonable(meta)
 
     def _label_values(self, column: str) -> np.ndarray:
-        if column not in self.stars.columns:
-            return np.full(self.n_stars, np.nan)
-        return pd.to_numeric(self.stars[column], errors="coerce").to_numpy(dtype=float)
+        """A label column as floats (NaN where absent), converted once (the few label columns)."""
+        if column not in self._labels:
+            if column not in self.stars.columns:
+                self._labels[column] = np.full(self.n_stars, np.nan)
+            else:
+                self._labels[column] = pd.to_numeric(self.stars[column], errors="coerce").to_numpy(dtype=float)
+        return self._labels[column]
 
     # ------------------------------------------------------------------ neighbours
     @property
@@ -461,18 +466,15 @@ class Embedding:
         return self._neighbour_table(rows, dist, {c: float(labels.get(c, np.nan)) for _, c in LABEL_DIFFERENCES})
 
     def _neighbour_table(self, rows, dist, ref: dict) -> pd.DataFrame:
-        out = pd.DataFrame(
-            {
-                "apogee_id": self.apogee_id[rows].astype(str),
-                "distance": dist,
-                "sibling_score": self.sibling_score(dist),
-            },
-            index=pd.Index(rows, name="row"),
-        )
+        cols = {
+            "apogee_id": self.apogee_id[rows].astype(str),
+            "distance": dist,
+            "sibling_score": self.sibling_score(dist),
+        }
         for dcol, col in LABEL_DIFFERENCES:
-            out[dcol] = self._label_values(col)[rows] - ref[col]
-        out["cluster"] = self.cluster[rows].astype(str)
-        return out[list(SIBLING_COLUMNS)]
+            cols[dcol] = self._label_values(col)[rows] - ref[col]
+        cols["cluster"] = self.cluster[rows].astype(str)
+        return pd.DataFrame(cols, index=pd.Index(rows, name="row"), columns=list(SIBLING_COLUMNS))
 
     # ------------------------------------------------------------------ clusters
     def loo_rate(self, cluster: str, pair_filter: bool = True) -> float:
