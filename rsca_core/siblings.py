@@ -836,7 +836,15 @@ def _species_arg(text: str) -> list[str]:
 
 
 def _embed_from_args(args) -> Embedding:
-    return embed(args.dataset, k=args.k, input=args.input, species=args.species, top_n=args.top_n, seed=args.seed)
+    return embed(
+        args.dataset,
+        k=args.k,
+        input=args.input,
+        species=args.species,
+        clusters=args.clusters,
+        top_n=args.top_n,
+        seed=args.seed,
+    )
 
 
 def _print_table(df: pd.DataFrame, columns, formats) -> None:
@@ -963,6 +971,12 @@ def _common(p, dataset_help="dataset bundle directory") -> None:
         help="representation: PCA of spectra (default), all 21 abundances, or an abundance subset",
     )
     p.add_argument("--species", type=_species_arg, default=None, help="comma-separated species for --input subset")
+    p.add_argument(
+        "--clusters",
+        type=lambda text: [c.strip() for c in text.split(",") if c.strip()],
+        default=None,
+        help="comma-separated clusters to fit the map on (default: all)",
+    )
     p.add_argument("--top-n", type=positive_int, default=None, help="keep only the N most discriminative axes")
     p.add_argument("--seed", type=int, default=0, help="compression seed (default 0)")
 

@@ -360,3 +360,27 @@ def test_cli_errors_are_one_clear_line(ds, tmp_path, capsys):
     existing.write_text("precious\n")
     rc, _, err = run_cli(capsys, "embed", *D, "--out", str(existing))
     assert rc == 1 and "already exists" in err and existing.read_text() == "precious\n"
+
+
+def test_cli_training_clusters_are_recorded(ds, tmp_path, capsys):
+    names = ds.cluster_names[:5]
+    out = tmp_path / "sub.parquet"
+    argv = ["embed", "--dataset", str(ds.path), "--k", str(K), "--clusters", ",".join(names), "--out", str(out)]
+    assert cli_main(argv) == 0
+    df = pd.read_parquet(out)
+    assert df.attrs["rsca"]["clusters"] == names
+    ref = embed(ds, k=K, clusters=names)
+    assert np.array_equal(df[[f"rsca_{j + 1}" for j in range(K)]].to_numpy(), ref.coords)
+    rc, _, err = run_cli(
+        capsys,
+        "embed",
+        "--dataset",
+        str(ds.path),
+        "--k",
+        str(K),
+        "--clusters",
+        "Nope_1",
+        "--out",
+        str(tmp_path / "y.csv"),
+    )
+    assert rc == 1 and "Nope_1" in err and len(err.strip().splitlines()) == 1
