@@ -614,6 +614,21 @@ def embed(
     Embedding
         ``coords`` (n_stars × n_axes, bundle order), ``apogee_id``, ``rsca`` (the fitted map),
         ``compression`` (None for abundances), ``dataset``, ``features`` and ``settings``.
+
+    Examples
+    --------
+    A small simulated survey; a bundle star's own spectrum projects back onto its coordinates:
+
+    >>> import tempfile
+    >>> from rsca_core.simulate import simulate
+    >>> emb = embed(simulate(tempfile.mkdtemp() + "/survey", n_field=200, seed=1, progress=False), k=4)
+    >>> emb.coords.shape, emb.label, len(emb.training_clusters)
+    ((385, 4), 'simulated', 22)
+    >>> list(emb.siblings(emb.apogee_id[0], n=3).columns[:3])
+    ['apogee_id', 'distance', 'sibling_score']
+    >>> xy = project(emb, emb.dataset.spectra[:2], emb.dataset.mask[:2])
+    >>> bool(np.abs(xy - emb.coords[:2]).max() < 1e-3 * np.median(emb.intra_distances))
+    True
     """
     from .dataset import Dataset
     from .rsca import RSCA
@@ -670,7 +685,7 @@ def project(embedding: Embedding, spectra, mask=None) -> np.ndarray:
     then mapped by the fitted RSCA. ``spectra`` is (m, n_pixels) or one spectrum; ``mask`` the same
     shape, True = missing (build it with :func:`mask_rule` / :func:`read_spectra_files`).
     For a bundle star's own spectrum and mask this reproduces its row of ``embedding.coords`` (to
-    the compression's convergence).
+    the compression's convergence); :func:`embed`'s example shows it.
     """
     from .compress import MaskedPCA
 
