@@ -312,7 +312,7 @@ def test_interrupted_run_resumes_without_rereading(dr16, tmp_path, monkeypatch):
         calls.append(str(path))
         return real(path, *a, **k)
 
-    monkeypatch.setattr(apogee, "read_aspcapstar", dying)
+    monkeypatch.setattr(apogee.reader, "read_aspcapstar", dying)
     with pytest.raises(KeyboardInterrupt):
         _build(dr16, out, chunk_size=4)
     assert not out.exists()
@@ -323,7 +323,7 @@ def test_interrupted_run_resumes_without_rereading(dr16, tmp_path, monkeypatch):
 
     first_round = list(calls)
     calls.clear()
-    monkeypatch.setattr(apogee, "read_aspcapstar", lambda p, *a, **k: (calls.append(str(p)), real(p, *a, **k))[1])
+    monkeypatch.setattr(apogee.reader, "read_aspcapstar", lambda p, *a, **k: (calls.append(str(p)), real(p, *a, **k))[1])
     out2, cutflow = _build(dr16, out, chunk_size=4)
     n_sel = int(cutflow["field"].iloc[6] + cutflow["cluster_stars"].iloc[6])
     assert len(calls) == n_sel - 8, "the two finished chunks (8 files) were not read again"
@@ -554,7 +554,7 @@ def test_resume_rereads_only_chunks_whose_missing_file_appeared(dr16, tmp_path, 
     shutil.copy(src, tmp_path / "copy.fits")
     real = apogee.read_aspcapstar
     calls = []
-    monkeypatch.setattr(apogee, "read_aspcapstar", lambda p, *a, **k: (calls.append(str(p)), real(p, *a, **k))[1])
+    monkeypatch.setattr(apogee.reader, "read_aspcapstar", lambda p, *a, **k: (calls.append(str(p)), real(p, *a, **k))[1])
     status, _, stats = apogee.read_spectra(paths, work, workers=1, chunk_size=3, progress=False)
     assert calls == [] and stats["resumed"] == 9  # nothing changed: nothing read
     shutil.copy(tmp_path / "copy.fits", paths[6])  # the missing file appears
