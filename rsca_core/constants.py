@@ -127,6 +127,7 @@ def ranges_to_mask(ranges, n_pixels: int = N_PIXELS) -> np.ndarray:
         out[a:b] = True
     return out
 
+
 # ---------------------------------------------------------------- the paper's cuts (SPEC §4)
 #: Effective-temperature window of the paper's sample (K, strict inequalities).
 TEFF_RANGE = (4000.0, 5000.0)

@@ -16,7 +16,7 @@ from .layout import ALLSTAR_COLUMNS, OCCAM_MEMBER_COLUMNS, SIMULATED_KEYWORD
 
 
 # ====================================================================== reading tables
-def columns_ci(names, required, where):
+def columns_ci(names, required, where: str) -> dict:
     """Map each required upper-case column name to the actual name, case-insensitively."""
     lookup = {}
     for n in names:
@@ -125,7 +125,7 @@ class SpectrumFileError(ValueError):
     """An aspcapStar file exists but is unreadable, corrupt or wrong-shaped; the message names it."""
 
 
-def read_aspcapstar(path, n_pixels: int = N_PIXELS):
+def read_aspcapstar(path, n_pixels: int = N_PIXELS) -> tuple[np.ndarray, np.ndarray]:
     """Flux and error (float32, ``n_pixels`` each) of one aspcapStar file.
 
     Raises FileNotFoundError if the file is absent and :class:`SpectrumFileError` (message

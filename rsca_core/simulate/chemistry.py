@@ -38,7 +38,7 @@ _CHEM = {  # species: (a_alpha, b_feh, c_age, scatter multiplier)
 _SAME_ELEMENT = {"CI": "C", "TiII": "Ti"}  # same element, same true abundance
 
 
-def elements_from_latent(feh, alpha, age, mass, scatter, dredge_up=True):
+def elements_from_latent(feh, alpha, age, mass, scatter: dict, dredge_up: bool = True) -> dict:
     """True [X/H] of the 26 allStar elements (dict of arrays) from the latent chemistry."""
     out = {}
     for el in ALLSTAR_ELEMENTS:
@@ -56,23 +56,26 @@ def elements_from_latent(feh, alpha, age, mass, scatter, dredge_up=True):
     return out
 
 
-def element_scatter(rng, n, sigma):
+def element_scatter(rng, n: int, sigma: float) -> dict:
+    """Independent per-element scatter (dex) of ``n`` stars, ``sigma`` times each element's multiplier."""
     return {el: rng.normal(0.0, sigma * _CHEM[el][3], n) for el in ALLSTAR_ELEMENTS}
 
 
-def mass_from_age(age, feh):
+def mass_from_age(age, feh) -> np.ndarray:
     """Giant-branch mass (M_sun) of a population of given age (Gyr): t ≈ 10 Gyr · M^-2.5."""
     return (10.0 / np.asarray(age)) ** 0.4 * (1.0 + 0.08 * np.asarray(feh))
 
 
-def isochrone_teff(logg, feh, mass, is_rc):
+def isochrone_teff(logg, feh, mass, is_rc) -> np.ndarray:
     """Teff (K) of a giant on its isochrone: RGB ~430 K/dex in logg; red clump ~4750 K."""
     rgb = 4600.0 + 430.0 * (logg - 2.5) - 280.0 * feh + 70.0 * (mass - 1.2)
     rc = 4760.0 - 230.0 * feh + 60.0 * (mass - 1.2)
     return np.where(is_rc, rc, rgb)
 
 
-def draw_giants(rng, n, feh, mass, logg_range, rc_fraction, spread=True, isochrones=True):
+def draw_giants(
+    rng, n: int, feh, mass, logg_range: tuple, rc_fraction: float, spread: bool = True, isochrones: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """logg, Teff, is_rc of giants along isochrones (a luminosity-function-like logg density)."""
     lo, hi = logg_range
     # more stars at high logg (slower evolution lower on the RGB): density ∝ 10^(0.35 logg)

@@ -73,16 +73,14 @@ def add_cli(subparsers) -> None:
         default="bundle",
         help="bundle (default) or a release's allStar/spectra/OCCAM file layout",
     )
-    for s in SWITCH_TABLE:
-        flag = s.name.replace("_", "-")
+    for s in SWITCH_TABLE:  # --dibs / --no-dibs, ... from the simulator's own table
         p.add_argument(
-            f"--{flag}",
+            "--" + s.name.replace("_", "-"),
             dest=s.name,
-            action="store_true",
+            action=argparse.BooleanOptionalAction,
             default=s.default,
-            help=s.help + " (default: on)" if s.default else s.help,
+            help=s.help,
         )
-        p.add_argument(f"--no-{flag}", dest=s.name, action="store_false", help=s.help + ": switch it off")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=_cmd_simulate)

@@ -97,12 +97,12 @@ def label_bias(species: str, teff, logg) -> np.ndarray:
     return b1 * t + b2 * (t * t - 1.0 / 3.0) + b3 * g
 
 
-def snr_factor(snr):
+def snr_factor(snr) -> np.ndarray:
     """Label noise relative to SNR ≈ 150."""
     return np.clip(np.sqrt(0.5 + 0.5 * (150.0 / np.asarray(snr, float)) ** 2), 0.7, 4.0)
 
 
-def f32(x):
+def f32(x) -> np.ndarray:
     """Round to float32 precision (as stored in the FITS files), keep float64 dtype."""
     return np.asarray(x, np.float32).astype(np.float64)
 

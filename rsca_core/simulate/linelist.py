@@ -17,6 +17,8 @@ _SP_INDEX = {s: i for i, s in enumerate(LINE_SPECIES)}
 
 @dataclass
 class LineList:
+    """The simulator's lines: one entry per line (arrays of equal length), sorted by wavelength."""
+
     wave: np.ndarray  # (L,) Å
     log_tau: np.ndarray  # (L,) log10 optical depth at the reference star (solar, 4600 K, logg 2.5)
     weights: np.ndarray  # (L, n_species) abundance weights (order LINE_SPECIES)
@@ -181,7 +183,7 @@ class ProfileGroup:
 
 
 @lru_cache(maxsize=8)
-def line_profiles(resolution: float, macroturbulence: float, kinds: tuple):
+def line_profiles(resolution: float, macroturbulence: float, kinds: tuple) -> list:
     """Line profiles sampled on the pixel grid, per line, in two groups (wide atomic, narrow molecular)."""
     ll = line_list()
     sel_kind = np.isin(ll.kind, kinds)
