@@ -130,8 +130,9 @@ class NeighbourIndex:
         return self.nn.radius_neighbors(point[:, self.columns], np.sqrt(radius**2 - c2), return_distance=False)[0]
 
 
-def _search(index: NeighbourIndex, coords, point, n, exclude):
-    """Rows of the ``n`` points of ``coords`` (indexed by ``index``) nearest ``point``, but ``exclude``.
+def _search(index: NeighbourIndex, coords, rows, point, n, exclude):
+    """The ``n`` rows of ``coords`` nearest ``point`` among ``rows`` (sorted; ``index`` holds
+    ``coords[rows]``), but position ``exclude`` of ``rows``: (rows, exact distances).
 
     One k-nearest query for n (+1 for ``exclude``) + 1 neighbours; when the last two are closer than
     the search's rounding, a radius query collects every point that may be tied with the n-th.
@@ -149,6 +150,7 @@ def _search(index: NeighbourIndex, coords, point, n, exclude):
         cand = index.within(point, np.sqrt(last**2 + c2 + 2 * slack2))
     if exclude is not None:
         cand = cand[cand != exclude]
+    cand = rows[cand]
     d = exact_distances(coords[cand], point[0])
     order = np.lexsort((cand, d))[:n]
     return cand[order], d[order]
@@ -295,14 +297,17 @@ class Embedding:
         coords = np.asarray(coords, dtype=float)
         if coords.ndim != 2:
             raise ValueError(f"coords must be 2-D (stars × axes), got shape {coords.shape}")
-        if not np.all(np.isfinite(coords)):
-            raise ValueError("coords contain NaN or inf values")
+        if np.isinf(coords).any():
+            raise ValueError("coords contain inf values")
         for col in ("apogee_id", "cluster"):
             if col not in stars.columns:
                 raise ValueError(f"star table lacks column {col!r}")
         if len(stars) != len(coords):
             raise ValueError(f"star table has {len(stars)} rows, coords {len(coords)}")
         self.coords = coords
+        #: Stars with coordinates (a star lacking an abundance of an abundance input has NaN ones).
+        self.valid = ~np.isnan(coords).any(axis=1)
+        self._valid_rows = np.flatnonzero(self.valid)
         self.stars = stars.reset_index(drop=True)
         self.apogee_id = self.stars["apogee_id"].astype(str).to_numpy(dtype=object)
         self.cluster = self.stars["cluster"].fillna("").astype(str).to_numpy(dtype=object)
@@ -377,9 +382,10 @@ class Embedding:
     # ------------------------------------------------------------------ neighbours
     @property
     def neighbour_index(self):
-        """The :class:`NeighbourIndex` over all stars (scikit-learn k-d tree), built on first use."""
+        """The :class:`NeighbourIndex` over the stars with coordinates (scikit-learn k-d tree),
+        built on first use; its positions are rows of ``_valid_rows``."""
         if self._nn is None:
-            self._nn = NeighbourIndex(self.coords)
+            self._nn = NeighbourIndex(self.coords[self._valid_rows])
         return self._nn
 
     def nearest(self, point, n: int = 50, *, exclude: int | None = None, allowed=None):
@@ -398,20 +404,23 @@ class Embedding:
         point = np.asarray(point, dtype=float).reshape(1, -1)
         if point.shape[1] != self.n_axes:
             raise ValueError(f"point has {point.shape[1]} coordinates, the embedding {self.n_axes}")
+        none = np.zeros(0, dtype=np.intp), np.zeros(0)
         if allowed is None:
-            n = min(n, self.n_stars - (exclude is not None))
+            rows = self._valid_rows
+            pos = None if exclude is None else int(np.searchsorted(rows, exclude))
+            if pos is not None and (pos == len(rows) or rows[pos] != exclude):
+                pos = None  # the excluded star has no coordinates anyway
+            n = min(n, len(rows) - (pos is not None))
             if n < 1:
-                return np.zeros(0, dtype=np.intp), np.zeros(0)
-            return _search(self.neighbour_index, self.coords, point, n, exclude)
-        ok = np.asarray(allowed, dtype=bool).copy()
+                return none
+            return _search(self.neighbour_index, self.coords, rows, point, n, pos)
+        ok = np.asarray(allowed, dtype=bool) & self.valid
         if exclude is not None:
             ok[exclude] = False
         rows = np.flatnonzero(ok)
         if len(rows) == 0:
-            return np.zeros(0, dtype=np.intp), np.zeros(0)
-        sub = self.coords[rows]
-        got, d = _search(NeighbourIndex(sub), sub, point, min(n, len(rows)), None)
-        return rows[got], d
+            return none
+        return _search(NeighbourIndex(self.coords[rows]), self.coords, rows, point, min(n, len(rows)), None)
 
     def pair_filter_mask(self, row: int, max_dvhelio: float = MAX_DVHELIO, max_dak: float = MAX_DAK) -> np.ndarray:
         """Stars with |ΔVHELIO_AVG| < 5 km/s and |ΔAK_TARG| < 0.05 from star ``row`` (the rate's filter)."""
@@ -425,7 +434,7 @@ class Embedding:
         if self._intra_sorted is None:
             parts = []
             for name in self.training_clusters:
-                parts.append(pair_distances(self.coords[self.cluster == name]))
+                parts.append(pair_distances(self.coords[(self.cluster == name) & self.valid]))
             self._intra_sorted = np.sort(np.concatenate(parts)) if parts else np.zeros(0)
         return self._intra_sorted
 
@@ -451,6 +460,11 @@ class Embedding:
         |ΔVHELIO_AVG| < 5 km/s and |ΔAK_TARG| < 0.05 (still n of them when that many pass).
         """
         row = self.index_of(star)
+        if not self.valid[row]:
+            raise ValueError(
+                f"star {self.apogee_id[row]!r} has no RSCA coordinates: it lacks a value of the "
+                f"{self.settings.get('input', 'input')} representation"
+            )
         allowed = self.pair_filter_mask(row) if pair_filter else None
         rows, dist = self.nearest(self.coords[row], n, exclude=row, allowed=allowed)
         return self._neighbour_table(rows, dist, {c: self._label_values(c)[row] for _, c in LABEL_DIFFERENCES})
@@ -503,8 +517,8 @@ class Embedding:
         from .metrics import doppelganger_rates
 
         names = set(self.training_clusters) | {key[0]}
-        fi = np.flatnonzero(self.cluster == "")
-        ci = np.flatnonzero(np.isin(self.cluster, list(names)))
+        fi = np.flatnonzero((self.cluster == "") & self.valid)
+        ci = np.flatnonzero(np.isin(self.cluster, list(names)) & self.valid)
         meta = {}
         if pair_filter:
             v, ak = self._label_values("vhelio_avg"), self._label_values("ak_targ")
@@ -543,16 +557,16 @@ class Embedding:
         not explain.
         """
         name = str(cluster).strip()
-        members = np.flatnonzero(self.cluster == name)
-        if len(members) == 0:
+        members = np.flatnonzero((self.cluster == name) & self.valid)
+        if not (self.cluster == name).any():
             known = sorted(set(self.cluster[self.cluster != ""]))
             shown = ", ".join(known[:8]) + (" …" if len(known) > 8 else "")
             raise ValueError(f"unknown cluster {name!r}; clusters here: {shown or 'none'}")
         if len(members) < 2:
-            raise ValueError(f"cluster {name!r} has a single star: it has no intra-cluster distance")
+            raise ValueError(f"cluster {name!r} has fewer than two stars with coordinates: no intra-cluster distance")
         radius = float(np.median(pair_distances(self.coords[members])))
         centre = np.median(self.coords[members], axis=0)
-        searched = self.cluster == ""
+        searched = (self.cluster == "") & self.valid
         labels = {c: self._label_values(c) for _, c in LABEL_DIFFERENCES}
         ref = {
             c: float(np.nanmedian(v[members])) if np.isfinite(v[members]).any() else np.nan for c, v in labels.items()
@@ -562,7 +576,7 @@ class Embedding:
                 searched &= np.abs(labels["vhelio_avg"] - ref["vhelio_avg"]) < MAX_DVHELIO
                 searched &= np.abs(labels["ak_targ"] - ref["ak_targ"]) < MAX_DAK
         index = self.neighbour_index
-        inside = index.within(centre[None], np.sqrt(radius**2 + 2 * index.slack2(centre[None])))
+        inside = self._valid_rows[index.within(centre[None], np.sqrt(radius**2 + 2 * index.slack2(centre[None])))]
         inside = inside[searched[inside]]
         d = exact_distances(self.coords[inside], centre)
         keep = d < radius
@@ -634,23 +648,20 @@ def embed(
     from .rsca import RSCA
 
     ds = dataset if isinstance(dataset, Dataset) else Dataset.load(dataset)
-    inputs = ds.rate_inputs(input, k=k, seed=seed, species=species)
-    features = np.empty((ds.n_stars, inputs.z_pop.shape[1]))
-    features[ds.field_index] = inputs.z_pop
-    features[ds.cluster_index] = inputs.z_clust
-    ids = np.asarray(inputs.cluster_ids, dtype=object).astype(str)
-    if clusters is None:
-        train = np.ones(len(ids), dtype=bool)
-    else:
-        wanted = [str(c).strip() for c in clusters]
-        unknown = sorted(set(wanted) - set(ids))
-        if unknown:
-            raise ValueError(f"unknown cluster(s) {', '.join(map(repr, unknown))} in {ds.name}")
-        train = np.isin(ids, wanted)
-    model = RSCA(top_n=top_n).fit(inputs.z_pop, inputs.z_clust[train], ids[train])
-    coords = model.transform(features)
     compression = ds.compress(k, seed=seed) if input == "spectra" else None
-    sizes = pd.Series(ids[train]).value_counts()
+    # the fit: exactly the inputs ``evaluate`` builds (Dataset.rate_inputs), on the training clusters
+    inputs = ds.rate_inputs(input, k=k, seed=seed, species=species, clusters=clusters, compression=compression)
+    model = RSCA(top_n=top_n).fit(inputs.z_pop, inputs.z_clust, inputs.cluster_ids)
+    # every star placed: the compression's scores, or the abundances (NaN rows where one is missing)
+    if compression is not None:
+        features = np.asarray(compression.scores, dtype=float)
+    else:
+        features = ds.abundances(inputs.description["species"])
+    ok = ~np.isnan(features).any(axis=1)
+    placed = model.transform(features[ok])
+    coords = np.full((ds.n_stars, placed.shape[1]), np.nan)
+    coords[ok] = placed
+    sizes = pd.Series(np.asarray(inputs.cluster_ids, dtype=object).astype(str)).value_counts()
     training = sorted(str(c) for c in sizes.index[sizes >= 2])
     settings = {
         "k": int(inputs.z_pop.shape[1]),
@@ -687,8 +698,6 @@ def project(embedding: Embedding, spectra, mask=None) -> np.ndarray:
     For a bundle star's own spectrum and mask this reproduces its row of ``embedding.coords`` (to
     the compression's convergence); :func:`embed`'s example shows it.
     """
-    from .compress import MaskedPCA
-
     comp = embedding.compression
     if comp is None or embedding.rsca is None:
         raise ValueError(
@@ -699,11 +708,7 @@ def project(embedding: Embedding, spectra, mask=None) -> np.ndarray:
     if X.ndim == 1:
         X = X[None, :]
         mask = None if mask is None else np.asarray(mask, dtype=bool)[None, :]
-    pca = MaskedPCA(comp.k)
-    pca.components_ = np.asarray(comp.components, dtype=float)
-    pca.mean_ = np.asarray(comp.mean, dtype=float)
-    pca.n_features_in_ = pca.components_.shape[1]
-    scores = pca.transform(X, None if mask is None else np.asarray(mask, dtype=bool))
+    scores = comp.transform(X, None if mask is None else np.asarray(mask, dtype=bool))
     return embedding.rsca.transform(scores, top_n=embedding.settings.get("top_n"))
 
 
@@ -746,8 +751,9 @@ def read_spectra_files(paths, dataset=None, n_pixels: int | None = None):
     missing-pixel mask (``rsca_core.apogee.pixel_mask`` with :func:`mask_rule` of ``dataset``).
     A missing or bad file raises FileNotFoundError / ValueError with one line naming it.
     """
-    from .apogee import pixel_mask, read_aspcapstar
+    from .apogee import read_aspcapstar
     from .constants import N_PIXELS
+    from .selection import pixel_mask
 
     paths = [Path(p) for p in paths]
     if not paths:

@@ -177,8 +177,33 @@ def test_embed_on_a_subset_of_clusters_with_top_n(ds):
     model = RSCA().fit(Z[cl == ""], Z[train], cl[train])
     assert np.allclose(e.coords, model.transform(Z, top_n=3), rtol=1e-10, atol=1e-10)
     assert e.training_clusters == sorted(n for n in names if (cl == n).sum() >= 2)
-    with pytest.raises(ValueError, match="unknown cluster"):
+    with pytest.raises(ValueError, match="NGC_0000"):
         embed(ds, k=K, clusters=["NGC_0000"])
+
+
+def test_stars_lacking_an_abundance_have_no_coordinates_and_are_never_siblings(ds):
+    from rsca_core.constants import MISSING_VALUE
+
+    stars = ds.stars.copy()
+    lacking = [3, 10, 11, int(np.flatnonzero(ds.is_cluster)[0])]
+    stars.loc[lacking, "x_h_mg"] = MISSING_VALUE
+    d2 = Dataset(stars, ds.spectra, ds.mask, ds.wavelength, meta=ds.meta)
+    e = embed(d2, input="subset")
+    assert np.isnan(e.coords[lacking]).all() and np.isfinite(np.delete(e.coords, lacking, axis=0)).all()
+    sp = e.settings["species"]
+    ok = np.ones(ds.n_stars, bool)
+    ok[lacking] = False
+    isc = d2.is_cluster
+    model = RSCA().fit(
+        d2.abundances(sp)[ok & ~isc], d2.abundances(sp)[ok & isc], d2.stars["cluster"].to_numpy(object)[ok & isc]
+    )
+    assert np.allclose(e.coords[ok], model.transform(d2.abundances(sp)[ok]), rtol=1e-10, atol=1e-10)
+    got = e.siblings(0, n=ds.n_stars)
+    assert len(got) == ds.n_stars - 1 - len(lacking) and not set(lacking) & set(got.index)
+    rows, d = brute_force(np.where(ok[:, None], e.coords, 1e100), 0, 25)
+    assert e.siblings(0, n=25).index.tolist() == rows.tolist()
+    with pytest.raises(ValueError, match="has no RSCA coordinates"):
+        e.siblings(int(lacking[1]))
 
 
 def test_abundance_embedding_has_no_compression_and_cannot_project(ds):
