@@ -604,6 +604,8 @@ def embed(
     clusters=None,
     top_n: int | None = None,
     seed: int = 0,
+    *,
+    compression=None,
 ) -> Embedding:
     """Fit the RSCA map on a bundle's clusters (no cross-validation) and place every star in RSCA space.
 
@@ -622,6 +624,9 @@ def embed(
         Keep the ``top_n`` most discriminative axes.
     seed : int
         Compression seed.
+    compression : Compression, optional
+        Use this compression of the dataset's spectra instead of ``dataset.compress(k, seed)``
+        (e.g. one the caller already holds); its K is then the embedding's.
 
     Returns
     -------
@@ -648,7 +653,10 @@ def embed(
     from .rsca import RSCA
 
     ds = dataset if isinstance(dataset, Dataset) else Dataset.load(dataset)
-    compression = ds.compress(k, seed=seed) if input == "spectra" else None
+    if input != "spectra":
+        compression = None
+    elif compression is None:
+        compression = ds.compress(k, seed=seed)
     # the fit: exactly the inputs ``evaluate`` builds (Dataset.rate_inputs), on the training clusters
     inputs = ds.rate_inputs(input, k=k, seed=seed, species=species, clusters=clusters, compression=compression)
     model = RSCA(top_n=top_n).fit(inputs.z_pop, inputs.z_clust, inputs.cluster_ids)
@@ -669,7 +677,7 @@ def embed(
         "species": inputs.description.get("species"),
         "clusters": training,
         "top_n": top_n,
-        "seed": int(seed),
+        "seed": int(compression.seed if compression is not None else seed),
         "kind": ds.label,
         "simulated": bool(ds.is_simulated),
         "dataset": ds.name,

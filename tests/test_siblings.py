@@ -181,6 +181,16 @@ def test_embed_on_a_subset_of_clusters_with_top_n(ds):
         embed(ds, k=K, clusters=["NGC_0000"])
 
 
+def test_embed_with_a_given_compression(ds):
+    comp = ds.compress(K, seed=0).truncate(3)
+    e = embed(ds, compression=comp)
+    Z = comp.scores
+    isc = ds.is_cluster
+    model = RSCA().fit(Z[~isc], Z[isc], ds.stars["cluster"].to_numpy(object)[isc])
+    assert np.allclose(e.coords, model.transform(Z), rtol=1e-10, atol=1e-10)
+    assert e.compression is comp and e.settings["k"] == 3 and e.n_axes == 3
+
+
 def test_stars_lacking_an_abundance_have_no_coordinates_and_are_never_siblings(ds):
     from rsca_core.constants import MISSING_VALUE
 
