@@ -551,10 +551,12 @@ class Embedding:
         Expected chance doppelgangers: the leave-one-cluster-out rate r (:meth:`loo_rate`, with the
         pair filter exactly when the search uses it) is the fraction of (member, field star) pairs
         closer than the median intra-cluster distance under a map that never saw the cluster, i.e.
-        the probability that an unrelated field star lands within that distance of a member. Taking it as the probability that an unrelated field star
-        becomes a candidate, ``expected_chance = r × n_searched`` (binomial sd
-        ``sqrt(n_searched · r · (1 − r))``). Candidates well beyond that count are what chance does
-        not explain.
+        the probability that an unrelated field star lands within that distance of a member. Taken
+        as the probability that an unrelated field star becomes a candidate, it gives
+        ``expected_chance = r × n_searched`` (binomial sd ``sqrt(n_searched · r · (1 − r))``): the
+        count chance alone gives a cluster the map has not learned (the embedding's own map was
+        fitted with the cluster, whose pairs are therefore in-sample). Candidates well beyond that
+        count are what chance does not explain.
         """
         name = str(cluster).strip()
         members = np.flatnonzero((self.cluster == name) & self.valid)
