@@ -17,6 +17,23 @@ SIBLING_COLOUR = "#c0392b"
 CHOSEN_COLOUR = "#1f77b4"
 NEW_COLOUR = "#2e7d32"
 DENSITY_BINS = 70
+DENSITY_SCALE = [[0.0, "rgba(255,255,255,0)"], [0.05, "#e6e6e6"], [1.0, "#333333"]]
+#: Axis ranges cover this share of all stars (and every marked star): outliers do not squeeze the view.
+RANGE_PERCENTILES = (0.5, 99.5)
+
+
+def _range(values, marked):
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    m = np.asarray(marked, float)
+    m = m[np.isfinite(m)]
+    if not len(v):
+        return None
+    lo, hi = np.percentile(v, RANGE_PERCENTILES)
+    if len(m):
+        lo, hi = min(lo, m.min()), max(hi, m.max())
+    pad = 0.05 * (hi - lo or 1.0)
+    return [float(lo - pad), float(hi + pad)]
 
 
 def _density(x, y, bins=DENSITY_BINS):
@@ -32,12 +49,16 @@ def _density(x, y, bins=DENSITY_BINS):
     }
 
 
-def features_vs_feh(coords, fe_h, label, star=None, siblings=(), chosen=None, new_points=None, n_features=3):
-    """Top RSCA features vs [Fe/H]: every star as a grey density, the siblings in red, the chosen
-    sibling in blue, the star as a gold star and projected new stars (``new_points``: dict with
-    ``coords``, ``fe_h`` (may be NaN) and ``names``) in green.
+def features_vs_feh(
+    coords, fe_h, label, star=None, siblings=(), chosen=None, new_points=None, members=None, n_features=3
+):
+    """Top RSCA features vs [Fe/H]: every star as a grey density, the siblings (or candidates) in
+    red, the chosen one in blue, the star as a gold star, a cluster's ``members`` as gold circles and
+    projected new stars (``new_points``: dict with ``coords``, ``fe_h`` and ``names``) as green
+    crosses, drawn at their siblings' median [Fe/H] (their own is not known).
 
-    ``star``: (row, apogee_id) or None; ``siblings``: (rows, apogee_ids).
+    ``star``, ``chosen``: (row, apogee_id) or None; ``siblings``, ``members``: (rows, apogee_ids).
+    Marker hover texts are the stars' APOGEE_IDs (the page reads clicks from them).
     """
     n = min(n_features, coords.shape[1])
     fig = make_subplots(
@@ -57,13 +78,19 @@ def features_vs_feh(coords, fe_h, label, star=None, siblings=(), chosen=None, ne
         d = _density(np.asarray(fe_h, float), coords[:, i])
         if d is not None:
             traces.append(
-                {"type": "heatmap", **d, "colorscale": "Greys", "showscale": False, "hoverinfo": "skip"}
+                {"type": "heatmap", **d, "colorscale": DENSITY_SCALE, "showscale": False, "hoverinfo": "skip"}
                 | {"name": "all stars", "xaxis": xa, "yaxis": ya}
             )
         if len(sib_rows):
             traces.append(
                 _markers(fe_h[sib_rows], coords[sib_rows, i], list(sib_ids), "siblings", SIBLING_COLOUR, 7, xa, ya)
-                | {"showlegend": first, "legendgroup": "sib", "customdata": list(sib_ids)}
+                | {"showlegend": first, "legendgroup": "sib"}
+            )
+        if members is not None and len(members[0]):
+            m_rows = np.asarray(members[0], dtype=int)
+            traces.append(
+                _markers(fe_h[m_rows], coords[m_rows, i], list(members[1]), "cluster members", STAR_COLOUR, 9, xa, ya)
+                | {"showlegend": first, "legendgroup": "members"}
             )
         if chosen is not None:
             r, name = chosen
@@ -83,7 +110,7 @@ def features_vs_feh(coords, fe_h, label, star=None, siblings=(), chosen=None, ne
                     new_points["fe_h"],
                     new_points["coords"][:, i],
                     new_points["names"],
-                    "uploaded",
+                    "uploaded (at its siblings' median [Fe/H])",
                     NEW_COLOUR,
                     13,
                     xa,
@@ -92,6 +119,19 @@ def features_vs_feh(coords, fe_h, label, star=None, siblings=(), chosen=None, ne
                 | {"showlegend": first, "legendgroup": "new", "marker": _marker(NEW_COLOUR, 13, "x")}
             )
     out["data"] = traces
+    marked = np.concatenate(
+        [
+            np.asarray(r, dtype=int)
+            for r in (sib_rows, [] if star is None else [star[0]], [] if chosen is None else [chosen[0]])
+        ]
+        + ([np.asarray(members[0], dtype=int)] if members is not None else [])
+    )
+    for i in range(n):
+        key = "yaxis" if i == 0 else f"yaxis{i + 1}"
+        extra = [] if new_points is None or not len(new_points["names"]) else list(new_points["coords"][:, i])
+        rng = _range(coords[:, i], list(coords[marked, i]) + extra)
+        if rng is not None:
+            out["layout"].setdefault(key, {})["range"] = rng
     return out
 
 
@@ -126,7 +166,7 @@ def spectrum_pair(wave, star, other, label, lines=()):
     fig.update_yaxes(title_text="normalised flux", row=1, col=1)
     fig.update_yaxes(title_text="difference", row=2, col=1)
     fig.update_xaxes(title_text="wavelength (Å)", row=2, col=1)
-    fig.update_layout(legend={"orientation": "h", "y": 1.08, "x": 1, "xanchor": "right"}, hovermode="x")
+    fig.update_layout(legend={"orientation": "h", "y": -0.18, "x": 0}, hovermode="x", margin={"t": 75})
     wave = np.asarray(wave, float)
 
     def masked(flux, mask):
@@ -136,57 +176,50 @@ def spectrum_pair(wave, star, other, label, lines=()):
 
     fs = masked(star["flux"], star["mask"])
     fig.add_trace(
-        go.Scattergl(x=wave, y=fs, mode="lines", name=star["name"], line={"color": STAR_COLOUR, "width": 1}),
+        go.Scatter(x=wave, y=fs, mode="lines", name=star["name"], line={"color": STAR_COLOUR, "width": 1}),
         row=1,
         col=1,
     )
     if other is not None:
         fo = masked(other["flux"], other["mask"])
         fig.add_trace(
-            go.Scattergl(x=wave, y=fo, mode="lines", name=other["name"], line={"color": CHOSEN_COLOUR, "width": 1}),
+            go.Scatter(x=wave, y=fo, mode="lines", name=other["name"], line={"color": CHOSEN_COLOUR, "width": 1}),
             row=1,
             col=1,
         )
         fig.add_trace(
-            go.Scattergl(
+            go.Scatter(
                 x=wave, y=fs - fo, mode="lines", name="difference", line={"color": "#555", "width": 1}, showlegend=False
             ),
             row=2,
             col=1,
         )
-    finite = np.isfinite(fs)
-    if finite.any():
-        top = float(np.nanmax(fs))
-        shapes, xs, ys, texts = [], [], [], []
-        for w, element in lines:
-            shapes.append(
-                {
-                    "type": "line",
-                    "xref": "x",
-                    "yref": "paper",
-                    "x0": w,
-                    "x1": w,
-                    "y0": 0,
-                    "y1": 1,
-                    "line": {"color": "rgba(120,120,200,0.35)", "width": 1},
-                }
-            )
-            xs.append(w)
-            ys.append(top)
-            texts.append(element)
-        fig.update_layout(shapes=shapes)
-        fig.add_trace(
-            go.Scatter(
-                x=xs,
-                y=ys,
-                mode="text",
-                text=texts,
-                textposition="top center",
-                textfont={"size": 9, "color": "#4a4aa0"},
-                name="element lines",
-                hovertemplate="%{text} %{x:.1f} Å<extra></extra>",
-            ),
-            row=1,
-            col=1,
+    shapes, notes = [], []
+    for w, element in lines:
+        shapes.append(
+            {
+                "type": "line",
+                "xref": "x",
+                "yref": "paper",
+                "x0": w,
+                "x1": w,
+                "y0": 0,
+                "y1": 1,
+                "line": {"color": "rgba(120,120,200,0.3)", "width": 1},
+            }
         )
+        notes.append(
+            {
+                "x": w,
+                "y": 1.0,
+                "xref": "x",
+                "yref": "paper",
+                "yanchor": "bottom",
+                "text": element,
+                "showarrow": False,
+                "textangle": -90,
+                "font": {"size": 8, "color": "#4a4aa0"},
+            }
+        )
+    fig.update_layout(shapes=shapes, annotations=list(fig.layout.annotations) + notes)
     return fig

@@ -1,0 +1,196 @@
+"""Data of the Siblings page: ``rsca_core.siblings`` on the dashboard's datasets and compressions.
+
+Datasets, settings, compressions and error messages come from :mod:`pages._service`; this module
+adds the embedding of a dataset (cached per process, a few at most: an embedding of the paper-sized
+survey holds ~80 MB) and turns uploads into projected stars.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import _service as service
+
+#: Uploads: at most this many files per upload, each at most this many bytes (an aspcapStar file
+#: of DR16 is ~0.4 MB).
+MAX_UPLOAD_FILES = 10
+MAX_UPLOAD_BYTES = 4 * 1024 * 1024
+#: Siblings listed for a projected star.
+UPLOAD_SIBLINGS = 10
+#: Star ids offered by the type-ahead search.
+MAX_OPTIONS = 40
+#: Element lines marked on the spectra: each element's strongest lines of the simulator's line list.
+LINES_PER_ELEMENT = 3
+
+
+def _settings_key(s) -> tuple:
+    return (s.ds, service.uid(s.ds), s.input, int(s.k), tuple(s.species) if s.input == "subset" else ())
+
+
+@functools.lru_cache(maxsize=3)
+def _embedding(key: tuple):
+    from rsca_core.siblings import embed
+
+    ds_key, _uid, input_, k, species = key
+    ds = service.load(ds_key)
+    comp = service.compression(ds_key, k) if input_ == "spectra" else None
+    try:
+        return embed(ds, k=k, input=input_, species=list(species) or None, compression=comp)
+    except ValueError as exc:
+        raise service.UserError(str(exc)) from None
+
+
+def embedding(s):
+    """The Embedding of the settings' dataset and representation (map fitted on all clusters)."""
+    return _embedding(_settings_key(s))
+
+
+def star_options(key, search: str | None, current: str | None = None) -> list[dict]:
+    """Up to MAX_OPTIONS star ids of dataset ``key`` containing ``search`` (case-insensitive), ``current`` first."""
+    ds = service.load(key)
+    ids = ds.stars["apogee_id"].astype(str)
+    out = []
+    if current:
+        out.append(current)
+    if search:
+        hits = ids[ids.str.contains(str(search).strip(), case=False, regex=False)].head(MAX_OPTIONS)
+    else:
+        hits = ids.head(MAX_OPTIONS)
+    clusters = ds.stars["cluster"].astype(str)
+    seen = set(out)
+    opts = [{"label": _star_label(current, clusters[ids == current]), "value": current}] if current else []
+    for sid in hits:
+        if sid not in seen:
+            seen.add(sid)
+            opts.append({"label": _star_label(sid, clusters[ids == sid]), "value": sid})
+    return opts
+
+
+def _star_label(sid, cluster_values) -> str:
+    cl = str(cluster_values.iloc[0]) if len(cluster_values) else ""
+    return f"{sid} ({cl})" if cl else sid
+
+
+def default_star(key) -> str:
+    """A member of dataset ``key``'s largest cluster: a star with known siblings."""
+    ds = service.load(key)
+    sizes = ds.cluster_sizes()
+    if len(sizes):
+        name = sizes.idxmax()
+        return str(ds.stars.loc[ds.stars["cluster"] == name, "apogee_id"].iloc[0])
+    return str(ds.stars["apogee_id"].iloc[0])
+
+
+def star_info(s, star: str) -> dict:
+    ds = service.load(s.ds)
+    emb = embedding(s)
+    row = emb.index_of(star)
+    st = ds.stars.iloc[row]
+    return {
+        "row": row,
+        "apogee_id": str(st["apogee_id"]),
+        "cluster": str(st["cluster"]),
+        "teff": float(st["teff"]),
+        "logg": float(st["logg"]),
+        "fe_h": float(st["fe_h"]),
+        "vhelio_avg": float(st["vhelio_avg"]),
+        "ak_targ": float(st["ak_targ"]),
+    }
+
+
+def spectrum(s, row: int) -> dict:
+    ds = service.load(s.ds)
+    return {
+        "name": str(ds.stars["apogee_id"].iloc[row]),
+        "flux": np.asarray(ds.spectra[row], float),
+        "mask": np.asarray(ds.mask[row], bool),
+    }
+
+
+def fe_h(s) -> np.ndarray:
+    """[Fe/H] of every star (NaN where not measured)."""
+    return service.load(s.ds).stars["fe_h"].to_numpy(dtype=float)
+
+
+def wavelength(s) -> np.ndarray:
+    return np.asarray(service.load(s.ds).wavelength, float)
+
+
+@functools.lru_cache(maxsize=1)
+def element_lines() -> tuple:
+    """(wavelength Å, element) of each element's LINES_PER_ELEMENT strongest atomic lines."""
+    from rsca_core.simulate import line_list
+
+    ll = line_list()
+    atomic = np.flatnonzero(ll.kind == "atomic")
+    out = []
+    for el in sorted(set(ll.species[atomic])):
+        rows = atomic[ll.species[atomic] == el]
+        top = rows[np.argsort(-ll.log_tau[rows], kind="stable")[:LINES_PER_ELEMENT]]
+        out += [(float(ll.wave[r]), str(el)) for r in top]
+    return tuple(sorted(out))
+
+
+def siblings_csv(table: pd.DataFrame, s, star: str, label: str) -> str:
+    """The siblings table as CSV, with a header line saying what it is (and that it is simulated)."""
+    head = f"# siblings of {star} in {s.ds} ({label} data), input {s.input}, K {s.k}\n"
+    return head + table.reset_index().to_csv(index=False)
+
+
+def decode_uploads(contents, names) -> tuple[list[tuple[str, bytes]], list[str]]:
+    """(name, bytes) of the uploaded files within the caps, and a message per refused file."""
+    contents = contents or []
+    names = names or [f"file {i + 1}" for i in range(len(contents))]
+    problems, files = [], []
+    if len(contents) > MAX_UPLOAD_FILES:
+        problems.append(f"{len(contents)} files uploaded: only the first {MAX_UPLOAD_FILES} are read")
+    for name, content in list(zip(names, contents))[:MAX_UPLOAD_FILES]:
+        try:
+            data = base64.b64decode(str(content).split(",", 1)[1], validate=False)
+        except (IndexError, ValueError):
+            problems.append(f"{name}: could not be decoded")
+            continue
+        if len(data) > MAX_UPLOAD_BYTES:
+            problems.append(f"{name}: {len(data) / 1e6:.1f} MB is over the {MAX_UPLOAD_BYTES / 1e6:.0f} MB limit")
+            continue
+        files.append((str(name), data))
+    return files, problems
+
+
+def project_uploads(s, files: list[tuple[str, bytes]]) -> tuple[list[dict], list[str]]:
+    """Each readable aspcapStar file projected into the embedding, with its nearest siblings.
+
+    Returns (results, problems): a result has ``name``, ``coords`` and ``siblings`` (a DataFrame);
+    a file that cannot be read gives one message naming it.
+    """
+    from rsca_core.siblings import project, read_spectra_files
+
+    emb = embedding(s)
+    if emb.compression is None:
+        raise service.UserError("uploaded spectra are placed in RSCA space of spectra: choose input = spectra")
+    results, problems = [], []
+    with tempfile.TemporaryDirectory(prefix="rsca-upload-") as tmp:
+        for i, (name, data) in enumerate(files):
+            path = Path(tmp) / f"{i:02d}-{Path(name).name or 'upload.fits'}"
+            path.write_bytes(data)
+            try:
+                _ids, flux, mask = read_spectra_files([path], emb.dataset)
+                xy = project(emb, flux, mask)[0]
+            except (ValueError, OSError) as exc:
+                problems.append(str(exc).replace(str(path), name))
+                continue
+            results.append(
+                {
+                    "name": name,
+                    "coords": xy,
+                    "siblings": emb.siblings_of_point(xy, n=UPLOAD_SIBLINGS),
+                    "spectrum": {"name": name, "flux": flux[0], "mask": mask[0]},
+                }
+            )
+    return results, problems
