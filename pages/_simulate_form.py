@@ -42,7 +42,7 @@ def simulate_card():
             [
                 html.Div("Build a simulated survey", className="fw-semibold mb-1"),
                 html.P(
-                    f"Writes a new bundle into {service.data_dir()} (it then appears in every dataset menu). "
+                    "Writes a new bundle into the data folder (it then appears in every dataset menu). "
                     "Runs in the background; you can keep using the other pages.",
                     className="small text-muted",
                 ),

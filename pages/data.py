@@ -21,7 +21,7 @@ def layout(**query):
     s, problems = service.settings_from_query({k: v for k, v in query.items() if k == "ds"})
     extra = sorted(set(query) - {"ds"})
     if extra:
-        problems.append(f"URL parameter(s) {', '.join(service._short(e, 20) for e in extra[:5])} not used on this page")
+        problems.append(f"URL parameter(s) {', '.join(service.short(e, 20) for e in extra[:5])} not used on this page")
     try:
         choices = service.dataset_choices()
     except Exception:
@@ -118,7 +118,7 @@ def info_view(o):
             ("pixels per spectrum", f"{s['n_pixels']:,}"),
             ("missing pixels (first 2000 stars)", f"{100 * s['missing_fraction']:.2f} %"),
             ("uid", s["uid"]),
-            ("folder", o["path"]),
+            ("folder", o["folder"]),
         ],
         columns=["", "value"],
     )

@@ -67,7 +67,7 @@ def layout(**query):
     step = 1
     if query.get("step") is not None:
         try:
-            step = service.parse_int(service._one(query["step"]), "step", 1, 4)
+            step = service.parse_int(service.one(query["step"]), "step", 1, 4)
         except service.UserError as exc:
             problems.append(f"URL parameter step: {exc}; using step 1")
     return html.Div(

@@ -345,7 +345,9 @@ def fig_distance_histograms(
     for c, i in panels:
         r = info.loc[(i, c)] if (i, c) in info.index else None
         rate = "n/a" if r is None or pd.isna(r["rate"]) else f"{r['rate']:.3f}"
-        titles.append(f"{c} · {short.get(i, i)} · rate {rate}")
+        n = f" (n={int(r['n_stars'])})" if r is not None and "n_stars" in r and pd.notna(r["n_stars"]) else ""
+        what = f" · {short.get(i, i)}" if len(inputs) > 1 else ""
+        titles.append(f"{c}{n}{what} · rate {rate}")
     fig = make_subplots(
         rows=nrows,
         cols=ncols,
@@ -408,6 +410,52 @@ def fig_distance_histograms(
         margin=dict(t=100, b=30),
     )
     return fig
+
+
+def distance_histogram_result(
+    per_cluster: pd.DataFrame, hists: dict, label: str, input: str = "spectra", global_rate: float | None = None
+) -> dict:
+    """The ``{"summary", "histograms", "settings"}`` dict that :func:`fig_distance_histograms` draws,
+    from one representation's per-cluster table (``cluster, n_stars, rate, median_intra``) and the
+    per-cluster histograms of :func:`rsca_core.metrics.distance_histogram` (``{"edges", "intra",
+    "inter"}``; densities are counts / (all counts × bin width), as in experiments.distance_histograms).
+
+    Examples
+    --------
+    >>> per = pd.DataFrame({"cluster": ["A"], "n_stars": [3], "rate": [0.5], "median_intra": [1.0]})
+    >>> h = {"A": {"edges": np.array([0.0, 1.0, 2.0]), "intra": np.array([2, 1]), "inter": np.array([1, 3])}}
+    >>> res = distance_histogram_result(per, h, "simulated")
+    >>> res["histograms"]["intra_density"].round(3).tolist()
+    [0.667, 0.333]
+    """
+    rows = []
+    for name in per_cluster["cluster"]:
+        h = hists.get(name)
+        if h is None:
+            continue
+        edges = np.asarray(h["edges"], float)
+        width = np.diff(edges)
+        dens = {}
+        for key in ("intra", "inter"):
+            counts = np.asarray(h[key], float)
+            dens[key] = counts / (counts.sum() * width) if counts.sum() else np.full(len(width), np.nan)
+        for b in range(len(width)):
+            rows.append(
+                {
+                    "input": input,
+                    "cluster": name,
+                    "bin": b,
+                    "left": edges[b],
+                    "right": edges[b + 1],
+                    "intra_density": dens["intra"][b],
+                    "inter_density": dens["inter"][b],
+                }
+            )
+    summary = per_cluster[["cluster", "n_stars", "rate", "median_intra"]].copy()
+    summary.insert(0, "input", input)
+    summary["global_rate"] = np.nan if global_rate is None else float(global_rate)
+    summary["label"] = label
+    return {"summary": summary, "histograms": pd.DataFrame(rows), "settings": {"label": label}}
 
 
 #: experiment name → figure function (the CLI and the dashboard use this mapping)
