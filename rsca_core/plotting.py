@@ -321,6 +321,31 @@ def fig_feature_correlations(table: pd.DataFrame, label: str | None = None) -> g
 
 
 # ---------------------------------------------------------------------------- Fig. 9/10
+def _distance_panel(fig, sub, median, row, col, legend):
+    """One cluster's panel: inter (green) and intra (blue) densities, the median intra distance dashed."""
+    if not len(sub):
+        return
+    centre = 0.5 * (sub["left"] + sub["right"])
+    width = (sub["right"] - sub["left"]).to_numpy()
+    for column, colour, name, group in (
+        ("inter_density", GREEN, "inter-cluster (member, field star)", "inter"),
+        ("intra_density", BLUE, "intra-cluster (member pairs)", "intra"),
+    ):
+        bar = go.Bar(
+            x=centre,
+            y=sub[column],
+            width=width,
+            marker_color=colour,
+            opacity=0.6,
+            name=name,
+            showlegend=legend,
+            legendgroup=group,
+        )
+        fig.add_trace(bar, row=row, col=col)
+    if pd.notna(median):
+        fig.add_vline(x=float(median), line=dict(color="black", dash="dash", width=1), row=row, col=col)
+
+
 def fig_distance_histograms(
     result: dict, label: str | None = None, inputs=None, ncols: int = 4, panel_height: int = 135, panel_width: int = 225
 ) -> go.Figure:
@@ -356,43 +381,8 @@ def fig_distance_histograms(
         vertical_spacing=min(0.08, 0.35 / nrows),
     )
     for n, (c, i) in enumerate(panels):
-        row, col = n // ncols + 1, n % ncols + 1
-        sub = h[(h["cluster"] == c) & (h["input"] == i)]
-        if not len(sub):
-            continue
-        centre = 0.5 * (sub["left"] + sub["right"])
-        width = (sub["right"] - sub["left"]).to_numpy()
-        fig.add_trace(
-            go.Bar(
-                x=centre,
-                y=sub["inter_density"],
-                width=width,
-                marker_color=GREEN,
-                opacity=0.6,
-                name="inter-cluster (member, field star)",
-                showlegend=n == 0,
-                legendgroup="inter",
-            ),
-            row=row,
-            col=col,
-        )
-        fig.add_trace(
-            go.Bar(
-                x=centre,
-                y=sub["intra_density"],
-                width=width,
-                marker_color=BLUE,
-                opacity=0.6,
-                name="intra-cluster (member pairs)",
-                showlegend=n == 0,
-                legendgroup="intra",
-            ),
-            row=row,
-            col=col,
-        )
         med = info.loc[(i, c), "median_intra"] if (i, c) in info.index else np.nan
-        if pd.notna(med):
-            fig.add_vline(x=float(med), line=dict(color="black", dash="dash", width=1), row=row, col=col)
+        _distance_panel(fig, h[(h["cluster"] == c) & (h["input"] == i)], med, n // ncols + 1, n % ncols + 1, n == 0)
     fig.update_layout(barmode="overlay", bargap=0)
     fig.update_annotations(font_size=10)
     fig.update_xaxes(showticklabels=True, tickfont_size=8)

@@ -23,6 +23,7 @@ INPUT_LABELS = {"spectra": "spectra (PCA)", "abundances": "all 21 abundances", "
 MAX_PARAM_CHARS = 2000
 ALL = "__all__"  # "every cluster" for pages without a cluster selector
 N_PIXELS = 8575
+MAX_MASK_RANGES = 40  # extra masked pixel ranges one view may ask for
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,8 @@ def parse_mask(value) -> tuple:
         parts = list(value)
     else:
         raise UserError("pixel ranges must look like START-STOP, START-STOP")
+    if len(parts) > MAX_MASK_RANGES:
+        raise UserError(f"at most {MAX_MASK_RANGES} pixel ranges, not {len(parts)}")
     out = []
     for p in parts:
         try:
