@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 
-from .constants import PAPER_SUBSET, SPECIES, canonical_species
+from .constants import PAPER_RESULTS, PAPER_SUBSET, SPECIES, canonical_species
 
 
 def positive_int(text):
@@ -91,8 +91,8 @@ def cmd_evaluate(args) -> int:
         rate = "   undef" if np.isnan(r.rate) else f"{r.rate:8.4f}"
         print(f"  {r.cluster:<{w}} {r.n_stars:>4} {rate} {r.n_inter_pairs:>8}")
     print(
-        f"  global rate: {res.global_rate:.4f}   (paper, APOGEE DR16: 0.020 for spectra at K=30, "
-        f"0.023 for the best abundance subset)"
+        f"  global rate: {res.global_rate:.4f}   (paper, APOGEE DR16: {PAPER_RESULTS['spectra_k30']:.3f} for spectra "
+        f"at K=30, {PAPER_RESULTS['abundance_subset']:.3f} for the best abundance subset)"
     )
     return 0
 

@@ -52,15 +52,17 @@ from __future__ import annotations
 import sys
 import warnings
 import weakref
+from collections import OrderedDict
 
 import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
+from ._folds import PairFilter, fold_rate
 from .constants import MAX_DAK, MAX_DVHELIO, PAPER_RESULTS, PAPER_SUBSET, SPECIES, canonical_species
 from .dataset import Compression, Dataset, RateInputs
-from .metrics import _fold_rate, _PairFilter, distance_histogram, doppelganger_rates, global_rate
+from .metrics import distance_histogram, doppelganger_rates, global_rate
 from .rsca import RSCA, VARIANTS, ClusterStats, check_cluster_ids, group_indices
 
 DEFAULT_KS = (5, 10, 15, 20, 25, 30, 40, 50, 60)
@@ -79,7 +81,10 @@ PAPER_ABLATION = {
     ("subset", "transformed"): PAPER_RESULTS["abundance_subset"],
 }
 
-_MEMO: weakref.WeakKeyDictionary[Dataset, dict] = weakref.WeakKeyDictionary()
+#: Compressions kept in memory per Dataset object (least recently used dropped first; the disk cache
+#: beside a bundle keeps the rest).
+MEMO_SIZE = 8
+_MEMO: weakref.WeakKeyDictionary[Dataset, OrderedDict] = weakref.WeakKeyDictionary()
 
 
 # ---------------------------------------------------------------------------- small helpers
@@ -136,7 +141,8 @@ def _species(species):
 def compression(
     ds: Dataset, k: int, seed: int = 0, truncate_from: int | None = None, extra_mask_ranges=(), progress: bool = False
 ) -> Compression:
-    """The compression of every star at ``k``, memoised per Dataset object (on top of the disk cache).
+    """The compression of every star at ``k``, memoised per Dataset object (the last ``MEMO_SIZE``;
+    on top of the disk cache).
 
     ``truncate_from=None``: the exact K=k compression. ``truncate_from=K_max ≥ k``: the leading k
     components of the K_max compression (see the module docstring for what that means).
@@ -144,9 +150,13 @@ def compression(
     k = int(k)
     src = k if truncate_from is None or int(truncate_from) < k else int(truncate_from)
     key = (src, int(seed), ds.mask_key(extra_mask_ranges))
-    memo = _MEMO.setdefault(ds, {})
-    if key not in memo:
+    memo = _MEMO.setdefault(ds, OrderedDict())
+    if key in memo:
+        memo.move_to_end(key)
+    else:
         memo[key] = ds.compress(src, seed=int(seed), extra_mask_ranges=extra_mask_ranges, progress=progress)
+        while len(memo) > MEMO_SIZE:
+            memo.popitem(last=False)
     comp = memo[key]
     return comp if src == k else comp.truncate(k)
 
@@ -379,6 +389,8 @@ def ablation(
     (representation, variant): ``input, representation, variant, mean, std, n_runs, k, species,
     n_field, n_cluster_stars, paper, seeds, seed, label, notes``.
     Progress: ``len(variants) * (n_seeds + 2)`` units.
+
+    Over 80 lines with its docstring and the row of each (representation, variant); the loop is one idea.
     """
     _check_dataset(ds)
     sub = _species(subset)
@@ -488,6 +500,8 @@ def data_size_curve(
     Returns a DataFrame, one row per (K, m): ``k, n_train_clusters, mean_rate, std_rate`` (over
     trials), ``sem``, ``n_trials``, ``fraction_unfit``, ``seed, label``; with ``return_trials`` also
     the per-trial table. Progress: ``len(ks) * len(n_clusters) * n_trials`` units.
+
+    Over 80 lines: most of it is this docstring and the argument list.
     """
     _check_dataset(ds)
     ks = _positive_ints(ks, "ks")
@@ -536,31 +550,35 @@ def data_size_curve(
     finally:
         bar.close()
     trials = pd.DataFrame(trial_rows)
-    summary = []
-    for (k, m), grp in trials.groupby(["k", "n_train_clusters"], sort=True):
-        vals = grp["global_rate"].to_numpy(float)
-        fin = vals[np.isfinite(vals)]
-        summary.append(
-            {
-                "k": int(k),
-                "n_train_clusters": int(m),
-                "mean_rate": float(fin.mean()) if len(fin) else np.nan,
-                "std_rate": float(fin.std(ddof=1)) if len(fin) > 1 else np.nan,
-                "sem": float(fin.std(ddof=1) / np.sqrt(len(fin))) if len(fin) > 1 else np.nan,
-                "n_trials": int(len(fin)),
-                "fraction_unfit": float(grp["n_unfit"].sum() / grp["n_evaluated"].sum()),
-                "n_clusters_total": len(usable),
-                "variant": variant,
-                "compression": _compression_note(k, truncate_from),
-                "seed": int(seed),
-                "label": ds.label,
-            }
-        )
+    summary = [
+        _data_size_row(int(k), int(m), grp, len(usable), variant, truncate_from, seed, ds.label)
+        for (k, m), grp in trials.groupby(["k", "n_train_clusters"], sort=True)
+    ]
     summary = pd.DataFrame(summary)
     if return_trials:
         trials["seed"], trials["label"] = int(seed), ds.label
         return summary, trials
     return summary
+
+
+def _data_size_row(k, m, grp, n_usable, variant, truncate_from, seed, label):
+    """One point of the Fig. 5 curve from its trials."""
+    vals = grp["global_rate"].to_numpy(float)
+    fin = vals[np.isfinite(vals)]
+    return {
+        "k": k,
+        "n_train_clusters": m,
+        "mean_rate": float(fin.mean()) if len(fin) else np.nan,
+        "std_rate": float(fin.std(ddof=1)) if len(fin) > 1 else np.nan,
+        "sem": float(fin.std(ddof=1) / np.sqrt(len(fin))) if len(fin) > 1 else np.nan,
+        "n_trials": int(len(fin)),
+        "fraction_unfit": float(grp["n_unfit"].sum() / grp["n_evaluated"].sum()),
+        "n_clusters_total": n_usable,
+        "variant": variant,
+        "compression": _compression_note(k, truncate_from),
+        "seed": int(seed),
+        "label": label,
+    }
 
 
 def _data_size_trials(
@@ -586,7 +604,7 @@ def _data_size_trials(
         mean, sphere = est.fit_population(inp.z_pop)
         S_cl = (inp.z_clust - mean) @ sphere.T
         stats = ClusterStats(S_cl, groups)
-        pf = _PairFilter(inp.pop_vhelio, inp.pop_ak, max_dvhelio, max_dak)
+        pf = PairFilter(inp.pop_vhelio, inp.pop_ak, max_dvhelio, max_dak)
         cand = {}
         for c in usable:
             idx = groups[c]
@@ -603,7 +621,7 @@ def _data_size_trials(
                         continue
                     idx = groups[c]
                     Zf, ok = cand[c]
-                    rate, _, n_pairs, _, _ = _fold_rate(geom.matrix(), S_cl[idx], Zf, sphere, ok, False)
+                    rate, _, n_pairs, _, _ = fold_rate(geom.matrix(), S_cl[idx], Zf, sphere, ok, False)
                     if n_pairs:
                         rates.append(rate)
                         weights.append(len(idx))
@@ -653,6 +671,8 @@ def feature_relations(
     The paper plots features 1–3 against [Fe/H] and feature 4 (its example of a radial-velocity
     trend) against VHELIO_AVG. ``vhelio_feature=None`` picks, among features n_features + 1 …
     n_correlated, the one most correlated (|Pearson r|) with VHELIO_AVG over the field.
+
+    Over 80 lines: most of it is this docstring.
     """
     _check_dataset(ds)
     n_features, n_correlated = _positive_ints([n_features, n_correlated], "feature counts")
@@ -664,7 +684,8 @@ def feature_relations(
     n_corr = min(k, max(n_correlated, m))
     z = compression_scores(ds, k, seed, truncate_from, extra_mask_ranges)
     isc = ds.is_cluster
-    est = RSCA().fit(z[~isc], z[isc], ds.stars["cluster"].to_numpy(dtype=object)[isc])
+    inp = representation(ds, "spectra", k, seed, truncate_from=truncate_from, extra_mask_ranges=extra_mask_ranges)
+    est = RSCA().fit(inp.z_pop, inp.z_clust, inp.cluster_ids)
     Y = est.transform(z, top_n=n_corr)
     st = ds.stars
     field = ~isc
@@ -688,27 +709,7 @@ def feature_relations(
         stars[f"feature_{i + 1}"] = Y[:, i]
     stars["label"], stars["seed"] = ds.label, int(seed)
 
-    labels = [c for c in CORRELATION_LABELS if c in st.columns]
-    L = st.loc[field, labels].to_numpy(dtype=float, copy=True)
-    L[L <= -9999] = np.nan
-    Yf = Y[field]
-    rows = []
-    complete = np.isfinite(L).all(axis=1)
-    design = np.column_stack([np.ones(complete.sum()), L[complete]])
-    for i in range(n_corr):
-        row = {"feature": f"feature_{i + 1}", "axis": i + 1, "scale": float(est.scales_[i])}
-        for j, lab in enumerate(labels):
-            ok = np.isfinite(L[:, j])
-            x, y = L[ok, j], Yf[ok, i]
-            row[lab] = float(np.corrcoef(x, y)[0, 1]) if ok.sum() > 2 and x.std() > 0 and y.std() > 0 else np.nan
-        y = Yf[complete, i]
-        if len(y) > design.shape[1]:
-            coef, *_ = np.linalg.lstsq(design, y, rcond=None)
-            resid = y - design @ coef
-            row["r2_all_labels"] = float(1 - resid.var() / y.var()) if y.var() > 0 else np.nan
-        else:
-            row["r2_all_labels"] = np.nan
-        rows.append(row)
+    rows = _label_correlations(Y[field], st.loc[field], est.scales_, n_corr)
     corr = pd.DataFrame(rows)
     corr["seed"], corr["label"] = int(seed), ds.label
     return {
@@ -727,7 +728,54 @@ def feature_relations(
     }
 
 
+def _label_correlations(Yf, field_stars, scales, n_corr):
+    """Rows of the Fig. 3 correlation table: Pearson r of each feature with each observed label over
+    the field, and the R² of a linear fit of the feature on all labels together."""
+    labels = [c for c in CORRELATION_LABELS if c in field_stars.columns]
+    L = field_stars[labels].to_numpy(dtype=float, copy=True)
+    L[L <= -9999] = np.nan
+    rows = []
+    complete = np.isfinite(L).all(axis=1)
+    design = np.column_stack([np.ones(complete.sum()), L[complete]])
+    for i in range(n_corr):
+        row = {"feature": f"feature_{i + 1}", "axis": i + 1, "scale": float(scales[i])}
+        for j, lab in enumerate(labels):
+            ok = np.isfinite(L[:, j])
+            x, y = L[ok, j], Yf[ok, i]
+            row[lab] = float(np.corrcoef(x, y)[0, 1]) if ok.sum() > 2 and x.std() > 0 and y.std() > 0 else np.nan
+        y = Yf[complete, i]
+        if len(y) > design.shape[1]:
+            coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+            resid = y - design @ coef
+            row["r2_all_labels"] = float(1 - resid.var() / y.var()) if y.var() > 0 else np.nan
+        else:
+            row["r2_all_labels"] = np.nan
+        rows.append(row)
+    return rows
+
+
 # ---------------------------------------------------------------------------- Fig. 9/10
+def _histogram_rows(inp_name, cluster, intra, inter, bins):
+    """Rows of the Fig. 9/10 histogram table of one cluster (counts and densities per bin)."""
+    hist = distance_histogram(intra, inter, bins)
+    edges, ci, ce = hist["edges"], hist["intra"], hist["inter"]
+    width = np.diff(edges)
+    return [
+        {
+            "input": inp_name,
+            "cluster": cluster,
+            "bin": b,
+            "left": edges[b],
+            "right": edges[b + 1],
+            "intra_count": int(ci[b]),
+            "inter_count": int(ce[b]),
+            "intra_density": ci[b] / (len(intra) * width[b]),
+            "inter_density": ce[b] / (len(inter) * width[b]) if len(inter) else np.nan,
+        }
+        for b in range(bins)
+    ]
+
+
 def distance_histograms(
     ds: Dataset,
     k: int = 30,
@@ -757,6 +805,8 @@ def distance_histograms(
     * ``"distances"``: {input: {cluster: {"intra": array, "inter": array}}} (the raw distances).
 
     Progress: ``len(inputs)`` units.
+
+    Over 80 lines: most of it is this docstring and the argument list.
     """
     _check_dataset(ds)
     bins = _positive_ints([bins], "bins")[0]
@@ -796,23 +846,7 @@ def distance_histograms(
                 )
                 if len(intra) == 0:
                     continue
-                hist = distance_histogram(intra, inter, bins)
-                edges, ci, ce = hist["edges"], hist["intra"], hist["inter"]
-                width = np.diff(edges)
-                for b in range(bins):
-                    hists.append(
-                        {
-                            "input": inp_name,
-                            "cluster": r.cluster,
-                            "bin": b,
-                            "left": edges[b],
-                            "right": edges[b + 1],
-                            "intra_count": int(ci[b]),
-                            "inter_count": int(ce[b]),
-                            "intra_density": ci[b] / (len(intra) * width[b]),
-                            "inter_density": ce[b] / (len(inter) * width[b]) if len(inter) else np.nan,
-                        }
-                    )
+                hists += _histogram_rows(inp_name, r.cluster, intra, inter, bins)
             bar.update()
     finally:
         bar.close()

@@ -7,6 +7,9 @@ Every table is checked against an independent computation: direct calls of `dopp
 import itertools
 import json
 import math
+import os
+import subprocess
+import sys
 import uuid
 
 import numpy as np
@@ -278,26 +281,36 @@ def test_bad_arguments_raise_clear_errors(ds, call, match):
 
 
 # ---------------------------------------------------------------------------- reproduce CLI
-def test_reproduce_quick_end_to_end_on_a_simulated_bundle(tmp_path):
+def test_reproduce_quick_writes_every_figure_without_plotly_or_a_browser(tmp_path):
+    """A server with no Chrome (and no plotly/kaleido at all) still gets every figure, as PNG and PDF."""
     simulate = pytest.importorskip("rsca_core.simulate")
-    from rsca_core import cli
-
     bundle = simulate.simulate(tmp_path / "sim", n_field=150, seed=1, progress=False)
     out = tmp_path / "out"
-    rc = cli.main(
-        ["reproduce", "--dataset", str(bundle), "--out", str(out), "--quick", "--k", "8", "--seed", "3", "--quiet"]
+    argv = ["reproduce", "--dataset", str(bundle), "--out", str(out), "--quick", "--k", "8", "--seed", "3", "--quiet"]
+    code = (
+        "import sys; sys.modules['plotly'] = sys.modules['kaleido'] = None; "  # importing either now fails
+        f"from rsca_core import cli; rc = cli.main({argv!r}); "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('plotly', 'kaleido') and sys.modules[m] is not None]; "
+        "sys.exit(rc or (3 if bad else 0))"
     )
-    assert rc == 0
+    env = {k: v for k, v in os.environ.items() if k != "BROWSER_PATH"} | {"PATH": "/usr/local/bin:/usr/bin:/bin"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
     doc = json.loads((out / "results.json").read_text())
     assert doc["label"] == "simulated" and doc["seed"] == 3 and doc["quick"] is True
+    assert doc["figure_warning"] is None
+    stems = EXPERIMENTS + ("features_correlations",)
     for name in EXPERIMENTS:
         csv = pd.read_csv(out / f"{name}.csv", keep_default_na=False)
         assert len(csv) and set(csv["label"]) == {"simulated"} and set(csv["seed"].astype(int)) == {3}
-        if doc["png_warning"] is None:
-            png = (out / f"{name}.png").read_bytes()
-            assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) < 400_000
+    for stem in stems:
+        png, pdf = (out / f"{stem}.png").read_bytes(), (out / f"{stem}.pdf").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and 5_000 < len(png) < 2_000_000
+        assert pdf[:5] == b"%PDF-" and pdf.rstrip().endswith(b"%%EOF")
+    assert {f for fs in doc["files"].values() for f in fs} >= {f"{s}.{x}" for s in stems for x in ("png", "pdf")}
     report = (out / "report.md").read_text()
     assert "SIMULATED" in report and "seed **3**" in report and "0.0199 ± 0.0015" in report
+    assert "![k_sweep](k_sweep.png)" in report
     # the K = 8 rate of the sweep is the direct leave-one-cluster-out rate on the cached compression
     ds = Dataset.load(bundle)
     ref = _direct(ds, ds.compress(8, seed=3).scores, cv=True).global_rate
@@ -305,19 +318,17 @@ def test_reproduce_quick_end_to_end_on_a_simulated_bundle(tmp_path):
     assert row["global_rate"] == pytest.approx(ref, rel=1e-9, abs=1e-12)
 
 
-def test_png_failure_still_writes_tables_and_report(ds, tmp_path, monkeypatch):
-    import plotly.io as pio
-
+def test_figure_failure_still_writes_tables_and_report(ds, tmp_path, monkeypatch):
     from rsca_core import experiments_cli as X
 
     def broken(*a, **k):
-        raise RuntimeError("no Chrome here")
+        raise RuntimeError("disk says no")
 
-    monkeypatch.setattr(pio, "write_images", broken)
+    monkeypatch.setattr(X, "save_figure", broken)
     settings = X.settings_for(quick=True, seed=0, k=4)
     results = X.run_experiments(ds, settings, ["k_sweep"], progress=False)
     doc = X.write_outputs(ds, results, settings, tmp_path)
-    assert "no Chrome here" in doc["png_warning"]
+    assert "disk says no" in doc["figure_warning"]
     assert (tmp_path / "k_sweep.csv").exists() and not (tmp_path / "k_sweep.png").exists()
-    assert not list(tmp_path.glob("*.tmp*"))
-    assert "no Chrome here" in (tmp_path / "report.md").read_text()
+    assert not list(tmp_path.glob("*.tmp*")) and not list(tmp_path.glob(".*"))
+    assert "disk says no" in (tmp_path / "report.md").read_text()
