@@ -34,6 +34,7 @@ NAV = (
     ("Curves", "/curves"),
     ("Systematics", "/systematics"),
     ("Inside RSCA", "/inside"),
+    ("Siblings", "/siblings"),
     ("Data", "/data"),
 )
 

@@ -11,10 +11,10 @@ import numpy as np
 from dash import Input, Output, State, callback, ctx, dash_table, dcc, html, no_update
 
 from . import _service as service
-from . import _siblings_data as data
 from . import _siblings_figures as figs
 from . import _ui as ui
 
+data = service.siblings
 dash.register_page(__name__, path="/siblings", name="Siblings", title="RSCA Lab - Siblings", order=6)
 
 P = "sb"

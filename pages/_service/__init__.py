@@ -18,7 +18,7 @@ The names below are the pages' whole vocabulary.
 
 from rsca_core.constants import PAPER_SUBSET, SPECIES
 
-from . import config
+from . import config, siblings
 from . import settings as settings_module
 from .compute import (
     STEP_NAMES,
@@ -107,6 +107,7 @@ __all__ = [
     "compression_ready",
     "compute_rates",
     "config",
+    "siblings",
     "data_dir",
     "dataset_choices",
     "distance_grid",

@@ -1,8 +1,9 @@
-"""Data of the Siblings page: ``rsca_core.siblings`` on the dashboard's datasets and compressions.
+"""The Siblings page's data: ``rsca_core.siblings`` on the app's datasets and compression.
 
-Datasets, settings, compressions and error messages come from :mod:`pages._service`; this module
-adds the embedding of a dataset (cached per process, a few at most: an embedding of the paper-sized
-survey holds ~80 MB) and turns uploads into projected stars.
+The embedding of a dataset (the RSCA map fitted on every cluster, on the leading K of the app's one
+K_FIT compression, as on the other pages) is cached per process, a few at most: one of the
+paper-sized survey holds ~80 MB and would cost more to pickle into a shared cache than to rebuild.
+Uploaded aspcapStar files are read, masked with the bundle's rule and projected by ``rsca_core``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import _service as service
+from . import config
+from .compute import compression
+from .datasets import load, uid
+from .errors import UserError
 
 #: Uploads: at most this many files per upload, each at most this many bytes (an aspcapStar file
 #: of DR16 is ~0.4 MB).
@@ -30,20 +34,20 @@ LINES_PER_ELEMENT = 3
 
 
 def _settings_key(s) -> tuple:
-    return (s.ds, service.uid(s.ds), s.input, int(s.k), tuple(s.species) if s.input == "subset" else ())
+    return (s.ds, uid(s.ds), config.k_fit(), s.input, int(s.k), tuple(s.species) if s.input == "subset" else ())
 
 
 @functools.lru_cache(maxsize=3)
 def _embedding(key: tuple):
     from rsca_core.siblings import embed
 
-    ds_key, _uid, input_, k, species = key
-    ds = service.load(ds_key)
-    comp = service.compression(ds_key, k) if input_ == "spectra" else None
+    ds_key, _uid, _k_fit, input_, k, species = key
+    ds = load(ds_key)
+    comp = compression(ds_key, k) if input_ == "spectra" else None
     try:
         return embed(ds, k=k, input=input_, species=list(species) or None, compression=comp)
     except ValueError as exc:
-        raise service.UserError(str(exc)) from None
+        raise UserError(str(exc)) from None
 
 
 def embedding(s):
@@ -53,7 +57,7 @@ def embedding(s):
 
 def star_options(key, search: str | None, current: str | None = None) -> list[dict]:
     """Up to MAX_OPTIONS star ids of dataset ``key`` containing ``search`` (case-insensitive), ``current`` first."""
-    ds = service.load(key)
+    ds = load(key)
     ids = ds.stars["apogee_id"].astype(str)
     out = []
     if current:
@@ -79,7 +83,7 @@ def _star_label(sid, cluster_values) -> str:
 
 def default_star(key) -> str:
     """A member of dataset ``key``'s largest cluster: a star with known siblings."""
-    ds = service.load(key)
+    ds = load(key)
     sizes = ds.cluster_sizes()
     if len(sizes):
         name = sizes.idxmax()
@@ -88,7 +92,7 @@ def default_star(key) -> str:
 
 
 def star_info(s, star: str) -> dict:
-    ds = service.load(s.ds)
+    ds = load(s.ds)
     emb = embedding(s)
     row = emb.index_of(star)
     st = ds.stars.iloc[row]
@@ -105,7 +109,7 @@ def star_info(s, star: str) -> dict:
 
 
 def spectrum(s, row: int) -> dict:
-    ds = service.load(s.ds)
+    ds = load(s.ds)
     return {
         "name": str(ds.stars["apogee_id"].iloc[row]),
         "flux": np.asarray(ds.spectra[row], float),
@@ -115,11 +119,11 @@ def spectrum(s, row: int) -> dict:
 
 def fe_h(s) -> np.ndarray:
     """[Fe/H] of every star (NaN where not measured)."""
-    return service.load(s.ds).stars["fe_h"].to_numpy(dtype=float)
+    return load(s.ds).stars["fe_h"].to_numpy(dtype=float)
 
 
 def wavelength(s) -> np.ndarray:
-    return np.asarray(service.load(s.ds).wavelength, float)
+    return np.asarray(load(s.ds).wavelength, float)
 
 
 @functools.lru_cache(maxsize=1)
@@ -173,7 +177,7 @@ def project_uploads(s, files: list[tuple[str, bytes]]) -> tuple[list[dict], list
 
     emb = embedding(s)
     if emb.compression is None:
-        raise service.UserError("uploaded spectra are placed in RSCA space of spectra: choose input = spectra")
+        raise UserError("uploaded spectra are placed in RSCA space of spectra: choose input = spectra")
     results, problems = [], []
     with tempfile.TemporaryDirectory(prefix="rsca-upload-") as tmp:
         for i, (name, data) in enumerate(files):
