@@ -36,21 +36,53 @@ def _range(values, marked):
     return [float(lo - pad), float(hi + pad)]
 
 
-def _density(x, y, bins=DENSITY_BINS):
+def _density(x, y, xr, yr, bins=DENSITY_BINS):
+    """log10(1 + counts) of the stars on a grid over the plotted ranges ``xr`` × ``yr``."""
     ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    if len(x) == 0:
+    if not ok.any() or xr is None or yr is None:
         return None
-    counts, xe, ye = np.histogram2d(x, y, bins=bins)
+    counts, xe, ye = np.histogram2d(x[ok], y[ok], bins=bins, range=[xr, yr])
     return {
         "x": (0.5 * (xe[1:] + xe[:-1])).round(5).tolist(),
         "y": (0.5 * (ye[1:] + ye[:-1])).round(5).tolist(),
         "z": np.round(np.log10(1 + counts.T), 4).tolist(),
+        "colorscale": DENSITY_SCALE,
+        "showscale": False,
+        "hoverinfo": "skip",
+        "type": "heatmap",
+        "name": "all stars",
     }
 
 
+def _layers(fe_h, coords, star, siblings, chosen, new_points, members, siblings_label):
+    """(legend, colour, size, symbol, [Fe/H] values, (n, axes) coordinates, names) of each marked set."""
+    out = []
+    for legend, colour, size, symbol, rows_ids in (
+        (siblings_label, SIBLING_COLOUR, 7, "circle", siblings),
+        ("cluster members", STAR_COLOUR, 9, "circle", members),
+        ("chosen", CHOSEN_COLOUR, 12, "diamond", None if chosen is None else ([chosen[0]], [chosen[1]])),
+        ("the star", STAR_COLOUR, 16, "star", None if star is None else ([star[0]], [star[1]])),
+    ):
+        if rows_ids is not None and len(rows_ids[0]):
+            rows = np.asarray(rows_ids[0], dtype=int)
+            out.append((legend, colour, size, symbol, fe_h[rows], coords[rows], list(rows_ids[1])))
+    if new_points is not None and len(new_points["names"]):
+        legend = "uploaded (at its siblings' median [Fe/H])"
+        out.append((legend, NEW_COLOUR, 13, "x", new_points["fe_h"], new_points["coords"], new_points["names"]))
+    return out
+
+
 def features_vs_feh(
-    coords, fe_h, label, star=None, siblings=(), chosen=None, new_points=None, members=None, n_features=3
+    coords,
+    fe_h,
+    label,
+    star=None,
+    siblings=None,
+    chosen=None,
+    new_points=None,
+    members=None,
+    siblings_label="siblings",
+    n_features=3,
 ):
     """Top RSCA features vs [Fe/H]: every star as a grey density, the siblings (or candidates) in
     red, the chosen one in blue, the star as a gold star, a cluster's ``members`` as gold circles and
@@ -58,9 +90,11 @@ def features_vs_feh(
     crosses, drawn at their siblings' median [Fe/H] (their own is not known).
 
     ``star``, ``chosen``: (row, apogee_id) or None; ``siblings``, ``members``: (rows, apogee_ids).
-    Marker hover texts are the stars' APOGEE_IDs (the page reads clicks from them).
+    Marker hover texts are the stars' APOGEE_IDs (the page reads clicks from them). The axes cover
+    RANGE_PERCENTILES of all stars plus every marked star.
     """
     n = min(n_features, coords.shape[1])
+    fe_h = np.asarray(fe_h, float)
     fig = make_subplots(
         rows=1, cols=n, horizontal_spacing=0.07, subplot_titles=[f"RSCA feature {i + 1}" for i in range(n)]
     )
@@ -69,69 +103,24 @@ def features_vs_feh(
     fig = ui.label_figure(fig, label, "Siblings among all stars: RSCA features vs [Fe/H]", top=70)
     fig.update_layout(legend={"orientation": "h", "y": -0.25, "font": {"size": 11}})
     out = fig.to_plotly_json()
+    layers = _layers(fe_h, coords, star, siblings, chosen, new_points, members, siblings_label)
+    xr = _range(fe_h, np.concatenate([np.asarray(lay[4], float) for lay in layers]) if layers else [])
     traces = []
-    sib_rows, sib_ids = siblings if len(siblings) else ([], [])
-    sib_rows = np.asarray(sib_rows, dtype=int)
     for i in range(n):
         xa, ya = ("x", "y") if i == 0 else (f"x{i + 1}", f"y{i + 1}")
-        first = i == 0
-        d = _density(np.asarray(fe_h, float), coords[:, i])
+        yr = _range(coords[:, i], np.concatenate([lay[5][:, i] for lay in layers]) if layers else [])
+        d = _density(fe_h, coords[:, i], xr, yr)
         if d is not None:
+            traces.append(d | {"xaxis": xa, "yaxis": ya})
+        for legend, colour, size, symbol, x, xy, names in layers:
             traces.append(
-                {"type": "heatmap", **d, "colorscale": DENSITY_SCALE, "showscale": False, "hoverinfo": "skip"}
-                | {"name": "all stars", "xaxis": xa, "yaxis": ya}
+                _markers(x, xy[:, i], names, legend, colour, size, xa, ya)
+                | {"showlegend": i == 0, "legendgroup": legend, "marker": _marker(colour, size, symbol)}
             )
-        if len(sib_rows):
-            traces.append(
-                _markers(fe_h[sib_rows], coords[sib_rows, i], list(sib_ids), "siblings", SIBLING_COLOUR, 7, xa, ya)
-                | {"showlegend": first, "legendgroup": "sib"}
-            )
-        if members is not None and len(members[0]):
-            m_rows = np.asarray(members[0], dtype=int)
-            traces.append(
-                _markers(fe_h[m_rows], coords[m_rows, i], list(members[1]), "cluster members", STAR_COLOUR, 9, xa, ya)
-                | {"showlegend": first, "legendgroup": "members"}
-            )
-        if chosen is not None:
-            r, name = chosen
-            traces.append(
-                _markers([fe_h[r]], [coords[r, i]], [name], "chosen sibling", CHOSEN_COLOUR, 12, xa, ya)
-                | {"showlegend": first, "legendgroup": "chosen", "marker": _marker(CHOSEN_COLOUR, 12, "diamond")}
-            )
-        if star is not None:
-            r, name = star
-            traces.append(
-                _markers([fe_h[r]], [coords[r, i]], [name], "the star", STAR_COLOUR, 16, xa, ya)
-                | {"showlegend": first, "legendgroup": "star", "marker": _marker(STAR_COLOUR, 16, "star")}
-            )
-        if new_points is not None and len(new_points["names"]):
-            traces.append(
-                _markers(
-                    new_points["fe_h"],
-                    new_points["coords"][:, i],
-                    new_points["names"],
-                    "uploaded (at its siblings' median [Fe/H])",
-                    NEW_COLOUR,
-                    13,
-                    xa,
-                    ya,
-                )
-                | {"showlegend": first, "legendgroup": "new", "marker": _marker(NEW_COLOUR, 13, "x")}
-            )
+        for key, rng in (("xaxis", xr), ("yaxis", yr)):
+            if rng is not None:
+                out["layout"].setdefault(key if i == 0 else f"{key}{i + 1}", {})["range"] = rng
     out["data"] = traces
-    marked = np.concatenate(
-        [
-            np.asarray(r, dtype=int)
-            for r in (sib_rows, [] if star is None else [star[0]], [] if chosen is None else [chosen[0]])
-        ]
-        + ([np.asarray(members[0], dtype=int)] if members is not None else [])
-    )
-    for i in range(n):
-        key = "yaxis" if i == 0 else f"yaxis{i + 1}"
-        extra = [] if new_points is None or not len(new_points["names"]) else list(new_points["coords"][:, i])
-        rng = _range(coords[:, i], list(coords[marked, i]) + extra)
-        if rng is not None:
-            out["layout"].setdefault(key, {})["range"] = rng
     return out
 
 

@@ -235,6 +235,7 @@ def _query(s, mode, star, n, pf, cluster, sib):
     Output(f"{P}-msg", "children"),
     Output(f"{P}-summary", "children"),
     Output(f"{P}-table", "data"),
+    Output(f"{P}-table", "columns"),
     Output(f"{P}-table", "selected_rows"),
     Output(f"{P}-uploads", "children"),
     Output(f"{P}-features", "figure"),
@@ -264,73 +265,53 @@ def update(ds, inp, species, k, mode, star, cluster, n, pf, contents, selected, 
     if trigger == f"{P}-features":  # a click on a marked star: show that star's siblings
         clicked = ((click or {}).get("points") or [{}])[0].get("text")
         if mode != "star" or not clicked:
-            return (no_update,) * 11
+            return (no_update,) * 12
         star, selected = clicked, []
+    label = None
     try:
         s = service.settings_from_controls(ds, inp, k, species, service.ALL, True, None)
         n = service.parse_int(n, "number of siblings", 1, N_MAX)
         emb = data.embedding(s)
-    except Exception as exc:  # a message in the page, never a traceback
-        msg = service.describe_error(exc)
-        return (
-            ui.error_alert(msg),
-            None,
-            [],
-            [],
-            None,
-            ui.empty_figure(msg),
-            ui.empty_figure(msg),
-            no_update,
-            no_update,
-            None,
-            no_update,
-        )
-    label = emb.label
-    # the chosen row: the user's pick; on first load the URL's; else the first
-    if trigger == f"{P}-table" and selected:
-        want = (old_rows or [{}])[selected[0]].get("apogee_id") if selected[0] < len(old_rows or []) else None
-    elif trigger is None:
-        want = (init or {}).get("sib")
-    else:
-        want = None
-    try:
+        label = emb.label
+        want = _wanted_row(trigger, selected, old_rows, init)
         if mode == "cluster":
             out = _cluster_view(s, emb, cluster, pf, want)
         elif mode == "upload":
-            out = _upload_view(s, emb, contents, filenames, n, want)
+            out = _upload_view(s, emb, contents, filenames, want)
         else:
             out = _star_view(s, emb, star, n, pf, want)
-    except Exception as exc:
+    except Exception as exc:  # a message in the page, never a traceback
         msg = service.describe_error(exc)
-        return (
-            ui.error_alert(msg),
-            None,
-            [],
-            [],
-            None,
-            ui.empty_figure(msg),
-            ui.empty_figure(msg),
-            no_update,
-            ui.kind_badge(label),
-            None,
-            no_update,
-        )
+        empty = ui.empty_figure(msg)
+        badge = no_update if label is None else ui.kind_badge(label)
+        return ui.error_alert(msg), None, [], no_update, [], None, empty, empty, no_update, badge, None, no_update
     table, chosen_index, summary, uploads, feat, spec, csv, sib_id = out
     rows = table.reset_index().to_dict("records") if table is not None else []
-    query = _query(s, mode, star, n, pf, cluster, sib_id)
+    columns = _columns(["apogee_id", *(table.columns if table is not None else [])])
     return (
         None,
         summary,
         rows,
+        columns,
         [chosen_index] if chosen_index is not None else [],
         uploads,
         feat,
         spec,
-        query,
+        _query(s, mode, star, n, pf, cluster, sib_id),
         ui.kind_badge(label),
         csv,
         star if mode == "star" else no_update,
     )
+
+
+def _wanted_row(trigger, selected, old_rows, init):
+    """APOGEE_ID of the row to show: the user's pick; on first load the URL's; else None (the first)."""
+    if trigger == f"{P}-table" and selected:
+        rows = old_rows or []
+        return rows[selected[0]].get("apogee_id") if selected[0] < len(rows) else None
+    if trigger is None:
+        return (init or {}).get("sib")
+    return None
 
 
 def _chosen(table, want):
@@ -427,6 +408,7 @@ def _cluster_view(s, emb, cluster, pf, want):
         siblings=(rows, table["apogee_id"].tolist()),
         chosen=None if chosen_row is None else (chosen_row, emb.apogee_id[chosen_row]),
         members=(members, emb.apogee_id[members].tolist()),
+        siblings_label="candidates",
     )
     centre_member = int(members[np.argmin(((emb.coords[members] - res.centre) ** 2).sum(1))])
     other = None if chosen_row is None else data.spectrum(s, chosen_row)
@@ -437,7 +419,7 @@ def _cluster_view(s, emb, cluster, pf, want):
     return table, pos, summary, None, feat, spec, csv, None if other is None else other["name"]
 
 
-def _upload_view(s, emb, contents, filenames, n, want):
+def _upload_view(s, emb, contents, filenames, want):
     if not contents:
         msg = "upload aspcapStar files to place them among the survey's stars"
         return None, None, ui.info_alert(msg), None, ui.empty_figure(msg), ui.empty_figure(msg), None, None
