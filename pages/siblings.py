@@ -277,7 +277,7 @@ def update(ds, inp, species, k, mode, star, cluster, n, pf, contents, selected, 
         if mode == "cluster":
             out = _cluster_view(s, emb, cluster, pf, want)
         elif mode == "upload":
-            out = _upload_view(s, emb, contents, filenames, want)
+            out = _upload_view(s, emb, contents, filenames, n, want)
         else:
             out = _star_view(s, emb, star, n, pf, want)
     except Exception as exc:  # a message in the page, never a traceback
@@ -287,7 +287,12 @@ def update(ds, inp, species, k, mode, star, cluster, n, pf, contents, selected, 
         return ui.error_alert(msg), None, [], no_update, [], None, empty, empty, no_update, badge, None, no_update
     table, chosen_index, summary, uploads, feat, spec, csv, sib_id = out
     rows = table.reset_index().to_dict("records") if table is not None else []
-    columns = _columns(["apogee_id", *(table.columns if table is not None else [])])
+    shown = (
+        []
+        if table is None
+        else [c for c in table.columns if not (table[c].dtype.kind == "f" and table[c].isna().all())]
+    )
+    columns = _columns(shown)  # no column of NaN (an uploaded star has no labels to compare)
     return (
         None,
         summary,
@@ -419,12 +424,12 @@ def _cluster_view(s, emb, cluster, pf, want):
     return table, pos, summary, None, feat, spec, csv, None if other is None else other["name"]
 
 
-def _upload_view(s, emb, contents, filenames, want):
+def _upload_view(s, emb, contents, filenames, n, want):
     if not contents:
         msg = "upload aspcapStar files to place them among the survey's stars"
         return None, None, ui.info_alert(msg), None, ui.empty_figure(msg), ui.empty_figure(msg), None, None
     files, problems = data.decode_uploads(contents, filenames)
-    results, bad = data.project_uploads(s, files)
+    results, bad = data.project_uploads(s, files, n)
     problems += bad
     cards = [ui.messages(problems, color="danger", id=f"{P}-upload-msg")] if problems else []
     if not results:

@@ -222,3 +222,23 @@ def test_bad_url_values_give_messages(dash_duo, dash_app):
     page = dash_duo.driver.page_source
     assert "URL parameter n" in page and "URL parameter mode" in page and "Traceback" not in page
     assert not severe(dash_duo.get_logs())
+
+
+def test_clicking_a_marked_star_shows_its_siblings(dash_duo, dash_app, emb):
+    star = emb.apogee_id[np.flatnonzero(emb.cluster == "NGC_2682")[1]]
+    dash_duo.start_server(dash_app, port=free_port())
+    open_page(dash_duo, f"/siblings?star={quote(star)}&n=20")
+    dash_duo.wait_for_text_to_equal("#sb-star-id", star, timeout=60)
+    target = emb.siblings(star, n=20)["apogee_id"].iloc[3]
+    graph = "document.getElementById('sb-features').getElementsByClassName('js-plotly-plot')[0]"
+    wait_js(dash_duo, f"var g = {graph}; return g && g.data ? g.data.length : 0", lambda v: v and v > 1)
+    # the event plotly emits when a marker is clicked (what dcc.Graph turns into clickData)
+    dash_duo.driver.execute_script(
+        f"var gd = {graph}; var i = gd.data.findIndex(t => t.name === 'siblings');"
+        "gd.emit('plotly_click', {points: [{curveNumber: i, pointNumber: 3, x: gd.data[i].x[3],"
+        " y: gd.data[i].y[3], text: gd.data[i].text[3], data: gd.data[i], fullData: gd._fullData[i]}]});"
+    )
+    dash_duo.wait_for_text_to_equal("#sb-star-id", target, timeout=60)
+    assert "star=" + quote(target) in dash_duo.driver.current_url
+    assert table_ids(dash_duo, 20) == emb.siblings(target, n=20)["apogee_id"].tolist()[:12]
+    assert not severe(dash_duo.get_logs())

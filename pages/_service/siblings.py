@@ -25,8 +25,6 @@ from .errors import UserError
 #: of DR16 is ~0.4 MB).
 MAX_UPLOAD_FILES = 10
 MAX_UPLOAD_BYTES = 4 * 1024 * 1024
-#: Siblings listed for a projected star.
-UPLOAD_SIBLINGS = 10
 #: Star ids offered by the type-ahead search.
 MAX_OPTIONS = 40
 #: Element lines marked on the spectra: each element's strongest lines of the simulator's line list.
@@ -167,8 +165,8 @@ def decode_uploads(contents, names) -> tuple[list[tuple[str, bytes]], list[str]]
     return files, problems
 
 
-def project_uploads(s, files: list[tuple[str, bytes]]) -> tuple[list[dict], list[str]]:
-    """Each readable aspcapStar file projected into the embedding, with its nearest siblings.
+def project_uploads(s, files: list[tuple[str, bytes]], n: int = 50) -> tuple[list[dict], list[str]]:
+    """Each readable aspcapStar file projected into the embedding, with its ``n`` nearest siblings.
 
     Returns (results, problems): a result has ``name``, ``coords`` and ``siblings`` (a DataFrame);
     a file that cannot be read gives one message naming it.
@@ -193,7 +191,7 @@ def project_uploads(s, files: list[tuple[str, bytes]]) -> tuple[list[dict], list
                 {
                     "name": name,
                     "coords": xy,
-                    "siblings": emb.siblings_of_point(xy, n=UPLOAD_SIBLINGS),
+                    "siblings": emb.siblings_of_point(xy, n=n),
                     "spectrum": {"name": name, "flux": flux[0], "mask": mask[0]},
                 }
             )
