@@ -54,29 +54,25 @@ def embedding(s):
 
 
 def star_options(key, search: str | None, current: str | None = None) -> list[dict]:
-    """Up to MAX_OPTIONS star ids of dataset ``key`` containing ``search`` (case-insensitive), ``current`` first."""
+    """Up to MAX_OPTIONS star ids of dataset ``key`` containing ``search`` (case-insensitive),
+    ``current`` first; a member's label names its cluster."""
     ds = load(key)
     ids = ds.stars["apogee_id"].astype(str)
-    out = []
-    if current:
-        out.append(current)
     if search:
-        hits = ids[ids.str.contains(str(search).strip(), case=False, regex=False)].head(MAX_OPTIONS)
+        hits = np.flatnonzero(ids.str.contains(str(search).strip(), case=False, regex=False).to_numpy())
     else:
-        hits = ids.head(MAX_OPTIONS)
-    clusters = ds.stars["cluster"].astype(str)
-    seen = set(out)
-    opts = [{"label": _star_label(current, clusters[ids == current]), "value": current}] if current else []
-    for sid in hits:
+        hits = np.arange(min(MAX_OPTIONS, len(ids)))
+    rows = list(hits[:MAX_OPTIONS])
+    if current:
+        rows = list(np.flatnonzero(ids.to_numpy() == current)[:1]) + rows
+    clusters = ds.stars["cluster"].astype(str).to_numpy()
+    opts, seen = [], set()
+    for r in rows:
+        sid = ids.iloc[r]
         if sid not in seen:
             seen.add(sid)
-            opts.append({"label": _star_label(sid, clusters[ids == sid]), "value": sid})
+            opts.append({"label": f"{sid} ({clusters[r]})" if clusters[r] else sid, "value": sid})
     return opts
-
-
-def _star_label(sid, cluster_values) -> str:
-    cl = str(cluster_values.iloc[0]) if len(cluster_values) else ""
-    return f"{sid} ({cl})" if cl else sid
 
 
 def default_star(key) -> str:
