@@ -126,3 +126,14 @@ def ranges_to_mask(ranges, n_pixels: int = N_PIXELS) -> np.ndarray:
             raise ValueError(f"pixel range [{a}, {b}) is outside 0..{n_pixels} or empty")
         out[a:b] = True
     return out
+
+
+# ---------------------------------------------------------------- the paper's cuts (SPEC §4)
+#: Effective-temperature window of the paper's sample (K, strict inequalities).
+TEFF_RANGE = (4000.0, 5000.0)
+#: Surface-gravity window of the paper's sample (dex, strict inequalities).
+LOGG_RANGE = (1.5, 3.0)
+#: Cluster membership threshold (OCCAM Cantat-Gaudin probability, strict).
+MIN_CG_PROB = 0.8
+#: The star the paper drops for its anomalous metallicity.
+ANOMALOUS_STAR = "2M19203303+3755558"

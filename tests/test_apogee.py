@@ -312,7 +312,7 @@ def test_interrupted_run_resumes_without_rereading(dr16, tmp_path, monkeypatch):
         calls.append(str(path))
         return real(path, *a, **k)
 
-    monkeypatch.setattr(apogee, "read_aspcapstar", dying)
+    monkeypatch.setattr(apogee.reader, "read_aspcapstar", dying)
     with pytest.raises(KeyboardInterrupt):
         _build(dr16, out, chunk_size=4)
     assert not out.exists()
@@ -323,7 +323,9 @@ def test_interrupted_run_resumes_without_rereading(dr16, tmp_path, monkeypatch):
 
     first_round = list(calls)
     calls.clear()
-    monkeypatch.setattr(apogee, "read_aspcapstar", lambda p, *a, **k: (calls.append(str(p)), real(p, *a, **k))[1])
+    monkeypatch.setattr(
+        apogee.reader, "read_aspcapstar", lambda p, *a, **k: (calls.append(str(p)), real(p, *a, **k))[1]
+    )
     out2, cutflow = _build(dr16, out, chunk_size=4)
     n_sel = int(cutflow["field"].iloc[6] + cutflow["cluster_stars"].iloc[6])
     assert len(calls) == n_sel - 8, "the two finished chunks (8 files) were not read again"
@@ -554,7 +556,9 @@ def test_resume_rereads_only_chunks_whose_missing_file_appeared(dr16, tmp_path, 
     shutil.copy(src, tmp_path / "copy.fits")
     real = apogee.read_aspcapstar
     calls = []
-    monkeypatch.setattr(apogee, "read_aspcapstar", lambda p, *a, **k: (calls.append(str(p)), real(p, *a, **k))[1])
+    monkeypatch.setattr(
+        apogee.reader, "read_aspcapstar", lambda p, *a, **k: (calls.append(str(p)), real(p, *a, **k))[1]
+    )
     status, _, stats = apogee.read_spectra(paths, work, workers=1, chunk_size=3, progress=False)
     assert calls == [] and stats["resumed"] == 9  # nothing changed: nothing read
     shutil.copy(tmp_path / "copy.fits", paths[6])  # the missing file appears
@@ -579,3 +583,16 @@ def test_concurrent_build_refused_and_killed_leftovers_cleared(dr16, tmp_path):
     path, _ = _build(dr16, out)
     assert Dataset.load(path).n_stars == 16
     assert not leftover.exists() and not partial.exists()
+
+
+def test_build_reports_phases_to_a_callable(dr16, tmp_path):
+    seen = []
+    _build(dr16, tmp_path / "b", chunk_size=4, progress=lambda f, t: seen.append((f, t)))
+    fractions = [f for f, _ in seen]
+    texts = [t for _, t in seen]
+    assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
+    assert texts[0].startswith("reading allStar")
+    reads = [t for t in texts if t.startswith("reading aspcapStar ")]
+    n_files = int(reads[-1].split("/")[1].split()[0])
+    assert reads[0] == f"reading aspcapStar 0/{n_files}" and reads[-1].startswith(f"reading aspcapStar {n_files}/")
+    assert "writing bundle" in texts

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rsca_core import Dataset
+from rsca_core import Dataset, cli
 from rsca_core import simulate as sim
 from rsca_core.constants import (
     DLOGLAM,
@@ -193,7 +193,7 @@ def test_clusters_are_homogeneous_and_share_velocity_and_extinction():
 def test_labels_are_truth_plus_documented_bias_plus_noise():
     s = survey(n_field=400, seed=3, label_failures=False)
     t = s.stars_all
-    f = sim._snr_factor(t.SNR.to_numpy())
+    f = sim.snr_factor(t.SNR.to_numpy())
     pulls = []
     for sp in ("Fe", "Mg", "C", "Na", "Ce"):
         obs = t[f"X_H_{sp.upper()}"].to_numpy()
@@ -263,7 +263,7 @@ def test_rv_systematics_follow_vhelio():
     resid = (f - 1.0)[:, data]
     # the telluric template placed at the rest-frame position predicted from VHELIO_AVG (minus the
     # plate's barycentric correction) explains the residual: best-matching lag = prediction
-    inst = sim._instrument()
+    inst = sim.instrument_templates()
     lags = np.arange(-120, 121)
     idx = inst["pad"] + lags[:, None] + np.flatnonzero(data)[None, :]
     templates = inst["telluric"][idx]  # (lags, pixels)
@@ -387,7 +387,6 @@ def test_molecular_lines_switch_and_carbon_response():
 
 # ---------------------------------------------------------------------------- CLI + default
 def test_cli_switches_and_overwrite(tmp_path):
-    from rsca_core import cli
 
     out = tmp_path / "b"
     argv = [
@@ -424,19 +423,46 @@ def test_bad_config_is_a_clear_error():
         sim.SimulationConfig.from_dict({"dibz": False})
 
 
-def test_ensure_default_dataset_builds_once(tmp_path, monkeypatch):
-    monkeypatch.setattr(sim, "DEFAULT_N_FIELD", 40)
+def test_ensure_default_dataset_builds_once(tmp_path):
     path = tmp_path / "default"
-    assert sim.ensure_default_dataset(path, progress=False) == path
+    assert sim.ensure_default_dataset(path, progress=False, n_field=40) == path
     ds = Dataset.load(path)
     assert ds.kind == "simulated" and len(ds.field_index) == 40
     uid = ds.meta["uid"]
     t0 = time.perf_counter()
-    assert sim.ensure_default_dataset(path, progress=False) == path
+    assert sim.ensure_default_dataset(path, progress=False, n_field=40) == path
     assert time.perf_counter() - t0 < 1.0
     assert Dataset.load(path).meta["uid"] == uid
-    monkeypatch.setenv("RSCA_DATA_DIR", str(tmp_path / "elsewhere"))
-    assert sim.default_dataset_path() == tmp_path / "elsewhere" / "default"
+    with pytest.raises(TypeError):  # the engine reads no environment: the caller names the folder
+        sim.ensure_default_dataset(progress=False)
+
+
+def test_progress_callable_gets_named_phases_in_order(tmp_path):
+    seen = []
+    cfg = sim.SimulationConfig(cluster_sizes=(3, 2), singleton_clusters=0)
+    sim.simulate(
+        tmp_path / "b", n_field=30, seed=2, config=cfg, chunk_size=8, progress=lambda f, t: seen.append((f, t))
+    )
+    fractions = [f for f, _ in seen]
+    texts = [t for _, t in seen]
+    assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
+    assert texts[0] == "drawing cluster members"
+    # the spectra are counted star by star up to the bundle's 35 stars, then the bundle is written
+    counted = [t for t in texts if t.startswith("spectra ")]
+    assert counted[0] == "spectra 0/35" and counted[-1].startswith("spectra 35/35")
+    assert texts.index("writing bundle") > texts.index(counted[-1])
+
+
+def test_switch_table_is_the_configs_booleans_and_the_cli_flags():
+    from dataclasses import fields
+
+    booleans = [f.name for f in fields(sim.SimulationConfig) if f.type in ("bool", bool)]
+    assert [s.name for s in sim.SWITCH_TABLE] == booleans
+    assert all(isinstance(s.help, str) and s.help and "\n" not in s.help for s in sim.SWITCH_TABLE)
+    defaults = sim.SimulationConfig()
+    assert all(getattr(defaults, s.name) is s.default for s in sim.SWITCH_TABLE)
+    args = cli.build_parser().parse_args(["simulate", "--out", "x", "--no-dibs", "--noise"])
+    assert args.dibs is False and args.noise is True and args.fibre_lsf is True
 
 
 def test_fibre_lsf_scales_line_optical_depths_per_star():

@@ -1,0 +1,88 @@
+"""APOGEE DR16 + OCCAM: the real-data loader and the DR16 file-layout writer (SPEC §4).
+
+``build_apogee`` (CLI ``python -m rsca_core build-apogee``) turns the public files
+
+    allStar-r12-l33.fits                                    HDU 1 table (one row per star)
+    {TELESCOPE}/{FIELD}/aspcapStar-r12-{APOGEE_ID}.fits    HDU 1 flux, HDU 2 error (8575 px)
+    occam_member-DR16.fits                                  APOGEE_ID, CLUSTER, CG_PROB, …
+
+into a :class:`~rsca_core.dataset.Dataset` bundle, applying exactly the cuts of the paper and
+printing a cut-flow. ``write_dr16`` writes the same layout (used by the simulator's
+``--format dr16`` and by the tests), so the loader is exercised end to end on files shaped like
+the real ones.
+
+Robustness of the loader:
+
+* missing aspcapStar files are skipped and counted; unreadable, corrupt or wrong-shaped files are
+  reported by path and skipped (never zero-filled);
+* the files are read in chunks by a pool of worker processes (``workers``) with a tqdm bar (ETA);
+* every finished chunk is saved atomically in ``<out>.partial/``; an interrupted run restarted
+  with the same inputs reads only the unfinished chunks. The bundle itself is written by
+  :class:`~rsca_core.dataset.BundleWriter` (temporary directory, ``meta.json`` last, rename), so
+  an interrupted run never leaves a bundle that loads as if complete.
+
+Modules: ``layout`` (file names and paths), ``fitsio`` (reading allStar, OCCAM and aspcapStar
+FITS files), ``reader`` (parallel resumable reading of the spectra), ``build``
+(:func:`build_apogee`), ``writers`` (the layouts, :func:`write_dr16`), ``cli``. The cuts, the
+cut-flow, the pixel mask and the star table are :mod:`rsca_core.selection`'s.
+"""
+
+from __future__ import annotations
+
+from ..constants import ANOMALOUS_STAR, LOGG_RANGE, MIN_CG_PROB, TEFF_RANGE
+from ..selection import finalise_clusters, format_cutflow, pixel_mask, select_stars, stars_table
+from .build import build_apogee
+from .cli import add_cli, parse_ranges
+from .fitsio import (
+    SpectrumFileError,
+    read_allstar,
+    read_allstar_visits,
+    read_aspcapstar,
+    read_occam_members,
+)
+from .layout import (
+    ALLSTAR_COLUMNS,
+    ALLSTAR_NAME,
+    OCCAM_CLUSTER_NAME,
+    OCCAM_MEMBER_COLUMNS,
+    OCCAM_MEMBER_NAME,
+    SIMULATED_KEYWORD,
+    aspcapstar_relpath,
+)
+from .reader import CHUNK_SIZE, CORRUPT, MISSING, OK, read_spectra
+from .writers import LAYOUT_WRITERS, write_dr16, write_layout
+
+__all__ = [
+    "add_cli",
+    "ALLSTAR_COLUMNS",
+    "ALLSTAR_NAME",
+    "ANOMALOUS_STAR",
+    "aspcapstar_relpath",
+    "build_apogee",
+    "CHUNK_SIZE",
+    "CORRUPT",
+    "finalise_clusters",
+    "format_cutflow",
+    "LAYOUT_WRITERS",
+    "LOGG_RANGE",
+    "MIN_CG_PROB",
+    "MISSING",
+    "OCCAM_CLUSTER_NAME",
+    "OCCAM_MEMBER_COLUMNS",
+    "OCCAM_MEMBER_NAME",
+    "OK",
+    "parse_ranges",
+    "pixel_mask",
+    "read_allstar",
+    "read_allstar_visits",
+    "read_aspcapstar",
+    "read_occam_members",
+    "read_spectra",
+    "select_stars",
+    "SIMULATED_KEYWORD",
+    "SpectrumFileError",
+    "stars_table",
+    "TEFF_RANGE",
+    "write_dr16",
+    "write_layout",
+]

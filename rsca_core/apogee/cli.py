@@ -1,0 +1,72 @@
+"""``python -m rsca_core build-apogee``: the loader's command line."""
+
+from __future__ import annotations
+
+from ..constants import PAPER_MASK_RANGES, ranges_to_mask
+from ..selection import format_cutflow
+from .build import build_apogee
+
+
+def parse_ranges(text: str):
+    """``"720:910,2370:2470"`` → [(720, 910), (2370, 2470)]; ``"none"`` → []."""
+    text = (text or "").strip()
+    if text.lower() in ("", "none"):
+        return []
+    out = []
+    for part in text.split(","):
+        try:
+            a, b = part.replace("-", ":").split(":")
+            out.append((int(a), int(b)))
+        except ValueError:
+            raise ValueError(f"--mask-ranges: {part!r} is not START:STOP (pixel indices)") from None
+    ranges_to_mask(out)
+    return out
+
+
+def _cmd_build(args) -> int:
+    ranges = PAPER_MASK_RANGES if args.mask_ranges is None else parse_ranges(args.mask_ranges)
+    _, cutflow = build_apogee(
+        args.allstar,
+        args.occam_members,
+        args.out,
+        spectra_root=args.spectra_root,
+        workers=args.workers,
+        mask_ranges=ranges,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+        executor=args.executor,
+        with_errors=not args.no_errors,
+    )
+    print(format_cutflow(cutflow))
+    return 0
+
+
+def add_cli(subparsers) -> None:
+    p = subparsers.add_parser(
+        "build-apogee",
+        help="build a dataset bundle from APOGEE DR16 allStar + OCCAM + aspcapStar files",
+        description="Apply the paper's cuts (4000<TEFF<5000, 1.5<LOGG<3, 21 species measured, STAR_BAD "
+        "unset; OCCAM CG_PROB>0.8, clusters of >=2 stars, 2M19203303+3755558 dropped), read "
+        "the aspcapStar spectra in parallel (resumable) and write a bundle. Prints the cut-flow.",
+    )
+    p.add_argument("--allstar", required=True, help="allStar-r12-l33.fits")
+    p.add_argument("--occam-members", required=True, help="occam_member-DR16.fits")
+    p.add_argument("--out", required=True, help="bundle directory to create")
+    p.add_argument(
+        "--spectra-root",
+        default=None,
+        help="folder with {TELESCOPE}/{FIELD}/aspcapStar-r12-{APOGEE_ID}.fits (default: the allStar file's folder)",
+    )
+    p.add_argument("--workers", type=int, default=None, help="parallel readers (default min(8, CPUs))")
+    p.add_argument("--executor", choices=("process", "thread"), default="process")
+    p.add_argument(
+        "--mask-ranges",
+        default=None,
+        help="pixel ranges to mask as START:STOP,... or 'none' (default: the paper's "
+        + ",".join(f"{a}:{b}" for a, b in PAPER_MASK_RANGES)
+        + ")",
+    )
+    p.add_argument("--no-errors", action="store_true", help="do not store the per-pixel errors")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_build)
