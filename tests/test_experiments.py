@@ -258,6 +258,48 @@ def test_distance_histograms_match_per_cluster_rates(ds):
         assert len(raw["intra"]) == n * (n - 1) // 2 and len(raw["inter"]) == n_inter
 
 
+# ---------------------------------------------------------------------------- beyond the paper (issue 15)
+def test_method_comparison_matches_direct_calls(ds):
+    res = E.method_comparison(ds, k=5, seed=2, inputs=("spectra", "subset"))
+    t = res["table"]
+    assert len(t) == 8 and set(t["method"]) == {"rsca", "rca", "lda", "nca"}
+    reps = {"spectra": ds.compress(5, seed=2).scores, "subset": _abund(ds, PAPER_SUBSET)}
+    for r in t.itertuples():
+        ref = _direct(ds, reps[r.input], method=r.method, random_state=2)
+        assert r.global_rate == pytest.approx(ref.global_rate, rel=1e-9, abs=1e-12), (r.input, r.method)
+        got = res["per_cluster"].query("input == @r.input and method == @r.method").set_index("cluster")["rate"]
+        np.testing.assert_allclose(got, ref.per_cluster.set_index("cluster").loc[got.index, "rate"], atol=1e-12)
+    assert set(t["label"]) == {"simulated"} and t.loc[t["input"] == "subset", "k"].isna().all()
+
+
+def _with_errors(ds, sigma):
+    d = Dataset(
+        ds.stars, ds.spectra, ds.mask, ds.wavelength, errors=sigma.astype(np.float32), meta={"kind": "simulated"}
+    )
+    return d
+
+
+def test_flux_error_weights_compares_plain_and_ivar_compressions(ds):
+    from rsca_core import MaskedPCA
+
+    rng = np.random.default_rng(4)
+    sigma = np.where(rng.random(ds.spectra.shape) < 0.3, 0.05, 0.003)
+    d = _with_errors(ds, sigma)
+    res = E.flux_error_weights(d, ks=(4,), seed=1)
+    t = res["table"].set_index(["k", "compression_weights"])["global_rate"]
+    for k in (4,):
+        plain = _direct(d, d.compress(k, seed=1).scores, cv=True).global_rate
+        z = MaskedPCA(k, random_state=1, weights="ivar").fit_transform(d.spectra, d.mask, errors=d.errors)
+        assert t[(k, "none")] == pytest.approx(plain, rel=1e-9, abs=1e-12)
+        assert t[(k, "ivar")] == pytest.approx(_direct(d, z, cv=True).global_rate, rel=1e-6, abs=1e-9)
+    verdict = "lowers" if t[(4, "ivar")] < t[(4, "none")] else "does not lower"
+    assert res["answer"].startswith(
+        f"Weighting each pixel by its inverse variance {verdict} the doppelganger rate at K = 4"
+    )
+    with pytest.raises(ValueError, match="no flux errors"):
+        E.flux_error_weights(ds, ks=(3,))
+
+
 # ---------------------------------------------------------------------------- labels and input checks
 def test_outputs_carry_the_dataset_kind():
     real = small_dataset(n_field=200, sizes=SIZES, n_pixels=80, seed=2, kind="real")
