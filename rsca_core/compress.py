@@ -286,12 +286,15 @@ class MaskedPCA(TransformerMixin, BaseEstimator):
 
     def _raw_weights(self, errors, a, b, m, dtype):
         """min(1/σ², cap) of rows a:b (0 where masked or the error is not finite)."""
-        e = np.asarray(errors[a:b], dtype=np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            w = np.where(np.isfinite(e), np.minimum(1.0 / (e * e), float(self.ivar_cap)), 0.0)
+        e = np.array(errors[a:b], dtype=dtype)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            np.multiply(e, e, out=e)
+            np.divide(1, e, out=e)  # inf for a zero error: capped below
+        np.minimum(e, dtype(self.ivar_cap), out=e)
+        e[np.isnan(e)] = 0.0  # a non-finite error: no weight (missing)
         if m is not None:
-            w[m] = 0.0
-        return w.astype(dtype)
+            e[m] = 0.0
+        return e
 
     def _weight_scale(self, errors, mask, dtype):
         """The largest capped inverse variance over observed entries, or None when the weights are

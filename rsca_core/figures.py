@@ -203,7 +203,7 @@ def fig_top_n(table: pd.DataFrame, label: str | None = None) -> Figure:
 def _grouped_bars(ax, table, series_col, value, styles, paper=None, err=None):
     """Bars of ``value`` per representation (x) and per ``series_col`` (one colour each, {series:
     (colour, legend name)} in ``styles``), values printed on top; ``paper`` = (series, {representation:
-    value}, legend name) draws the paper's values as open diamonds right of that series' bars, so that
+    value}, legend name) draws the paper's values as open diamonds beside that series' bars, so that
     they cover neither a bar nor its value."""
     order = list(dict.fromkeys(table["representation"]))
     series = list(dict.fromkeys(table[series_col]))
@@ -220,7 +220,8 @@ def _grouped_bars(ax, table, series_col, value, styles, paper=None, err=None):
     if paper is not None and paper[0] in series:
         i = series.index(paper[0])
         pts = [(order.index(r), y) for r, y in paper[1].items() if r in order and pd.notna(y)]
-        xs = [j + (i - (len(series) - 1) / 2 + 0.5) * width + 0.06 for j, _ in pts]
+        side = -1 if i == 0 else 1  # into the gap between groups: left of a first bar, else right
+        xs = [j + (i - (len(series) - 1) / 2 + side * 0.5) * width + side * 0.06 for j, _ in pts]
         if pts:
             ax.plot(xs, [y for _, y in pts], ls="none", **PAPER_STYLE, label=paper[2])
     ax.set_xticks(x, order)

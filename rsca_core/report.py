@@ -298,8 +298,8 @@ def _methods(doc: dict, results: dict) -> list[str]:
         f"each fold refits it without the held-out cluster (K = {int(t['k'].dropna().iloc[0]) if t['k'].notna().any() else 'n/a'} "
         "PCA scores for spectra). RCA (Shental et al. 2002) whitens by the pooled within-cluster covariance; "
         "LDA and NCA are scikit-learn's, fitted on the training clusters' members (NCA with a fixed seed). "
-        f"The paper compares against none of them; its RSCA numbers are {P['spectra_k30']} (spectra, K = 30) "
-        f"and {P['abundance_subset']} (abundance subset)."
+        f"The paper compares against none of them; its RSCA numbers are {P['spectra_k30']:.3f} (spectra, K = 30) "
+        f"and {P['abundance_subset']:.3f} (abundance subset)."
     )
     if best is not None:
         L[-1] += (
@@ -314,7 +314,8 @@ def _methods(doc: dict, results: dict) -> list[str]:
 
 def _weights(doc: dict, results: dict) -> list[str]:
     t = results["weights"]["table"]
-    piv = t.pivot_table(index="k", columns="compression_weights", values="global_rate", sort=True).reset_index()
+    piv = t.pivot_table(index="k", columns="compression_weights", values="global_rate", sort=True)
+    piv = piv.reindex(columns=[c for c in ("none", "ivar") if c in piv.columns]).reset_index()
     piv = piv.rename(columns={"k": "K", "none": "plain PCA", "ivar": "1/σ²-weighted PCA"})
     L = [f"## {TITLES['weights']}\n", _img(doc, "weights"), md_table(piv)]
     L.append(
