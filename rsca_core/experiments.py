@@ -483,7 +483,7 @@ def weights_answer(table: pd.DataFrame) -> str:
     >>> t = pd.DataFrame({"k": [10, 10, 30, 30], "compression_weights": ["none", "ivar"] * 2,
     ...                   "global_rate": [0.02, 0.019, 0.010, 0.012]})
     >>> weights_answer(t)
-    'Weighting each pixel by its inverse variance does not lower the doppelganger rate at K = 30 (0.0100 plain → 0.0120 weighted); change per K: K = 10 −5 %, K = 30 +20 %.'
+    'Weighting each pixel by its inverse variance does not lower the doppelganger rate at K = 30 (0.0100 plain → 0.0120 weighted); change per K: K = 10 −5.0 %, K = 30 +20.0 %.'
     """
     piv = table.pivot_table(index="k", columns="compression_weights", values="global_rate")
     if not {"none", "ivar"} <= set(piv.columns) or piv.dropna().empty:
@@ -492,7 +492,7 @@ def weights_answer(table: pd.DataFrame) -> str:
     change = 100 * (piv["ivar"] - piv["none"]) / piv["none"]
     kmax = int(piv.index.max())
     a, b = float(piv.loc[kmax, "none"]), float(piv.loc[kmax, "ivar"])
-    per_k = ", ".join(f"K = {int(k)} {c:+.0f} %".replace("-", "−") for k, c in change.items())
+    per_k = ", ".join(f"K = {int(k)} {c:+.1f} %".replace("-", "−") for k, c in change.items())
     return (
         f"Weighting each pixel by its inverse variance {'lowers' if b < a else 'does not lower'} the "
         f"doppelganger rate at K = {kmax} ({a:.4f} plain → {b:.4f} weighted); change per K: {per_k}."

@@ -437,6 +437,7 @@ def fig_weights(table: pd.DataFrame, label: str | None = None) -> Figure:
         sub = table[table["compression_weights"] == w].sort_values("k")
         if len(sub):
             ax.plot(sub["k"], sub["global_rate"], "o-", color=colour, label=name)
+    ax.set_xticks(sorted(set(table["k"])))
     ax.set_xlabel("number of PCA components K")
     _rate_axis(ax)
     _legend_below(fig, ax)
