@@ -269,7 +269,8 @@ def dataset_path(key) -> Path:
 def _load_cached(path: str, stamp: float):
     from rsca_core import Dataset
 
-    return Dataset.load(path)
+    root = os.environ.get("RSCA_CACHE_DIR")
+    return Dataset.load(path, cache_root=root or None)
 
 
 def load(key):
@@ -559,37 +560,17 @@ def compression(key, k: int, mask=(), allow_compute: bool = False):
 
 
 def rate_inputs(s: Settings, allow_compute: bool = False):
-    """RateInputs of the settings, restricted to the selected clusters."""
-    from rsca_core import RateInputs
-
+    """RateInputs of the settings (rsca_core's one builder), restricted to the selected clusters."""
     ds = load(s.ds)
+    comp = compression(s.ds, s.k, s.mask, allow_compute=allow_compute) if s.input == "spectra" else None
+    try:
+        ri = ds.rate_inputs(s.input, k=s.k, seed=SEED, species=s.species, clusters=s.clusters, compression=comp)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    ri.description |= {"dataset": s.ds}
     if s.input == "spectra":
-        z = compression(s.ds, s.k, s.mask, allow_compute=allow_compute).scores
-        desc = {"input": "spectra", "k": s.k, "seed": SEED, "pca": f"leading {s.k} of K={k_fit()}"}
-    else:
-        sp = list(SPECIES) if s.input == "abundances" else list(s.species)
-        z = ds.abundances(sp)
-        nbad = int(np.isnan(z).any(axis=1).sum())
-        if nbad:
-            raise UserError(f"{nbad} stars lack a measured abundance among {', '.join(sp)}")
-        desc = {"input": s.input, "species": sp}
-    fi, ci = ds.field_index, ds.cluster_index
-    st = ds.stars
-    cids = st["cluster"].to_numpy(dtype=object)[ci]
-    if s.clusters is not None:
-        keep = np.isin(cids, np.array(s.clusters, dtype=object))
-        ci, cids = ci[keep], cids[keep]
-    vh, ak = st["vhelio_avg"].to_numpy(float), st["ak_targ"].to_numpy(float)
-    return RateInputs(
-        z_pop=np.asarray(z[fi], float),
-        z_clust=np.asarray(z[ci], float),
-        cluster_ids=cids,
-        pop_vhelio=vh[fi],
-        pop_ak=ak[fi],
-        clust_vhelio=vh[ci],
-        clust_ak=ak[ci],
-        description=desc | {"dataset": s.ds, "kind": ds.kind},
-    )
+        ri.description["pca"] = f"leading {s.k} of K={k_fit()}"
+    return ri
 
 
 def _compute_rates(s: Settings) -> dict:

@@ -20,6 +20,8 @@ The fixed point with missing data is the least-squares rank-K fit of the observe
 from __future__ import annotations
 
 import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
 
@@ -70,7 +72,7 @@ class _Columns:
         return out
 
 
-class MaskedPCA:
+class MaskedPCA(TransformerMixin, BaseEstimator):
     """PCA of a data matrix with missing entries (boolean ``mask``, True = missing).
 
     Parameters
@@ -104,6 +106,17 @@ class MaskedPCA:
     explained_variance_ : (K,) ndarray, variance along each axis (ddof = 1).
     n_iter_ : int, passes made.  converged_ : bool.
     objective_ : list of float, squared error on observed entries after each pass (from pass 2).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(300, 3)) @ rng.normal(size=(3, 40)) + 0.01 * rng.normal(size=(300, 40))
+    >>> mask = rng.random(X.shape) < 0.05                 # 5 % of the pixels missing
+    >>> pca = MaskedPCA(3, random_state=0).fit(np.where(mask, np.nan, X), mask)
+    >>> Z = pca.transform(X, mask)
+    >>> float(np.abs(pca.inverse_transform(Z) - X)[~mask].max()) < 0.1
+    True
     """
 
     def __init__(
@@ -162,11 +175,24 @@ class MaskedPCA:
             yield a, b, chunk, m
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, X, mask=None):
+    def fit(self, X, mask=None) -> MaskedPCA:
+        """Fit the K principal components of ``X``, ignoring the entries where ``mask`` is True.
+
+        Parameters
+        ----------
+        X : array-like of shape (N, P)
+            Data (may be a memory map; read in row chunks). Masked entries may hold anything.
+        mask : bool array-like of shape (N, P), optional
+            True where an entry is missing.
+
+        Returns
+        -------
+        self : MaskedPCA
+        """
         self._fit(X, mask)
         return self
 
-    def fit_transform(self, X, mask=None):
+    def fit_transform(self, X, mask=None, **fit_params) -> np.ndarray:
         """Fit and return the (N, K) scores of the training rows (at the EM fixed point)."""
         return self._fit(X, mask)
 
@@ -332,10 +358,23 @@ class MaskedPCA:
 
     # ------------------------------------------------------------------ projection
     def _check_fitted(self):
-        if not hasattr(self, "components_"):
-            raise ValueError("this MaskedPCA is not fitted yet; call fit(X, mask) first")
+        check_is_fitted(self, "components_")
 
-    def transform(self, X, mask=None):
+    @classmethod
+    def from_components(cls, components, mean) -> MaskedPCA:
+        """A fitted MaskedPCA from stored ``components`` (K × P, orthonormal rows) and ``mean`` (P,).
+
+        For scoring new spectra with a cached compression (see ``Compression.transform``).
+        """
+        comp = np.asarray(components, dtype=float)
+        mean = np.asarray(mean, dtype=float)
+        if comp.ndim != 2 or mean.shape != (comp.shape[1],):
+            raise ValueError(f"components {comp.shape} and mean {mean.shape} do not match")
+        pca = cls(comp.shape[0])
+        pca.components_, pca.mean_, pca.n_features_in_ = comp, mean, comp.shape[1]
+        return pca
+
+    def transform(self, X, mask=None) -> np.ndarray:
         """Scores of (new) rows: least-squares fit of the observed pixels by the K components.
 
         For a row with missing pixels m, ``z = (I − W_mᵀ W_m)⁻¹ Wᵀ x₀`` (x₀ = centred row with zeros
@@ -364,7 +403,8 @@ class MaskedPCA:
                     out[a + r] = np.linalg.lstsq(G, out[a + r], rcond=None)[0]
         return out
 
-    def inverse_transform(self, Z):
+    def inverse_transform(self, Z) -> np.ndarray:
+        """Reconstruct complete rows from scores: ``Z @ components_ + mean_``."""
         self._check_fitted()
         Z = np.asarray(Z, dtype=float)
         if Z.ndim != 2 or Z.shape[1] != self.components_.shape[0]:

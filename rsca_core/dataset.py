@@ -38,6 +38,7 @@ from .constants import (
     SPECIES,
     abundance_column,
     apogee_wavelength,
+    canonical_species,
     ranges_to_mask,
 )
 
@@ -100,6 +101,16 @@ class Compression:
     mask_key: str = ""
     path: Path | None = None
 
+    def transform(self, spectra, mask=None) -> np.ndarray:
+        """Scores of spectra that are not in the bundle, with this compression's components.
+
+        The same least-squares fit of the observed pixels as ``MaskedPCA.transform``; for a bundle
+        star it gives its stored score (to the fit's tolerance).
+        """
+        from .compress import MaskedPCA
+
+        return MaskedPCA.from_components(self.components, self.mean).transform(spectra, mask)
+
     def truncate(self, k: int) -> Compression:
         """The leading ``k`` components (an approximation of a K=k fit when pixels are missing)."""
         if not 1 <= k <= self.k:
@@ -152,6 +163,7 @@ class Dataset:
         errors=None,
         meta: dict | None = None,
         path: str | os.PathLike | None = None,
+        cache_root: str | os.PathLike | None = None,
     ):
         self.stars = _normalise_stars(stars)
         self.spectra = spectra
@@ -161,6 +173,8 @@ class Dataset:
         self.meta = dict(meta or {})
         self.meta.setdefault("kind", "simulated")
         self.path = Path(path) if path is not None else None
+        #: Where compressions are cached: ``cache_root/<uid>/`` if given, else ``<bundle>/cache/``.
+        self.cache_root = Path(cache_root) if cache_root is not None else None
         self._validate()
 
     # ------------------------------------------------------------------ basic properties
@@ -253,7 +267,7 @@ class Dataset:
 
     # ------------------------------------------------------------------ I/O
     @classmethod
-    def load(cls, path, mmap: bool = True) -> Dataset:
+    def load(cls, path, mmap: bool = True, cache_root: str | os.PathLike | None = None) -> Dataset:
         """Load a bundle; arrays are memory-mapped. Raises :class:`BundleError` naming the bad file."""
         path = Path(path)
         if not path.is_dir():
@@ -309,7 +323,14 @@ class Dataset:
             raise BundleError(f"{spath}: {len(stars)} rows, expected {n} from meta.json")
         try:
             return cls(
-                stars, arrays["spectra"], arrays["mask"], wavelength, errors=arrays["errors"], meta=meta, path=path
+                stars,
+                arrays["spectra"],
+                arrays["mask"],
+                wavelength,
+                errors=arrays["errors"],
+                meta=meta,
+                path=path,
+                cache_root=cache_root,
             )
         except BundleError as exc:
             raise BundleError(f"{path}: {exc}") from None
@@ -353,9 +374,9 @@ class Dataset:
         return _OredMask(self.mask, ranges_to_mask(extra_mask_ranges, self.n_pixels))
 
     def cache_dir(self) -> Path:
-        env = os.environ.get("RSCA_CACHE_DIR")
-        if env:
-            d = Path(env) / (self.meta.get("uid") or "memory")
+        """Folder of this dataset's cached compressions (see ``cache_root``)."""
+        if self.cache_root is not None:
+            d = self.cache_root / (self.meta.get("uid") or "memory")
         elif self.path is not None:
             d = self.path / "cache"
         else:
@@ -428,36 +449,79 @@ class Dataset:
         species=None,
         extra_mask_ranges=(),
         progress: bool = False,
+        *,
+        rows=None,
+        clusters=None,
+        compression: Compression | None = None,
     ) -> RateInputs:
         """Field/cluster representations plus pair-filter metadata for ``doppelganger_rates``.
 
-        ``input`` is ``"spectra"`` (PCA scores, K components), ``"abundances"`` (the 21 species) or
-        ``"subset"`` (``species``, default the paper's Fe, Mg, Ni, Si, Al, C, N).
+        The one place where the inputs of a rate are built (CLI, experiments, diagnostics, dashboard).
+
+        Parameters
+        ----------
+        input : {"spectra", "abundances", "subset"}
+            PCA scores of the spectra (K components), the 21 abundances, or the abundance ``species``
+            (default the paper's Fe, Mg, Ni, Si, Al, C, N).
+        k, seed, extra_mask_ranges, progress
+            The compression (``input="spectra"``): see :meth:`compress`.
+        species : list of str, optional
+            The species of ``input="subset"``.
+        rows : bool array (n_stars,), optional
+            Only these stars (e.g. a random subset in an experiment).
+        clusters : list of str, optional
+            Only these training clusters (their members); the field is unchanged.
+        compression : Compression, optional
+            Scores to use instead of :meth:`compress` (e.g. one already in memory).
+
+        Stars lacking a used abundance are left out; ``description["n_left_out"]`` counts them.
         """
         from .constants import PAPER_SUBSET
 
+        keep = np.ones(self.n_stars, bool)
         if input == "spectra":
-            z = self.compress(k, seed=seed, extra_mask_ranges=extra_mask_ranges, progress=progress).scores
-            desc = {"input": "spectra", "k": int(k), "seed": int(seed)}
+            comp = compression or self.compress(k, seed=seed, extra_mask_ranges=extra_mask_ranges, progress=progress)
+            if comp.scores.shape[0] != self.n_stars:
+                raise ValueError(f"the compression has {comp.scores.shape[0]} rows, the dataset {self.n_stars} stars")
+            z = comp.scores
+            desc = {"input": "spectra", "k": int(comp.k), "seed": int(comp.seed)}
         elif input in ("abundances", "subset"):
             sp = list(SPECIES) if input == "abundances" else list(species or PAPER_SUBSET)
             z = self.abundances(sp)
-            if np.isnan(z).any():
-                bad = int(np.isnan(z).any(axis=1).sum())
-                raise ValueError(f"{bad} stars lack a measured abundance among {', '.join(sp)}")
-            desc = {"input": input, "species": sp}
+            keep &= ~np.isnan(z).any(axis=1)
+            desc = {"input": input, "species": [canonical_species(x) for x in sp]}
         else:
             raise ValueError(f"input must be 'spectra', 'abundances' or 'subset', not {input!r}")
-        fi, ci = self.field_index, self.cluster_index
+        if rows is not None:
+            keep &= np.asarray(rows, bool)
+        cid = self.stars["cluster"].to_numpy(dtype=object)
+        isc = self.is_cluster
+        if clusters is not None:
+            wanted = {str(c) for c in clusters}
+            unknown = wanted - set(self.cluster_names)
+            if unknown:
+                raise ValueError(f"{self.name}: no cluster named {', '.join(sorted(unknown))}")
+            isc_keep = isc & np.isin(cid, np.array(sorted(wanted), dtype=object))
+        else:
+            isc_keep = isc
+        fi, ci = np.flatnonzero(keep & ~isc), np.flatnonzero(keep & isc_keep)
+        if len(fi) == 0:
+            raise ValueError(f"{self.name}: no field star left for the {input} representation")
         st = self.stars
+        vh, ak = st["vhelio_avg"].to_numpy(float), st["ak_targ"].to_numpy(float)
+        desc |= {
+            "n_field": int(len(fi)),
+            "n_cluster_stars": int(len(ci)),
+            "n_left_out": int(self.n_stars - keep.sum()),
+        }
         return RateInputs(
             z_pop=np.asarray(z[fi], dtype=float),
             z_clust=np.asarray(z[ci], dtype=float),
-            cluster_ids=st["cluster"].to_numpy(dtype=object)[ci],
-            pop_vhelio=st["vhelio_avg"].to_numpy(float)[fi],
-            pop_ak=st["ak_targ"].to_numpy(float)[fi],
-            clust_vhelio=st["vhelio_avg"].to_numpy(float)[ci],
-            clust_ak=st["ak_targ"].to_numpy(float)[ci],
+            cluster_ids=cid[ci],
+            pop_vhelio=vh[fi],
+            pop_ak=ak[fi],
+            clust_vhelio=vh[ci],
+            clust_ak=ak[ci],
             description=desc | {"dataset": self.name, "kind": self.kind},
         )
 

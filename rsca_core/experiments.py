@@ -59,7 +59,7 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from .constants import MAX_DAK, MAX_DVHELIO, PAPER_RESULTS, PAPER_SUBSET, SPECIES, canonical_species
-from .dataset import Dataset, RateInputs
+from .dataset import Compression, Dataset, RateInputs
 from .metrics import _fold_rate, _PairFilter, distance_histogram, doppelganger_rates, global_rate
 from .rsca import RSCA, VARIANTS, ClusterStats, check_cluster_ids, group_indices
 
@@ -133,10 +133,10 @@ def _species(species):
     return sp
 
 
-def compression_scores(
+def compression(
     ds: Dataset, k: int, seed: int = 0, truncate_from: int | None = None, extra_mask_ranges=(), progress: bool = False
-) -> np.ndarray:
-    """(N, k) PCA scores of every star, memoised per Dataset object (on top of the disk cache).
+) -> Compression:
+    """The compression of every star at ``k``, memoised per Dataset object (on top of the disk cache).
 
     ``truncate_from=None``: the exact K=k compression. ``truncate_from=K_max ≥ k``: the leading k
     components of the K_max compression (see the module docstring for what that means).
@@ -148,7 +148,14 @@ def compression_scores(
     if key not in memo:
         memo[key] = ds.compress(src, seed=int(seed), extra_mask_ranges=extra_mask_ranges, progress=progress)
     comp = memo[key]
-    return comp.scores if src == k else comp.truncate(k).scores
+    return comp if src == k else comp.truncate(k)
+
+
+def compression_scores(
+    ds: Dataset, k: int, seed: int = 0, truncate_from: int | None = None, extra_mask_ranges=(), progress: bool = False
+) -> np.ndarray:
+    """(N, k) PCA scores of every star: ``compression(...).scores``."""
+    return compression(ds, k, seed, truncate_from, extra_mask_ranges, progress).scores
 
 
 def _compression_note(k, truncate_from):
@@ -172,37 +179,18 @@ def representation(
     truncate_from=None,
     extra_mask_ranges=(),
 ) -> RateInputs:
-    """Rate inputs like ``ds.rate_inputs`` but for a subset of stars (``rows``, boolean) and memoised
-    compressions. Abundance inputs drop stars lacking a used species."""
+    """``ds.rate_inputs`` with this module's memoised compressions (and optional truncation).
+
+    Abundance inputs drop stars lacking a used species (counted in ``description["n_left_out"]``)."""
+    comp = None
     if input == "spectra":
-        z = compression_scores(ds, k, seed, truncate_from, extra_mask_ranges)
-        desc = {"input": "spectra", "k": int(k), "seed": int(seed), "compression": _compression_note(k, truncate_from)}
-        keep = np.ones(ds.n_stars, bool)
-    elif input in ("abundances", "subset"):
-        sp = list(SPECIES) if input == "abundances" else _species(species or PAPER_SUBSET)
-        z = ds.abundances(sp)
-        keep = ~np.isnan(z).any(axis=1)
-        desc = {"input": input, "species": sp}
-    else:
-        raise ValueError(f"input must be 'spectra', 'abundances' or 'subset', not {input!r}")
-    if rows is not None:
-        keep &= np.asarray(rows, bool)
-    isc = ds.is_cluster
-    fi, ci = np.flatnonzero(keep & ~isc), np.flatnonzero(keep & isc)
-    if len(fi) == 0:
-        raise ValueError(f"{ds.name}: no field star left for the {INPUT_NAMES[input]} representation")
-    st = ds.stars
-    desc |= {"n_field": int(len(fi)), "n_cluster_stars": int(len(ci)), "n_left_out": int(ds.n_stars - keep.sum())}
-    return RateInputs(
-        z_pop=np.asarray(z[fi], float),
-        z_clust=np.asarray(z[ci], float),
-        cluster_ids=st["cluster"].to_numpy(dtype=object)[ci],
-        pop_vhelio=st["vhelio_avg"].to_numpy(float)[fi],
-        pop_ak=st["ak_targ"].to_numpy(float)[fi],
-        clust_vhelio=st["vhelio_avg"].to_numpy(float)[ci],
-        clust_ak=st["ak_targ"].to_numpy(float)[ci],
-        description=desc | {"dataset": ds.name, "kind": ds.kind},
-    )
+        comp = compression(ds, k, seed, truncate_from, extra_mask_ranges)
+    elif input == "subset":
+        species = _species(species or PAPER_SUBSET)
+    inp = ds.rate_inputs(input, k=k, seed=seed, species=species, rows=rows, compression=comp)
+    if input == "spectra":
+        inp.description["compression"] = _compression_note(k, truncate_from)
+    return inp
 
 
 def _rates(inp: RateInputs, notes: list, **kw):

@@ -163,9 +163,7 @@ def run_experiments(ds, settings: dict, experiments=EXPERIMENTS, progress: bool 
 
 
 def _is_cached(ds, k, seed):
-    if not ds.meta.get("uid"):
-        return False
-    return (ds.cache_dir() / f"pca-k{int(k)}-seed{int(seed)}-{ds.mask_key(())}.npz").exists()
+    return ds.has_compression(k, seed)
 
 
 # ---------------------------------------------------------------------------- writing

@@ -260,7 +260,7 @@ def doppelganger_rates(
         ca = _check_meta(clust_ak, "clust_ak", len(Z_clust))
         pfilter = _PairFilter(pv, pa, float(max_dvhelio), float(max_dak))
     est = RSCA(**rsca_options)
-    est._check_params(K)
+    est.check_params(K)
     groups = group_indices(ids)
     usable = [c for c, idx in groups.items() if len(idx) >= 2]
     need = 3 if (cv and est.variant != "raw") else 2

@@ -12,6 +12,8 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
 VARIANTS = ("raw", "scaled", "transformed")
@@ -252,8 +254,12 @@ class ClusterGeometry:
         return self.weights[:n, None] * self.rotation[self.order[:n]]
 
 
-class RSCA:
+class RSCA(BaseEstimator):
     """Relevant scaled component analysis (de Mijolla & Ness 2022), SPEC §1 steps 2–6.
+
+    A linear metric learned from open clusters: ``y = (z - mean_) @ components_.T``, in which members
+    of one cluster are close and the field is spread out. ``fit`` takes the field representation, the
+    cluster members' representation and their cluster names (not the usual ``X, y``).
 
     Parameters
     ----------
@@ -269,45 +275,72 @@ class RSCA:
     top_n : int or None
         Keep only the N most discriminative output axes (smallest σ_i).
 
-    Attributes (after fit)
-    ----------------------
-    mean_ : (K,)            field mean subtracted first
-    components_ : (K, K)     whole linear map, rows = output axes by importance
-    scales_ : (K,)           σ_i of each output axis, ascending (inf = uninformative)
-    weights_ : (K,)          1 / scales_ (0 where the axis carries no information)
-    order_ : (K,)            index of each output axis in the reparametrized basis
-    sigma_c_ : (K,)          intra-cluster spread of each reparametrized axis (before ordering)
-    sphere_ : (K, K)         step-2 map (whitening; for "scaled" a diagonal standardisation)
-    rotation_ : (K, K)       step-3 basis (rows), identity for "scaled"
-    n_features_in_, n_clusters_used_
+    Attributes
+    ----------
+    mean_ : ndarray of shape (K,)
+        Field mean, subtracted first.
+    components_ : ndarray of shape (K, K)
+        The whole linear map; rows are the output axes by importance.
+    scales_ : ndarray of shape (K,)
+        σ_i of each output axis, ascending (inf = uninformative).
+    weights_ : ndarray of shape (K,)
+        1 / scales_ (0 where the axis carries no information).
+    order_ : ndarray of shape (K,)
+        Index of each output axis in the reparametrized basis.
+    sigma_c_ : ndarray of shape (K,)
+        Intra-cluster spread of each reparametrized axis (before ordering).
+    sphere_ : ndarray of shape (K, K)
+        Step-2 map (whitening; for "scaled" a diagonal standardisation).
+    rotation_ : ndarray of shape (K, K)
+        Step-3 basis (rows), identity for "scaled".
+    n_features_in_ : int
+        K.
+    n_clusters_used_ : int
+        Clusters with two or more members.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> Z_pop = rng.normal(size=(500, 3)) * [3.0, 1.0, 1.0]
+    >>> centres = rng.normal(size=(4, 3)) * [3.0, 1.0, 1.0]
+    >>> Z_clust = np.repeat(centres, 5, axis=0) + rng.normal(size=(20, 3)) * [0.1, 1.0, 1.0]
+    >>> ids = np.repeat(["A", "B", "C", "D"], 5)
+    >>> model = RSCA().fit(Z_pop, Z_clust, ids)
+    >>> model.transform(Z_pop[:2]).shape
+    (2, 3)
+    >>> int(np.argmax(np.abs(model.components_[0])))  # the most telling axis is the one clusters are tight in
+    0
     """
 
-    def __init__(self, variant="transformed", robust=True, pooled=True, relative_scaling=True, top_n=None):
+    def __init__(
+        self,
+        variant: str = "transformed",
+        robust: bool = True,
+        pooled: bool = True,
+        relative_scaling: bool = True,
+        top_n: int | None = None,
+    ):
         self.variant = variant
         self.robust = robust
         self.pooled = pooled
         self.relative_scaling = relative_scaling
         self.top_n = top_n
 
-    def get_params(self, deep=True):
-        return {k: getattr(self, k) for k in ("variant", "robust", "pooled", "relative_scaling", "top_n")}
-
-    def set_params(self, **params):
-        for k, v in params.items():
-            if k not in self.get_params():
-                raise ValueError(f"unknown RSCA parameter {k!r}")
-            setattr(self, k, v)
-        return self
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"RSCA({args})"
-
     # ------------------------------------------------------------------ validation
-    def _check_params(self, K):
+    def check_params(self, n_features: int) -> None:
+        """Raise ValueError if the parameters cannot be used on ``n_features``-dimensional inputs.
+
+        Examples
+        --------
+        >>> RSCA(top_n=5).check_params(3)
+        Traceback (most recent call last):
+        ...
+        ValueError: top_n=5 is out of range 1..3
+        """
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, not {self.variant!r}")
-        check_top_n(self.top_n, K)
+        check_top_n(self.top_n, n_features)
 
     def fit_population(self, Z_pop):
         """Step 2 only (depends on the field alone): returns (mean, sphere matrix)."""
@@ -370,12 +403,28 @@ class RSCA:
         }
 
     # ------------------------------------------------------------------ estimator API
-    def fit(self, Z_pop, Z_clust, cluster_ids):
+    def fit(self, Z_pop, Z_clust, cluster_ids) -> RSCA:
+        """Learn the map from the field and the cluster members (SPEC §1 steps 2–4).
+
+        Parameters
+        ----------
+        Z_pop : array-like of shape (n_field, K)
+            Field stars' representation (PCA scores or abundances).
+        Z_clust : array-like of shape (n_members, K)
+            Cluster members' representation.
+        cluster_ids : array-like of shape (n_members,)
+            Cluster name of each member; clusters with one member are ignored.
+
+        Returns
+        -------
+        self : RSCA
+            The fitted estimator.
+        """
         Z_pop = check_representation(Z_pop, "Z_pop")
         Z_clust = check_representation(Z_clust, "Z_clust", Z_pop.shape[1])
         ids = check_cluster_ids(cluster_ids, len(Z_clust))
         K = Z_pop.shape[1]
-        self._check_params(K)
+        self.check_params(K)
         groups = group_indices(ids)
         usable = sum(len(v) >= 2 for v in groups.values())
         if usable < 2:
@@ -394,25 +443,76 @@ class RSCA:
         self.n_clusters_used_ = usable
         return self
 
-    def transform(self, Z, top_n=None):
-        """Project ``Z`` (n × K) into the RSCA space: (n × top_n) axes by importance."""
-        if not hasattr(self, "components_"):
-            raise ValueError("this RSCA is not fitted yet; call fit(Z_pop, Z_clust, cluster_ids) first")
+    def transform(self, Z, top_n: int | None = None) -> np.ndarray:
+        """Project ``Z`` (n × K) into the RSCA space: (n × top_n) axes by importance.
+
+        Parameters
+        ----------
+        Z : array-like of shape (n, K)
+            Stars in the representation the map was fitted on.
+        top_n : int, optional
+            Keep this many leading axes (default: the estimator's ``top_n``, else all).
+
+        Returns
+        -------
+        Y : ndarray of shape (n, top_n or K)
+        """
+        check_is_fitted(self, "components_")
         Z = check_representation(Z, "Z", self.n_features_in_)
         n = self.top_n if top_n is None else top_n
         check_top_n(n, self.n_features_in_)
         A = self.components_ if n is None else self.components_[: int(n)]
         return (Z - self.mean_) @ A.T
 
-    def fit_transform(self, Z_pop, Z_clust, cluster_ids):
+    def fit_transform(self, Z_pop, Z_clust, cluster_ids) -> np.ndarray:
+        """``fit(Z_pop, Z_clust, cluster_ids)`` then the field's coordinates ``transform(Z_pop)``."""
         return self.fit(Z_pop, Z_clust, cluster_ids).transform(Z_pop)
 
-    def spectral_components(self, pca_components):
+    def transform_steps(self, Z) -> list[np.ndarray]:
+        """``Z`` after each step of the map (for teaching, e.g. the dashboard's "Inside RSCA").
+
+        Returns ``[Z, sphered, reparametrized, rescaled]``: step 2 ``(Z − mean_) @ sphere_.T``, step 3
+        that @ ``rotation_.T`` (axes in the reparametrized order), step 4 :meth:`transform` (all axes,
+        ordered by importance and rescaled).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(1)
+        >>> Z = rng.normal(size=(200, 2)); C = rng.normal(size=(6, 2)); ids = list("aabbcc")
+        >>> steps = RSCA().fit(Z, C, ids).transform_steps(C)
+        >>> len(steps), steps[3].shape
+        (4, (6, 2))
+        """
+        check_is_fitted(self, "components_")
+        Z = check_representation(Z, "Z", self.n_features_in_)
+        s1 = (Z - self.mean_) @ np.asarray(self.sphere_).T
+        s2 = s1 @ np.asarray(self.rotation_).T
+        return [Z, s1, s2, self.transform(Z, top_n=self.n_features_in_)]
+
+    def spectral_components(self, pca_components) -> np.ndarray:
         """Each output axis as a vector in pixel space: ``components_ @ pca_components`` (K × P)."""
+        check_is_fitted(self, "components_")
         pc = np.asarray(pca_components, dtype=float)
         if pc.ndim != 2 or pc.shape[0] != self.n_features_in_:
             raise ValueError(f"pca_components must have {self.n_features_in_} rows")
         return self.components_ @ pc
+
+    def pixel_map(self, pca_components, pca_mean) -> tuple[np.ndarray, np.ndarray]:
+        """The map from complete spectra straight to RSCA space: ``y = x @ W.T + b``.
+
+        With PCA scores ``z = (x − m) @ P.T``, ``y = (z − mean_) @ R.T`` gives ``W = R @ P`` and
+        ``b = −(m @ P.T + mean_) @ R.T`` (R = ``components_``).
+
+        Returns
+        -------
+        W : ndarray of shape (K, P)
+        b : ndarray of shape (K,)
+        """
+        W = self.spectral_components(pca_components)
+        m = np.asarray(pca_mean, float)
+        b = -(m @ np.asarray(pca_components, float).T + self.mean_) @ self.components_.T
+        return W, b
 
 
 def check_top_n(top_n, K):

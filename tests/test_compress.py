@@ -131,3 +131,26 @@ def test_pixels_missing_for_every_star_are_left_out_of_the_fit(p):
     assert np.allclose(full.components_[:, ~band], alone.components_, atol=1e-12)
     assert np.allclose(full.transform(Xh, holes), alone.transform(Xh[:, ~band], holes[:, ~band]), atol=1e-9)
     assert full.missing_fraction_ == pytest.approx(holes.mean())
+
+
+def test_masked_pca_follows_scikit_learn_conventions():
+    from sklearn.base import clone
+    from sklearn.exceptions import NotFittedError
+
+    pca = MaskedPCA(4, random_state=3, tol=1e-6)
+    twin = clone(pca)
+    assert twin.get_params() == pca.get_params() and twin is not pca
+    with pytest.raises(NotFittedError):
+        pca.transform(np.zeros((2, 10)))
+
+
+def test_a_cached_compression_scores_new_spectra_like_the_fit():
+    """Compression.transform (used for spectra outside the bundle) gives a bundle star its own score."""
+    from tests.helpers import small_dataset
+
+    ds = small_dataset(n_field=200, n_pixels=120, seed=5)
+    comp = ds.compress(5, use_cache=False, tol=1e-10, max_iter=1000)  # at the EM fixed point
+    rows = np.arange(0, ds.n_stars, 7)
+    got = comp.transform(np.asarray(ds.spectra)[rows], np.asarray(ds.mask)[rows])
+    # components are stored as float32: rows with many missing pixels differ at the 1e-3 level
+    np.testing.assert_allclose(got, comp.scores[rows], atol=1e-2 * np.abs(comp.scores).max())

@@ -7,7 +7,6 @@ Every table is checked against an independent computation: direct calls of `dopp
 import itertools
 import json
 import math
-import os
 import uuid
 
 import numpy as np
@@ -27,15 +26,10 @@ SIZES = (3, 4, 5, 6, 7, 8)
 def ds(tmp_path_factory):
     """A small planted-cluster dataset whose compressions are cached on disk (in a temp dir), so the
     experiments and the direct reference calls share them instead of refitting."""
-    old = os.environ.get("RSCA_CACHE_DIR")
-    os.environ["RSCA_CACHE_DIR"] = str(tmp_path_factory.mktemp("pca-cache"))
     d = small_dataset(n_field=300, sizes=SIZES, n_pixels=160, seed=1)
     d.meta["uid"] = "test-experiments-" + uuid.uuid4().hex
-    yield d
-    if old is None:
-        os.environ.pop("RSCA_CACHE_DIR", None)
-    else:
-        os.environ["RSCA_CACHE_DIR"] = old
+    d.cache_root = tmp_path_factory.mktemp("pca-cache")
+    return d
 
 
 def _split(ds, z, rows=None):

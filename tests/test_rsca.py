@@ -213,3 +213,36 @@ def test_all_folds_at_once_equal_one_fold_at_a_time(variant, robust, pooled, rel
         assert np.allclose(geom.matrix(), one.matrix(), rtol=1e-9, atol=1e-12)
         assert np.allclose(geom.sigma_c, one.sigma_c, rtol=1e-9)
         assert np.array_equal(geom.order, one.order)
+
+
+# ---------------------------------------------------------------- scikit-learn conventions
+def test_rsca_is_a_scikit_learn_estimator():
+    from sklearn.base import clone
+    from sklearn.exceptions import NotFittedError
+
+    est = RSCA(variant="scaled", robust=False, top_n=2)
+    twin = clone(est)
+    assert twin is not est and twin.get_params() == est.get_params()
+    assert repr(est) == "RSCA(robust=False, top_n=2, variant='scaled')"
+    assert est.set_params(top_n=None).top_n is None
+    with pytest.raises(ValueError):
+        est.set_params(not_a_parameter=1)
+    with pytest.raises(NotFittedError):
+        RSCA().transform(np.zeros((2, 3)))
+
+
+def test_transform_steps_compose_to_the_map_and_pixel_map_equals_the_two_step_projection():
+    Z_pop, Z_clust, ids, _ = planted(seed=4, K=4)
+    est = RSCA().fit(Z_pop, Z_clust, ids)
+    z, s1, s2, y = est.transform_steps(Z_clust)
+    # independent composition: whitening, then rotation, then the importance order and the 1/σ weights
+    np.testing.assert_allclose(s1, (Z_clust - Z_pop.mean(0)) @ est.sphere_.T, atol=1e-9)
+    np.testing.assert_allclose(y, s2[:, est.order_] * est.weights_, atol=1e-9)
+    np.testing.assert_allclose(y, est.transform(Z_clust), atol=1e-12)
+    # a planted PCA: x = z @ P + m; the pixel map must equal transform(PCA scores)
+    rng = np.random.default_rng(0)
+    P = np.linalg.qr(rng.normal(size=(30, 4)))[0].T
+    m = rng.normal(size=30)
+    x = Z_clust @ P + m
+    W, b = est.pixel_map(P, m)
+    np.testing.assert_allclose(x @ W.T + b, est.transform((x - m) @ P.T), atol=1e-9)
