@@ -33,11 +33,13 @@ from ..constants import ANOMALOUS_STAR, LOGG_RANGE, MIN_CG_PROB, TEFF_RANGE
 from ..selection import finalise_clusters, format_cutflow, pixel_mask, select_stars, stars_table
 from .build import build_apogee
 from .cli import add_cli, parse_ranges
+from .export import LAYOUT_WRITERS, write_layout
 from .fitsio import (
     SpectrumFileError,
     read_allstar,
     read_allstar_visits,
     read_aspcapstar,
+    read_mwmstar,
     read_occam_members,
 )
 from .layout import (
@@ -49,8 +51,12 @@ from .layout import (
     SIMULATED_KEYWORD,
     aspcapstar_relpath,
 )
+from .members import MEMBER_FORMATS, read_members
 from .reader import CHUNK_SIZE, CORRUPT, MISSING, OK, read_spectra
-from .writers import LAYOUT_WRITERS, write_dr16, write_layout
+from .releases import RELEASES, detect_release, mwmstar_relpath, read_star_table
+from .writers import write_dr16
+from .writers_dr17 import write_dr17
+from .writers_dr19 import write_dr19
 
 __all__ = [
     "add_cli",
@@ -61,12 +67,15 @@ __all__ = [
     "build_apogee",
     "CHUNK_SIZE",
     "CORRUPT",
+    "detect_release",
     "finalise_clusters",
     "format_cutflow",
     "LAYOUT_WRITERS",
     "LOGG_RANGE",
+    "MEMBER_FORMATS",
     "MIN_CG_PROB",
     "MISSING",
+    "mwmstar_relpath",
     "OCCAM_CLUSTER_NAME",
     "OCCAM_MEMBER_COLUMNS",
     "OCCAM_MEMBER_NAME",
@@ -76,13 +85,19 @@ __all__ = [
     "read_allstar",
     "read_allstar_visits",
     "read_aspcapstar",
+    "read_members",
+    "read_mwmstar",
     "read_occam_members",
     "read_spectra",
+    "read_star_table",
+    "RELEASES",
     "select_stars",
     "SIMULATED_KEYWORD",
     "SpectrumFileError",
     "stars_table",
     "TEFF_RANGE",
     "write_dr16",
+    "write_dr17",
+    "write_dr19",
     "write_layout",
 ]

@@ -17,14 +17,15 @@ from .layout import ALLSTAR_COLUMNS, OCCAM_MEMBER_COLUMNS, SIMULATED_KEYWORD
 
 # ====================================================================== reading tables
 def columns_ci(names, required, where: str) -> dict:
-    """Map each required upper-case column name to the actual name, case-insensitively."""
+    """Map each required column name (upper-cased) to the actual name, case-insensitively; a
+    ValueError names the missing ones as asked for."""
     lookup = {}
     for n in names:
         lookup.setdefault(str(n).strip().upper(), n)
-    missing = [c for c in required if c not in lookup]
+    missing = [c for c in required if c.upper() not in lookup]
     if missing:
         raise ValueError(f"{where}: missing column {', '.join(missing)}")
-    return {c: lookup[c] for c in required}
+    return {c.upper(): lookup[c.upper()] for c in required}
 
 
 def open_table(path, what: str):
@@ -90,6 +91,9 @@ def read_allstar(path, visits: bool = True) -> tuple[pd.DataFrame, bool]:
                 )
             for j, el in enumerate(ALLSTAR_ELEMENTS):
                 out[f"{arr_name}_{el.upper()}"] = arr[:, j]
+        lookup = {str(c).strip().upper(): c for c in names}
+        if "GAIA_SOURCE_ID" in lookup:  # Gaia DR2 source id (0 = none)
+            out["GAIA_DR2_ID"] = np.asarray(data[lookup["GAIA_SOURCE_ID"]]).astype(np.int64)
         out["ROW"] = np.arange(n)
     return pd.DataFrame(out), simulated
 
@@ -288,3 +292,115 @@ def _read_aspcapstar_astropy(path, n_pixels):
         raise
     except Exception as exc:  # astropy raises OSError / TypeError / ValueError on damaged files
         raise SpectrumFileError(f"{path}: unreadable FITS ({type(exc).__name__}: {exc})") from None
+
+
+#: Error given to pixels a reader marks missing (anything above MAX_PIXEL_ERROR is masked).
+MASKED_PIXEL_ERROR = 1.0
+
+
+def split_hdu_spec(spec: str) -> tuple[str, int | None]:
+    """``"file.fits[3]"`` → ``("file.fits", 3)`` (CFITSIO's extension syntax); no suffix → ``(spec, None)``.
+
+    >>> split_hdu_spec("a/mwmStar-0.6.0-1.fits[4]"), split_hdu_spec("b.fits")
+    (('a/mwmStar-0.6.0-1.fits', 4), ('b.fits', None))
+    """
+    spec = str(spec)
+    if spec.endswith("]") and "[" in spec:
+        head, _, idx = spec[:-1].rpartition("[")
+        if idx.isdigit():
+            return head, int(idx)
+    return spec, None
+
+
+def read_mwmstar(spec, n_pixels: int = N_PIXELS) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised flux and error (float32) of one APOGEE row of an SDSS-V ``mwmStar`` file.
+
+    ``spec`` is ``"path[hdu]"``: HDU 3 holds the spectrum from APO (apo25m, apo1m), HDU 4 from LCO;
+    each has 0 or 1 rows. Flux is ``flux / continuum`` (Astra's NMF continuum), error
+    ``ivar**-0.5 / continuum``; pixels with any ``pixel_flags`` bit, no positive ``ivar`` or no
+    finite continuum get flux 0 and error :data:`MASKED_PIXEL_ERROR` (so they are masked).
+
+    Raises FileNotFoundError if the file is absent and :class:`SpectrumFileError` naming the file
+    if it is unreadable, lacks the HDU or its row, or has arrays of the wrong shape.
+    """
+    from astropy.io import fits
+
+    path, hdu = split_hdu_spec(spec)
+    hdu = 3 if hdu is None else hdu
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: missing")
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            if len(hdul) <= hdu:
+                raise SpectrumFileError(f"{path}: {len(hdul)} HDUs, expected the APOGEE spectrum in HDU {hdu}")
+            data = hdul[hdu].data
+            head = hdul[hdu].header
+            if data is None or len(data) == 0:
+                raise SpectrumFileError(f"{path}: HDU {hdu} ({head.get('EXTNAME', '')}) has no spectrum row")
+            names = {n.lower(): n for n in data.columns.names}
+            cols = {}
+            for c in ("flux", "ivar", "pixel_flags", "continuum"):
+                if c not in names:
+                    raise SpectrumFileError(f"{path}: HDU {hdu} has no column {c}")
+                arr = np.asarray(data[names[c]][0])
+                if arr.shape != (n_pixels,):
+                    raise SpectrumFileError(
+                        f"{path}: HDU {hdu} column {c} has shape {arr.shape}, expected ({n_pixels},)"
+                    )
+                cols[c] = arr
+            crval, cdelt = head.get("CRVAL"), head.get("CDELT")
+    except (SpectrumFileError, FileNotFoundError):
+        raise
+    except Exception as exc:  # astropy raises OSError / TypeError / ValueError on damaged files
+        raise SpectrumFileError(f"{path}: unreadable FITS ({type(exc).__name__}: {exc})") from None
+    if crval is not None and cdelt is not None and (abs(crval - LOGLAM0) > 1e-6 or abs(cdelt - DLOGLAM) > 1e-9):
+        raise SpectrumFileError(f"{path}: wavelength grid CRVAL={crval}, CDELT={cdelt} differs from APOGEE's")
+    return normalise_mwmstar(cols["flux"], cols["ivar"], cols["pixel_flags"], cols["continuum"])
+
+
+def normalise_mwmstar(flux, ivar, pixel_flags, continuum) -> tuple[np.ndarray, np.ndarray]:
+    """``(flux / continuum, ivar**-0.5 / continuum)`` with flagged or unusable pixels set to
+    (0, :data:`MASKED_PIXEL_ERROR`).
+
+    >>> f, e = normalise_mwmstar(np.array([50.0, 50, 50]), np.array([1e4, 0, 1e4]), np.array([0, 0, 4.0]),
+    ...                          np.array([100.0, 100, 100]))
+    >>> f.tolist(), [round(float(v), 4) for v in e]
+    ([0.5, 0.0, 0.0], [0.0001, 1.0, 1.0])
+    """
+    flux = np.asarray(flux, np.float64)
+    ivar = np.asarray(ivar, np.float64)
+    cont = np.asarray(continuum, np.float64)
+    flags = np.nan_to_num(np.asarray(pixel_flags, np.float64), nan=1.0).astype(np.uint64)  # float32 on disk
+    ok = (flags == 0) & (ivar > 0) & np.isfinite(ivar) & np.isfinite(cont) & (cont > 0) & np.isfinite(flux)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f = np.where(ok, flux / cont, 0.0)
+        e = np.where(ok, 1.0 / np.sqrt(ivar) / cont, MASKED_PIXEL_ERROR)
+    return f.astype(np.float32), e.astype(np.float32)
+
+
+def read_table_columns(path, what: str, hdu: int, required, optional=()) -> tuple[dict, int, object]:
+    """Columns of table HDU ``hdu`` (case-insensitive): ``({NAME: array}, n_rows, header of HDU 0)``.
+
+    A missing required column is a ValueError naming the file and the column.
+    """
+    from astropy.io import fits
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} file not found")
+    try:
+        hdul = fits.open(path, memmap=not str(path).endswith(".gz"))
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot read {what} FITS file ({exc})") from None
+    with hdul:
+        if len(hdul) <= hdu or not isinstance(hdul[hdu], (fits.BinTableHDU, fits.TableHDU)):
+            raise ValueError(f"{path}: {what} FITS file has no table in HDU {hdu}")
+        names = hdul[hdu].columns.names
+        cols = columns_ci(names, tuple(required), f"{path} ({what})")
+        lookup = {str(n).strip().upper(): n for n in names}
+        data = hdul[hdu].data
+        out = {c: np.asarray(data[cols[c]]) for c in cols}
+        for c in optional:
+            if c.upper() in lookup:
+                out[c.upper()] = np.asarray(data[lookup[c.upper()]])
+        return out, len(data), hdul[0].header.copy()

@@ -34,8 +34,9 @@ def write_fits(hdul, path: Path) -> Path:
     return atomic_write(path, lambda tmp: hdul.writeto(tmp, overwrite=True))
 
 
-def aspcapstar_templates(simulated: bool):
-    """FITS header blocks (bytes) of an aspcapStar file: primary, HDU 1 (flux), HDU 2 (error)."""
+def aspcapstar_templates(simulated: bool, bitpix: int = -32):
+    """FITS header blocks (bytes) of an aspcapStar file: primary, HDU 1 (flux), HDU 2 (error);
+    ``bitpix`` −32 (float32, DR16) or −64 (float64, DR17)."""
     from astropy.io import fits
 
     prim = fits.PrimaryHDU()
@@ -43,7 +44,7 @@ def aspcapstar_templates(simulated: bool):
         prim.header[SIMULATED_KEYWORD] = (True, "written by the RSCA Lab simulator")
     heads = [prim.header.tostring().encode("ascii")]
     for name in ("FLUX", "ERROR"):
-        h = fits.ImageHDU(np.zeros(N_PIXELS, np.float32), name=name)
+        h = fits.ImageHDU(np.zeros(N_PIXELS, np.float32 if bitpix == -32 else np.float64), name=name)
         h.header["CRVAL1"] = LOGLAM0
         h.header["CDELT1"] = DLOGLAM
         h.header["CRPIX1"] = 1
@@ -52,8 +53,9 @@ def aspcapstar_templates(simulated: bool):
     return heads
 
 
-def fits_data_block(arr) -> bytes:
-    b = np.ascontiguousarray(arr, dtype=">f4").tobytes()
+def fits_data_block(arr, dtype: str = ">f4") -> bytes:
+    """The data of a FITS HDU: big-endian bytes padded to a multiple of 2880."""
+    b = np.ascontiguousarray(arr, dtype=dtype).tobytes()
     return b + b"\0" * (-len(b) % 2880)
 
 
@@ -86,6 +88,9 @@ def dr16_frame(tab: pd.DataFrame) -> pd.DataFrame:
         out[c] = get(c).astype(float)
     out["ASPCAPFLAG"] = get("ASPCAPFLAG", 0, required=False).astype(np.int64)
     out["VISITS"] = get("VISITS", "", required=False).astype(str)
+    out["M_H"] = get("M_H", np.nan, required=False).astype(float)
+    for c in ("SDSS_ID", "GAIA_DR3_ID", "GAIA_DR2_ID"):  # identifiers (0 = none)
+        out[c] = get(c, 0, required=False).astype(np.int64)
     for arr in ("X_H", "X_M"):
         if arr in cols:
             a = np.stack([np.asarray(v, float) for v in tab[cols[arr]]]) if n else np.zeros((0, 26))
@@ -190,8 +195,14 @@ def occam_members_table(tab: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
     return members
 
 
-def write_occam(out: Path, members: pd.DataFrame, clusters: pd.DataFrame | None, simulated: bool) -> None:
-    """``occam_member-DR16.fits`` and ``occam_cluster-DR16.fits``."""
+def write_occam(
+    out: Path,
+    members: pd.DataFrame,
+    clusters: pd.DataFrame | None,
+    simulated: bool,
+    names: tuple[str, str] = (OCCAM_MEMBER_NAME, OCCAM_CLUSTER_NAME),
+) -> None:
+    """The OCCAM member and cluster files (``names``; DR16's by default), SDSS-IV columns."""
     from astropy.io import fits
 
     mcols = {str(c).upper(): c for c in members.columns}
@@ -208,7 +219,7 @@ def write_occam(out: Path, members: pd.DataFrame, clusters: pd.DataFrame | None,
             ],
         ]
     )
-    write_fits(fits.HDUList([primary_hdu(simulated), mem]), out / OCCAM_MEMBER_NAME)
+    write_fits(fits.HDUList([primary_hdu(simulated), mem]), out / names[0])
     if clusters is None:
         counts = members[mcols["CLUSTER"]].astype(str).value_counts().sort_index()
         clusters = pd.DataFrame({"NAME": counts.index.astype(str), "NMEMBERS": counts.to_numpy(np.int32)})
@@ -219,7 +230,7 @@ def write_occam(out: Path, members: pd.DataFrame, clusters: pd.DataFrame | None,
             ccols.append(fits.Column(str(c).upper(), format="D" if v.dtype.kind == "f" else "K", array=v.to_numpy()))
         else:
             ccols.append(string_column(str(c).upper(), v))
-    write_fits(fits.HDUList([primary_hdu(simulated), fits.BinTableHDU.from_columns(ccols)]), out / OCCAM_CLUSTER_NAME)
+    write_fits(fits.HDUList([primary_hdu(simulated), fits.BinTableHDU.from_columns(ccols)]), out / names[1])
 
 
 def write_dr16(
@@ -311,17 +322,7 @@ def write_allstar_dr16(path: Path, frame: pd.DataFrame, x_h, x_m, simulated: boo
             fits.Column("VHELIO_AVG", format="E", array=frame["VHELIO_AVG"].to_numpy(np.float32)),
             fits.Column("SNR", format="E", array=frame["SNR"].to_numpy(np.float32)),
             string_column("VISITS", frame["VISITS"]),
+            fits.Column("GAIA_SOURCE_ID", format="K", array=frame["GAIA_DR2_ID"].to_numpy(np.int64)),
         ]
     )
     write_fits(fits.HDUList([primary_hdu(simulated), table]), path)
-
-
-#: Writers of each release's layout, by ``simulate --format`` name.
-LAYOUT_WRITERS = {"dr16": write_dr16}
-
-
-def write_layout(release: str, survey, out, *, overwrite: bool = False, progress: ProgressArg = True) -> Path:
-    """Write a simulated survey in ``release``'s file layout (``simulate --format``); returns ``out``."""
-    if release not in LAYOUT_WRITERS:
-        raise ValueError(f"unknown layout {release!r}; choose from {', '.join(LAYOUT_WRITERS)}")
-    return LAYOUT_WRITERS[release](survey, out, overwrite=overwrite, progress=progress, simulated=True)
