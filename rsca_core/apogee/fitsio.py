@@ -6,6 +6,7 @@ unusual (e.g. tile-compressed images) goes through astropy.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -330,7 +331,8 @@ def read_mwmstar(spec, n_pixels: int = N_PIXELS) -> tuple[np.ndarray, np.ndarray
     if not Path(path).exists():
         raise FileNotFoundError(f"{path}: missing")
     try:
-        with fits.open(path, memmap=False) as hdul:
+        with warnings.catch_warnings(record=True) as caught, fits.open(path, memmap=False) as hdul:
+            warnings.simplefilter("always")
             if len(hdul) <= hdu:
                 raise SpectrumFileError(f"{path}: {len(hdul)} HDUs, expected the APOGEE spectrum in HDU {hdu}")
             data = hdul[hdu].data
@@ -349,6 +351,8 @@ def read_mwmstar(spec, n_pixels: int = N_PIXELS) -> tuple[np.ndarray, np.ndarray
                     )
                 cols[c] = arr
             crval, cdelt = head.get("CRVAL"), head.get("CDELT")
+            if any("truncated" in str(w.message) for w in caught):  # astropy pads a short file with zeros
+                raise SpectrumFileError(f"{path}: truncated (shorter than its headers say)")
     except (SpectrumFileError, FileNotFoundError):
         raise
     except Exception as exc:  # astropy raises OSError / TypeError / ValueError on damaged files
