@@ -199,75 +199,125 @@ def _read_exactly(fh, n: int) -> bytes:
     return b"".join(chunks)
 
 
+def _read_header(fh, path, index: int, what: str) -> dict | None:
+    """Cards (``{KEY: value}``) of the next HDU's header; None at the end of the file.
+
+    ``what`` completes the message when the file ends before HDU ``index`` ("expected ...").
+    """
+    head = {}
+    while True:
+        block = _read_exactly(fh, 2880)
+        if index == 0 and not head and block[:9] != b"SIMPLE  =":
+            raise SpectrumFileError(f"{path}: not a FITS file (no SIMPLE card)")
+        if len(block) < 2880:
+            if index == 0 or head or block:
+                raise SpectrumFileError(f"{path}: truncated FITS header in HDU {index}")
+            raise SpectrumFileError(f"{path}: {index} HDUs, expected {what}")
+        try:
+            text = block.decode("ascii")
+        except UnicodeDecodeError:
+            raise SpectrumFileError(f"{path}: corrupt FITS header in HDU {index}") from None
+        for i in range(0, 2880, 80):
+            card = text[i : i + 80]
+            key = card[:8].strip()
+            if key == "END":
+                return head
+            if card[8:10] == "= " and key not in head:
+                head[key] = _card_value(card)
+
+
+def _data_size(head: dict, path, index: int) -> tuple[int, int, list]:
+    """``(bytes of data, BITPIX, dims)`` of an HDU from its header."""
+    try:
+        bitpix = int(head["BITPIX"])
+        naxis = int(head["NAXIS"])
+        dims = [int(head[f"NAXIS{j}"]) for j in range(1, naxis + 1)]
+    except (KeyError, TypeError, ValueError):
+        raise SpectrumFileError(f"{path}: corrupt FITS header in HDU {index} (BITPIX/NAXIS missing)") from None
+    if bitpix not in _BITPIX:
+        raise SpectrumFileError(f"{path}: invalid BITPIX {bitpix} in HDU {index}")
+    size = (
+        (abs(bitpix) // 8)
+        * int(head.get("GCOUNT", 1) or 1)
+        * (int(head.get("PCOUNT", 0) or 0) + (int(np.prod(dims)) if naxis else 0))
+    )
+    return size, bitpix, dims
+
+
 def _parse_fits_images(fh, path, n_pixels):
     """Flux (HDU 1), error (HDU 2) and HDU 1's CRVAL1/CDELT1 of an open FITS file (binary, unbuffered)."""
     hdus = []
-    first = True
     while len(hdus) < 3:
-        head = {}
-        while True:
-            block = _read_exactly(fh, 2880)
-            if first:
-                if block[:9] != b"SIMPLE  =":
-                    raise SpectrumFileError(f"{path}: not a FITS file (no SIMPLE card)")
-                first = False
-            if len(block) < 2880:
-                if len(hdus) == 0 or head:
-                    raise SpectrumFileError(f"{path}: truncated FITS header in HDU {len(hdus)}")
-                raise SpectrumFileError(f"{path}: {len(hdus)} HDUs, expected flux in HDU 1 and error in HDU 2")
-            try:
-                text = block.decode("ascii")
-            except UnicodeDecodeError:
-                raise SpectrumFileError(f"{path}: corrupt FITS header in HDU {len(hdus)}") from None
-            end = False
-            for i in range(0, 2880, 80):
-                card = text[i : i + 80]
-                key = card[:8].strip()
-                if key == "END":
-                    end = True
-                    break
-                if card[8:10] == "= " and key not in head:
-                    head[key] = _card_value(card)
-            if end:
-                break
-        try:
-            bitpix = int(head["BITPIX"])
-            naxis = int(head["NAXIS"])
-            dims = [int(head[f"NAXIS{j}"]) for j in range(1, naxis + 1)]
-        except (KeyError, TypeError, ValueError):
-            raise SpectrumFileError(f"{path}: corrupt FITS header in HDU {len(hdus)} (BITPIX/NAXIS missing)") from None
-        if bitpix not in _BITPIX:
-            raise SpectrumFileError(f"{path}: invalid BITPIX {bitpix} in HDU {len(hdus)}")
-        size = (
-            (abs(bitpix) // 8)
-            * int(head.get("GCOUNT", 1) or 1)
-            * (int(head.get("PCOUNT", 0) or 0) + (int(np.prod(dims)) if naxis else 0))
-        )
-        if len(hdus) == 0:  # primary data (normally empty): skip
+        index = len(hdus)
+        head = _read_header(fh, path, index, "flux in HDU 1 and error in HDU 2")
+        size, bitpix, dims = _data_size(head, path, index)
+        if index == 0:  # primary data (normally empty): skip
             fh.seek(size + (-size % 2880), 1)
             hdus.append((None, head))
             continue
         data = _read_exactly(fh, size)
         if len(data) < size:
-            raise SpectrumFileError(f"{path}: truncated (HDU {len(hdus)} data has {len(data)} of {size} bytes)")
-        if len(hdus) == 1:
+            raise SpectrumFileError(f"{path}: truncated (HDU {index} data has {len(data)} of {size} bytes)")
+        if index == 1:
             fh.seek(-size % 2880, 1)
-        if len(hdus) in (1, 2):
-            xt = str(head.get("XTENSION", "")).strip().upper()
-            if xt != "IMAGE" or head.get("ZIMAGE"):
-                raise _NeedAstropy()
-            what = "flux (HDU 1)" if len(hdus) == 1 else "error (HDU 2)"
-            if dims != [n_pixels]:
-                raise SpectrumFileError(f"{path}: {what} has shape {tuple(dims[::-1])}, expected ({n_pixels},)")
-            arr = np.frombuffer(data, dtype=_BITPIX[bitpix]).astype(np.float32)
-            bscale, bzero = float(head.get("BSCALE", 1.0)), float(head.get("BZERO", 0.0))
-            if bscale != 1.0 or bzero != 0.0:
-                arr = (arr * np.float32(bscale) + np.float32(bzero)).astype(np.float32)
-            hdus.append((arr, head))
-        else:
-            hdus.append((None, head))
+        xt = str(head.get("XTENSION", "")).strip().upper()
+        if xt != "IMAGE" or head.get("ZIMAGE"):
+            raise _NeedAstropy()
+        what = "flux (HDU 1)" if index == 1 else "error (HDU 2)"
+        if dims != [n_pixels]:
+            raise SpectrumFileError(f"{path}: {what} has shape {tuple(dims[::-1])}, expected ({n_pixels},)")
+        arr = np.frombuffer(data, dtype=_BITPIX[bitpix]).astype(np.float32)
+        bscale, bzero = float(head.get("BSCALE", 1.0)), float(head.get("BZERO", 0.0))
+        if bscale != 1.0 or bzero != 0.0:
+            arr = (arr * np.float32(bscale) + np.float32(bzero)).astype(np.float32)
+        hdus.append((arr, head))
     (flux, h1), (err, _) = hdus[1], hdus[2]
     return flux, err, h1.get("CRVAL1"), h1.get("CDELT1")
+
+
+#: Bytes per element of the binary-table TFORM codes.
+_TFORM_BYTES = {"L": 1, "B": 1, "A": 1, "I": 2, "J": 4, "K": 8, "E": 4, "D": 8, "C": 8, "M": 16, "P": 8, "Q": 16}
+_MWM_COLUMNS = ("flux", "ivar", "pixel_flags", "continuum")
+
+
+def _mwmstar_columns_raw(path, hdu: int, n_pixels: int) -> tuple[dict, object, object]:
+    """The four arrays of the first row of binary-table HDU ``hdu``, parsed directly; raises
+    _NeedAstropy for anything unusual (scaled columns, bit arrays, other column types)."""
+    with open(path, "rb", buffering=0) as fh:
+        for index in range(hdu + 1):
+            head = _read_header(fh, path, index, f"the APOGEE spectrum in HDU {hdu}")
+            size, _, dims = _data_size(head, path, index)
+            if index < hdu:
+                fh.seek(size + (-size % 2880), 1)
+        if str(head.get("XTENSION", "")).strip().upper() != "BINTABLE" or len(dims) != 2:
+            raise _NeedAstropy()
+        if dims[1] == 0:
+            raise SpectrumFileError(f"{path}: HDU {hdu} ({head.get('EXTNAME', '')}) has no spectrum row")
+        row = _read_exactly(fh, dims[0])
+        if len(row) < dims[0]:
+            raise SpectrumFileError(f"{path}: truncated (HDU {hdu} row has {len(row)} of {dims[0]} bytes)")
+    offset, found = 0, {}
+    for j in range(1, int(head.get("TFIELDS", 0)) + 1):
+        name = str(head.get(f"TTYPE{j}", "")).strip().lower()
+        form = str(head.get(f"TFORM{j}", "")).strip().upper()
+        digits = form[: len(form) - len(form.lstrip("0123456789"))]
+        code = form[len(digits) : len(digits) + 1]
+        repeat = int(digits or 1)
+        if code not in _TFORM_BYTES or f"TSCAL{j}" in head or f"TZERO{j}" in head:
+            raise _NeedAstropy()
+        if name in _MWM_COLUMNS:
+            if code not in ("E", "D"):
+                raise _NeedAstropy()
+            if repeat != n_pixels:
+                raise SpectrumFileError(
+                    f"{path}: HDU {hdu} column {name} has shape ({repeat},), expected ({n_pixels},)"
+                )
+            found[name] = np.frombuffer(row, dtype=">f4" if code == "E" else ">f8", count=repeat, offset=offset)
+        offset += repeat * _TFORM_BYTES[code]
+    for c in _MWM_COLUMNS:
+        if c not in found:
+            raise SpectrumFileError(f"{path}: HDU {hdu} has no column {c}")
+    return found, head.get("CRVAL"), head.get("CDELT")
 
 
 def _read_aspcapstar_astropy(path, n_pixels):
@@ -322,14 +372,30 @@ def read_mwmstar(spec, n_pixels: int = N_PIXELS) -> tuple[np.ndarray, np.ndarray
     finite continuum get flux 0 and error :data:`MASKED_PIXEL_ERROR` (so they are masked).
 
     Raises FileNotFoundError if the file is absent and :class:`SpectrumFileError` naming the file
-    if it is unreadable, lacks the HDU or its row, or has arrays of the wrong shape.
+    if it is unreadable, lacks the HDU or its row, or has arrays of the wrong shape. The row is
+    parsed directly (plain binary tables); anything unusual goes through astropy.
     """
-    from astropy.io import fits
-
     path, hdu = split_hdu_spec(spec)
     hdu = 3 if hdu is None else hdu
-    if not Path(path).exists():
-        raise FileNotFoundError(f"{path}: missing")
+    try:
+        cols, crval, cdelt = _mwmstar_columns_raw(path, hdu, n_pixels)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: missing") from None
+    except IsADirectoryError:
+        raise SpectrumFileError(f"{path}: is a directory") from None
+    except _NeedAstropy:
+        cols, crval, cdelt = _mwmstar_columns_astropy(path, hdu, n_pixels)
+    except OSError as exc:
+        raise SpectrumFileError(f"{path}: unreadable ({exc})") from None
+    if crval is not None and cdelt is not None and (abs(crval - LOGLAM0) > 1e-6 or abs(cdelt - DLOGLAM) > 1e-9):
+        raise SpectrumFileError(f"{path}: wavelength grid CRVAL={crval}, CDELT={cdelt} differs from APOGEE's")
+    return normalise_mwmstar(cols["flux"], cols["ivar"], cols["pixel_flags"], cols["continuum"])
+
+
+def _mwmstar_columns_astropy(path, hdu: int, n_pixels: int) -> tuple[dict, object, object]:
+    """The four arrays of the first row of HDU ``hdu`` through astropy (files the raw parser declines)."""
+    from astropy.io import fits
+
     try:
         with warnings.catch_warnings(record=True) as caught, fits.open(path, memmap=False) as hdul:
             warnings.simplefilter("always")
@@ -350,16 +416,13 @@ def read_mwmstar(spec, n_pixels: int = N_PIXELS) -> tuple[np.ndarray, np.ndarray
                         f"{path}: HDU {hdu} column {c} has shape {arr.shape}, expected ({n_pixels},)"
                     )
                 cols[c] = arr
-            crval, cdelt = head.get("CRVAL"), head.get("CDELT")
             if any("truncated" in str(w.message) for w in caught):  # astropy pads a short file with zeros
                 raise SpectrumFileError(f"{path}: truncated (shorter than its headers say)")
-    except (SpectrumFileError, FileNotFoundError):
+            return cols, head.get("CRVAL"), head.get("CDELT")
+    except SpectrumFileError:
         raise
     except Exception as exc:  # astropy raises OSError / TypeError / ValueError on damaged files
         raise SpectrumFileError(f"{path}: unreadable FITS ({type(exc).__name__}: {exc})") from None
-    if crval is not None and cdelt is not None and (abs(crval - LOGLAM0) > 1e-6 or abs(cdelt - DLOGLAM) > 1e-9):
-        raise SpectrumFileError(f"{path}: wavelength grid CRVAL={crval}, CDELT={cdelt} differs from APOGEE's")
-    return normalise_mwmstar(cols["flux"], cols["ivar"], cols["pixel_flags"], cols["continuum"])
 
 
 def normalise_mwmstar(flux, ivar, pixel_flags, continuum) -> tuple[np.ndarray, np.ndarray]:
