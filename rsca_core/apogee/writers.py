@@ -127,6 +127,18 @@ def resolve_spectra(spectra, n):
     return lambda rows: (np.asarray(flux[rows]), np.asarray(err[rows]))
 
 
+def prepare_layout(survey_or_tables, spectra, out, table_name: str, overwrite: bool):
+    """Common start of the layout writers: ``(out, star table path, table, (frame, X_H, X_M), get_spectra)``;
+    refuses to replace an existing star table unless ``overwrite``."""
+    out = Path(out)
+    table_path = out / table_name
+    if table_path.exists() and not overwrite:
+        raise FileExistsError(f"{table_path}: already exists (pass overwrite=True to replace it)")
+    tab, spectra = survey_table_and_spectra(survey_or_tables, spectra)
+    frame, x_h, x_m = dr16_frame(tab)
+    return out, table_path, tab, (frame, x_h, x_m), resolve_spectra(spectra, len(frame))
+
+
 def survey_table_and_spectra(survey_or_tables, spectra):
     """``(table, spectra)`` from a simulator survey (its ``stars_all`` and ``spectra_for``) or a
     DataFrame with ``spectra`` given."""
@@ -270,14 +282,10 @@ def write_dr16(
     Path
         ``out``. Every file is written to a temporary name and renamed; allStar is written last.
     """
-    out = Path(out)
-    allstar_path = out / ALLSTAR_NAME
-    if allstar_path.exists() and not overwrite:
-        raise FileExistsError(f"{allstar_path}: already exists (pass overwrite=True to replace it)")
-    tab, spectra = survey_table_and_spectra(survey_or_tables, spectra)
-    frame, x_h, x_m = dr16_frame(tab)
+    out, allstar_path, tab, (frame, x_h, x_m), get_spectra = prepare_layout(
+        survey_or_tables, spectra, out, ALLSTAR_NAME, overwrite
+    )
     n = len(frame)
-    get_spectra = resolve_spectra(spectra, n)
     if frame["APOGEE_ID"].duplicated().any():
         dup = frame.loc[frame["APOGEE_ID"].duplicated(), "APOGEE_ID"].iloc[0]
         raise ValueError(f"star table: duplicate APOGEE_ID {dup!r}")

@@ -29,13 +29,11 @@ from .releases import (
 )
 from .writers import (
     aspcapstar_templates,
-    dr16_frame,
     fits_data_block,
     occam_members_table,
+    prepare_layout,
     primary_hdu,
-    resolve_spectra,
     string_column,
-    survey_table_and_spectra,
     write_fits,
     write_occam,
     write_spectra_files,
@@ -99,13 +97,9 @@ def write_dr17(
     Parameters as :func:`~rsca_core.apogee.write_dr16`; ``duplicate_fraction`` of a simulated
     survey's stars get a flagged duplicate row. Every file is written atomically; allStar last.
     """
-    out = Path(out)
-    allstar_path = out / ALLSTAR_NAMES["dr17"]
-    if allstar_path.exists() and not overwrite:
-        raise FileExistsError(f"{allstar_path}: already exists (pass overwrite=True to replace it)")
-    tab, spectra = survey_table_and_spectra(survey_or_tables, spectra)
-    frame, x_h, x_m = dr16_frame(tab)
-    get_spectra = resolve_spectra(spectra, len(frame))
+    out, allstar_path, tab, (frame, x_h, x_m), get_spectra = prepare_layout(
+        survey_or_tables, spectra, out, ALLSTAR_NAMES["dr17"], overwrite
+    )
     dup = duplicate_rows(frame, getattr(survey_or_tables, "seed", None), duplicate_fraction)
     full, x_h, x_m, source = with_duplicates(frame, x_h, x_m, dup)
     out.mkdir(parents=True, exist_ok=True)

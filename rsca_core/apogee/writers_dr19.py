@@ -43,13 +43,11 @@ from .releases import (
     mwmstar_relpath,
 )
 from .writers import (
-    dr16_frame,
     fits_data_block,
     occam_members_table,
+    prepare_layout,
     primary_hdu,
-    resolve_spectra,
     string_column,
-    survey_table_and_spectra,
     write_fits,
 )
 from .writers_dr17 import duplicate_rows, with_duplicates
@@ -150,15 +148,11 @@ def write_dr19(
     ``duplicate_fraction`` are also observed from the other observatory (a lower-SNR row) and
     ``new_fraction`` are new in SDSS-V (no ``sdss4_apogee_id``). Returns ``out``.
     """
-    out = Path(out)
-    summary = out / ALLSTAR_NAMES["dr19"]
-    if summary.exists() and not overwrite:
-        raise FileExistsError(f"{summary}: already exists (pass overwrite=True to replace it)")
-    tab, spectra = survey_table_and_spectra(survey_or_tables, spectra)
-    frame, x_h, _ = dr16_frame(tab)
+    out, summary, tab, (frame, x_h, _), get_spectra = prepare_layout(
+        survey_or_tables, spectra, out, ALLSTAR_NAMES["dr19"], overwrite
+    )
     if not (frame["SDSS_ID"] > 0).all():
         frame["SDSS_ID"] = np.where(frame["SDSS_ID"] > 0, frame["SDSS_ID"], 10**8 + np.arange(len(frame)))
-    get_spectra = resolve_spectra(spectra, len(frame))
     seed = getattr(survey_or_tables, "seed", None)
     frame["NEW_IN_SDSS5"] = False
     if seed is not None and new_fraction > 0:
