@@ -90,24 +90,9 @@ def build_apogee(
     log = log or (lambda msg: print(msg, file=sys.stderr))
     rep = reporter(progress)
     t_start = time.perf_counter()
-    if out is None:
-        raise ValueError("out: the bundle directory to create is required")
-    allstar, out = Path(allstar), Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out}: already exists (pass overwrite=True / --overwrite to replace it)")
-    ranges = [tuple(int(v) for v in r) for r in (mask_ranges or ())]
-    ranges_to_mask(ranges)  # validate early
-    if executor not in ("process", "thread"):
-        raise ValueError(f"executor must be 'process' or 'thread', not {executor!r}")
-    if occam_members is not None and members is not None:
-        raise ValueError("give the membership catalogue once: --occam-members or --members")
-    members_path = Path(members if members is not None else occam_members) if (members or occam_members) else None
-    if members_path is None:
-        raise ValueError("a membership catalogue is required: --occam-members FILE or --members FILE")
-    fmt = members_format if members is not None else "occam"
-    root = Path(spectra_root) if spectra_root is not None else allstar.parent
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: spectra root folder not found")
+    allstar, out, ranges, members_path, fmt, root = _check_inputs(
+        allstar, out, overwrite, mask_ranges, executor, occam_members, members, members_format, spectra_root
+    )
     rel, how = detect_release(allstar, release)
     rep.say(0.0, f"reading the {rel.upper()} star table and the membership catalogue")
     plan = _plan(rel, allstar, members_path, fmt, min_prob, allvisit, root)
@@ -148,31 +133,18 @@ def build_apogee(
             "release_detected_by": how,
             **{k: str(Path(v).resolve()) for k, v in inputs.items()},
             "membership": {"format": fmt, "min_prob": float(min_prob), **plan["member_counts"]},
-            "substitutes": plan["notes"].get("substitutes", {}),
-            "unavailable": plan["notes"].get("unavailable", {}),
+            **_notes(plan["notes"]),
             "cutflow": cutflow.to_dict(orient="records"),
             "mask_ranges": [list(r) for r in ranges],
             "max_pixel_error": max_pixel_error,
-            "masked": "error > max_pixel_error, non-finite, chip-gap zeros, mask_ranges"
-            + ("; DR19: any mwmStar pixel flag" if rel == "dr19" else ""),
-            "read": stats,
-            "unreadable_files": problems[:1000],
-            "n_unreadable_files": len(problems),
-            "n_missing_files": stats["n_missing"],
-            "missing_files_example": [plan["paths"][i] for i in np.flatnonzero(status == MISSING)[:50]],
+            "masked": MASK_RULE + ("; DR19: any mwmStar pixel flag" if rel == "dr19" else ""),
+            **_read_record(stats, problems, status, plan["paths"]),
         }
-        for key in ("element_order",):
-            if key in plan["notes"]:
-                provenance[key] = plan["notes"][key]
-        label = RELEASE_LABELS[rel]
-        meta = {
-            "kind": kind,
-            "name": name
-            or (f"{label} ({kind})" if not plan["simulated"] else f"simulated survey ({rel.upper()} files)"),
-            "source": f"apogee-{rel}",
-            "release": rel,
-            "provenance": provenance,
-        }
+        default_name = (
+            f"{RELEASE_LABELS[rel]} ({kind})" if kind == "real" else f"simulated survey ({rel.upper()} files)"
+        )
+        meta = {"kind": kind, "name": name or default_name, "source": f"apogee-{rel}", "release": rel}
+        meta["provenance"] = provenance
         _write_bundle(out, workdir, selected, order, ranges, max_pixel_error, chunk_size, with_errors, overwrite, meta)
         if not keep_partial:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -187,10 +159,56 @@ def build_apogee(
     return out, cutflow
 
 
+#: How the bundle's mask is made (recorded in the provenance).
+MASK_RULE = "error > max_pixel_error, non-finite, chip-gap zeros, mask_ranges"
+
+
+def _notes(notes: dict) -> dict:
+    """The release notes kept in the provenance: substitutes, unavailable inputs, element order."""
+    out = {"substitutes": notes.get("substitutes", {}), "unavailable": notes.get("unavailable", {})}
+    if "element_order" in notes:
+        out["element_order"] = notes["element_order"]
+    return out
+
+
+def _read_record(stats: dict, problems: list, status: np.ndarray, paths: list) -> dict:
+    """What the spectra reading did: statistics, unreadable files (first 1000), missing files (first 50)."""
+    return {
+        "read": stats,
+        "unreadable_files": problems[:1000],
+        "n_unreadable_files": len(problems),
+        "n_missing_files": stats["n_missing"],
+        "missing_files_example": [paths[i] for i in np.flatnonzero(status == MISSING)[:50]],
+    }
+
+
 #: Display names, spectrum file kinds and readers of the releases.
 RELEASE_LABELS = {"dr16": "APOGEE DR16", "dr17": "APOGEE DR17", "dr19": "SDSS-V DR19 (Milky Way Mapper)"}
 SPECTRUM_KIND = {"dr16": "aspcapStar", "dr17": "aspcapStar", "dr19": "mwmStar"}
 SPECTRUM_READERS = {"dr16": read_aspcapstar, "dr17": read_aspcapstar, "dr19": read_mwmstar}
+
+
+def _check_inputs(allstar, out, overwrite, mask_ranges, executor, occam_members, members, members_format, spectra_root):
+    """Validate the arguments before any work: ``(allstar, out, ranges, members path, format, spectra root)``."""
+    if out is None:
+        raise ValueError("out: the bundle directory to create is required")
+    allstar, out = Path(allstar), Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out}: already exists (pass overwrite=True / --overwrite to replace it)")
+    ranges = [tuple(int(v) for v in r) for r in (mask_ranges or ())]
+    ranges_to_mask(ranges)  # validate early
+    if executor not in ("process", "thread"):
+        raise ValueError(f"executor must be 'process' or 'thread', not {executor!r}")
+    if occam_members is not None and members is not None:
+        raise ValueError("give the membership catalogue once: --occam-members or --members")
+    if occam_members is None and members is None:
+        raise ValueError("a membership catalogue is required: --occam-members FILE or --members FILE")
+    members_path = Path(members if members is not None else occam_members)
+    fmt = members_format if members is not None else "occam"
+    root = Path(spectra_root) if spectra_root is not None else allstar.parent
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: spectra root folder not found")
+    return allstar, out, ranges, members_path, fmt, root
 
 
 def _plan(rel: str, allstar: Path, members_path: Path, fmt: str, min_prob: float, allvisit, root: Path) -> dict:
