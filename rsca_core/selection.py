@@ -331,7 +331,7 @@ def stars_table(sel: pd.DataFrame) -> pd.DataFrame:
     out["field"] = sel["FIELD"].astype(str).to_numpy()
     out["aspcapflag"] = sel["ASPCAPFLAG"].to_numpy(np.int64)
     out["cg_prob"] = sel["CG_PROB"].to_numpy(float)
-    for col in OPTIONAL_STAR_COLUMNS:
-        if col.upper() in sel.columns:
+    for col in OPTIONAL_STAR_COLUMNS:  # only when the release has the ids (0 / -1 = none)
+        if col.upper() in sel.columns and (sel[col.upper()].to_numpy(np.int64) > 0).any():
             out[col] = sel[col.upper()].to_numpy(np.int64)
     return out
