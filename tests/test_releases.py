@@ -305,3 +305,43 @@ def test_cantat2020_needs_gaia_dr2_ids_which_dr17_lacks(layouts, tmp_path):
         layouts["dr19"] / DR19, None, tmp_path / "c", members=tmp_path / "cg.csv", members_format="cantat2020"
     )
     assert Dataset.load(out).stars["cluster"].tolist() == layouts["direct"].stars["cluster"].tolist()
+
+
+def test_pair_filter_gaps_are_stated(layouts, tmp_path):
+    """A star without E(B−V) in DR19 has no A_K: the bundle says so, it does not become 0."""
+    d = tmp_path / "dr19"
+    shutil.copytree(layouts["dr19"], d)
+    with fits.open(d / DR19) as h:
+        t = h[2].data.copy()
+        field = layouts["direct"].stars.query("cluster == ''")
+        hit = np.isin(t["sdss_id"], field["sdss_id"].iloc[:2].to_numpy())
+        t["ebv"][hit] = np.nan
+        buf = io.BytesIO()
+        fits.HDUList([h[0].copy(), h[1].copy(), fits.BinTableHDU(t, header=h[2].header)]).writeto(buf)
+    (d / DR19).write_bytes(gzip.compress(buf.getvalue()))
+    out, _ = _build(d / DR19, d / "occam_member-DR19.fits", tmp_path / "b")
+    ds = Dataset.load(out)
+    assert int(np.isnan(ds.stars["ak_targ"]).sum()) == 2
+    assert ds.meta["provenance"]["unavailable"]["ak_targ"].startswith("2 of ")
+
+
+def test_cli_reads_dr17_with_allvisit_and_a_forced_release(layouts, tmp_path, capsys):
+    from rsca_core.cli import main
+
+    d = layouts["dr17"]
+    argv = ["build-apogee", "--allstar", str(d / DR17), "--occam-members", str(d / "occam_member-DR17.fits")]
+    argv += [
+        "--allvisit",
+        str(d / "allVisit-dr17-synspec_rev1.fits"),
+        "--release",
+        "dr17",
+        "--out",
+        str(tmp_path / "b"),
+    ]
+    assert main([*argv, "--workers", "1", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "EXTRATARG bit 4" in printed and "drop clusters left with one star" in printed
+    ds = Dataset.load(tmp_path / "b")
+    assert ds.meta["provenance"]["release_detected_by"] == "forced" and (ds.stars["visits"] != "").all()
+    assert main(["build-apogee", "--allstar", str(d / DR17), "--out", str(tmp_path / "c"), "--no-progress"]) == 1
+    assert "membership catalogue is required" in capsys.readouterr().err

@@ -124,6 +124,7 @@ def build_apogee(
         is_member = selected["CLUSTER"].to_numpy(dtype=object) != ""
         order = bundle_order(keep, is_member)
         kind = "simulated" if plan["simulated"] else "real"
+        plan["notes"].setdefault("unavailable", {}).update(_pair_filter_gaps(selected.iloc[order]))
         inputs = {"allstar": allstar, "members": members_path, "spectra_root": root}
         if allvisit is not None:
             inputs["allvisit"] = Path(allvisit)
@@ -168,6 +169,19 @@ def _notes(notes: dict) -> dict:
     out = {"substitutes": notes.get("substitutes", {}), "unavailable": notes.get("unavailable", {})}
     if "element_order" in notes:
         out["element_order"] = notes["element_order"]
+    return out
+
+
+def _pair_filter_gaps(stars: pd.DataFrame) -> dict:
+    """Statements for the pair filter's inputs that some bundle stars lack (never a silent zero)."""
+    out = {}
+    for col, what in (("AK_TARG", "A_K"), ("VHELIO_AVG", "a radial velocity")):
+        n_bad = int((~np.isfinite(stars[col].to_numpy(float))).sum())
+        if n_bad:
+            out[col.lower()] = (
+                f"{n_bad} of {len(stars)} stars have no {what} ({col.lower()} is NaN): the doppelganger-rate pair "
+                "filter leaves out every pair with one of them"
+            )
     return out
 
 
