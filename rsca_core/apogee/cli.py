@@ -9,7 +9,7 @@ from .members import MEMBER_FORMATS
 from .releases import RELEASES
 
 
-def parse_ranges(text: str):
+def parse_ranges(text: str) -> list:
     """``"720:910,2370:2470"`` → [(720, 910), (2370, 2470)]; ``"none"`` → []."""
     text = (text or "").strip()
     if text.lower() in ("", "none"):
@@ -49,6 +49,7 @@ def _cmd_build(args) -> int:
 
 
 def add_cli(subparsers) -> None:
+    """Register the ``build-apogee`` sub-command."""
     p = subparsers.add_parser(
         "build-apogee",
         help="build a dataset bundle from APOGEE DR16/DR17 or SDSS-V DR19 files + a membership catalogue",

@@ -29,7 +29,8 @@ def columns_ci(names, required, where: str) -> dict:
     return {c.upper(): lookup[c.upper()] for c in required}
 
 
-def open_table(path, what: str):
+def open_table(path, what: str):  # -> astropy.io.fits.HDUList
+    """Open a FITS table file (HDU 1 must be a table); errors name the file and ``what`` it is."""
     from astropy.io import fits
 
     path = Path(path)
@@ -46,6 +47,7 @@ def open_table(path, what: str):
 
 
 def fits_strings(arr) -> np.ndarray:
+    """Stripped Python strings (object array) of a FITS string column."""
     out = np.asarray(arr)
     if out.dtype.kind == "S":
         out = np.char.decode(out, "ascii", errors="replace")
@@ -53,6 +55,7 @@ def fits_strings(arr) -> np.ndarray:
 
 
 def header_simulated(hdul) -> bool:
+    """True if the primary or first extension header says the simulator wrote the file."""
     for hdu in hdul[:2]:
         val = hdu.header.get(SIMULATED_KEYWORD)
         if val is True or (isinstance(val, str) and val.strip().upper() in ("T", "TRUE", "1", "Y")):

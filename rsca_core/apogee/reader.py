@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from pathlib import Path
 
@@ -207,7 +207,7 @@ def _run_chunks(todo: list, workers: int, executor: str):
             raise
 
 
-def iter_chunk_arrays(workdir: Path, n: int, chunk_size: int):
+def iter_chunk_arrays(workdir: Path, n: int, chunk_size: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Yield ``(first row, flux, err)`` of every saved chunk, in order."""
     for c in range((n + chunk_size - 1) // chunk_size):
         with np.load(Path(workdir) / f"chunk-{c:05d}.npz") as z:

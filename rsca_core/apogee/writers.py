@@ -4,6 +4,7 @@ like the real ones. Every file is written atomically (:mod:`rsca_core.fileio`); 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ def write_fits(hdul, path: Path) -> Path:
     return atomic_write(path, lambda tmp: hdul.writeto(tmp, overwrite=True))
 
 
-def aspcapstar_templates(simulated: bool, bitpix: int = -32):
+def aspcapstar_templates(simulated: bool, bitpix: int = -32) -> list:
     """FITS header blocks (bytes) of an aspcapStar file: primary, HDU 1 (flux), HDU 2 (error);
     ``bitpix`` −32 (float32, DR16) or −64 (float64, DR17)."""
     from astropy.io import fits
@@ -60,6 +61,7 @@ def fits_data_block(arr, dtype: str = ">f4") -> bytes:
 
 
 def aspcapstar_bytes(flux, err, templates) -> bytes:
+    """A whole DR16 aspcapStar file (float32 images) from its header templates."""
     prim, h1, h2 = templates
     return b"".join((prim, h1, fits_data_block(flux), h2, fits_data_block(err)))
 
@@ -115,7 +117,7 @@ def dr16_frame(tab: pd.DataFrame) -> pd.DataFrame:
     return frame, out["X_H"], out["X_M"]
 
 
-def resolve_spectra(spectra, n):
+def resolve_spectra(spectra, n: int) -> Callable:
     """Return a function rows -> (flux, err) from arrays, a (flux, err) pair or a callable."""
     if spectra is None:
         raise ValueError("spectra are needed: pass spectra=(flux, err) arrays or a callable rows -> (flux, err)")
@@ -127,7 +129,7 @@ def resolve_spectra(spectra, n):
     return lambda rows: (np.asarray(flux[rows]), np.asarray(err[rows]))
 
 
-def prepare_layout(survey_or_tables, spectra, out, table_name: str, overwrite: bool):
+def prepare_layout(survey_or_tables, spectra, out, table_name: str, overwrite: bool) -> tuple:
     """Common start of the layout writers: ``(out, star table path, table, (frame, X_H, X_M), get_spectra)``;
     refuses to replace an existing star table unless ``overwrite``."""
     out = Path(out)
@@ -139,7 +141,7 @@ def prepare_layout(survey_or_tables, spectra, out, table_name: str, overwrite: b
     return out, table_path, tab, (frame, x_h, x_m), resolve_spectra(spectra, len(frame))
 
 
-def survey_table_and_spectra(survey_or_tables, spectra):
+def survey_table_and_spectra(survey_or_tables, spectra) -> tuple:
     """``(table, spectra)`` from a simulator survey (its ``stars_all`` and ``spectra_for``) or a
     DataFrame with ``spectra`` given."""
     if isinstance(survey_or_tables, pd.DataFrame):
@@ -176,7 +178,7 @@ def write_spectra_files(n: int, get_spectra, relpath, out: Path, make_bytes, rep
             bar.update(len(rows))
 
 
-def primary_hdu(simulated: bool):
+def primary_hdu(simulated: bool):  # -> astropy.io.fits.PrimaryHDU
     """An empty primary HDU, with ``SIMULATD = T`` when written from the simulator."""
     from astropy.io import fits
 
@@ -186,7 +188,7 @@ def primary_hdu(simulated: bool):
     return h
 
 
-def string_column(name: str, values):
+def string_column(name: str, values):  # -> astropy.io.fits.Column
     """A FITS string column of the right width."""
     from astropy.io import fits
 

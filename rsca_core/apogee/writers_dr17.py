@@ -58,7 +58,7 @@ def other_telescope(tel: str) -> str:
     return "apo25m" if str(tel).strip() == "lco25m" else "lco25m"
 
 
-def with_duplicates(frame: pd.DataFrame, x_h, x_m, dup: np.ndarray):
+def with_duplicates(frame: pd.DataFrame, x_h, x_m, dup: np.ndarray) -> tuple:
     """``(frame, x_h, x_m, source)`` with a duplicate row appended for each of ``dup`` (another
     field and telescope, 60 % of the SNR, DUPLICATE True); ``source[i]`` is the row whose spectrum row
     ``i`` has."""

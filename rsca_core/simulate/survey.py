@@ -177,6 +177,7 @@ class _PlateBook:
         self.n_visits = 0
 
     def new_plate(self, tel) -> int:
+        """A new plate of telescope ``tel`` with its visits; returns its index."""
         rng_o = self.rng
         pid = self.next_plate
         self.next_plate += int(rng_o.integers(1, 40))
