@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from ..constants import MIN_CG_PROB, PAPER_MASK_RANGES, ranges_to_mask
+from ..constants import (
+    ANOMALOUS_STAR,
+    LOGG_RANGE,
+    MIN_CG_PROB,
+    PAPER_MASK_RANGES,
+    SPECIES,
+    TEFF_RANGE,
+    ranges_to_mask,
+)
 from ..selection import format_cutflow
 from .build import build_apogee
 from .members import MEMBER_FORMATS
@@ -53,10 +61,11 @@ def add_cli(subparsers) -> None:
     p = subparsers.add_parser(
         "build-apogee",
         help="build a dataset bundle from APOGEE DR16/DR17 or SDSS-V DR19 files + a membership catalogue",
-        description="Apply the paper's cuts (4000<TEFF<5000, 1.5<LOGG<3, 21 species measured, STAR_BAD "
-        "unset (DR19: flag_bad); members with probability > 0.8, clusters of >=2 stars, "
-        "2M19203303+3755558 dropped; duplicates by the release's own rule), read the spectra "
-        "(aspcapStar, DR19 mwmStar) in parallel (resumable) and write a bundle. Prints the cut-flow.",
+        description=f"Apply the paper's cuts ({TEFF_RANGE[0]:g}<TEFF<{TEFF_RANGE[1]:g}, "
+        f"{LOGG_RANGE[0]:g}<LOGG<{LOGG_RANGE[1]:g}, {len(SPECIES)} species measured, STAR_BAD unset (DR19: flag_bad); "
+        f"members with probability > {MIN_CG_PROB:g}, clusters of >=2 stars, {ANOMALOUS_STAR} dropped; "
+        "duplicates by the release's own rule), read the spectra (aspcapStar, DR19 mwmStar) in parallel "
+        "(resumable) and write a bundle. Prints the cut-flow.",
     )
     p.add_argument(
         "--allstar",
