@@ -3,18 +3,9 @@
 Run it with ``python app.py`` (http://127.0.0.1:8050; ``--host``/``--port`` or the environment
 variables RSCA_HOST / RSCA_PORT change that) or, on a server, ``gunicorn app:server``.
 
-Environment variables (all optional):
-
-RSCA_DATASET      dataset bundle shown by default (default: data/default, built on first
-                  ``python app.py`` start if missing)
-RSCA_DATA_DIR     folder whose bundles are offered in the dataset menus (default: data/)
-RSCA_CACHE_TYPE   result cache: "simple" (default, per process), "filesystem" (shared by all
-                  gunicorn workers) or "redis"
-RSCA_CACHE_DIR    cache folder shared with rsca_core (compressions go to per-dataset sub-folders;
-                  it must be the same when the compression is prepared and when the app runs)
-RSCA_STATE_DIR    the app's own result cache / background-job store (default: RSCA_CACHE_DIR or /tmp)
-RSCA_REDIS_URL    Redis URL for RSCA_CACHE_TYPE=redis
-RSCA_K_FIT        size of the one PCA compression that all K <= RSCA_K_FIT are cut from (default 60)
+The environment (RSCA_DATASET, RSCA_DATA_DIR, RSCA_CACHE_TYPE, RSCA_K_FIT, …; the README's "Hosting"
+section lists them all) is read once, at start, by :mod:`pages._service.config`: a bad value stops
+the start with one line naming the variable.
 
 Every page talks to ``rsca_core`` only through :mod:`pages._service`.
 """
@@ -23,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -78,6 +68,7 @@ def _navbar():
 
 def create_app() -> dash.Dash:
     """Build the Dash app (pages, caches, background-job manager, health route)."""
+    service.config.reload()
     server = flask.Flask(__name__)
     service.init_app(server)
     app = dash.Dash(
@@ -113,13 +104,10 @@ server = app.server
 
 
 def main(argv=None) -> int:
+    cfg = service.config.get()
     parser = argparse.ArgumentParser(description="Serve the RSCA Lab dashboard.")
-    parser.add_argument(
-        "--host",
-        default=os.environ.get("RSCA_HOST", "127.0.0.1"),
-        help="interface to listen on (env RSCA_HOST; default 127.0.0.1)",
-    )
-    parser.add_argument("--port", type=int, default=None, help="port (env RSCA_PORT; default 8050)")
+    parser.add_argument("--host", default=cfg.host, help="interface to listen on (env RSCA_HOST; default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=cfg.port, help="port (env RSCA_PORT; default 8050)")
     parser.add_argument("--debug", action="store_true", help="Dash debug mode (reloader, dev tools)")
     parser.add_argument(
         "--no-build", action="store_true", help="do not build the default simulated dataset if it is missing"
@@ -138,15 +126,8 @@ def main(argv=None) -> int:
             return 1
         print(f"default dataset ready: {path}")
         return 0
-    port = args.port
-    if port is None:
-        try:
-            port = int(os.environ.get("RSCA_PORT", "8050"))
-        except ValueError:
-            print(f"error: RSCA_PORT={os.environ['RSCA_PORT']!r} is not a port number", file=sys.stderr)
-            return 2
-    if not 0 < port < 65536:
-        print(f"error: port {port} is outside 1..65535", file=sys.stderr)
+    if not 0 < args.port < 65536:
+        print(f"error: port {args.port} is outside 1..65535", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.no_build:
@@ -154,7 +135,7 @@ def main(argv=None) -> int:
             service.ensure_default_dataset(progress=True)
         except Exception as exc:  # the app still starts; the pages explain what is missing
             print(f"warning: default dataset not available ({exc})", file=sys.stderr)
-    app.run(host=args.host, port=port, debug=args.debug)
+    app.run(host=args.host, port=args.port, debug=args.debug)
     return 0
 
 

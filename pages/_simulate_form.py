@@ -1,7 +1,7 @@
-"""The Data page's "build a simulated survey" form (runs `python -m rsca_core simulate` in the background).
+"""The Data page's "build a simulated survey" form (rsca_core.simulate, in the background).
 
-The switchable effects are read from the simulate command's own options, so the form follows the
-simulator without a copy of its parameter list.
+The switchable effects come from the simulator's own table of switches (SWITCH_TABLE), so the form
+follows the simulator without a copy of its parameter list.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def simulate_card():
         )
     switches = [
         dbc.Checkbox(
-            id={"type": f"{P}-flag", "flag": o["flag"]}, label=o["label"], value=o["default"], class_name="small"
+            id={"type": f"{P}-flag", "flag": o["name"]}, label=o["label"], value=o["default"], class_name="small"
         )
         for o in opts["switches"]
     ]
@@ -42,7 +42,7 @@ def simulate_card():
             [
                 html.Div("Build a simulated survey", className="fw-semibold mb-1"),
                 html.P(
-                    f"Writes a new bundle into {service.data_dir()} (it then appears in every dataset menu). "
+                    "Writes a new bundle into the data folder (it then appears in every dataset menu). "
                     "Runs in the background; you can keep using the other pages.",
                     className="small text-muted",
                 ),

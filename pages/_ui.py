@@ -101,6 +101,32 @@ def _field(label, control, help_=None):
     )
 
 
+def _clusters_field(prefix, names, value):
+    link = {"size": "sm", "color": "link"}
+    return _field(
+        "Training clusters",
+        html.Div(
+            [
+                dcc.Dropdown(
+                    id=f"{prefix}-clusters",
+                    options=names,
+                    value=value,
+                    multi=True,
+                    placeholder="select at least two clusters",
+                    maxHeight=300,
+                ),
+                html.Div(
+                    [
+                        dbc.Button("all", id=f"{prefix}-clusters-all", class_name="p-0 me-2", **link),
+                        dbc.Button("none", id=f"{prefix}-clusters-none", class_name="p-0", **link),
+                    ],
+                    className="mt-1",
+                ),
+            ]
+        ),
+    )
+
+
 def settings_controls(prefix: str, s, *, with_input=True, with_top=True, with_cv=True, with_clusters=True, with_k=True):
     """The common controls (dataset, input, K, clusters, CV, top-N) with ids ``{prefix}-…``."""
     try:
@@ -155,34 +181,7 @@ def settings_controls(prefix: str, s, *, with_input=True, with_top=True, with_cv
             )
         )
     if with_clusters:
-        rows.append(
-            _field(
-                "Training clusters",
-                html.Div(
-                    [
-                        dcc.Dropdown(
-                            id=f"{prefix}-clusters",
-                            options=names,
-                            value=clusters_value,
-                            multi=True,
-                            placeholder="select at least two clusters",
-                            maxHeight=300,
-                        ),
-                        html.Div(
-                            [
-                                dbc.Button(
-                                    "all", id=f"{prefix}-clusters-all", size="sm", color="link", class_name="p-0 me-2"
-                                ),
-                                dbc.Button(
-                                    "none", id=f"{prefix}-clusters-none", size="sm", color="link", class_name="p-0"
-                                ),
-                            ],
-                            className="mt-1",
-                        ),
-                    ]
-                ),
-            )
-        )
+        rows.append(_clusters_field(prefix, names, clusters_value))
     if with_cv:
         rows.append(_field("Validation", dbc.Switch(id=f"{prefix}-cv", label="leave-one-cluster-out CV", value=s.cv)))
     if with_top:

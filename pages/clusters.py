@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import dash
 import dash_bootstrap_components as dbc
-import numpy as np
-import plotly.graph_objects as go
 from dash import Input, Output, State, callback, dcc, html, no_update
-from plotly.subplots import make_subplots
 
 from . import _service as service
 from . import _ui as ui
@@ -17,7 +12,6 @@ from . import _ui as ui
 dash.register_page(__name__, path="/clusters", name="Clusters", title="RSCA Lab - Clusters", order=1)
 
 P = "cl"
-COLS = 4
 
 
 def layout(**query):
@@ -68,62 +62,9 @@ ui.register_settings_callbacks(P)
 
 
 def grid_figure(r):
-    per = r["per_cluster"].reset_index(drop=True)
-    n = len(per)
-    rows = max(1, math.ceil(n / COLS))
-    titles = []
-    for row in per.itertuples():
-        rate = "n/a" if row.rate != row.rate else f"{row.rate:.3f}"
-        titles.append(f"{row.cluster} (n={row.n_stars}): rate {rate}")
-    fig = make_subplots(
-        rows=rows,
-        cols=COLS,
-        subplot_titles=titles,
-        horizontal_spacing=0.04,
-        vertical_spacing=min(0.35 / rows + 0.02, 0.12),
-    )
-    for i, row in enumerate(per.itertuples()):
-        h = r["hists"][row.cluster]
-        edges = h["edges"]
-        c = 0.5 * (edges[1:] + edges[:-1])
-        w = edges[1] - edges[0]
-        rr, cc = i // COLS + 1, i % COLS + 1
-        for key, colour, label in (("inter", "#7f8c8d", "cluster-field"), ("intra", "#e67e22", "within cluster")):
-            cnt = np.asarray(h[key], float)
-            dens = cnt / (cnt.sum() * w) if cnt.sum() else cnt
-            fig.add_trace(
-                go.Bar(
-                    x=c,
-                    y=dens,
-                    width=w,
-                    marker_color=colour,
-                    opacity=0.6,
-                    name=label,
-                    legendgroup=label,
-                    showlegend=(i == 0),
-                    hovertemplate=f"{label}<br>d=%{{x:.3g}}<extra>{row.cluster}</extra>",
-                ),
-                row=rr,
-                col=cc,
-            )
-        if row.median_intra == row.median_intra:
-            fig.add_vline(x=row.median_intra, line_dash="dash", line_color="#c0392b", line_width=1, row=rr, col=cc)
-    fig.update_layout(
-        barmode="overlay",
-        height=max(300, 210 * rows),
-        bargap=0,
-        legend={
-            "orientation": "h",
-            "y": 1.0 + 60 / max(300, 210 * rows),
-            "x": 1,
-            "xanchor": "right",
-            "yanchor": "bottom",
-        },
-    )
-    fig.update_annotations(font_size=10)
-    fig.update_yaxes(showticklabels=False)
-    fig = ui.label_figure(fig, r["label"], "Intra- vs inter-cluster distances per cluster (dashed: median intra)")
-    fig.update_layout(margin={"l": 20, "r": 20, "t": 80, "b": 30})
+    """The Fig. 9/10 grid of rsca_core.plotting, sized to the page."""
+    fig = service.distance_grid(r)
+    fig.update_layout(width=None, autosize=True)
     return fig
 
 

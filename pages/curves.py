@@ -64,7 +64,7 @@ def card(name, query):
                         dbc.InputGroupText(label, class_name="small"),
                         dbc.Input(
                             id=f"{P}-{name}-{field}",
-                            value=str(service._one(qv))[:200] if qv is not None else _default(name, field, value),
+                            value=str(service.one(qv))[:200] if qv is not None else _default(name, field, value),
                             size="sm",
                         ),
                     ],

@@ -21,7 +21,7 @@ def layout(**query):
     s, problems = service.settings_from_query({k: v for k, v in query.items() if k == "ds"})
     extra = sorted(set(query) - {"ds"})
     if extra:
-        problems.append(f"URL parameter(s) {', '.join(service._short(e, 20) for e in extra[:5])} not used on this page")
+        problems.append(f"URL parameter(s) {', '.join(service.short(e, 20) for e in extra[:5])} not used on this page")
     try:
         choices = service.dataset_choices()
     except Exception:
@@ -103,6 +103,42 @@ def _table(df, id=None):
     )
 
 
+def _clusters_and_provenance(o):
+    prov = o["provenance"]
+    text = json.dumps(
+        {k: v for k, v in prov.items() if k != "cutflow"} if isinstance(prov, dict) else prov, indent=1, default=str
+    )[:20000]
+    scroll = {"maxHeight": "420px", "overflowY": "auto"}
+    return dbc.Row(
+        [
+            dbc.Col(
+                dbc.Card(
+                    dbc.CardBody(
+                        [
+                            html.Div("Open clusters", className="fw-semibold mb-2"),
+                            html.Div(_table(o["sizes"]), style=scroll),
+                        ]
+                    ),
+                    class_name="shadow-sm",
+                ),
+                md=5,
+            ),
+            dbc.Col(
+                dbc.Card(
+                    dbc.CardBody(
+                        [
+                            html.Div("Provenance", className="fw-semibold mb-2"),
+                            html.Pre(service.hide_paths(text), className="small mb-0", style=scroll),
+                        ]
+                    ),
+                    class_name="shadow-sm",
+                ),
+                md=7,
+            ),
+        ]
+    )
+
+
 def info_view(o):
     s = o["summary"]
     import pandas as pd
@@ -118,7 +154,7 @@ def info_view(o):
             ("pixels per spectrum", f"{s['n_pixels']:,}"),
             ("missing pixels (first 2000 stars)", f"{100 * s['missing_fraction']:.2f} %"),
             ("uid", s["uid"]),
-            ("folder", o["path"]),
+            ("folder", o["folder"]),
         ],
         columns=["", "value"],
     )
@@ -152,46 +188,7 @@ def info_view(o):
                 class_name="mb-3 shadow-sm",
             )
         )
-    parts.append(
-        dbc.Row(
-            [
-                dbc.Col(
-                    dbc.Card(
-                        dbc.CardBody(
-                            [
-                                html.Div("Open clusters", className="fw-semibold mb-2"),
-                                html.Div(_table(o["sizes"]), style={"maxHeight": "420px", "overflowY": "auto"}),
-                            ]
-                        ),
-                        class_name="shadow-sm",
-                    ),
-                    md=5,
-                ),
-                dbc.Col(
-                    dbc.Card(
-                        dbc.CardBody(
-                            [
-                                html.Div("Provenance", className="fw-semibold mb-2"),
-                                html.Pre(
-                                    json.dumps(
-                                        {k: v for k, v in o["provenance"].items() if k != "cutflow"}
-                                        if isinstance(o["provenance"], dict)
-                                        else o["provenance"],
-                                        indent=1,
-                                        default=str,
-                                    )[:20000],
-                                    className="small mb-0",
-                                    style={"maxHeight": "420px", "overflowY": "auto"},
-                                ),
-                            ]
-                        ),
-                        class_name="shadow-sm",
-                    ),
-                    md=7,
-                ),
-            ]
-        )
-    )
+    parts.append(_clusters_and_provenance(o))
     return parts
 
 

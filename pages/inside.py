@@ -67,7 +67,7 @@ def layout(**query):
     step = 1
     if query.get("step") is not None:
         try:
-            step = service.parse_int(service._one(query["step"]), "step", 1, 4)
+            step = service.parse_int(service.one(query["step"]), "step", 1, 4)
         except service.UserError as exc:
             problems.append(f"URL parameter step: {exc}; using step 1")
     return html.Div(
@@ -109,46 +109,36 @@ def layout(**query):
                                 ),
                                 class_name="mb-3",
                             ),
-                            dbc.Card(
-                                dbc.CardBody(
-                                    [
-                                        html.P(
-                                            [
-                                                "Each RSCA output axis is a linear function of the spectrum: below, the weight it "
-                                                "gives to every pixel (the map at the K chosen on the left, fitted on the selected "
-                                                "clusters). Peaks at the marked lines show which elements an axis reads."
-                                            ],
-                                            className="small",
-                                        ),
-                                        dbc.Row(
-                                            [
-                                                dbc.Col(
-                                                    dbc.Label("Axis", class_name="small fw-semibold"), width="auto"
-                                                ),
-                                                dbc.Col(
-                                                    dcc.Dropdown(
-                                                        id=f"{P}-axis",
-                                                        options=[
-                                                            {"label": f"axis {i + 1}", "value": i} for i in range(5)
-                                                        ],
-                                                        value=0,
-                                                        clearable=False,
-                                                    ),
-                                                    width=3,
-                                                ),
-                                            ],
-                                            class_name="mb-2",
-                                        ),
-                                        dcc.Loading(ui.graph(f"{P}-vectors", height=380), type="dot", delay_show=400),
-                                    ]
-                                )
-                            ),
+                            _axes_card(),
                         ],
                         md=9,
                     ),
                 ]
             ),
         ]
+    )
+
+
+def _axes_card():
+    axis = dcc.Dropdown(
+        id=f"{P}-axis", options=[{"label": f"axis {i + 1}", "value": i} for i in range(5)], value=0, clearable=False
+    )
+    return dbc.Card(
+        dbc.CardBody(
+            [
+                html.P(
+                    "Each RSCA output axis is a linear function of the spectrum: below, the weight it gives to every "
+                    "pixel (the map at the K chosen on the left, fitted on the selected clusters). Peaks at the "
+                    "marked lines show which elements an axis reads.",
+                    className="small",
+                ),
+                dbc.Row(
+                    [dbc.Col(dbc.Label("Axis", class_name="small fw-semibold"), width="auto"), dbc.Col(axis, width=3)],
+                    class_name="mb-2",
+                ),
+                dcc.Loading(ui.graph(f"{P}-vectors", height=380), type="dot", delay_show=400),
+            ]
+        )
     )
 
 

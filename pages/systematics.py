@@ -33,134 +33,101 @@ def layout(**query):
             ui.messages(problems),
             dbc.Row(
                 [
-                    dbc.Col(
-                        [
-                            ui.settings_controls(
-                                P, s, with_input=False, with_top=False, with_cv=False, with_clusters=False
-                            ),
-                            dbc.Card(
-                                dbc.CardBody(
-                                    [
-                                        dbc.Label("Diagnostic PCA components", class_name="small fw-semibold"),
-                                        dbc.Input(
-                                            id=f"{P}-ncomp", value="30", inputmode="numeric", size="sm", debounce=True
-                                        ),
-                                        dbc.FormText("App. A/B run in the background and are cached for everyone."),
-                                    ]
-                                ),
-                                class_name="mt-3 shadow-sm",
-                            ),
-                        ],
-                        md=3,
-                    ),
-                    dbc.Col(
-                        [
-                            html.Div(id=f"{P}-msg"),
-                            dbc.Card(
-                                dbc.CardBody(
-                                    [
-                                        html.Div(
-                                            dbc.Row(
-                                                [
-                                                    dbc.Col(
-                                                        html.Span("Computing App. A/B residuals…", className="small"),
-                                                        width="auto",
-                                                    ),
-                                                    dbc.Col(
-                                                        dbc.Progress(
-                                                            id=f"{P}-progress", value=0, striped=True, animated=True
-                                                        )
-                                                    ),
-                                                    dbc.Col(
-                                                        dbc.Button(
-                                                            "Cancel", id=f"{P}-cancel", size="sm", color="secondary"
-                                                        ),
-                                                        width="auto",
-                                                    ),
-                                                ],
-                                                align="center",
-                                                class_name="mb-2",
-                                            ),
-                                            id=f"{P}-running",
-                                            style={"display": "none"},
-                                        ),
-                                        ui.graph(f"{P}-ext", height=330),
-                                        ui.graph(f"{P}-rv", height=330),
-                                    ]
-                                ),
-                                class_name="mb-3",
-                            ),
-                            dbc.Card(
-                                dbc.CardBody(
-                                    [
-                                        html.Div("Masked bands and the rate", className="fw-semibold mb-1"),
-                                        html.P(
-                                            "Shaded above: the pixel ranges below (grey) and the bands App. A suggests (pink). "
-                                            "Edit the ranges and compute the rate with them masked (a new compression of the "
-                                            "spectra: runs in the background).",
-                                            className="small",
-                                        ),
-                                        dbc.InputGroup(
-                                            [
-                                                dbc.InputGroupText("extra masked pixels", class_name="small"),
-                                                dbc.Input(
-                                                    id=f"{P}-mask",
-                                                    value=mask_text,
-                                                    placeholder="e.g. 720-910, 2370-2470",
-                                                    debounce=True,
-                                                    size="sm",
-                                                ),
-                                                dbc.Button(
-                                                    "paper's bands", id=f"{P}-mask-paper", size="sm", color="light"
-                                                ),
-                                                dbc.Button(
-                                                    "suggested (App. A)",
-                                                    id=f"{P}-mask-suggested",
-                                                    size="sm",
-                                                    color="light",
-                                                ),
-                                            ],
-                                            size="sm",
-                                            class_name="mb-2",
-                                        ),
-                                        html.Div(id=f"{P}-mask-msg"),
-                                        dbc.Button(
-                                            "Compute the rate with these bands masked",
-                                            id=f"{P}-rate-run",
-                                            size="sm",
-                                            color="primary",
-                                            class_name="me-2",
-                                        ),
-                                        dbc.Button(
-                                            "Cancel", id=f"{P}-rate-cancel", size="sm", color="secondary", disabled=True
-                                        ),
-                                        dbc.Progress(
-                                            id=f"{P}-rate-progress",
-                                            value=0,
-                                            striped=True,
-                                            animated=True,
-                                            style={"display": "none"},
-                                            class_name="mt-2",
-                                        ),
-                                        html.Div(id=f"{P}-rate-result", className="mt-2"),
-                                    ]
-                                ),
-                                class_name="mb-3",
-                            ),
-                            dbc.Card(
-                                dbc.CardBody(
-                                    [
-                                        html.Div(id=f"{P}-visits-summary", className="small mb-1"),
-                                        ui.graph(f"{P}-visits", height=330),
-                                    ]
-                                )
-                            ),
-                        ],
-                        md=9,
-                    ),
+                    dbc.Col(_controls(s), md=3),
+                    dbc.Col([html.Div(id=f"{P}-msg"), _residuals_card(), _mask_card(mask_text), _visits_card()], md=9),
                 ]
             ),
         ]
+    )
+
+
+def _controls(s):
+    return [
+        ui.settings_controls(P, s, with_input=False, with_top=False, with_cv=False, with_clusters=False),
+        dbc.Card(
+            dbc.CardBody(
+                [
+                    dbc.Label("Diagnostic PCA components", class_name="small fw-semibold"),
+                    dbc.Input(id=f"{P}-ncomp", value="30", inputmode="numeric", size="sm", debounce=True),
+                    dbc.FormText("App. A/B run in the background and are cached for everyone."),
+                ]
+            ),
+            class_name="mt-3 shadow-sm",
+        ),
+    ]
+
+
+def _residuals_card():
+    running = dbc.Row(
+        [
+            dbc.Col(html.Span("Computing App. A/B residuals…", className="small"), width="auto"),
+            dbc.Col(dbc.Progress(id=f"{P}-progress", value=0, striped=True, animated=True)),
+            dbc.Col(dbc.Button("Cancel", id=f"{P}-cancel", size="sm", color="secondary"), width="auto"),
+        ],
+        align="center",
+        class_name="mb-2",
+    )
+    return dbc.Card(
+        dbc.CardBody(
+            [
+                html.Div(running, id=f"{P}-running", style={"display": "none"}),
+                ui.graph(f"{P}-ext", height=330),
+                ui.graph(f"{P}-rv", height=330),
+            ]
+        ),
+        class_name="mb-3",
+    )
+
+
+def _mask_card(mask_text):
+    ranges = dbc.InputGroup(
+        [
+            dbc.InputGroupText("extra masked pixels", class_name="small"),
+            dbc.Input(id=f"{P}-mask", value=mask_text, placeholder="e.g. 720-910, 2370-2470", debounce=True, size="sm"),
+            dbc.Button("paper's bands", id=f"{P}-mask-paper", size="sm", color="light"),
+            dbc.Button("suggested (App. A)", id=f"{P}-mask-suggested", size="sm", color="light"),
+        ],
+        size="sm",
+        class_name="mb-2",
+    )
+    return dbc.Card(
+        dbc.CardBody(
+            [
+                html.Div("Masked bands and the rate", className="fw-semibold mb-1"),
+                html.P(
+                    "Shaded above: the pixel ranges below (grey) and the bands App. A suggests (pink). "
+                    "Edit the ranges and compute the rate with them masked (a new compression of the "
+                    f"spectra: runs in the background; at most {service.MAX_MASK_RANGES} ranges).",
+                    className="small",
+                ),
+                ranges,
+                html.Div(id=f"{P}-mask-msg"),
+                dbc.Button(
+                    "Compute the rate with these bands masked",
+                    id=f"{P}-rate-run",
+                    size="sm",
+                    color="primary",
+                    class_name="me-2",
+                ),
+                dbc.Button("Cancel", id=f"{P}-rate-cancel", size="sm", color="secondary", disabled=True),
+                dbc.Progress(
+                    id=f"{P}-rate-progress",
+                    value=0,
+                    striped=True,
+                    animated=True,
+                    style={"display": "none"},
+                    class_name="mt-2",
+                ),
+                html.Div(id=f"{P}-rate-result", className="mt-2"),
+            ]
+        ),
+        class_name="mb-3",
+    )
+
+
+def _visits_card():
+    return dbc.Card(
+        dbc.CardBody([html.Div(id=f"{P}-visits-summary", className="small mb-1"), ui.graph(f"{P}-visits", height=330)])
     )
 
 

@@ -321,6 +321,31 @@ def fig_feature_correlations(table: pd.DataFrame, label: str | None = None) -> g
 
 
 # ---------------------------------------------------------------------------- Fig. 9/10
+def _distance_panel(fig, sub, median, row, col, legend):
+    """One cluster's panel: inter (green) and intra (blue) densities, the median intra distance dashed."""
+    if not len(sub):
+        return
+    centre = 0.5 * (sub["left"] + sub["right"])
+    width = (sub["right"] - sub["left"]).to_numpy()
+    for column, colour, name, group in (
+        ("inter_density", GREEN, "inter-cluster (member, field star)", "inter"),
+        ("intra_density", BLUE, "intra-cluster (member pairs)", "intra"),
+    ):
+        bar = go.Bar(
+            x=centre,
+            y=sub[column],
+            width=width,
+            marker_color=colour,
+            opacity=0.6,
+            name=name,
+            showlegend=legend,
+            legendgroup=group,
+        )
+        fig.add_trace(bar, row=row, col=col)
+    if pd.notna(median):
+        fig.add_vline(x=float(median), line=dict(color="black", dash="dash", width=1), row=row, col=col)
+
+
 def fig_distance_histograms(
     result: dict, label: str | None = None, inputs=None, ncols: int = 4, panel_height: int = 135, panel_width: int = 225
 ) -> go.Figure:
@@ -345,7 +370,9 @@ def fig_distance_histograms(
     for c, i in panels:
         r = info.loc[(i, c)] if (i, c) in info.index else None
         rate = "n/a" if r is None or pd.isna(r["rate"]) else f"{r['rate']:.3f}"
-        titles.append(f"{c} · {short.get(i, i)} · rate {rate}")
+        n = f" (n={int(r['n_stars'])})" if r is not None and "n_stars" in r and pd.notna(r["n_stars"]) else ""
+        what = f" · {short.get(i, i)}" if len(inputs) > 1 else ""
+        titles.append(f"{c}{n}{what} · rate {rate}")
     fig = make_subplots(
         rows=nrows,
         cols=ncols,
@@ -354,43 +381,8 @@ def fig_distance_histograms(
         vertical_spacing=min(0.08, 0.35 / nrows),
     )
     for n, (c, i) in enumerate(panels):
-        row, col = n // ncols + 1, n % ncols + 1
-        sub = h[(h["cluster"] == c) & (h["input"] == i)]
-        if not len(sub):
-            continue
-        centre = 0.5 * (sub["left"] + sub["right"])
-        width = (sub["right"] - sub["left"]).to_numpy()
-        fig.add_trace(
-            go.Bar(
-                x=centre,
-                y=sub["inter_density"],
-                width=width,
-                marker_color=GREEN,
-                opacity=0.6,
-                name="inter-cluster (member, field star)",
-                showlegend=n == 0,
-                legendgroup="inter",
-            ),
-            row=row,
-            col=col,
-        )
-        fig.add_trace(
-            go.Bar(
-                x=centre,
-                y=sub["intra_density"],
-                width=width,
-                marker_color=BLUE,
-                opacity=0.6,
-                name="intra-cluster (member pairs)",
-                showlegend=n == 0,
-                legendgroup="intra",
-            ),
-            row=row,
-            col=col,
-        )
         med = info.loc[(i, c), "median_intra"] if (i, c) in info.index else np.nan
-        if pd.notna(med):
-            fig.add_vline(x=float(med), line=dict(color="black", dash="dash", width=1), row=row, col=col)
+        _distance_panel(fig, h[(h["cluster"] == c) & (h["input"] == i)], med, n // ncols + 1, n % ncols + 1, n == 0)
     fig.update_layout(barmode="overlay", bargap=0)
     fig.update_annotations(font_size=10)
     fig.update_xaxes(showticklabels=True, tickfont_size=8)
@@ -408,6 +400,52 @@ def fig_distance_histograms(
         margin=dict(t=100, b=30),
     )
     return fig
+
+
+def distance_histogram_result(
+    per_cluster: pd.DataFrame, hists: dict, label: str, input: str = "spectra", global_rate: float | None = None
+) -> dict:
+    """The ``{"summary", "histograms", "settings"}`` dict that :func:`fig_distance_histograms` draws,
+    from one representation's per-cluster table (``cluster, n_stars, rate, median_intra``) and the
+    per-cluster histograms of :func:`rsca_core.metrics.distance_histogram` (``{"edges", "intra",
+    "inter"}``; densities are counts / (all counts × bin width), as in experiments.distance_histograms).
+
+    Examples
+    --------
+    >>> per = pd.DataFrame({"cluster": ["A"], "n_stars": [3], "rate": [0.5], "median_intra": [1.0]})
+    >>> h = {"A": {"edges": np.array([0.0, 1.0, 2.0]), "intra": np.array([2, 1]), "inter": np.array([1, 3])}}
+    >>> res = distance_histogram_result(per, h, "simulated")
+    >>> res["histograms"]["intra_density"].round(3).tolist()
+    [0.667, 0.333]
+    """
+    rows = []
+    for name in per_cluster["cluster"]:
+        h = hists.get(name)
+        if h is None:
+            continue
+        edges = np.asarray(h["edges"], float)
+        width = np.diff(edges)
+        dens = {}
+        for key in ("intra", "inter"):
+            counts = np.asarray(h[key], float)
+            dens[key] = counts / (counts.sum() * width) if counts.sum() else np.full(len(width), np.nan)
+        for b in range(len(width)):
+            rows.append(
+                {
+                    "input": input,
+                    "cluster": name,
+                    "bin": b,
+                    "left": edges[b],
+                    "right": edges[b + 1],
+                    "intra_density": dens["intra"][b],
+                    "inter_density": dens["inter"][b],
+                }
+            )
+    summary = per_cluster[["cluster", "n_stars", "rate", "median_intra"]].copy()
+    summary.insert(0, "input", input)
+    summary["global_rate"] = np.nan if global_rate is None else float(global_rate)
+    summary["label"] = label
+    return {"summary": summary, "histograms": pd.DataFrame(rows), "settings": {"label": label}}
 
 
 #: experiment name → figure function (the CLI and the dashboard use this mapping)

@@ -74,7 +74,7 @@ def bundle(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def dash_app(bundle, tmp_path_factory):
-    """The app, pointed at the small survey (env vars are read at call time by the service layer)."""
+    """The app, pointed at the small survey (the environment is read once, when the app is created)."""
     state = tmp_path_factory.mktemp("state")
     env = {
         "RSCA_DATASET": str(bundle),
@@ -275,13 +275,20 @@ def test_bad_input_gives_messages_not_tracebacks(dash_duo, dash_app, core):
 
 
 def test_missing_dataset_is_a_message(dash_duo, dash_app, tmp_path, monkeypatch):
+    from pages import _service as service
+
     monkeypatch.setenv("RSCA_DATASET", str(tmp_path / "nowhere"))
-    dash_duo.start_server(dash_app, port=free_port())
-    dash_duo.wait_for_contains_text("#ex-msg", "missing", timeout=30)
-    open_page(dash_duo, "/data")
-    dash_duo.wait_for_contains_text("#dt-msg", "missing", timeout=30)
-    assert "Traceback" not in dash_duo.driver.page_source
-    assert not severe(dash_duo.get_logs())
+    service.config.reload()  # the app reads its environment once, at start
+    try:
+        dash_duo.start_server(dash_app, port=free_port())
+        dash_duo.wait_for_contains_text("#ex-msg", "missing", timeout=30)
+        open_page(dash_duo, "/data")
+        dash_duo.wait_for_contains_text("#dt-msg", "missing", timeout=30)
+        assert "Traceback" not in dash_duo.driver.page_source
+        assert not severe(dash_duo.get_logs())
+    finally:
+        monkeypatch.undo()
+        service.config.reload()
 
 
 def test_downloads_say_simulated_and_match(dash_duo, dash_app, core):
@@ -343,7 +350,7 @@ def test_clusters_grid_has_one_panel_per_cluster_with_its_rate(dash_duo, dash_ap
     )
     for row in want.per_cluster.itertuples():
         rate = "n/a" if np.isnan(row.rate) else f"{row.rate:.3f}"
-        assert f"{row.cluster} (n={row.n_stars}): rate {rate}" in titles
+        assert f"{row.cluster} (n={row.n_stars}) · rate {rate}" in titles
     # navigate to Explore with the same settings through the link
     click(dash_duo, "#cl-explore-link")
     assert shown_rate(dash_duo) == f"{want.global_rate:.4f}"

@@ -1,4 +1,4 @@
-"""The dashboard's URL/controls validation (pages/_service.py), without a browser or a dataset.
+"""The dashboard's URL/controls validation (pages/_service), without a browser or a dataset.
 
 A shared URL must restore exactly the view it was made from, and any tampered value must turn into a
 message naming the parameter while the rest of the URL still applies.
@@ -19,6 +19,10 @@ def no_datasets(tmp_path, monkeypatch):
     monkeypatch.setenv("RSCA_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("RSCA_DATASET", raising=False)
     monkeypatch.delenv("RSCA_K_FIT", raising=False)
+    service.config.reload()
+    yield
+    monkeypatch.undo()
+    service.config.reload()
 
 
 def _query(search):
@@ -122,6 +126,7 @@ def test_repeated_or_huge_parameters_do_not_break_parsing():
 
 def test_k_fit_caps_the_k_range(monkeypatch):
     monkeypatch.setenv("RSCA_K_FIT", "12")
+    service.config.reload()
     assert service.k_max() == 12
     assert service.Settings().k == 12
     s, problems = service.settings_from_query({"k": "30"})
@@ -143,6 +148,7 @@ def test_every_cache_type_serves_correct_results_even_when_the_backend_is_down(k
     monkeypatch.setenv("RSCA_CACHE_TYPE", kind)
     monkeypatch.setenv("RSCA_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("RSCA_REDIS_URL", "redis://127.0.0.1:1/0")
+    service.config.reload()
     app = Flask("cache-test")
     service.init_app(app)
     calls = []
@@ -160,9 +166,56 @@ def test_every_cache_type_serves_correct_results_even_when_the_backend_is_down(k
 
 def test_unknown_cache_type_and_redis_without_url_are_clear_errors(monkeypatch):
     monkeypatch.setenv("RSCA_CACHE_TYPE", "memcached")
-    with pytest.raises(RuntimeError, match="expected simple, filesystem, redis or none"):
-        service.cache_config()
+    with pytest.raises(service.ConfigError, match="expected simple, filesystem, redis or none"):
+        service.config.reload()
     monkeypatch.setenv("RSCA_CACHE_TYPE", "redis")
     monkeypatch.delenv("RSCA_REDIS_URL", raising=False)
-    with pytest.raises(RuntimeError, match="RSCA_REDIS_URL"):
-        service.cache_config()
+    with pytest.raises(service.ConfigError, match="RSCA_REDIS_URL"):
+        service.config.reload()
+
+
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("RSCA_K_FIT", "abc"),
+        ("RSCA_K_FIT", "1"),
+        ("RSCA_CACHE_TIMEOUT", "abc"),
+        ("RSCA_CACHE_THRESHOLD", "-3"),
+        ("RSCA_PORT", "99999"),
+    ],
+)
+def test_every_bad_environment_variable_is_one_line_naming_it(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(service.ConfigError) as err:
+        service.config.reload()
+    text = str(err.value)
+    assert text.startswith(f"{name}=") and "\n" not in text
+
+
+def test_the_config_is_read_once_and_frozen(monkeypatch):
+    cfg = service.config.get()
+    monkeypatch.setenv("RSCA_K_FIT", "12")
+    assert service.k_fit() == cfg.k_fit == 60  # nothing re-reads the environment behind the app's back
+    with pytest.raises(AttributeError):
+        cfg.k_fit = 5
+
+
+def test_cache_keys_name_k_fit(monkeypatch, tmp_path):
+    # a result cached for one compression size must not be served for another (issue 10, finding 6)
+    keys = []
+    for kf in ("12", "20"):
+        monkeypatch.setenv("RSCA_K_FIT", kf)
+        service.config.reload()
+        monkeypatch.setattr(service.settings_module, "uid", lambda key: "same-bundle")
+        keys.append(service.Settings(k=10).key())
+    assert keys[0] != keys[1] and '"k_fit": 12' in keys[0]
+
+
+def test_pages_are_not_found_in_the_service_package():
+    # Dash registers every module of pages/ as a page, except _-prefixed files and folders
+    import dash
+
+    import app  # noqa: F401
+
+    modules = [p["module"] for p in dash.page_registry.values()]
+    assert modules and not any("_service" in m or "_ui" in m for m in modules), modules

@@ -197,10 +197,10 @@ def test_distance_grid_titles_give_each_clusters_rate_and_median_lines():
     fig = P.fig_distance_histograms(res)
     titles = [a.text for a in fig.layout.annotations if a.text and "rate" in a.text]
     assert titles == [
-        "NGC 1 · spectra · rate 0.013",
-        "NGC 1 · abund. subset · rate 0.013",
-        "NGC 2 · spectra · rate n/a",
-        "NGC 2 · abund. subset · rate n/a",
+        "NGC 1 (n=3) · spectra · rate 0.013",
+        "NGC 1 (n=3) · abund. subset · rate 0.013",
+        "NGC 2 (n=3) · spectra · rate n/a",
+        "NGC 2 (n=3) · abund. subset · rate n/a",
     ]
     assert len(fig.layout.shapes) == 4  # one dashed median line per panel
     assert all(s.x0 == 1.5 for s in fig.layout.shapes)

@@ -1,0 +1,156 @@
+"""The one door between the dashboard pages and ``rsca_core``.
+
+Every page asks this package for data; nothing else in ``pages/`` imports ``rsca_core``. One module
+per job (Dash skips ``_``-prefixed folders of the pages folder, so none of this is a page):
+
+* :mod:`.config` - the environment, read once into a frozen :class:`AppConfig`;
+* :mod:`.errors` - :class:`UserError` and the one-line messages shown in a page;
+* :mod:`.datasets` - bundles by a short key (never a path from a URL), loading, overview;
+* :mod:`.settings` - the view settings and their parsers (URL query, controls);
+* :mod:`.compute` - the cached computations (rates, features, Inside steps, axes);
+* :mod:`.exports` - the CSV and ``.npz`` downloads;
+* :mod:`.jobs` - the background-job manager, progress, the compression job;
+* :mod:`.curves`, :mod:`.systematics`, :mod:`.simulator` - the background work of those pages;
+* :mod:`.web` - the Flask side (cache, stylesheet route, health).
+
+The names below are the pages' whole vocabulary.
+"""
+
+from rsca_core.constants import PAPER_SUBSET, SPECIES
+
+from . import config
+from . import settings as settings_module
+from .compute import (
+    STEP_NAMES,
+    axis_vectors,
+    cache,
+    compression,
+    compute_rates,
+    distance_grid,
+    features,
+    fit_map,
+    inside_steps,
+    paper_value,
+    rate_inputs,
+    rates,
+)
+from .config import K_MAX, K_MIN, AppConfig, ConfigError, cache_config, data_dir, k_fit, k_max, state_dir
+from .curves import CAPS, EXPERIMENTS, run_experiment
+from .datasets import (
+    SEED,
+    cluster_names,
+    compression_ready,
+    dataset_choices,
+    dataset_label,
+    dataset_overview,
+    dataset_path,
+    default_dataset_path,
+    ensure_default_dataset,
+    load,
+    uid,
+)
+from .errors import UserError, describe_error, hide_paths, short
+from .exports import map_npz, rates_csv
+from .jobs import UnitProgress, background_manager, prepare_compression, progress_reporter
+from .settings import (
+    ALL,
+    DEFAULT_K,
+    INPUT_LABELS,
+    INPUTS,
+    MAX_MASK_RANGES,
+    MAX_PARAM_CHARS,
+    Settings,
+    one,
+    parse_clusters,
+    parse_int,
+    parse_int_list,
+    parse_mask,
+    parse_species,
+    settings_from_controls,
+    settings_from_dict,
+    settings_from_query,
+    settings_to_dict,
+    settings_to_query,
+)
+from .simulator import build_simulated, simulate_options
+from .systematics import paper_mask_ranges, rate_with_mask, residual_diagnostics, visit_comparison
+from .web import BOOTSTRAP_CSS_URL, health, init_app
+
+__all__ = [
+    "ALL",
+    "AppConfig",
+    "BOOTSTRAP_CSS_URL",
+    "CAPS",
+    "ConfigError",
+    "DEFAULT_K",
+    "EXPERIMENTS",
+    "INPUTS",
+    "INPUT_LABELS",
+    "K_MAX",
+    "K_MIN",
+    "MAX_MASK_RANGES",
+    "MAX_PARAM_CHARS",
+    "PAPER_SUBSET",
+    "SEED",
+    "SPECIES",
+    "STEP_NAMES",
+    "Settings",
+    "UnitProgress",
+    "UserError",
+    "axis_vectors",
+    "background_manager",
+    "build_simulated",
+    "cache",
+    "cache_config",
+    "cluster_names",
+    "compression",
+    "compression_ready",
+    "compute_rates",
+    "config",
+    "data_dir",
+    "dataset_choices",
+    "distance_grid",
+    "dataset_label",
+    "dataset_overview",
+    "dataset_path",
+    "default_dataset_path",
+    "describe_error",
+    "ensure_default_dataset",
+    "features",
+    "fit_map",
+    "health",
+    "hide_paths",
+    "init_app",
+    "inside_steps",
+    "k_fit",
+    "k_max",
+    "load",
+    "map_npz",
+    "one",
+    "paper_mask_ranges",
+    "paper_value",
+    "parse_clusters",
+    "parse_int",
+    "parse_int_list",
+    "parse_mask",
+    "parse_species",
+    "prepare_compression",
+    "progress_reporter",
+    "rate_inputs",
+    "rate_with_mask",
+    "rates",
+    "rates_csv",
+    "residual_diagnostics",
+    "run_experiment",
+    "settings_from_controls",
+    "settings_from_dict",
+    "settings_from_query",
+    "settings_module",
+    "settings_to_dict",
+    "settings_to_query",
+    "short",
+    "simulate_options",
+    "state_dir",
+    "uid",
+    "visit_comparison",
+]

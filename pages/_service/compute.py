@@ -1,0 +1,221 @@
+"""The expensive computations of the pages, through ``rsca_core``, cached with flask-caching.
+
+Every cached result is keyed by :meth:`Settings.key` (every setting, the dataset's uid and K_FIT),
+so a rebuilt bundle or another compression size never serves a stale result. The cache backend is
+chosen by RSCA_CACHE_TYPE (see :mod:`.config`); :func:`init_cache` attaches it to the server.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from dataclasses import asdict, replace
+
+import numpy as np
+from flask_caching import Cache
+
+from rsca_core.metrics import distance_histogram
+
+from . import config
+from .datasets import SEED, compression_ready, dataset_label, load, uid
+from .errors import UserError
+from .settings import Settings, settings_from_key
+
+cache = Cache()
+STEP_NAMES = ("1. Compress", "2. Sphere", "3. Reparametrize", "4. Rescale")
+
+
+def init_cache(server) -> None:
+    cache.init_app(server, config=config.cache_config())
+
+
+@functools.lru_cache(maxsize=6)
+def _compression(key: str, uid_: str, kf: int, seed: int, mask: tuple):
+    return load(key).compress(kf, seed=seed, extra_mask_ranges=mask)
+
+
+def compression(key, k: int, mask=(), allow_compute: bool = False):
+    """The leading ``k`` PCA components of the dataset's one K=k_fit compression (seed 0).
+
+    Computing that compression takes minutes on a big survey; unless ``allow_compute`` (background
+    jobs, start-up), a missing one is a UserError asking to prepare it on the Data page."""
+    kf = config.k_fit()
+    if not allow_compute and not compression_ready(key, mask):
+        raise UserError(
+            f"the spectra of dataset {key!r} are not compressed yet (K={kf}"
+            f"{', extra mask ' + str(list(mask)) if mask else ''}); prepare it on the Data page "
+            f"or run `python -m rsca_core compress --dataset <folder> --k {kf}`"
+        )
+    comp = _compression(key, uid(key), kf, SEED, tuple(mask))
+    return comp.truncate(int(k)) if int(k) < comp.k else comp
+
+
+def rate_inputs(s: Settings, allow_compute: bool = False):
+    """RateInputs of the settings (rsca_core's one builder), restricted to the selected clusters."""
+    ds = load(s.ds)
+    comp = compression(s.ds, s.k, s.mask, allow_compute=allow_compute) if s.input == "spectra" else None
+    try:
+        ri = ds.rate_inputs(s.input, k=s.k, seed=SEED, species=s.species, clusters=s.clusters, compression=comp)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    ri.description |= {"dataset": s.ds}
+    if s.input == "spectra":
+        ri.description["pca"] = f"leading {s.k} of K={config.k_fit()}"
+    return ri
+
+
+def compute_rates(s: Settings, allow_compute: bool = False) -> dict:
+    """Doppelganger rates of the settings (global, per cluster, distance histograms), uncached."""
+    from rsca_core import doppelganger_rates
+
+    ri = rate_inputs(s, allow_compute=allow_compute)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = doppelganger_rates(ri.z_pop, ri.z_clust, ri.cluster_ids, **ri.as_kwargs(), cv=s.cv, top_n=s.top_n)
+    per = res.per_cluster.reset_index(drop=True).copy()
+    hists = {
+        name: distance_histogram(res.intra_distances.get(name, np.empty(0)), res.inter_distances.get(name, np.empty(0)))
+        for name in per["cluster"]
+    }
+    return {
+        "global_rate": float(res.global_rate),
+        "per_cluster": per,
+        "hists": hists,
+        "n_field": int(len(ri.z_pop)),
+        "n_cluster_stars": int(len(ri.z_clust)),
+        "dims": int(ri.z_pop.shape[1]),
+        "label": dataset_label(s.ds),
+        "settings": asdict(s),
+        "description": ri.description,
+        "warnings": list(dict.fromkeys(str(w.message) for w in caught)),
+    }
+
+
+def rates(s: Settings) -> dict:
+    """Doppelganger rates of the settings, cached."""
+    return _rates_cached(s.key())
+
+
+@cache.memoize()
+def _rates_cached(key: str) -> dict:
+    return compute_rates(settings_from_key(key))
+
+
+def fit_map(s: Settings):
+    """The RSCA map fitted (without CV) on the selected clusters, plus its inputs."""
+    from rsca_core import RSCA
+
+    ri = rate_inputs(s)
+    model = RSCA(top_n=s.top_n).fit(ri.z_pop, ri.z_clust, ri.cluster_ids)
+    return model, ri
+
+
+def features(s: Settings, n_features: int = 3) -> dict:
+    """Top RSCA features vs [Fe/H] and VHELIO (field density + cluster members), cached."""
+    return _features_cached(s.key(), n_features)
+
+
+def _density(x, y) -> dict | None:
+    """2-D histogram of the finite (x, y) pairs over their central 99 % (for a heat map)."""
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if x.size == 0:
+        return None
+    xr, yr = np.percentile(x, [0.5, 99.5]), np.percentile(y, [0.5, 99.5])
+    if xr[0] == xr[1]:
+        xr = xr + np.array([-0.5, 0.5])
+    if yr[0] == yr[1]:
+        yr = yr + np.array([-0.5, 0.5])
+    nb = int(np.clip(np.sqrt(x.size) / 1.5, 15, 70))
+    h, xe, ye = np.histogram2d(x, y, bins=(nb, max(10, int(nb * 0.7))), range=(xr, yr))
+    return {"counts": h.T, "x": 0.5 * (xe[1:] + xe[:-1]), "y": 0.5 * (ye[1:] + ye[:-1])}
+
+
+@cache.memoize()
+def _features_cached(key: str, n_features: int) -> dict:
+    s = settings_from_key(key)
+    ds = load(s.ds)
+    model, ri = fit_map(s)
+    yf = np.asarray(model.transform(ri.z_pop))
+    yc = np.asarray(model.transform(ri.z_clust))
+    nf = min(n_features, yf.shape[1])
+    st, fi = ds.stars, ds.field_index
+    feh, vh = st["fe_h"].to_numpy(float), st["vhelio_avg"].to_numpy(float)
+    cmask = st["cluster"].isin(set(ri.cluster_ids)).to_numpy()  # the cluster rows of rate_inputs, in bundle order
+    names = np.asarray(ri.cluster_ids)
+    out = {"label": dataset_label(s.ds), "features": [], "scales": np.asarray(model.scales_, float)[:nf]}
+    for i in range(nf):
+        out["features"].append(
+            {
+                "index": i,
+                "field": _density(feh[fi], yf[:, i]),
+                "clusters": {"x": feh[cmask], "y": yc[:, i], "name": names},
+            }
+        )
+    out["vhelio"] = {"field": _density(vh[fi], yf[:, 0]), "clusters": {"x": vh[cmask], "y": yc[:, 0], "name": names}}
+    return out
+
+
+def paper_value(s: Settings) -> str:
+    if s.input == "spectra":
+        return "0.020 (spectra, K = 30)" if s.k == 30 else "0.020 (spectra, at K = 30)"
+    if s.input == "subset":
+        return "0.023 (best abundance subset)"
+    return "not quoted for all 21 abundances"
+
+
+def inside_steps(s: Settings, max_field: int = 3000) -> dict:
+    """The four steps of Fig. 1 on the first two PCA components of the dataset (cached)."""
+    return _inside_cached(s.key(), max_field)
+
+
+@cache.memoize()
+def _inside_cached(key: str, max_field: int) -> dict:
+    from rsca_core import RSCA
+
+    s = replace(settings_from_key(key), input="spectra", k=2, top_n=None)
+    ri = rate_inputs(s)
+    model = RSCA().fit(ri.z_pop, ri.z_clust, ri.cluster_ids)
+    rng = np.random.default_rng(0)
+    sub = np.sort(rng.choice(len(ri.z_pop), size=min(max_field, len(ri.z_pop)), replace=False))
+    return {
+        "field": [np.asarray(z, float) for z in model.transform_steps(ri.z_pop[sub])],
+        "clusters": [np.asarray(z, float) for z in model.transform_steps(ri.z_clust)],
+        "names": np.asarray(ri.cluster_ids),
+        "sigma_c": np.asarray(model.sigma_c_, float),
+        "scales": np.asarray(model.scales_, float),
+        "order": np.asarray(model.order_),
+        "label": dataset_label(s.ds),
+        "n_field": int(len(ri.z_pop)),
+    }
+
+
+def axis_vectors(s: Settings, n_axes: int = 5) -> dict:
+    """Each RSCA output axis as a vector in wavelength space (spectra input only), cached."""
+    return _axes_cached(replace(s, input="spectra").key(), n_axes)
+
+
+@cache.memoize()
+def _axes_cached(key: str, n_axes: int) -> dict:
+    s = settings_from_key(key)
+    model, _ri = fit_map(replace(s, top_n=None))
+    comp = compression(s.ds, s.k, s.mask)
+    vec = model.spectral_components(np.asarray(comp.components, float))
+    n = min(n_axes, vec.shape[0])
+    return {
+        "wavelength": np.asarray(load(s.ds).wavelength, float),
+        "vectors": vec[:n],
+        "scales": np.asarray(model.scales_, float)[:n],
+        "label": dataset_label(s.ds),
+        "k": s.k,
+    }
+
+
+def distance_grid(r: dict):
+    """The Fig. 9/10 grid (rsca_core.plotting's one builder) of a :func:`rates` result."""
+    from rsca_core import plotting
+
+    res = plotting.distance_histogram_result(
+        r["per_cluster"], r["hists"], r["label"], input=r["settings"]["input"], global_rate=r["global_rate"]
+    )
+    return plotting.fig_distance_histograms(res, r["label"])

@@ -1,0 +1,167 @@
+"""The app's configuration: the environment is read once, in :func:`from_env`, into a frozen
+:class:`AppConfig`; every other module asks :func:`get` (the engine, ``rsca_core``, reads none).
+
+Each variable is checked when it is read; a bad value is a :class:`ConfigError` whose one line names
+the variable, so ``gunicorn`` or ``python app.py`` stops at start with that line, not later with a
+traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+K_MIN, K_MAX = 2, 60
+CACHE_KINDS = {
+    "simple": "SimpleCache",
+    "simplecache": "SimpleCache",
+    "filesystem": "FileSystemCache",
+    "filesystemcache": "FileSystemCache",
+    "fs": "FileSystemCache",
+    "redis": "RedisCache",
+    "rediscache": "RedisCache",
+    "null": "NullCache",
+    "none": "NullCache",
+    "off": "NullCache",
+}
+
+
+class ConfigError(RuntimeError):
+    """A bad environment variable (the message names it)."""
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """Everything the app takes from its environment (see the README's "Hosting" section)."""
+
+    dataset: Path | None  # RSCA_DATASET: the default bundle (None: data_dir / "default")
+    data_dir: Path  # RSCA_DATA_DIR: bundles offered in the menus
+    cache_type: str  # RSCA_CACHE_TYPE, as a flask-caching class name
+    cache_dir: Path | None  # RSCA_CACHE_DIR: compressions (None: beside each bundle)
+    state_dir: Path  # RSCA_STATE_DIR: result cache (filesystem) and background-job store
+    redis_url: str | None  # RSCA_REDIS_URL
+    k_fit: int  # RSCA_K_FIT
+    cache_timeout: int  # RSCA_CACHE_TIMEOUT (s)
+    cache_threshold: int  # RSCA_CACHE_THRESHOLD (entries of the simple/filesystem cache)
+    host: str  # RSCA_HOST
+    port: int  # RSCA_PORT
+
+    @property
+    def k_max(self) -> int:
+        """Largest K offered: 60 (the paper's range), or less when k_fit is smaller."""
+        return min(K_MAX, self.k_fit)
+
+    @property
+    def default_dataset(self) -> Path:
+        return self.dataset if self.dataset is not None else self.data_dir / "default"
+
+
+def _int(env, name: str, default: int, lo: int, hi: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}={raw[:40]!r} is not a whole number (expected {lo}…{hi})") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name}={value} is out of range (expected {lo}…{hi})")
+    return value
+
+
+def _path(env, name: str) -> Path | None:
+    raw = (env.get(name) or "").strip()
+    return Path(raw).expanduser().resolve() if raw else None
+
+
+def _cache_type(env) -> tuple[str, str | None]:
+    kind = (env.get("RSCA_CACHE_TYPE") or "simple").strip().lower()
+    if kind not in CACHE_KINDS:
+        raise ConfigError(f"RSCA_CACHE_TYPE={kind[:40]!r}: expected simple, filesystem, redis or none")
+    url = (env.get("RSCA_REDIS_URL") or "").strip() or None
+    if CACHE_KINDS[kind] == "RedisCache" and not url:
+        raise ConfigError("RSCA_CACHE_TYPE=redis needs RSCA_REDIS_URL (e.g. redis://localhost:6379/0)")
+    return CACHE_KINDS[kind], url
+
+
+def from_env(env=None) -> AppConfig:
+    """Read and check every RSCA_* variable of ``env`` (default: ``os.environ``)."""
+    env = os.environ if env is None else env
+    cache_type, redis_url = _cache_type(env)
+    cache_dir = _path(env, "RSCA_CACHE_DIR")
+    state = _path(env, "RSCA_STATE_DIR") or cache_dir or Path(tempfile.gettempdir()) / "rsca-lab"
+    return AppConfig(
+        dataset=_path(env, "RSCA_DATASET"),
+        data_dir=_path(env, "RSCA_DATA_DIR") or (ROOT / "data").resolve(),
+        cache_type=cache_type,
+        cache_dir=cache_dir,
+        state_dir=state,
+        redis_url=redis_url,
+        k_fit=_int(env, "RSCA_K_FIT", K_MAX, K_MIN, 500),
+        cache_timeout=_int(env, "RSCA_CACHE_TIMEOUT", 86400, 0, 10**9),
+        cache_threshold=_int(env, "RSCA_CACHE_THRESHOLD", 300, 1, 10**7),
+        host=(env.get("RSCA_HOST") or "127.0.0.1").strip(),
+        port=_int(env, "RSCA_PORT", 8050, 1, 65535),
+    )
+
+
+class _Holder:
+    """The one configuration of this process (a single slot, set at start)."""
+
+    value: AppConfig | None = None
+
+
+def get() -> AppConfig:
+    """The configuration read at start (read now if nothing has read it yet)."""
+    if _Holder.value is None:
+        _Holder.value = from_env()
+    return _Holder.value
+
+
+def reload(env=None) -> AppConfig:
+    """Read the environment again (at app start, and in tests after changing it)."""
+    _Holder.value = from_env(env)
+    return _Holder.value
+
+
+def k_fit() -> int:
+    """Size of the one compression per dataset that every K <= k_fit() is cut from."""
+    return get().k_fit
+
+
+def k_max() -> int:
+    """Largest K offered (60, or RSCA_K_FIT if smaller)."""
+    return get().k_max
+
+
+def state_dir() -> Path:
+    """The app's own state folder (result cache, background-job store)."""
+    return get().state_dir
+
+
+def data_dir() -> Path:
+    """The folder whose bundles are offered in the dataset menus."""
+    return get().data_dir
+
+
+def cache_config(cfg: AppConfig | None = None) -> dict:
+    """flask-caching settings of the result cache."""
+    cfg = cfg or get()
+    base = {
+        "CACHE_TYPE": cfg.cache_type,
+        "CACHE_DEFAULT_TIMEOUT": cfg.cache_timeout,
+        "CACHE_IGNORE_ERRORS": True,
+        "CACHE_THRESHOLD": cfg.cache_threshold,
+        "CACHE_KEY_PREFIX": "rsca_",
+    }
+    if cfg.cache_type == "FileSystemCache":
+        d = cfg.state_dir / "results"
+        d.mkdir(parents=True, exist_ok=True)
+        base["CACHE_DIR"] = str(d)
+    elif cfg.cache_type == "RedisCache":
+        base["CACHE_REDIS_URL"] = cfg.redis_url
+    return base

@@ -1,0 +1,161 @@
+"""Dataset bundles by a short *key* ("default" or a folder name under the data folder), never by a
+path taken from a URL: listing, loading (memory-mapped, reloaded when the bundle changes), labels,
+the Data page's overview, and the start-up build of the default survey."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from . import config
+from .errors import UserError, short
+
+log = logging.getLogger("rsca_lab")
+
+SEED = 0  # the one compression seed of the app
+
+
+def default_dataset_path() -> Path:
+    """RSCA_DATASET if set, else ``default`` in the data folder (where the simulator builds it)."""
+    return config.get().default_dataset
+
+
+def read_meta(path) -> dict:
+    """A bundle's ``meta.json`` (UserError naming the dataset if it is missing or unreadable)."""
+    p = Path(path) / "meta.json"
+    try:
+        return json.loads(p.read_text())
+    except FileNotFoundError:
+        raise UserError(
+            f"dataset {Path(path).name!r} is missing (no meta.json): build it on the Data page "
+            "or with `python -m rsca_core simulate`"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"dataset {Path(path).name!r}: meta.json is unreadable ({type(exc).__name__})") from None
+
+
+def dataset_paths() -> dict:
+    """key -> bundle folder: "default" plus every bundle folder under the data folder (no file reads)."""
+    out = {"default": default_dataset_path()}
+    d = config.data_dir()
+    if d.is_dir():
+        for sub in sorted(d.iterdir()):
+            if (
+                sub.name not in out
+                and ".tmp" not in sub.name
+                and ".old-" not in sub.name
+                and not sub.name.startswith(".")
+                and (sub / "meta.json").is_file()
+            ):
+                out[sub.name] = sub
+    return out
+
+
+def dataset_choices() -> list[dict]:
+    """The datasets offered in the menus: the default one plus every bundle under the data folder."""
+    out = []
+    for key, path in dataset_paths().items():
+        try:
+            label = f"{key} ({read_meta(path).get('kind', 'simulated')})"
+        except UserError:
+            label = f"{key} (missing)"
+        out.append({"label": label, "value": key})
+    return out
+
+
+def dataset_path(key) -> Path:
+    paths = dataset_paths()
+    if isinstance(key, str) and key in paths:
+        return paths[key]
+    raise UserError(f"unknown dataset {short(key)!r}; available: {', '.join(paths)}")
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(path: str, stamp: tuple, cache_root: str | None):
+    from rsca_core import Dataset
+
+    return Dataset.load(path, cache_root=cache_root)
+
+
+def bundle_stamp(path: Path) -> tuple:
+    """(name, size, mtime) of every file of a bundle: changes when any file is rebuilt or truncated."""
+    out = []
+    for f in sorted(Path(path).iterdir()):
+        if f.is_file():
+            st = f.stat()
+            out.append((f.name, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+def load(key):
+    """The loaded Dataset of a key (memory-mapped; reloaded when a file of the bundle changes)."""
+    path = dataset_path(key)
+    if not (path / "meta.json").is_file():
+        raise UserError(
+            f"dataset {key!r} is missing (no meta.json): build it on the Data page or with `python -m rsca_core simulate`"
+        )
+    root = config.get().cache_dir
+    try:
+        return _load_cached(str(path), bundle_stamp(path), str(root) if root else None)
+    except ImportError as exc:
+        raise UserError(f"the RSCA engine is not available ({exc})") from None
+    except (ValueError, OSError) as exc:  # BundleError is a ValueError
+        raise UserError(f"dataset {key!r}: {exc}") from None
+
+
+def uid(key) -> str:
+    ds = load(key)
+    return ds.meta.get("uid") or str(ds.path)
+
+
+def dataset_label(key) -> str:
+    """ "simulated" or "real"."""
+    return load(key).label
+
+
+def cluster_names(key) -> list[str]:
+    return load(key).cluster_names
+
+
+def compression_ready(key, mask=()) -> bool:
+    """Is the dataset's K=k_fit compression (for this extra mask) cached on disk?"""
+    return load(key).has_compression(config.k_fit(), SEED, mask)
+
+
+def ensure_default_dataset(progress: bool = True) -> Path:
+    """Build the default simulated bundle if missing (``python app.py``), then the PCA it needs."""
+    path = default_dataset_path()
+    if not (path / "meta.json").exists():
+        if config.get().dataset is not None:
+            raise UserError(f"{path}: no dataset there (RSCA_DATASET)")
+        from rsca_core import simulate
+
+        simulate.ensure_default_dataset(path, progress=progress)
+    ds = load("default")
+    if not compression_ready("default"):
+        log.info("computing the K=%d PCA compression of %s once (cached on disk)", config.k_fit(), path)
+        ds.compress(config.k_fit(), seed=SEED, progress=progress)
+    return path
+
+
+def dataset_overview(key) -> dict:
+    """What a dataset is: kind, provenance, counts, cut-flow, cluster sizes, compression status."""
+    ds = load(key)
+    prov = ds.meta.get("provenance") or {}
+    cut = prov.get("cutflow") if isinstance(prov, dict) else None
+    sizes = ds.cluster_sizes().rename_axis("cluster").reset_index(name="n_stars")
+    return {
+        "summary": ds.summary(),
+        "meta": {k: v for k, v in ds.meta.items() if k != "provenance"},
+        "provenance": prov,
+        "cutflow": pd.DataFrame(cut) if cut else None,
+        "sizes": sizes,
+        "folder": Path(ds.path).name,
+        "label": ds.label,
+        "compression_ready": compression_ready(key),
+        "k_fit": config.k_fit(),
+    }
