@@ -60,7 +60,6 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from ._folds import PairFilter, fold_rate
-from .compress import MaskedPCA
 from .constants import MAX_DAK, MAX_DVHELIO, PAPER_RESULTS, PAPER_SUBSET, SPECIES, canonical_species
 from .dataset import Compression, Dataset, RateInputs
 from .learners import METHODS, check_method
@@ -172,21 +171,9 @@ def compression(
 
 
 def _fit_compression(ds, k, seed, extra_mask_ranges, weights, progress):
-    if weights is None:
-        return ds.compress(k, seed=seed, extra_mask_ranges=extra_mask_ranges, progress=progress)
-    if ds.errors is None:
-        raise ValueError(f"{ds.name}: weights={weights!r} needs the flux errors (errors.npy); this bundle has none")
-    pca = MaskedPCA(k, random_state=seed, progress=progress, weights=weights)
-    scores = pca.fit_transform(ds.spectra, ds.effective_mask(extra_mask_ranges), errors=ds.errors)
-    if not pca.converged_:
-        warnings.warn(
-            f"the {weights}-weighted K={k} compression stopped after {pca.n_iter_} passes before reaching "
-            f"tol={pca.tol} (relative objective change)",
-            UserWarning,
-            stacklevel=3,
-        )
-    comps = pca.components_.astype(np.float32)
-    return Compression(k, seed, comps, pca.mean_, pca.explained_variance_, scores, ds.mask_key(extra_mask_ranges))
+    """``ds.compress`` (disk-cached), with the flux-error weights when asked for."""
+    options = {} if weights is None else {"weights": weights}
+    return ds.compress(k, seed=seed, extra_mask_ranges=extra_mask_ranges, progress=progress, **options)
 
 
 def compression_scores(
