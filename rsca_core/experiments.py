@@ -62,6 +62,7 @@ from tqdm.auto import tqdm
 from ._folds import PairFilter, fold_rate
 from .constants import MAX_DAK, MAX_DVHELIO, PAPER_RESULTS, PAPER_SUBSET, SPECIES, canonical_species
 from .dataset import Compression, Dataset, RateInputs
+from .learners import METHODS, check_method
 from .metrics import distance_histogram, doppelganger_rates, global_rate
 from .rsca import RSCA, VARIANTS, ClusterStats, check_cluster_ids, group_indices
 
@@ -139,26 +140,40 @@ def _species(species):
 
 
 def compression(
-    ds: Dataset, k: int, seed: int = 0, truncate_from: int | None = None, extra_mask_ranges=(), progress: bool = False
+    ds: Dataset,
+    k: int,
+    seed: int = 0,
+    truncate_from: int | None = None,
+    extra_mask_ranges=(),
+    progress: bool = False,
+    weights: str | None = None,
 ) -> Compression:
     """The compression of every star at ``k``, memoised per Dataset object (the last ``MEMO_SIZE``;
     on top of the disk cache).
 
     ``truncate_from=None``: the exact K=k compression. ``truncate_from=K_max ≥ k``: the leading k
     components of the K_max compression (see the module docstring for what that means).
+    ``weights="ivar"``: the error-aware compression (``MaskedPCA(weights="ivar")`` with the bundle's
+    flux errors); kept in memory only, since ``Dataset.compress`` does not pass the errors on.
     """
     k = int(k)
     src = k if truncate_from is None or int(truncate_from) < k else int(truncate_from)
-    key = (src, int(seed), ds.mask_key(extra_mask_ranges))
+    key = (src, int(seed), ds.mask_key(extra_mask_ranges), weights)
     memo = _MEMO.setdefault(ds, OrderedDict())
     if key in memo:
         memo.move_to_end(key)
     else:
-        memo[key] = ds.compress(src, seed=int(seed), extra_mask_ranges=extra_mask_ranges, progress=progress)
+        memo[key] = _fit_compression(ds, src, int(seed), extra_mask_ranges, weights, progress)
         while len(memo) > MEMO_SIZE:
             memo.popitem(last=False)
     comp = memo[key]
     return comp if src == k else comp.truncate(k)
+
+
+def _fit_compression(ds, k, seed, extra_mask_ranges, weights, progress):
+    """``ds.compress`` (disk-cached), with the flux-error weights when asked for."""
+    options = {} if weights is None else {"weights": weights}
+    return ds.compress(k, seed=seed, extra_mask_ranges=extra_mask_ranges, progress=progress, **options)
 
 
 def compression_scores(
@@ -188,18 +203,21 @@ def representation(
     rows=None,
     truncate_from=None,
     extra_mask_ranges=(),
+    weights: str | None = None,
 ) -> RateInputs:
-    """``ds.rate_inputs`` with this module's memoised compressions (and optional truncation).
+    """``ds.rate_inputs`` with this module's memoised compressions (optional truncation and weights).
 
     Abundance inputs drop stars lacking a used species (counted in ``description["n_left_out"]``)."""
     comp = None
     if input == "spectra":
-        comp = compression(ds, k, seed, truncate_from, extra_mask_ranges)
+        comp = compression(ds, k, seed, truncate_from, extra_mask_ranges, weights=weights)
     elif input == "subset":
         species = _species(species or PAPER_SUBSET)
     inp = ds.rate_inputs(input, k=k, seed=seed, species=species, rows=rows, compression=comp)
     if input == "spectra":
-        inp.description["compression"] = _compression_note(k, truncate_from)
+        inp.description["compression"] = _compression_note(k, truncate_from) + (
+            "" if weights is None else f", {weights}-weighted"
+        )
     return inp
 
 
@@ -229,6 +247,8 @@ def k_sweep(
     *,
     truncate_from: int | None = None,
     variant: str = "transformed",
+    method: str = "rsca",
+    weights: str | None = None,
     max_dvhelio: float = MAX_DVHELIO,
     max_dak: float = MAX_DAK,
     extra_mask_ranges=(),
@@ -236,11 +256,14 @@ def k_sweep(
 ) -> pd.DataFrame:
     """Global doppelganger rate vs K, with (leave-one-cluster-out) and without CV (Fig. 2).
 
-    One row per (K, cv): ``k, cv, global_rate, n_clusters_rated, n_stars_rated, compression, seed,
-    label, notes``. A K the data cannot support (too few cluster stars) gives NaN and the reason in
-    ``notes``. Progress: ``len(ks) * len(cv)`` units.
+    ``method``: the metric learner (``"rsca"``, ``"rca"``, ``"lda"``, ``"nca"``; ``variant`` is
+    RSCA's). ``weights="ivar"``: the error-aware compression (see :func:`compression`).
+    One row per (K, cv): ``k, cv, global_rate, n_clusters_rated, n_stars_rated, compression,
+    variant, method, weights, seed, label, notes``. A K the data cannot support (too few cluster
+    stars) gives NaN and the reason in ``notes``. Progress: ``len(ks) * len(cv)`` units.
     """
     _check_dataset(ds)
+    opts = {"variant": variant} if check_method(method) == "rsca" else {"method": method}
     ks = _positive_ints(ks, "ks")
     cvs = [bool(c) for c in (cv if isinstance(cv, (list, tuple)) else [cv])]
     bar = _Progress(progress, len(ks) * len(cvs), "K sweep")
@@ -248,7 +271,13 @@ def k_sweep(
     try:
         for k in ks:
             inp = representation(
-                ds, "spectra", k, seed, truncate_from=truncate_from, extra_mask_ranges=extra_mask_ranges
+                ds,
+                "spectra",
+                k,
+                seed,
+                truncate_from=truncate_from,
+                extra_mask_ranges=extra_mask_ranges,
+                weights=weights,
             )
             for c in cvs:
                 notes = []
@@ -257,7 +286,7 @@ def k_sweep(
                         inp,
                         notes,
                         cv=c,
-                        variant=variant,
+                        **opts,
                         max_dvhelio=max_dvhelio,
                         max_dak=max_dak,
                         keep_distances=False,
@@ -274,7 +303,9 @@ def k_sweep(
                         "n_clusters_rated": nc,
                         "n_stars_rated": ns,
                         "compression": _compression_note(k, truncate_from),
-                        "variant": variant,
+                        "variant": variant if method == "rsca" else "",
+                        "method": method,
+                        "weights": weights or "none",
                         "seed": int(seed),
                         "label": ds.label,
                         "notes": " | ".join(notes),
@@ -284,6 +315,175 @@ def k_sweep(
     finally:
         bar.close()
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------- beyond the paper (issue 15)
+METHOD_NAMES = {"rsca": "RSCA (paper)", "rca": "RCA", "lda": "LDA", "nca": "NCA"}
+
+
+def method_comparison(
+    ds: Dataset,
+    k: int = 30,
+    seed: int = 0,
+    methods=METHODS,
+    inputs=("spectra", "subset"),
+    *,
+    subset=PAPER_SUBSET,
+    cv: bool = True,
+    weights: str | None = None,
+    max_dvhelio: float = MAX_DVHELIO,
+    max_dak: float = MAX_DAK,
+    extra_mask_ranges=(),
+    progress=False,
+) -> dict:
+    """RSCA against the metric learners the paper cites, by the paper's yardstick.
+
+    Every method is fitted on the same inputs (``inputs``: "spectra" = K PCA scores, "abundances",
+    "subset") and scored by the same leave-one-cluster-out protocol (each fold refits it without the
+    held-out cluster; :func:`~rsca_core.metrics.doppelganger_rates` with ``method=``). Returns a dict:
+    ``"table"``: one row per (input, method): ``input, representation, method, method_name,
+    global_rate, n_clusters_rated, n_stars_rated, k, cv, weights, seed, label, notes``;
+    ``"per_cluster"``: ``input, method, cluster, n_stars, rate``; ``"settings"``.
+    Progress: ``len(inputs) * len(methods)`` units.
+    """
+    _check_dataset(ds)
+    methods = [check_method(m) for m in methods]
+    sub = _species(subset)
+    bar = _Progress(progress, len(inputs) * len(methods), "methods")
+    rows, per = [], []
+    try:
+        for inp_name in inputs:
+            inp = representation(
+                ds, inp_name, k, seed, species=sub, extra_mask_ranges=extra_mask_ranges, weights=weights
+            )
+            for m in methods:
+                row, clusters = _method_rates(inp, inp_name, m, cv, seed, max_dvhelio, max_dak)
+                rows.append(row | {"k": int(k) if inp_name == "spectra" else np.nan, "weights": weights or "none"})
+                rows[-1] |= {"seed": int(seed), "label": ds.label}
+                per += clusters
+                bar.update()
+    finally:
+        bar.close()
+    per = pd.DataFrame(per, columns=["input", "method", "cluster", "n_stars", "rate"])
+    per["seed"], per["label"] = int(seed), ds.label
+    settings = {
+        "k": int(k),
+        "seed": int(seed),
+        "methods": methods,
+        "inputs": list(inputs),
+        "subset": sub,
+        "cv": bool(cv),
+        "label": ds.label,
+    }
+    return {"table": pd.DataFrame(rows), "per_cluster": per, "settings": settings}
+
+
+def _method_rates(inp, inp_name, method, cv, seed, max_dvhelio, max_dak):
+    """One row of the method comparison and its per-cluster rates (a failed fit: NaN and the reason)."""
+    notes, per = [], []
+    try:
+        res = _rates(
+            inp,
+            notes,
+            cv=cv,
+            method=method,
+            random_state=seed,
+            max_dvhelio=max_dvhelio,
+            max_dak=max_dak,
+            keep_distances=False,
+        )
+        g, (nc, ns) = res.global_rate, _n_rated(res)
+        per = [
+            {"input": inp_name, "method": method, "cluster": r.cluster, "n_stars": int(r.n_stars), "rate": r.rate}
+            for r in res.per_cluster.itertuples()
+        ]
+    except ValueError as exc:
+        g, nc, ns = np.nan, 0, 0
+        notes.append(str(exc))
+    row = {
+        "input": inp_name,
+        "representation": INPUT_NAMES[inp_name],
+        "method": method,
+        "method_name": METHOD_NAMES[method],
+        "global_rate": g,
+        "n_clusters_rated": nc,
+        "n_stars_rated": ns,
+        "cv": bool(cv),
+        "notes": " | ".join(notes),
+    }
+    return row, per
+
+
+def flux_error_weights(
+    ds: Dataset,
+    ks=(10, 20, 30),
+    seed: int = 0,
+    *,
+    truncate_from: int | None = None,
+    method: str = "rsca",
+    extra_mask_ranges=(),
+    progress=False,
+) -> dict:
+    """Does error-aware compression lower the doppelganger rate? Plain vs ``weights="ivar"`` PCA.
+
+    The leave-one-cluster-out rate of ``method`` at each K of ``ks`` with the plain compression
+    (every observed pixel counts the same) and with the inverse-variance-weighted one
+    (``MaskedPCA(weights="ivar")``, the bundle's flux errors, capped at ``compress.IVAR_CAP``),
+    same seed, same truncation. Returns ``{"table": k_sweep rows of both (column
+    ``compression_weights``), "answer": one sentence, "settings"}``. Progress: ``2 * len(ks)`` units.
+    """
+    _check_dataset(ds)
+    if ds.errors is None:
+        raise ValueError(f"{ds.name}: the bundle stores no flux errors, so there is nothing to weight by")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        parts = [
+            k_sweep(
+                ds,
+                ks,
+                seed,
+                cv=True,
+                truncate_from=truncate_from,
+                method=method,
+                weights=w,
+                extra_mask_ranges=extra_mask_ranges,
+                progress=progress,
+            )
+            for w in (None, "ivar")
+        ]
+    t = pd.concat(parts, ignore_index=True).rename(columns={"weights": "compression_weights"})
+    fit_notes = list(dict.fromkeys(str(w.message) for w in caught))
+    answer = weights_answer(t) + "".join(f" Note: {n}." for n in fit_notes)
+    return {
+        "table": t,
+        "answer": answer,
+        "settings": {"ks": list(ks), "seed": int(seed), "method": method, "label": ds.label},
+    }
+
+
+def weights_answer(table: pd.DataFrame) -> str:
+    """One sentence: whether the ivar-weighted compression lowers the rate at the largest K, and the
+    relative change at every K.
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"k": [10, 10, 30, 30], "compression_weights": ["none", "ivar"] * 2,
+    ...                   "global_rate": [0.02, 0.019, 0.010, 0.012]})
+    >>> weights_answer(t)
+    'Weighting each pixel by its inverse variance does not lower the doppelganger rate at K = 30 (0.0100 plain → 0.0120 weighted); change per K: K = 10 −5.0 %, K = 30 +20.0 %.'
+    """
+    piv = table.pivot_table(index="k", columns="compression_weights", values="global_rate")
+    if not {"none", "ivar"} <= set(piv.columns) or piv.dropna().empty:
+        return "No answer: a rate could not be computed for both compressions."
+    piv = piv.dropna()
+    change = 100 * (piv["ivar"] - piv["none"]) / piv["none"]
+    kmax = int(piv.index.max())
+    a, b = float(piv.loc[kmax, "none"]), float(piv.loc[kmax, "ivar"])
+    per_k = ", ".join(f"K = {int(k)} {c:+.1f} %".replace("-", "−") for k, c in change.items())
+    return (
+        f"Weighting each pixel by its inverse variance {'lowers' if b < a else 'does not lower'} the "
+        f"doppelganger rate at K = {kmax} ({a:.4f} plain → {b:.4f} weighted); change per K: {per_k}."
+    )
 
 
 # ---------------------------------------------------------------------------- Table 1

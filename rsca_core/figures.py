@@ -200,38 +200,47 @@ def fig_top_n(table: pd.DataFrame, label: str | None = None) -> Figure:
 
 
 # ---------------------------------------------------------------------------- Fig. 4
+def _grouped_bars(ax, table, series_col, value, styles, paper=None, err=None):
+    """Bars of ``value`` per representation (x) and per ``series_col`` (one colour each, {series:
+    (colour, legend name)} in ``styles``), values printed on top; ``paper`` = (series, {representation:
+    value}, legend name) draws the paper's values as open diamonds beside that series' bars, so that
+    they cover neither a bar nor its value."""
+    order = list(dict.fromkeys(table["representation"]))
+    series = list(dict.fromkeys(table[series_col]))
+    width = 0.8 / len(series)
+    x = np.arange(len(order))
+    for i, v in enumerate(series):
+        sub = table[table[series_col] == v].set_index("representation").reindex(order)
+        yerr = sub[err].fillna(0).to_numpy() if err in sub.columns else None
+        colour, name = styles[v]
+        bars = ax.bar(
+            x + (i - (len(series) - 1) / 2) * width, sub[value], width, yerr=yerr, capsize=2, color=colour, label=name
+        )
+        ax.bar_label(bars, labels=[f"{y:.3f}" if pd.notna(y) else "n/a" for y in sub[value]], fontsize=7, padding=2)
+    if paper is not None and paper[0] in series:
+        i = series.index(paper[0])
+        pts = [(order.index(r), y) for r, y in paper[1].items() if r in order and pd.notna(y)]
+        side = -1 if i == 0 else 1  # into the gap between groups: left of a first bar, else right
+        xs = [j + (i - (len(series) - 1) / 2 + side * 0.5) * width + side * 0.06 for j, _ in pts]
+        if pts:
+            ax.plot(xs, [y for _, y in pts], ls="none", **PAPER_STYLE, label=paper[2])
+    ax.set_xticks(x, order)
+    ax.margins(y=0.15)
+    _rate_axis(ax)
+
+
 def fig_ablation(table: pd.DataFrame, label: str | None = None) -> Figure:
     """Grouped bars: representation × {raw, scaled, transformed}, error bars over seeds, values printed."""
     _need(table, ["representation", "variant", "mean"], "fig_ablation")
     label = data_label(table, label)
-    order = list(dict.fromkeys(table["representation"]))
-    variants = list(dict.fromkeys(table["variant"]))
     fig = _figure("Doppelganger rate by representation and method (Fig. 4)", label, _seed(table), (6.8, 4.6))
     ax = fig.add_subplot()
-    width = 0.8 / len(variants)
-    x = np.arange(len(order))
-    for i, v in enumerate(variants):
-        sub = table[table["variant"] == v].set_index("representation").reindex(order)
-        err = sub["std"].fillna(0).to_numpy() if "std" in sub.columns else None
-        bars = ax.bar(
-            x + (i - (len(variants) - 1) / 2) * width,
-            sub["mean"],
-            width,
-            yerr=err,
-            capsize=2,
-            color=VARIANT_COLOURS.get(v, GREY),
-            label=f"on {v}",
-        )
-        ax.bar_label(bars, labels=[f"{y:.3f}" if pd.notna(y) else "n/a" for y in sub["mean"]], fontsize=7, padding=2)
+    styles = {v: (VARIANT_COLOURS.get(v, GREY), f"on {v}") for v in table["variant"]}
+    paper = None
     if "paper" in table.columns and table["paper"].notna().any():
         p = table[table["paper"].notna()]
-        i = variants.index(p["variant"].iloc[0]) if p["variant"].iloc[0] in variants else len(variants) - 1
-        # beside its bar (right of it), so that it covers neither the bar nor the bar's value
-        xs = [order.index(r) + (i - (len(variants) - 1) / 2 + 0.5) * width + 0.06 for r in p["representation"]]
-        ax.plot(xs, p["paper"], ls="none", **PAPER_STYLE, label="paper, APOGEE DR16 (transformed)")
-    ax.set_xticks(x, order)
-    ax.margins(y=0.15)
-    _rate_axis(ax)
+        paper = (p["variant"].iloc[0], dict(zip(p["representation"], p["paper"])), "paper, APOGEE DR16 (transformed)")
+    _grouped_bars(ax, table, "variant", "mean", styles, paper, err="std")
     _legend_below(fig, ax, ncols=4)
     return fig
 
@@ -393,6 +402,48 @@ def fig_distance_histograms(result: dict, label: str | None = None, inputs=None,
     return fig
 
 
+# ---------------------------------------------------------------------------- beyond the paper
+METHOD_COLOURS = {"rsca": RED, "rca": "#0072B2", "lda": "#E69F00", "nca": "#009E73"}
+
+
+def fig_methods(table: pd.DataFrame, label: str | None = None) -> Figure:
+    """Grouped bars: global rate of each method (RSCA, RCA, LDA, NCA) on each representation, values
+    printed; the paper's RSCA values (spectra K = 30, abundance subset) as open diamonds."""
+    _need(table, ["representation", "method", "global_rate"], "fig_methods")
+    label = data_label(table, label)
+    fig = _figure("RSCA against the metric learners it cites (leave-one-cluster-out)", label, _seed(table), (7.0, 4.6))
+    ax = fig.add_subplot()
+    names = dict(zip(table["method"], table.get("method_name", table["method"])))
+    styles = {m: (METHOD_COLOURS.get(m, GREY), names[m]) for m in table["method"]}
+    paper = None
+    if "k" not in table.columns or (table["k"].dropna() == 30).all():  # the paper's numbers are for K = 30
+        values = {"spectra": PAPER_RESULTS["spectra_k30"], "abundance subset": PAPER_RESULTS["abundance_subset"]}
+        paper = ("rsca", values, "paper, APOGEE DR16 (RSCA)")
+    _grouped_bars(ax, table, "method", "global_rate", styles, paper)
+    _legend_below(fig, ax, ncols=5)
+    return fig
+
+
+def fig_weights(table: pd.DataFrame, label: str | None = None) -> Figure:
+    """Leave-one-cluster-out rate vs K with the plain and the inverse-variance-weighted compression."""
+    _need(table, ["k", "compression_weights", "global_rate"], "fig_weights")
+    label = data_label(table, label)
+    fig = _figure("Compression that uses the flux errors", label, _seed(table), (6.4, 4.4))
+    ax = fig.add_subplot()
+    for w, name, colour in (
+        ("none", "plain PCA (every observed pixel alike)", BLUE),
+        ("ivar", "PCA weighted by 1/σ² (capped)", RED),
+    ):
+        sub = table[table["compression_weights"] == w].sort_values("k")
+        if len(sub):
+            ax.plot(sub["k"], sub["global_rate"], "o-", color=colour, label=name)
+    ax.set_xticks(sorted(set(table["k"])))
+    ax.set_xlabel("number of PCA components K")
+    _rate_axis(ax)
+    _legend_below(fig, ax)
+    return fig
+
+
 # ---------------------------------------------------------------------------- files
 def save_figure(fig: Figure, directory: str | Path, stem: str, formats=FORMATS) -> list[Path]:
     """Write ``fig`` as ``directory/stem.<fmt>`` for each format, each file atomically. Returns the paths.
@@ -432,4 +483,6 @@ FIGURES = {
     "data_size": fig_data_size,
     "features": fig_feature_relations,
     "distances": fig_distance_histograms,
+    "methods": fig_methods,
+    "weights": fig_weights,
 }

@@ -258,6 +258,48 @@ def test_distance_histograms_match_per_cluster_rates(ds):
         assert len(raw["intra"]) == n * (n - 1) // 2 and len(raw["inter"]) == n_inter
 
 
+# ---------------------------------------------------------------------------- beyond the paper (issue 15)
+def test_method_comparison_matches_direct_calls(ds):
+    res = E.method_comparison(ds, k=5, seed=2, inputs=("spectra", "subset"))
+    t = res["table"]
+    assert len(t) == 8 and set(t["method"]) == {"rsca", "rca", "lda", "nca"}
+    reps = {"spectra": ds.compress(5, seed=2).scores, "subset": _abund(ds, PAPER_SUBSET)}
+    for r in t.itertuples():
+        ref = _direct(ds, reps[r.input], method=r.method, random_state=2)
+        assert r.global_rate == pytest.approx(ref.global_rate, rel=1e-9, abs=1e-12), (r.input, r.method)
+        got = res["per_cluster"].query("input == @r.input and method == @r.method").set_index("cluster")["rate"]
+        np.testing.assert_allclose(got, ref.per_cluster.set_index("cluster").loc[got.index, "rate"], atol=1e-12)
+    assert set(t["label"]) == {"simulated"} and t.loc[t["input"] == "subset", "k"].isna().all()
+
+
+def _with_errors(ds, sigma):
+    d = Dataset(
+        ds.stars, ds.spectra, ds.mask, ds.wavelength, errors=sigma.astype(np.float32), meta={"kind": "simulated"}
+    )
+    return d
+
+
+def test_flux_error_weights_compares_plain_and_ivar_compressions(ds):
+    from rsca_core import MaskedPCA
+
+    rng = np.random.default_rng(4)
+    sigma = np.where(rng.random(ds.spectra.shape) < 0.3, 0.05, 0.003)
+    d = _with_errors(ds, sigma)
+    res = E.flux_error_weights(d, ks=(4,), seed=1)
+    t = res["table"].set_index(["k", "compression_weights"])["global_rate"]
+    for k in (4,):
+        plain = _direct(d, d.compress(k, seed=1).scores, cv=True).global_rate
+        z = MaskedPCA(k, random_state=1, weights="ivar").fit_transform(d.spectra, d.mask, errors=d.errors)
+        assert t[(k, "none")] == pytest.approx(plain, rel=1e-9, abs=1e-12)
+        assert t[(k, "ivar")] == pytest.approx(_direct(d, z, cv=True).global_rate, rel=1e-6, abs=1e-9)
+    verdict = "lowers" if t[(4, "ivar")] < t[(4, "none")] else "does not lower"
+    assert res["answer"].startswith(
+        f"Weighting each pixel by its inverse variance {verdict} the doppelganger rate at K = 4"
+    )
+    with pytest.raises(ValueError, match="no flux errors"):
+        E.flux_error_weights(ds, ks=(3,))
+
+
 # ---------------------------------------------------------------------------- labels and input checks
 def test_outputs_carry_the_dataset_kind():
     real = small_dataset(n_field=200, sizes=SIZES, n_pixels=80, seed=2, kind="real")
@@ -286,7 +328,10 @@ def test_reproduce_quick_writes_every_figure_without_plotly_or_a_browser(tmp_pat
     simulate = pytest.importorskip("rsca_core.simulate")
     bundle = simulate.simulate(tmp_path / "sim", n_field=150, seed=1, progress=False)
     out = tmp_path / "out"
+    # every experiment but the error-weighted compression (slow here; its files are checked below on a smaller survey)
+    names = [n for n in EXPERIMENTS if n != "weights"]
     argv = ["reproduce", "--dataset", str(bundle), "--out", str(out), "--quick", "--k", "8", "--seed", "3", "--quiet"]
+    argv += ["--experiments", ",".join(names)]
     code = (
         "import sys; sys.modules['plotly'] = sys.modules['kaleido'] = None; "  # importing either now fails
         f"from rsca_core import cli; rc = cli.main({argv!r}); "
@@ -299,8 +344,8 @@ def test_reproduce_quick_writes_every_figure_without_plotly_or_a_browser(tmp_pat
     doc = json.loads((out / "results.json").read_text())
     assert doc["label"] == "simulated" and doc["seed"] == 3 and doc["quick"] is True
     assert doc["figure_warning"] is None
-    stems = EXPERIMENTS + ("features_correlations",)
-    for name in EXPERIMENTS:
+    stems = (*names, "features_correlations")
+    for name in names:
         csv = pd.read_csv(out / f"{name}.csv", keep_default_na=False)
         assert len(csv) and set(csv["label"]) == {"simulated"} and set(csv["seed"].astype(int)) == {3}
     for stem in stems:
@@ -332,3 +377,25 @@ def test_figure_failure_still_writes_tables_and_report(ds, tmp_path, monkeypatch
     assert (tmp_path / "k_sweep.csv").exists() and not (tmp_path / "k_sweep.png").exists()
     assert not list(tmp_path.glob("*.tmp*")) and not list(tmp_path.glob(".*"))
     assert "disk says no" in (tmp_path / "report.md").read_text()
+
+
+def test_reproduce_methods_and_weights_write_tables_figures_and_the_answer(ds, tmp_path):
+    from rsca_core import experiments_cli as X
+
+    rng = np.random.default_rng(0)
+    d = _with_errors(ds, np.where(rng.random(ds.spectra.shape) < 0.3, 0.05, 0.003))
+    settings = X.settings_for(quick=True, seed=0, k=4)
+    results = X.run_experiments(d, settings, ["methods", "weights"], progress=False)
+    doc = X.write_outputs(d, results, settings, tmp_path)
+    assert doc["figure_warning"] is None
+    for stem in ("methods", "weights"):
+        assert (tmp_path / f"{stem}.csv").exists()
+        assert (tmp_path / f"{stem}.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / f"{stem}.pdf").exists()
+    report = (tmp_path / "report.md").read_text()
+    methods = results["methods"]["table"]
+    rca = methods[(methods["method"] == "rca") & (methods["input"] == "spectra")]["global_rate"].iloc[0]
+    assert f"| RCA | {rca:.4f} |" in report
+    assert results["weights"]["answer"] in report and "capped at 40,000" in report
+    # a bundle without errors skips the weights experiment instead of failing the run
+    plain = X.run_experiments(ds, settings, ["weights"], progress=False)
+    assert "weights" not in plain

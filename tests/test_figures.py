@@ -128,3 +128,37 @@ def test_figures_module_uses_no_pyplot_and_no_plotly():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_methods_and_weights_figures_show_every_rate():
+    rows = [
+        (rep, m, 0.01 * (i + 1) + 0.1 * j, 30.0 if rep == "spectra" else np.nan)
+        for j, rep in enumerate(("spectra", "abundance subset"))
+        for i, m in enumerate(("rsca", "rca", "lda", "nca"))
+    ]
+    t = pd.DataFrame(rows, columns=["representation", "method", "global_rate", "k"])
+    t["method_name"] = t["method"].str.upper()
+    t["label"], t["seed"] = "simulated", 0
+    fig = F.fig_methods(t)
+    ax = fig.axes[0]
+    heights = [round(p.get_height(), 6) for p in ax.patches]
+    assert heights == pytest.approx([0.01, 0.11, 0.02, 0.12, 0.03, 0.13, 0.04, 0.14])
+    paper = [ln for ln in ax.get_lines() if ln.get_label().startswith("paper")][0]
+    assert list(paper.get_ydata()) == [PAPER_RESULTS["spectra_k30"], PAPER_RESULTS["abundance_subset"]]
+    assert "SIMULATED" in _title(fig)
+    _legend_clear_of_axes(fig)
+    w = pd.DataFrame(
+        {
+            "k": [10, 30, 10, 30],
+            "compression_weights": ["none", "none", "ivar", "ivar"],
+            "global_rate": [0.02, 0.01, 0.015, 0.008],
+        }
+    )
+    wf = F.fig_weights(w, label="real")
+    lines = {ln.get_label(): list(ln.get_ydata()) for ln in wf.axes[0].get_lines()}
+    assert lines == {
+        "plain PCA (every observed pixel alike)": [0.02, 0.01],
+        "PCA weighted by 1/σ² (capped)": [0.015, 0.008],
+    }
+    assert "real data" in _title(wf)
+    _legend_clear_of_axes(wf)
