@@ -67,6 +67,9 @@ def star_options(key, search: str | None, current: str | None = None) -> list[di
         rows = list(np.flatnonzero(ids.to_numpy() == current)[:1]) + rows
     clusters = ds.stars["cluster"].astype(str).to_numpy()
     opts, seen = [], set()
+    if current and current not in set(ids.iloc[rows]):  # not a star here: kept, so that the page can say so
+        opts.append({"label": current, "value": current})
+        seen.add(current)
     for r in rows:
         sid = ids.iloc[r]
         if sid not in seen:
