@@ -229,10 +229,12 @@ def update(ds, _done):
         (Output(f"{P}-pca-progress", "style"), {"display": "flex"}, {"display": "none"}),
     ],
     cancel=[Input(f"{P}-pca-cancel", "n_clicks")],
+    cache_args_to_ignore=[0],  # the click count: repeated clicks join one job
     progress=[Output(f"{P}-pca-progress", "value"), Output(f"{P}-pca-progress", "label")],
 )
 def prepare(set_progress, _n, ds):
     try:
+        service.admit()  # a slot in the job queue, or "busy, try again"
         service.prepare_compression(ds, report=service.progress_reporter(set_progress))
     except Exception as exc:
         return ui.error_alert(service.describe_error(exc))

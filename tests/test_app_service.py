@@ -19,6 +19,7 @@ def no_datasets(tmp_path, monkeypatch):
     monkeypatch.setenv("RSCA_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("RSCA_DATASET", raising=False)
     monkeypatch.delenv("RSCA_K_FIT", raising=False)
+    monkeypatch.setenv("RSCA_STATE_DIR", str(tmp_path / "state"))
     service.config.reload()
     yield
     monkeypatch.undo()

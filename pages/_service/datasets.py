@@ -75,10 +75,10 @@ def dataset_path(key) -> Path:
 
 
 @functools.lru_cache(maxsize=8)
-def _load_cached(path: str, stamp: tuple, cache_root: str | None):
+def _load_cached(path: str, stamp: tuple, cache_root: str | None, mmap: bool):
     from rsca_core import Dataset
 
-    return Dataset.load(path, cache_root=cache_root)
+    return Dataset.load(path, mmap=mmap, cache_root=cache_root)
 
 
 def bundle_stamp(path: Path) -> tuple:
@@ -92,18 +92,24 @@ def bundle_stamp(path: Path) -> tuple:
 
 
 def load(key):
-    """The loaded Dataset of a key (memory-mapped; reloaded when a file of the bundle changes)."""
+    """The loaded Dataset of a key, reloaded when a file of the bundle changes (size or time).
+
+    A bundle smaller than RSCA_MMAP_ABOVE_MB is read into memory, so a file truncated or rewritten
+    under the running app gives a message at the next request instead of a SIGBUS in a worker; a
+    larger one is memory-mapped (the check still catches a change before the next request uses it)."""
     path = dataset_path(key)
     if not (path / "meta.json").is_file():
         raise UserError(
             f"dataset {key!r} is missing (no meta.json): build it on the Data page or with `python -m rsca_core simulate`"
         )
-    root = config.get().cache_dir
+    cfg = config.get()
     try:
-        return _load_cached(str(path), bundle_stamp(path), str(root) if root else None)
+        stamp = bundle_stamp(path)
+        mmap = sum(size for _name, size, _t in stamp) >= cfg.mmap_above_mb * 2**20
+        return _load_cached(str(path), stamp, str(cfg.cache_dir) if cfg.cache_dir else None, mmap)
     except ImportError as exc:
         raise UserError(f"the RSCA engine is not available ({exc})") from None
-    except (ValueError, OSError) as exc:  # BundleError is a ValueError
+    except (ValueError, OSError, EOFError) as exc:  # BundleError is a ValueError; a truncated file
         raise UserError(f"dataset {key!r}: {exc}") from None
 
 
