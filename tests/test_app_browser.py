@@ -82,6 +82,7 @@ def dash_app(bundle, tmp_path_factory):
         "RSCA_K_FIT": str(K_FIT),
         "RSCA_STATE_DIR": str(state),
         "RSCA_CACHE_TYPE": "simple",
+        "RSCA_ALLOW_BUILD": "1",  # the Data page's build form (off unless the operator allows it)
     }
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
