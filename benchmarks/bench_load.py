@@ -133,6 +133,23 @@ def summary(rows) -> dict:
     }
 
 
+def server_env(args, dataset: Path, state: Path) -> dict:
+    """The server's environment: this one without RSCA_*, then the benchmark's settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RSCA_")}
+    return env | {
+        "RSCA_DATASET": str(dataset.resolve()),
+        "RSCA_DATA_DIR": str((WORK / "load-data").resolve()),
+        "RSCA_STATE_DIR": str(state.resolve()),
+        "RSCA_K_FIT": str(args.k_fit),
+        "RSCA_MAX_JOBS": str(args.max_jobs),
+        "RSCA_CACHE_TYPE": "filesystem",
+        "WEB_CONCURRENCY": "3",
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dataset", default=None, help="bundle to serve (default: a 3,000-star survey in _work)")
@@ -149,20 +166,7 @@ def main(argv=None) -> int:
 
     dataset = Path(args.dataset) if args.dataset else WORK / f"survey-{args.n_field}"
     ensure_survey(dataset, args.n_field, args.k_fit)
-    state = WORK / f"load-state-{os.getpid()}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RSCA_")}
-    env |= {
-        "RSCA_DATASET": str(dataset.resolve()),
-        "RSCA_DATA_DIR": str((WORK / "load-data").resolve()),
-        "RSCA_STATE_DIR": str(state.resolve()),
-        "RSCA_K_FIT": str(args.k_fit),
-        "RSCA_MAX_JOBS": str(args.max_jobs),
-        "RSCA_CACHE_TYPE": "filesystem",
-        "WEB_CONCURRENCY": "3",
-        "OMP_NUM_THREADS": "1",
-        "OPENBLAS_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-    }
+    env = server_env(args, dataset, WORK / f"load-state-{os.getpid()}")
     (WORK / "load-data").mkdir(parents=True, exist_ok=True)
     port = free_port()
     cmd = dockerfile_gunicorn(port)

@@ -15,27 +15,34 @@ from . import _ui as ui
 P = "sim"
 
 
+def _notice_card(text):
+    body = [html.Div("Build a simulated survey", className="fw-semibold"), ui.info_alert(text)]
+    return dbc.Card(dbc.CardBody(body), class_name="shadow-sm")
+
+
+def _fields(policy):
+    def field(label, control, md):
+        return dbc.Col([dbc.Label(label, class_name="small fw-semibold"), control], md=md)
+
+    n_field = str(min(1000, policy["max_stars"]))
+    return dbc.Row(
+        [
+            field("Name", dbc.Input(id=f"{P}-name", value="my-survey", size="sm"), 3),
+            field("Field stars", dbc.Input(id=f"{P}-nfield", value=n_field, inputmode="numeric", size="sm"), 3),
+            field("Seed", dbc.Input(id=f"{P}-seed", value="1", inputmode="numeric", size="sm"), 2),
+        ],
+        class_name="mb-2",
+    )
+
+
 def simulate_card():
     policy = service.build_policy()
     if not policy["allowed"]:
-        return dbc.Card(
-            dbc.CardBody(
-                [html.Div("Build a simulated survey", className="fw-semibold"), ui.info_alert(service.BUILDS_OFF)]
-            ),
-            class_name="shadow-sm",
-        )
+        return _notice_card(service.BUILDS_OFF)
     try:
         opts = service.simulate_options()
     except Exception as exc:
-        return dbc.Card(
-            dbc.CardBody(
-                [
-                    html.Div("Build a simulated survey", className="fw-semibold"),
-                    ui.info_alert(service.describe_error(exc)),
-                ]
-            ),
-            class_name="shadow-sm",
-        )
+        return _notice_card(service.describe_error(exc))
     switches = [
         dbc.Checkbox(
             id={"type": f"{P}-flag", "flag": o["name"]}, label=o["label"], value=o["default"], class_name="small"
@@ -53,37 +60,7 @@ def simulate_card():
                     f"{policy['quota_mb']:,} MB of browser-built data used.",
                     className="small text-muted",
                 ),
-                dbc.Row(
-                    [
-                        dbc.Col(
-                            [
-                                dbc.Label("Name", class_name="small fw-semibold"),
-                                dbc.Input(id=f"{P}-name", value="my-survey", size="sm"),
-                            ],
-                            md=3,
-                        ),
-                        dbc.Col(
-                            [
-                                dbc.Label("Field stars", class_name="small fw-semibold"),
-                                dbc.Input(
-                                    id=f"{P}-nfield",
-                                    value=str(min(1000, policy["max_stars"])),
-                                    inputmode="numeric",
-                                    size="sm",
-                                ),
-                            ],
-                            md=3,
-                        ),
-                        dbc.Col(
-                            [
-                                dbc.Label("Seed", class_name="small fw-semibold"),
-                                dbc.Input(id=f"{P}-seed", value="1", inputmode="numeric", size="sm"),
-                            ],
-                            md=2,
-                        ),
-                    ],
-                    class_name="mb-2",
-                ),
+                _fields(policy),
                 html.Div(
                     [dbc.Label("Effects", class_name="small fw-semibold"), html.Div(switches, className="sim-flags")]
                 )
