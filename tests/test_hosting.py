@@ -152,7 +152,7 @@ def test_builds_are_capped_in_size_and_disk_one_at_a_time_and_leftovers_removed(
     assert not (data / "huge").exists() and not (data / "large").exists()
 
     c = dh.Client(main.port)
-    status, handles = main.cbs.start(c, "sim-result.children", _build_values("big", 1000), ["sim-run.n_clicks"])
+    status, handles = main.cbs.start(c, "sim-result.children", _build_values("big", 800), ["sim-run.n_clicks"])
     assert status == 200 and handles["cacheKey"]
     end = time.time() + 60
     while not list(data.glob("big.tmp-*")) and time.time() < end:
@@ -376,7 +376,8 @@ def test_safe_defaults_private_state_and_a_corrupt_job_store(place):
 
 
 def test_health_names_a_missing_data_folder_and_dataset(place):
-    srv = Server(place, "no-data", RSCA_DATA_DIR=place / "nowhere", RSCA_DATASET="", RSCA_STATE_DIR=place / "s2")
+    one = {"WEB_CONCURRENCY": 1}  # these servers only answer /healthz: one worker boots faster
+    srv = Server(place, "no-data", RSCA_DATA_DIR=place / "nowhere", RSCA_DATASET="", RSCA_STATE_DIR=place / "s2", **one)
     try:
         status, h = srv.health()
         assert status == 503
@@ -385,7 +386,7 @@ def test_health_names_a_missing_data_folder_and_dataset(place):
     finally:
         srv.stop()
     shutil.copytree(place / "survey", place / "no-pca", ignore=shutil.ignore_patterns("cache"))
-    srv = Server(place, "no-pca", RSCA_DATASET=place / "no-pca", RSCA_STATE_DIR=place / "s3")
+    srv = Server(place, "no-pca", RSCA_DATASET=place / "no-pca", RSCA_STATE_DIR=place / "s3", **one)
     try:
         status, h = srv.health()
         assert status == 503 and "compression" in h["problems"], h
@@ -395,7 +396,7 @@ def test_health_names_a_missing_data_folder_and_dataset(place):
 
 @pytest.mark.parametrize("name,value", [("RSCA_K_FIT", "abc"), ("RSCA_CACHE_TIMEOUT", "abc"), ("RSCA_MAX_JOBS", "0")])
 def test_a_bad_environment_variable_stops_the_start_with_one_line_naming_it(place, name, value):
-    env = base_env(place, RSCA_STATE_DIR=place / "s4", **{name: value})
+    env = base_env(place, RSCA_STATE_DIR=place / "s4", WEB_CONCURRENCY=1, **{name: value})
     port = dh.free_port()
     res = subprocess.run(dh.dockerfile_gunicorn(port), cwd=ROOT, env=env, capture_output=True, text=True, timeout=90)
     assert res.returncode != 0
