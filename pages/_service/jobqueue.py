@@ -97,6 +97,9 @@ class BoundedManager(_manager_base()):
                 reg[key]["refs"] += 1
                 self.handle.set(REGISTRY, reg)
                 return reg[key]["pid"]
+            if self.handle.get(f"{key}-transient"):  # an old "busy" answer nobody fetched: not a result
+                self.clear_cache_entry(key)
+                self.clear_cache_entry(f"{key}-transient")
             if self.result_ready(key):  # finished before: served from the store, no process
                 return 0
             if len(reg) < self.max_jobs:
