@@ -7,6 +7,7 @@ message naming the parameter while the rest of the URL still applies.
 from __future__ import annotations
 
 import itertools
+import os
 from urllib.parse import parse_qs, urlparse
 
 import pytest
@@ -16,6 +17,8 @@ from pages import _service as service  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def no_datasets(tmp_path, monkeypatch):
+    for name in [k for k in os.environ if k.startswith("RSCA_")]:  # e.g. left by the browser tests' app
+        monkeypatch.delenv(name)
     monkeypatch.setenv("RSCA_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("RSCA_DATASET", raising=False)
     monkeypatch.delenv("RSCA_K_FIT", raising=False)
