@@ -10,7 +10,8 @@ import warnings
 
 import numpy as np
 
-from .constants import PAPER_SUBSET, SPECIES, canonical_species
+from .constants import PAPER_RESULTS, PAPER_SUBSET, SPECIES, canonical_species
+from .learners import METHODS
 
 
 def positive_int(text):
@@ -53,6 +54,8 @@ def _species_list(text):
 def cmd_evaluate(args) -> int:
     from .metrics import doppelganger_rates
 
+    if args.method != "rsca" and (args.top_n is not None or args.variant != "transformed"):
+        raise ValueError("--top-n and --variant apply to --method rsca only")
     ds = _load(args.dataset)
     species = _species_list(args.species) if args.species else None
     inputs = ds.rate_inputs(
@@ -66,9 +69,12 @@ def cmd_evaluate(args) -> int:
             inputs.cluster_ids,
             **inputs.as_kwargs(),
             cv=not args.no_cv,
-            top_n=args.top_n,
-            variant=args.variant,
             keep_distances=False,
+            **(
+                {"top_n": args.top_n, "variant": args.variant}
+                if args.method == "rsca"
+                else {"method": args.method, "random_state": args.seed}
+            ),
         )
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
@@ -80,7 +86,8 @@ def cmd_evaluate(args) -> int:
     desc = inputs.description
     what = f"spectra, K={desc['k']}" if args.input == "spectra" else ", ".join(desc["species"])
     print(
-        f"[{ds.label}] {ds.name}: doppelganger rates ({what}; variant={args.variant}; "
+        f"[{ds.label}] {ds.name}: doppelganger rates ({what}; "
+        f"{f'variant={args.variant}' if args.method == 'rsca' else f'method={args.method}'}; "
         f"{'leave-one-cluster-out' if not args.no_cv else 'no CV'}"
         f"{'' if args.top_n is None else f'; top {args.top_n} axes'})"
     )
@@ -91,8 +98,8 @@ def cmd_evaluate(args) -> int:
         rate = "   undef" if np.isnan(r.rate) else f"{r.rate:8.4f}"
         print(f"  {r.cluster:<{w}} {r.n_stars:>4} {rate} {r.n_inter_pairs:>8}")
     print(
-        f"  global rate: {res.global_rate:.4f}   (paper, APOGEE DR16: 0.020 for spectra at K=30, "
-        f"0.023 for the best abundance subset)"
+        f"  global rate: {res.global_rate:.4f}   (paper, APOGEE DR16: {PAPER_RESULTS['spectra_k30']:.3f} for spectra "
+        f"at K=30, {PAPER_RESULTS['abundance_subset']:.3f} for the best abundance subset)"
     )
     return 0
 
@@ -134,6 +141,12 @@ def add_cli(sub):
         f"choices {','.join(SPECIES)})",
     )
     p.add_argument("--variant", choices=("transformed", "scaled", "raw"), default="transformed")
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        default="rsca",
+        help="metric learner: the paper's RSCA (default) or RCA, LDA, NCA fitted on the cluster members",
+    )
     p.add_argument("--seed", type=int, default=0, help="compression seed (default 0)")
     p.add_argument("--json", action="store_true", help="print JSON: global_rate and a clusters list")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -24,6 +24,9 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
+#: Default cap of the inverse-variance weights: errors below 0.005 (SNR 200 per pixel) count as 0.005.
+IVAR_CAP = 1.0 / 0.005**2
+
 
 def _check_matrix(X, name="X"):
     if not hasattr(X, "shape") or not hasattr(X, "dtype"):
@@ -98,6 +101,18 @@ class MaskedPCA(TransformerMixin, BaseEstimator):
         Rows read per chunk (default: ~48 MB per chunk).
     progress : bool
         Show a tqdm progress bar over passes.
+    weights : {None, "ivar"}
+        None: every observed pixel counts the same. ``"ivar"``: each observed pixel of each star is
+        weighted by its inverse variance 1/σ² from the ``errors`` given to :meth:`fit`, capped at
+        ``ivar_cap`` and divided by the largest weight present (so weights lie in [0, 1]); the fit
+        minimises the weighted squared error of the observed pixels (EM for weighted low-rank
+        approximation, Srebro & Jaakkola 2003: each pass fills a pixel with ``w·x + (1 − w)·model``).
+        With uniform errors this is exactly the unweighted fit.
+    ivar_cap : float
+        Largest inverse variance used (default ``IVAR_CAP`` = 1/0.005² = 40,000, i.e. errors below
+        0.005 of the normalised flux — SNR above 200 per pixel — count as 0.005). Without a cap a few
+        pixels with tiny reported errors (continuum pixels of bright stars, or underestimated errors)
+        would dominate the fit; APOGEE's own error floor is of this order.
 
     Attributes
     ----------
@@ -130,6 +145,8 @@ class MaskedPCA(TransformerMixin, BaseEstimator):
         exact_below=1024,
         chunk_rows=None,
         progress=False,
+        weights=None,
+        ivar_cap=IVAR_CAP,
     ):
         self.n_components = n_components
         self.random_state = random_state
@@ -139,6 +156,8 @@ class MaskedPCA(TransformerMixin, BaseEstimator):
         self.exact_below = exact_below
         self.chunk_rows = chunk_rows
         self.progress = progress
+        self.weights = weights
+        self.ivar_cap = ivar_cap
 
     # ------------------------------------------------------------------ helpers
     def _validate_params(self, n, p):
@@ -175,7 +194,7 @@ class MaskedPCA(TransformerMixin, BaseEstimator):
             yield a, b, chunk, m
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, X, mask=None) -> MaskedPCA:
+    def fit(self, X, mask=None, errors=None) -> MaskedPCA:
         """Fit the K principal components of ``X``, ignoring the entries where ``mask`` is True.
 
         Parameters
@@ -184,23 +203,27 @@ class MaskedPCA(TransformerMixin, BaseEstimator):
             Data (may be a memory map; read in row chunks). Masked entries may hold anything.
         mask : bool array-like of shape (N, P), optional
             True where an entry is missing.
+        errors : array-like of shape (N, P), optional
+            1-σ errors of ``X`` (may be a memory map); needed by ``weights="ivar"``, ignored otherwise.
+            A non-finite error makes its entry missing.
 
         Returns
         -------
         self : MaskedPCA
         """
-        self._fit(X, mask)
+        self._fit(X, mask, errors)
         return self
 
-    def fit_transform(self, X, mask=None, **fit_params) -> np.ndarray:
+    def fit_transform(self, X, mask=None, errors=None, **fit_params) -> np.ndarray:
         """Fit and return the (N, K) scores of the training rows (at the EM fixed point)."""
-        return self._fit(X, mask)
+        return self._fit(X, mask, errors)
 
-    def _fit(self, X, mask):
+    def _fit(self, X, mask, errors=None):
         X = _check_matrix(X)
         mask = _check_mask(mask, X.shape)
         n, p = X.shape
         self._validate_params(n, p)
+        errors = self._check_errors(errors, X.shape)
         K = int(self.n_components)
         dtype = np.float32 if X.dtype == np.float32 else np.float64
         rng = np.random.default_rng(self.random_state)
@@ -220,9 +243,12 @@ class MaskedPCA(TransformerMixin, BaseEstimator):
         mu_fill = np.divide(colsum, nobs, out=np.zeros(p), where=nobs > 0)
         self.missing_fraction_ = n_missing / float(n * p)
         self.n_features_in_ = p
+        self.weight_scale_ = self._weight_scale(errors, mask, dtype)
+        if self.weight_scale_ is None:
+            errors = None  # unweighted, or every observed entry has the same weight: plain PCA
         keep = nobs > 0
         if keep.all():
-            return self._em(X, mask, mu_fill, n_missing > 0, K, dtype, rng)
+            return self._em(X, mask, mu_fill, n_missing > 0, K, dtype, rng, errors)
         # Pixels missing for every star (masked bands) carry no information: the passes skip them,
         # and they get zero loadings and zero mean.
         if not keep.any():
@@ -236,14 +262,66 @@ class MaskedPCA(TransformerMixin, BaseEstimator):
             K,
             dtype,
             rng,
+            None if errors is None else _Columns(errors, keep),
         )
         W, mu = np.zeros((K, p)), np.zeros(p)
         W[:, keep], mu[keep] = self.components_, self.mean_
         self.components_, self.mean_ = W, mu
         return Z
 
-    def _em(self, X, mask, mu_fill, has_missing, K, dtype, rng):
-        """The EM passes on the pixels that are observed for some star."""
+    # ------------------------------------------------------------------ weights
+    def _check_errors(self, errors, shape):
+        if self.weights is None:
+            return None
+        if self.weights != "ivar":
+            raise ValueError(f"weights must be None or 'ivar', not {self.weights!r}")
+        if not (float(self.ivar_cap) > 0):
+            raise ValueError(f"ivar_cap must be positive, got {self.ivar_cap!r}")
+        if errors is None:
+            raise ValueError("weights='ivar' needs the flux errors: pass errors= (an (N, P) array) to fit")
+        errors = _check_matrix(errors, "errors")
+        if tuple(errors.shape) != tuple(shape):
+            raise ValueError(f"errors shape {tuple(errors.shape)} does not match data shape {tuple(shape)}")
+        return errors
+
+    def _raw_weights(self, errors, a, b, m, dtype):
+        """min(1/σ², cap) of rows a:b (0 where masked or the error is not finite)."""
+        e = np.array(errors[a:b], dtype=dtype)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            np.multiply(e, e, out=e)
+            np.divide(1, e, out=e)  # inf for a zero error: capped below
+        np.minimum(e, dtype(self.ivar_cap), out=e)
+        e[np.isnan(e)] = 0.0  # a non-finite error: no weight (missing)
+        if m is not None:
+            e[m] = 0.0
+        return e
+
+    def _weight_scale(self, errors, mask, dtype):
+        """The largest capped inverse variance over observed entries, or None when the weights are
+        uniform (then the weighted fit is the plain one, bit for bit)."""
+        if errors is None:
+            return None
+        lo, hi = np.inf, 0.0
+        n = errors.shape[0]
+        step = self.chunk_rows or _chunk_rows(errors.shape[1], 8)
+        for a in range(0, n, step):
+            b = min(n, a + step)
+            m = None if mask is None else np.asarray(mask[a:b], dtype=bool)
+            w = self._raw_weights(errors, a, b, m, np.float64)
+            obs = w if m is None else w[~m]
+            if obs.size:
+                lo, hi = min(lo, float(obs.min())), max(hi, float(obs.max()))
+        if not hi > 0:
+            raise ValueError("weights='ivar': no observed entry has a finite error")
+        return None if lo == hi else hi
+
+    def _em(self, X, mask, mu_fill, has_missing, K, dtype, rng, errors=None):
+        """The EM passes on the pixels that are observed for some star (weighted when ``errors``).
+
+        Over 80 lines: one pass is one streaming loop whose imputation, products, mean correction,
+        Rayleigh–Ritz step and convergence test share their arrays; split, they would be passed around.
+        """
+        has_missing = has_missing or errors is not None  # the weighted objective decides convergence
         n, p = X.shape
         if p < K:
             raise ValueError(
@@ -276,8 +354,13 @@ class MaskedPCA(TransformerMixin, BaseEstimator):
                         if m is not None:
                             np.copyto(chunk, recon, where=m)
                         np.subtract(chunk, recon, out=recon)  # residual, 0 at imputed entries
-                        # row sums in the data's precision, their total in float64 (≈1e-8 relative)
-                        sq_err += float(np.einsum("ij,ij->i", recon, recon).sum(dtype=np.float64))
+                        if errors is not None:  # weighted EM: fill with w·x + (1 − w)·model
+                            w = self._raw_weights(errors, a, b, m, dtype) / dtype(self.weight_scale_)
+                            sq_err += float(np.einsum("ij,ij,ij->i", w, recon, recon).sum(dtype=np.float64))
+                            chunk -= (1 - w) * recon
+                        else:
+                            # row sums in the data's precision, their total in float64 (≈1e-8 relative)
+                            sq_err += float(np.einsum("ij,ij->i", recon, recon).sum(dtype=np.float64))
                     elif m is not None:
                         chunk[m] = 0  # first pass: impute the observed column mean
                     colsum += chunk.sum(0, dtype=np.float64)

@@ -416,9 +416,14 @@ class Dataset:
                     return comp
             except Exception:
                 pass  # unreadable cache entry: recompute and overwrite it
+        weighted = pca_options.get("weights") is not None
+        if weighted and self.errors is None:
+            raise ValueError(
+                f"{self.name}: weights={pca_options['weights']!r} needs the flux errors (errors.npy); this bundle has none"
+            )
         pca = MaskedPCA(k, random_state=seed, progress=progress, **pca_options)
         mask = self.effective_mask(extra_mask_ranges)
-        scores = pca.fit_transform(self.spectra, mask)
+        scores = pca.fit_transform(self.spectra, mask, errors=self.errors if weighted else None)
         comp = Compression(
             k, int(seed), pca.components_.astype(np.float32), pca.mean_, pca.explained_variance_, scores, key, None
         )

@@ -52,15 +52,18 @@ from __future__ import annotations
 import sys
 import warnings
 import weakref
+from collections import OrderedDict
 
 import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
+from ._folds import PairFilter, fold_rate
 from .constants import MAX_DAK, MAX_DVHELIO, PAPER_RESULTS, PAPER_SUBSET, SPECIES, canonical_species
 from .dataset import Compression, Dataset, RateInputs
-from .metrics import _fold_rate, _PairFilter, distance_histogram, doppelganger_rates, global_rate
+from .learners import METHODS, check_method
+from .metrics import distance_histogram, doppelganger_rates, global_rate
 from .rsca import RSCA, VARIANTS, ClusterStats, check_cluster_ids, group_indices
 
 DEFAULT_KS = (5, 10, 15, 20, 25, 30, 40, 50, 60)
@@ -79,7 +82,10 @@ PAPER_ABLATION = {
     ("subset", "transformed"): PAPER_RESULTS["abundance_subset"],
 }
 
-_MEMO: weakref.WeakKeyDictionary[Dataset, dict] = weakref.WeakKeyDictionary()
+#: Compressions kept in memory per Dataset object (least recently used dropped first; the disk cache
+#: beside a bundle keeps the rest).
+MEMO_SIZE = 8
+_MEMO: weakref.WeakKeyDictionary[Dataset, OrderedDict] = weakref.WeakKeyDictionary()
 
 
 # ---------------------------------------------------------------------------- small helpers
@@ -134,21 +140,40 @@ def _species(species):
 
 
 def compression(
-    ds: Dataset, k: int, seed: int = 0, truncate_from: int | None = None, extra_mask_ranges=(), progress: bool = False
+    ds: Dataset,
+    k: int,
+    seed: int = 0,
+    truncate_from: int | None = None,
+    extra_mask_ranges=(),
+    progress: bool = False,
+    weights: str | None = None,
 ) -> Compression:
-    """The compression of every star at ``k``, memoised per Dataset object (on top of the disk cache).
+    """The compression of every star at ``k``, memoised per Dataset object (the last ``MEMO_SIZE``;
+    on top of the disk cache).
 
     ``truncate_from=None``: the exact K=k compression. ``truncate_from=K_max ≥ k``: the leading k
     components of the K_max compression (see the module docstring for what that means).
+    ``weights="ivar"``: the error-aware compression (``MaskedPCA(weights="ivar")`` with the bundle's
+    flux errors); kept in memory only, since ``Dataset.compress`` does not pass the errors on.
     """
     k = int(k)
     src = k if truncate_from is None or int(truncate_from) < k else int(truncate_from)
-    key = (src, int(seed), ds.mask_key(extra_mask_ranges))
-    memo = _MEMO.setdefault(ds, {})
-    if key not in memo:
-        memo[key] = ds.compress(src, seed=int(seed), extra_mask_ranges=extra_mask_ranges, progress=progress)
+    key = (src, int(seed), ds.mask_key(extra_mask_ranges), weights)
+    memo = _MEMO.setdefault(ds, OrderedDict())
+    if key in memo:
+        memo.move_to_end(key)
+    else:
+        memo[key] = _fit_compression(ds, src, int(seed), extra_mask_ranges, weights, progress)
+        while len(memo) > MEMO_SIZE:
+            memo.popitem(last=False)
     comp = memo[key]
     return comp if src == k else comp.truncate(k)
+
+
+def _fit_compression(ds, k, seed, extra_mask_ranges, weights, progress):
+    """``ds.compress`` (disk-cached), with the flux-error weights when asked for."""
+    options = {} if weights is None else {"weights": weights}
+    return ds.compress(k, seed=seed, extra_mask_ranges=extra_mask_ranges, progress=progress, **options)
 
 
 def compression_scores(
@@ -178,18 +203,21 @@ def representation(
     rows=None,
     truncate_from=None,
     extra_mask_ranges=(),
+    weights: str | None = None,
 ) -> RateInputs:
-    """``ds.rate_inputs`` with this module's memoised compressions (and optional truncation).
+    """``ds.rate_inputs`` with this module's memoised compressions (optional truncation and weights).
 
     Abundance inputs drop stars lacking a used species (counted in ``description["n_left_out"]``)."""
     comp = None
     if input == "spectra":
-        comp = compression(ds, k, seed, truncate_from, extra_mask_ranges)
+        comp = compression(ds, k, seed, truncate_from, extra_mask_ranges, weights=weights)
     elif input == "subset":
         species = _species(species or PAPER_SUBSET)
     inp = ds.rate_inputs(input, k=k, seed=seed, species=species, rows=rows, compression=comp)
     if input == "spectra":
-        inp.description["compression"] = _compression_note(k, truncate_from)
+        inp.description["compression"] = _compression_note(k, truncate_from) + (
+            "" if weights is None else f", {weights}-weighted"
+        )
     return inp
 
 
@@ -219,6 +247,8 @@ def k_sweep(
     *,
     truncate_from: int | None = None,
     variant: str = "transformed",
+    method: str = "rsca",
+    weights: str | None = None,
     max_dvhelio: float = MAX_DVHELIO,
     max_dak: float = MAX_DAK,
     extra_mask_ranges=(),
@@ -226,11 +256,14 @@ def k_sweep(
 ) -> pd.DataFrame:
     """Global doppelganger rate vs K, with (leave-one-cluster-out) and without CV (Fig. 2).
 
-    One row per (K, cv): ``k, cv, global_rate, n_clusters_rated, n_stars_rated, compression, seed,
-    label, notes``. A K the data cannot support (too few cluster stars) gives NaN and the reason in
-    ``notes``. Progress: ``len(ks) * len(cv)`` units.
+    ``method``: the metric learner (``"rsca"``, ``"rca"``, ``"lda"``, ``"nca"``; ``variant`` is
+    RSCA's). ``weights="ivar"``: the error-aware compression (see :func:`compression`).
+    One row per (K, cv): ``k, cv, global_rate, n_clusters_rated, n_stars_rated, compression,
+    variant, method, weights, seed, label, notes``. A K the data cannot support (too few cluster
+    stars) gives NaN and the reason in ``notes``. Progress: ``len(ks) * len(cv)`` units.
     """
     _check_dataset(ds)
+    opts = {"variant": variant} if check_method(method) == "rsca" else {"method": method}
     ks = _positive_ints(ks, "ks")
     cvs = [bool(c) for c in (cv if isinstance(cv, (list, tuple)) else [cv])]
     bar = _Progress(progress, len(ks) * len(cvs), "K sweep")
@@ -238,7 +271,13 @@ def k_sweep(
     try:
         for k in ks:
             inp = representation(
-                ds, "spectra", k, seed, truncate_from=truncate_from, extra_mask_ranges=extra_mask_ranges
+                ds,
+                "spectra",
+                k,
+                seed,
+                truncate_from=truncate_from,
+                extra_mask_ranges=extra_mask_ranges,
+                weights=weights,
             )
             for c in cvs:
                 notes = []
@@ -247,7 +286,7 @@ def k_sweep(
                         inp,
                         notes,
                         cv=c,
-                        variant=variant,
+                        **opts,
                         max_dvhelio=max_dvhelio,
                         max_dak=max_dak,
                         keep_distances=False,
@@ -264,7 +303,9 @@ def k_sweep(
                         "n_clusters_rated": nc,
                         "n_stars_rated": ns,
                         "compression": _compression_note(k, truncate_from),
-                        "variant": variant,
+                        "variant": variant if method == "rsca" else "",
+                        "method": method,
+                        "weights": weights or "none",
                         "seed": int(seed),
                         "label": ds.label,
                         "notes": " | ".join(notes),
@@ -274,6 +315,175 @@ def k_sweep(
     finally:
         bar.close()
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------- beyond the paper (issue 15)
+METHOD_NAMES = {"rsca": "RSCA (paper)", "rca": "RCA", "lda": "LDA", "nca": "NCA"}
+
+
+def method_comparison(
+    ds: Dataset,
+    k: int = 30,
+    seed: int = 0,
+    methods=METHODS,
+    inputs=("spectra", "subset"),
+    *,
+    subset=PAPER_SUBSET,
+    cv: bool = True,
+    weights: str | None = None,
+    max_dvhelio: float = MAX_DVHELIO,
+    max_dak: float = MAX_DAK,
+    extra_mask_ranges=(),
+    progress=False,
+) -> dict:
+    """RSCA against the metric learners the paper cites, by the paper's yardstick.
+
+    Every method is fitted on the same inputs (``inputs``: "spectra" = K PCA scores, "abundances",
+    "subset") and scored by the same leave-one-cluster-out protocol (each fold refits it without the
+    held-out cluster; :func:`~rsca_core.metrics.doppelganger_rates` with ``method=``). Returns a dict:
+    ``"table"``: one row per (input, method): ``input, representation, method, method_name,
+    global_rate, n_clusters_rated, n_stars_rated, k, cv, weights, seed, label, notes``;
+    ``"per_cluster"``: ``input, method, cluster, n_stars, rate``; ``"settings"``.
+    Progress: ``len(inputs) * len(methods)`` units.
+    """
+    _check_dataset(ds)
+    methods = [check_method(m) for m in methods]
+    sub = _species(subset)
+    bar = _Progress(progress, len(inputs) * len(methods), "methods")
+    rows, per = [], []
+    try:
+        for inp_name in inputs:
+            inp = representation(
+                ds, inp_name, k, seed, species=sub, extra_mask_ranges=extra_mask_ranges, weights=weights
+            )
+            for m in methods:
+                row, clusters = _method_rates(inp, inp_name, m, cv, seed, max_dvhelio, max_dak)
+                rows.append(row | {"k": int(k) if inp_name == "spectra" else np.nan, "weights": weights or "none"})
+                rows[-1] |= {"seed": int(seed), "label": ds.label}
+                per += clusters
+                bar.update()
+    finally:
+        bar.close()
+    per = pd.DataFrame(per, columns=["input", "method", "cluster", "n_stars", "rate"])
+    per["seed"], per["label"] = int(seed), ds.label
+    settings = {
+        "k": int(k),
+        "seed": int(seed),
+        "methods": methods,
+        "inputs": list(inputs),
+        "subset": sub,
+        "cv": bool(cv),
+        "label": ds.label,
+    }
+    return {"table": pd.DataFrame(rows), "per_cluster": per, "settings": settings}
+
+
+def _method_rates(inp, inp_name, method, cv, seed, max_dvhelio, max_dak):
+    """One row of the method comparison and its per-cluster rates (a failed fit: NaN and the reason)."""
+    notes, per = [], []
+    try:
+        res = _rates(
+            inp,
+            notes,
+            cv=cv,
+            method=method,
+            random_state=seed,
+            max_dvhelio=max_dvhelio,
+            max_dak=max_dak,
+            keep_distances=False,
+        )
+        g, (nc, ns) = res.global_rate, _n_rated(res)
+        per = [
+            {"input": inp_name, "method": method, "cluster": r.cluster, "n_stars": int(r.n_stars), "rate": r.rate}
+            for r in res.per_cluster.itertuples()
+        ]
+    except ValueError as exc:
+        g, nc, ns = np.nan, 0, 0
+        notes.append(str(exc))
+    row = {
+        "input": inp_name,
+        "representation": INPUT_NAMES[inp_name],
+        "method": method,
+        "method_name": METHOD_NAMES[method],
+        "global_rate": g,
+        "n_clusters_rated": nc,
+        "n_stars_rated": ns,
+        "cv": bool(cv),
+        "notes": " | ".join(notes),
+    }
+    return row, per
+
+
+def flux_error_weights(
+    ds: Dataset,
+    ks=(10, 20, 30),
+    seed: int = 0,
+    *,
+    truncate_from: int | None = None,
+    method: str = "rsca",
+    extra_mask_ranges=(),
+    progress=False,
+) -> dict:
+    """Does error-aware compression lower the doppelganger rate? Plain vs ``weights="ivar"`` PCA.
+
+    The leave-one-cluster-out rate of ``method`` at each K of ``ks`` with the plain compression
+    (every observed pixel counts the same) and with the inverse-variance-weighted one
+    (``MaskedPCA(weights="ivar")``, the bundle's flux errors, capped at ``compress.IVAR_CAP``),
+    same seed, same truncation. Returns ``{"table": k_sweep rows of both (column
+    ``compression_weights``), "answer": one sentence, "settings"}``. Progress: ``2 * len(ks)`` units.
+    """
+    _check_dataset(ds)
+    if ds.errors is None:
+        raise ValueError(f"{ds.name}: the bundle stores no flux errors, so there is nothing to weight by")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        parts = [
+            k_sweep(
+                ds,
+                ks,
+                seed,
+                cv=True,
+                truncate_from=truncate_from,
+                method=method,
+                weights=w,
+                extra_mask_ranges=extra_mask_ranges,
+                progress=progress,
+            )
+            for w in (None, "ivar")
+        ]
+    t = pd.concat(parts, ignore_index=True).rename(columns={"weights": "compression_weights"})
+    fit_notes = list(dict.fromkeys(str(w.message) for w in caught))
+    answer = weights_answer(t) + "".join(f" Note: {n}." for n in fit_notes)
+    return {
+        "table": t,
+        "answer": answer,
+        "settings": {"ks": list(ks), "seed": int(seed), "method": method, "label": ds.label},
+    }
+
+
+def weights_answer(table: pd.DataFrame) -> str:
+    """One sentence: whether the ivar-weighted compression lowers the rate at the largest K, and the
+    relative change at every K.
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"k": [10, 10, 30, 30], "compression_weights": ["none", "ivar"] * 2,
+    ...                   "global_rate": [0.02, 0.019, 0.010, 0.012]})
+    >>> weights_answer(t)
+    'Weighting each pixel by its inverse variance does not lower the doppelganger rate at K = 30 (0.0100 plain → 0.0120 weighted); change per K: K = 10 −5.0 %, K = 30 +20.0 %.'
+    """
+    piv = table.pivot_table(index="k", columns="compression_weights", values="global_rate")
+    if not {"none", "ivar"} <= set(piv.columns) or piv.dropna().empty:
+        return "No answer: a rate could not be computed for both compressions."
+    piv = piv.dropna()
+    change = 100 * (piv["ivar"] - piv["none"]) / piv["none"]
+    kmax = int(piv.index.max())
+    a, b = float(piv.loc[kmax, "none"]), float(piv.loc[kmax, "ivar"])
+    per_k = ", ".join(f"K = {int(k)} {c:+.1f} %".replace("-", "−") for k, c in change.items())
+    return (
+        f"Weighting each pixel by its inverse variance {'lowers' if b < a else 'does not lower'} the "
+        f"doppelganger rate at K = {kmax} ({a:.4f} plain → {b:.4f} weighted); change per K: {per_k}."
+    )
 
 
 # ---------------------------------------------------------------------------- Table 1
@@ -379,6 +589,8 @@ def ablation(
     (representation, variant): ``input, representation, variant, mean, std, n_runs, k, species,
     n_field, n_cluster_stars, paper, seeds, seed, label, notes``.
     Progress: ``len(variants) * (n_seeds + 2)`` units.
+
+    Over 80 lines with its docstring and the row of each (representation, variant); the loop is one idea.
     """
     _check_dataset(ds)
     sub = _species(subset)
@@ -488,6 +700,8 @@ def data_size_curve(
     Returns a DataFrame, one row per (K, m): ``k, n_train_clusters, mean_rate, std_rate`` (over
     trials), ``sem``, ``n_trials``, ``fraction_unfit``, ``seed, label``; with ``return_trials`` also
     the per-trial table. Progress: ``len(ks) * len(n_clusters) * n_trials`` units.
+
+    Over 80 lines: most of it is this docstring and the argument list.
     """
     _check_dataset(ds)
     ks = _positive_ints(ks, "ks")
@@ -536,31 +750,35 @@ def data_size_curve(
     finally:
         bar.close()
     trials = pd.DataFrame(trial_rows)
-    summary = []
-    for (k, m), grp in trials.groupby(["k", "n_train_clusters"], sort=True):
-        vals = grp["global_rate"].to_numpy(float)
-        fin = vals[np.isfinite(vals)]
-        summary.append(
-            {
-                "k": int(k),
-                "n_train_clusters": int(m),
-                "mean_rate": float(fin.mean()) if len(fin) else np.nan,
-                "std_rate": float(fin.std(ddof=1)) if len(fin) > 1 else np.nan,
-                "sem": float(fin.std(ddof=1) / np.sqrt(len(fin))) if len(fin) > 1 else np.nan,
-                "n_trials": int(len(fin)),
-                "fraction_unfit": float(grp["n_unfit"].sum() / grp["n_evaluated"].sum()),
-                "n_clusters_total": len(usable),
-                "variant": variant,
-                "compression": _compression_note(k, truncate_from),
-                "seed": int(seed),
-                "label": ds.label,
-            }
-        )
+    summary = [
+        _data_size_row(int(k), int(m), grp, len(usable), variant, truncate_from, seed, ds.label)
+        for (k, m), grp in trials.groupby(["k", "n_train_clusters"], sort=True)
+    ]
     summary = pd.DataFrame(summary)
     if return_trials:
         trials["seed"], trials["label"] = int(seed), ds.label
         return summary, trials
     return summary
+
+
+def _data_size_row(k, m, grp, n_usable, variant, truncate_from, seed, label):
+    """One point of the Fig. 5 curve from its trials."""
+    vals = grp["global_rate"].to_numpy(float)
+    fin = vals[np.isfinite(vals)]
+    return {
+        "k": k,
+        "n_train_clusters": m,
+        "mean_rate": float(fin.mean()) if len(fin) else np.nan,
+        "std_rate": float(fin.std(ddof=1)) if len(fin) > 1 else np.nan,
+        "sem": float(fin.std(ddof=1) / np.sqrt(len(fin))) if len(fin) > 1 else np.nan,
+        "n_trials": int(len(fin)),
+        "fraction_unfit": float(grp["n_unfit"].sum() / grp["n_evaluated"].sum()),
+        "n_clusters_total": n_usable,
+        "variant": variant,
+        "compression": _compression_note(k, truncate_from),
+        "seed": int(seed),
+        "label": label,
+    }
 
 
 def _data_size_trials(
@@ -586,7 +804,7 @@ def _data_size_trials(
         mean, sphere = est.fit_population(inp.z_pop)
         S_cl = (inp.z_clust - mean) @ sphere.T
         stats = ClusterStats(S_cl, groups)
-        pf = _PairFilter(inp.pop_vhelio, inp.pop_ak, max_dvhelio, max_dak)
+        pf = PairFilter(inp.pop_vhelio, inp.pop_ak, max_dvhelio, max_dak)
         cand = {}
         for c in usable:
             idx = groups[c]
@@ -603,7 +821,7 @@ def _data_size_trials(
                         continue
                     idx = groups[c]
                     Zf, ok = cand[c]
-                    rate, _, n_pairs, _, _ = _fold_rate(geom.matrix(), S_cl[idx], Zf, sphere, ok, False)
+                    rate, _, n_pairs, _, _ = fold_rate(geom.matrix(), S_cl[idx], Zf, sphere, ok, False)
                     if n_pairs:
                         rates.append(rate)
                         weights.append(len(idx))
@@ -653,6 +871,8 @@ def feature_relations(
     The paper plots features 1–3 against [Fe/H] and feature 4 (its example of a radial-velocity
     trend) against VHELIO_AVG. ``vhelio_feature=None`` picks, among features n_features + 1 …
     n_correlated, the one most correlated (|Pearson r|) with VHELIO_AVG over the field.
+
+    Over 80 lines: most of it is this docstring.
     """
     _check_dataset(ds)
     n_features, n_correlated = _positive_ints([n_features, n_correlated], "feature counts")
@@ -664,7 +884,8 @@ def feature_relations(
     n_corr = min(k, max(n_correlated, m))
     z = compression_scores(ds, k, seed, truncate_from, extra_mask_ranges)
     isc = ds.is_cluster
-    est = RSCA().fit(z[~isc], z[isc], ds.stars["cluster"].to_numpy(dtype=object)[isc])
+    inp = representation(ds, "spectra", k, seed, truncate_from=truncate_from, extra_mask_ranges=extra_mask_ranges)
+    est = RSCA().fit(inp.z_pop, inp.z_clust, inp.cluster_ids)
     Y = est.transform(z, top_n=n_corr)
     st = ds.stars
     field = ~isc
@@ -688,27 +909,7 @@ def feature_relations(
         stars[f"feature_{i + 1}"] = Y[:, i]
     stars["label"], stars["seed"] = ds.label, int(seed)
 
-    labels = [c for c in CORRELATION_LABELS if c in st.columns]
-    L = st.loc[field, labels].to_numpy(dtype=float, copy=True)
-    L[L <= -9999] = np.nan
-    Yf = Y[field]
-    rows = []
-    complete = np.isfinite(L).all(axis=1)
-    design = np.column_stack([np.ones(complete.sum()), L[complete]])
-    for i in range(n_corr):
-        row = {"feature": f"feature_{i + 1}", "axis": i + 1, "scale": float(est.scales_[i])}
-        for j, lab in enumerate(labels):
-            ok = np.isfinite(L[:, j])
-            x, y = L[ok, j], Yf[ok, i]
-            row[lab] = float(np.corrcoef(x, y)[0, 1]) if ok.sum() > 2 and x.std() > 0 and y.std() > 0 else np.nan
-        y = Yf[complete, i]
-        if len(y) > design.shape[1]:
-            coef, *_ = np.linalg.lstsq(design, y, rcond=None)
-            resid = y - design @ coef
-            row["r2_all_labels"] = float(1 - resid.var() / y.var()) if y.var() > 0 else np.nan
-        else:
-            row["r2_all_labels"] = np.nan
-        rows.append(row)
+    rows = _label_correlations(Y[field], st.loc[field], est.scales_, n_corr)
     corr = pd.DataFrame(rows)
     corr["seed"], corr["label"] = int(seed), ds.label
     return {
@@ -727,7 +928,54 @@ def feature_relations(
     }
 
 
+def _label_correlations(Yf, field_stars, scales, n_corr):
+    """Rows of the Fig. 3 correlation table: Pearson r of each feature with each observed label over
+    the field, and the R² of a linear fit of the feature on all labels together."""
+    labels = [c for c in CORRELATION_LABELS if c in field_stars.columns]
+    L = field_stars[labels].to_numpy(dtype=float, copy=True)
+    L[L <= -9999] = np.nan
+    rows = []
+    complete = np.isfinite(L).all(axis=1)
+    design = np.column_stack([np.ones(complete.sum()), L[complete]])
+    for i in range(n_corr):
+        row = {"feature": f"feature_{i + 1}", "axis": i + 1, "scale": float(scales[i])}
+        for j, lab in enumerate(labels):
+            ok = np.isfinite(L[:, j])
+            x, y = L[ok, j], Yf[ok, i]
+            row[lab] = float(np.corrcoef(x, y)[0, 1]) if ok.sum() > 2 and x.std() > 0 and y.std() > 0 else np.nan
+        y = Yf[complete, i]
+        if len(y) > design.shape[1]:
+            coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+            resid = y - design @ coef
+            row["r2_all_labels"] = float(1 - resid.var() / y.var()) if y.var() > 0 else np.nan
+        else:
+            row["r2_all_labels"] = np.nan
+        rows.append(row)
+    return rows
+
+
 # ---------------------------------------------------------------------------- Fig. 9/10
+def _histogram_rows(inp_name, cluster, intra, inter, bins):
+    """Rows of the Fig. 9/10 histogram table of one cluster (counts and densities per bin)."""
+    hist = distance_histogram(intra, inter, bins)
+    edges, ci, ce = hist["edges"], hist["intra"], hist["inter"]
+    width = np.diff(edges)
+    return [
+        {
+            "input": inp_name,
+            "cluster": cluster,
+            "bin": b,
+            "left": edges[b],
+            "right": edges[b + 1],
+            "intra_count": int(ci[b]),
+            "inter_count": int(ce[b]),
+            "intra_density": ci[b] / (len(intra) * width[b]),
+            "inter_density": ce[b] / (len(inter) * width[b]) if len(inter) else np.nan,
+        }
+        for b in range(bins)
+    ]
+
+
 def distance_histograms(
     ds: Dataset,
     k: int = 30,
@@ -757,6 +1005,8 @@ def distance_histograms(
     * ``"distances"``: {input: {cluster: {"intra": array, "inter": array}}} (the raw distances).
 
     Progress: ``len(inputs)`` units.
+
+    Over 80 lines: most of it is this docstring and the argument list.
     """
     _check_dataset(ds)
     bins = _positive_ints([bins], "bins")[0]
@@ -796,23 +1046,7 @@ def distance_histograms(
                 )
                 if len(intra) == 0:
                     continue
-                hist = distance_histogram(intra, inter, bins)
-                edges, ci, ce = hist["edges"], hist["intra"], hist["inter"]
-                width = np.diff(edges)
-                for b in range(bins):
-                    hists.append(
-                        {
-                            "input": inp_name,
-                            "cluster": r.cluster,
-                            "bin": b,
-                            "left": edges[b],
-                            "right": edges[b + 1],
-                            "intra_count": int(ci[b]),
-                            "inter_count": int(ce[b]),
-                            "intra_density": ci[b] / (len(intra) * width[b]),
-                            "inter_density": ce[b] / (len(inter) * width[b]) if len(inter) else np.nan,
-                        }
-                    )
+                hists += _histogram_rows(inp_name, r.cluster, intra, inter, bins)
             bar.update()
     finally:
         bar.close()

@@ -29,6 +29,8 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
+from ._folds import PairFilter, fold_rate
+from .learners import check_method, linear_map
 from .rsca import RSCA, ClusterStats, check_cluster_ids, check_representation, check_top_n, group_indices
 
 #: Bins of a distance histogram (Fig. 9/10, the dashboard's histograms).
@@ -133,86 +135,29 @@ def _check_meta(arr, name, n):
     return a
 
 
-class _PairFilter:
-    """Candidate field stars for a set of members, by binary search on VHELIO_AVG."""
-
-    def __init__(self, pop_v, pop_ak, max_dv, max_dak):
-        self.order = np.argsort(pop_v)
-        self.v_sorted = pop_v[self.order]
-        self.ak_sorted = pop_ak[self.order]
-        self.max_dv, self.max_dak = max_dv, max_dak
-
-    def candidates(self, mv, mak):
-        """(field rows, members × rows allowed-pair matrix) for members with VHELIO_AVG mv, AK_TARG mak."""
-        lo_v, hi_v = mv.min() - self.max_dv, mv.max() + self.max_dv
-        pad = 1e-9 * (1 + abs(lo_v) + abs(hi_v))
-        a = np.searchsorted(self.v_sorted, lo_v - pad, side="left")
-        b = np.searchsorted(self.v_sorted, hi_v + pad, side="right")
-        v, ak = self.v_sorted[a:b], self.ak_sorted[a:b]
-        pad_ak = 1e-9 * (1 + np.abs(mak).max())
-        keep = (ak > mak.min() - self.max_dak - pad_ak) & (ak < mak.max() + self.max_dak + pad_ak)
-        cand, v, ak = self.order[a:b][keep], v[keep], ak[keep]
-        pair_ok = np.abs(v[None, :] - mv[:, None]) < self.max_dv
-        pair_ok &= np.abs(ak[None, :] - mak[:, None]) < self.max_dak
-        used = pair_ok.any(axis=0)  # only field stars that pair with some member get transformed
-        return cand[used], pair_ok[:, used]
+def _pair_filter(Z_pop, Z_clust, meta, max_dvhelio, max_dak):
+    """(PairFilter, cluster VHELIO_AVG, cluster AK_TARG) from the four metadata arrays, or None."""
+    if any(m is None for m in meta) and not all(m is None for m in meta):
+        raise ValueError("pass all four of pop_vhelio, pop_ak, clust_vhelio, clust_ak, or none of them")
+    if meta[0] is None:
+        return None
+    if not (max_dvhelio > 0 and max_dak > 0):
+        raise ValueError("max_dvhelio and max_dak must be positive")
+    pv = _check_meta(meta[0], "pop_vhelio", len(Z_pop))
+    pa = _check_meta(meta[1], "pop_ak", len(Z_pop))
+    cvh = _check_meta(meta[2], "clust_vhelio", len(Z_clust))
+    ca = _check_meta(meta[3], "clust_ak", len(Z_clust))
+    return PairFilter(pv, pa, float(max_dvhelio), float(max_dak)), cvh, ca
 
 
-def _sq_norms(Y):
-    return np.einsum("ij,ij->i", Y, Y)
+class _FixedMap:
+    """A fold's map that has no top-N truncation (the metric learners)."""
 
+    def __init__(self, M):
+        self.M = M
 
-def _intra(Ym):
-    iu = np.triu_indices(len(Ym), k=1)
-    diff = Ym[iu[0]] - Ym[iu[1]]
-    return np.sqrt(_sq_norms(diff))
-
-
-def _median(x):
-    """np.median of a short 1-D array, without its overhead."""
-    s = np.sort(x)
-    n = len(s)
-    return float(s[n // 2]) if n % 2 else 0.5 * (float(s[n // 2 - 1]) + float(s[n // 2]))
-
-
-def _count_below(Ym, Yf, pair_ok, median, keep):
-    """Number of allowed pairs with distance < median (exact near the threshold), and the distances."""
-    nm, nf = _sq_norms(Ym), _sq_norms(Yf)
-    m2 = median * median
-    gap = Ym @ Yf.T  # becomes d² − median², in place
-    gap *= -2.0
-    gap += (nm - m2)[:, None]
-    gap += nf[None, :]
-    # rounding of the product form is below 1e-9 of this bound; closer pairs are recomputed exactly
-    tol = 1e-9 * (nm.max(initial=0) + nf.max(initial=0) + m2) + 1e-300
-    n_below = int(np.count_nonzero((gap < -tol) & pair_ok))
-    near = (gap <= tol) & pair_ok
-    exact = None
-    if np.count_nonzero(near) > n_below:  # some allowed pair lies within rounding of the median
-        near &= gap >= -tol
-        ii, jj = np.nonzero(near)
-        diff = Ym[ii] - Yf[jj]
-        exact = np.sqrt(_sq_norms(diff))
-        n_below += int(np.count_nonzero(exact < median))
-    dist = None
-    if keep:
-        if exact is not None:
-            gap[ii, jj] = exact**2 - m2
-        gap += m2
-        dist = np.sqrt(np.maximum(gap[pair_ok], 0.0))
-    return n_below, int(np.count_nonzero(pair_ok)), dist
-
-
-def _fold_rate(A, S_members, Zf, sphere, pair_ok, keep):
-    """One cluster under one map ``A`` (sphered space → output): its members ``S_members`` (sphered),
-    its candidate field stars ``Zf`` (centred, not sphered) and their allowed pairs.
-    Returns (rate, median intra distance, allowed pairs, intra distances, inter distances or None)."""
-    Ym = S_members @ A.T
-    Yf = Zf @ (A @ sphere).T
-    intra = _intra(Ym)
-    med = _median(intra)
-    n_below, n_pairs, dist = _count_below(Ym, Yf, pair_ok, med, keep)
-    return (n_below / n_pairs if n_pairs else np.nan), med, n_pairs, intra, dist
+    def matrix(self, top_n=None):
+        return self.M
 
 
 def doppelganger_rates(
@@ -229,14 +174,57 @@ def doppelganger_rates(
     max_dvhelio=5.0,
     max_dak=0.05,
     keep_distances=True,
+    method: str = "rsca",
+    random_state: int = 0,
     **rsca_options,
 ) -> DoppelgangerResult:
-    """Per-cluster and global doppelganger rates of the RSCA representation (SPEC §2).
+    """Per-cluster and global doppelganger rates of a learned representation (SPEC §2).
 
-    ``top_n`` may also be a list (e.g. ``[1, 2, 4, None]``): then a dict {top_n: result} is
-    returned, computed in one pass over the folds.
-    Passing ``None`` for all four metadata arrays disables the pair filter.
+    Parameters
+    ----------
+    Z_pop, Z_clust : array-like of shape (n_field, K), (n_cluster_stars, K)
+        The field and the cluster stars in the same representation (e.g. PCA scores).
+    cluster_ids : array-like of shape (n_cluster_stars,)
+        Cluster name of each cluster star.
+    pop_vhelio, pop_ak, clust_vhelio, clust_ak : array-like, optional
+        VHELIO_AVG and AK_TARG of field and cluster stars for the pair filter (|ΔVHELIO_AVG| <
+        ``max_dvhelio``, |ΔAK_TARG| < ``max_dak``); all four or none (no filter).
+    cv : bool
+        Leave-one-cluster-out (every fold refits the method without the held-out cluster) or one
+        map fitted on all clusters.
+    top_n : int, None or list
+        Keep the N most discriminative RSCA axes; a list (e.g. ``[1, 2, 4, None]``) returns a dict
+        {top_n: result}, computed in one pass over the folds. RSCA only.
+    keep_distances : bool
+        Keep every cluster's intra- and inter-cluster distances (for histograms).
+    method : {"rsca", "rca", "lda", "nca"}
+        The paper's RSCA, or a metric learner it cites (:mod:`rsca_core.learners`), fitted on the
+        training clusters' members only.
+    random_state : int
+        Seed of the learners that have one (NCA).
+    **rsca_options
+        Options of :class:`~rsca_core.rsca.RSCA` (e.g. ``variant``); RSCA only.
+
+    Returns
+    -------
+    DoppelgangerResult, or a dict of them when ``top_n`` is a list.
+
+    Notes
+    -----
+    Over 80 lines: half of it is this docstring; the body validates, fits the folds and collects them.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> field = rng.normal(size=(200, 3))
+    >>> centres = rng.normal(size=(4, 3))
+    >>> members = np.repeat(centres, 5, axis=0) + 0.05 * rng.normal(size=(20, 3))
+    >>> ids = np.repeat(["A", "B", "C", "D"], 5)
+    >>> res = doppelganger_rates(field, members, ids, method="rca")
+    >>> res.per_cluster["n_stars"].tolist(), 0 <= res.global_rate < 0.05
+    ([5, 5, 5, 5], True)
     """
+    method = check_method(method)
     multi = isinstance(top_n, (list, tuple))
     top_ns = list(top_n) if multi else [top_n]
     Z_pop = check_representation(Z_pop, "Z_pop")
@@ -247,23 +235,14 @@ def doppelganger_rates(
         check_top_n(n, K)
     if len(Z_pop) == 0:
         raise ValueError("Z_pop is empty: the field set has no stars")
-    meta = (pop_vhelio, pop_ak, clust_vhelio, clust_ak)
-    if any(m is None for m in meta) and not all(m is None for m in meta):
-        raise ValueError("pass all four of pop_vhelio, pop_ak, clust_vhelio, clust_ak, or none of them")
-    use_filter = meta[0] is not None
-    if use_filter:
-        if not (max_dvhelio > 0 and max_dak > 0):
-            raise ValueError("max_dvhelio and max_dak must be positive")
-        pv = _check_meta(pop_vhelio, "pop_vhelio", len(Z_pop))
-        pa = _check_meta(pop_ak, "pop_ak", len(Z_pop))
-        cvh = _check_meta(clust_vhelio, "clust_vhelio", len(Z_clust))
-        ca = _check_meta(clust_ak, "clust_ak", len(Z_clust))
-        pfilter = _PairFilter(pv, pa, float(max_dvhelio), float(max_dak))
+    if method != "rsca" and (rsca_options or any(n is not None for n in top_ns)):
+        raise ValueError(f"top_n and RSCA options ({', '.join(rsca_options) or 'top_n'}) apply to method='rsca' only")
+    flt = _pair_filter(Z_pop, Z_clust, (pop_vhelio, pop_ak, clust_vhelio, clust_ak), max_dvhelio, max_dak)
     est = RSCA(**rsca_options)
     est.check_params(K)
     groups = group_indices(ids)
     usable = [c for c, idx in groups.items() if len(idx) >= 2]
-    need = 3 if (cv and est.variant != "raw") else 2
+    need = 3 if (cv and (method != "rsca" or est.variant != "raw")) else 2
     if len(usable) < need:
         raise ValueError(
             f"need at least {need} clusters with 2 or more stars"
@@ -280,58 +259,70 @@ def doppelganger_rates(
     results = {n: {"rows": [], "intra": {}, "inter": {}} for n in top_ns}
     # Step 2 is shared by every fold: it depends on the field only (its field-sized sums are split
     # over the cores inside). The rest is thin matrices (K ≤ a few dozen): BLAS threads would add more
-    # overhead than they save.
-    mean, sphere = est.fit_population(Z_pop)
+    # overhead than they save. The learners use the field mean only to centre (distances do not move).
+    mean, sphere = est.fit_population(Z_pop) if method == "rsca" else (Z_pop.mean(axis=0), None)
     with threadpool_limits(limits=1, user_api="blas"):
-        S_cl = (Z_clust - mean) @ sphere.T
-        stats = ClusterStats(S_cl, groups)
-        if cv and est.variant != "raw":
-            fold_geom = est.fit_leave_one_out(stats)
+        if method == "rsca":
+            members = (Z_clust - mean) @ sphere.T
+            fold_geom = _rsca_folds(est, members, groups, cv)
         else:
-            fold_geom = dict.fromkeys(groups, est.fit_cluster_subset(stats))
-        _fold_loop(
-            groups,
-            fold_geom,
-            (Z_pop, mean, sphere),
-            S_cl,
-            top_ns,
-            results,
-            keep_distances,
-            (pfilter, cvh, ca) if use_filter else None,
-        )
+            members = Z_clust - mean
+            fold_geom = _learner_folds(method, members, ids, groups, usable, cv, random_state)
+        _fold_loop(groups, fold_geom, (Z_pop, mean, sphere), members, top_ns, results, keep_distances, flt)
 
     settings = {
         "cv": bool(cv),
-        "max_dvhelio": float(max_dvhelio) if use_filter else None,
-        "max_dak": float(max_dak) if use_filter else None,
-        "pair_filter": use_filter,
+        "max_dvhelio": float(max_dvhelio) if flt else None,
+        "max_dak": float(max_dak) if flt else None,
+        "pair_filter": flt is not None,
         "k": int(K),
         "n_field": int(len(Z_pop)),
         "n_cluster_stars": int(len(Z_clust)),
-        **est.get_params(),
+        "method": method,
+        **(est.get_params() if method == "rsca" else {"random_state": int(random_state)}),
     }
-    out = {}
-    for n in top_ns:
-        df = pd.DataFrame(results[n]["rows"], columns=["cluster", "n_stars", "rate", "median_intra", "n_inter_pairs"])
-        undefined = df[(df.n_stars >= 2) & df.rate.isna()]
-        if len(undefined):
-            warnings.warn(
-                f"{len(undefined)} cluster(s) have no field star passing the pair filter; their "
-                f"rate is undefined and left out of the global rate: "
-                f"{', '.join(undefined.cluster.astype(str)[:5])}",
-                UndefinedRateWarning,
-                stacklevel=2,
-            )
-        g = global_rate(df.rate, df.n_stars)
-        if not np.isfinite(g):
-            warnings.warn(
-                "no cluster has a defined rate; the global rate is undefined", UndefinedRateWarning, stacklevel=2
-            )
-        out[n] = DoppelgangerResult(g, df, results[n]["intra"], results[n]["inter"], settings | {"top_n": n})
+    out = {n: _result(results[n], settings | {"top_n": n}) for n in top_ns}
     return out if multi else out[top_ns[0]]
 
 
-def _fold_loop(groups, fold_geom, pop, S_cl, top_ns, results, keep_distances, flt):
+def _rsca_folds(est, S_cl, groups, cv):
+    """{cluster: geometry of steps 3–4} fitted without that cluster (``cv``) or on all of them."""
+    stats = ClusterStats(S_cl, groups)
+    if cv and est.variant != "raw":
+        return est.fit_leave_one_out(stats)
+    return dict.fromkeys(groups, est.fit_cluster_subset(stats))
+
+
+def _learner_folds(method, Zc, ids, groups, usable, cv, random_state):
+    """{cluster: map of ``method``} fitted on the members of the other usable clusters (``cv``)."""
+    if not cv:
+        return dict.fromkeys(groups, _FixedMap(linear_map(method, Zc, ids, random_state)))
+    out = {}
+    for c in usable:
+        train = ids != c
+        out[c] = _FixedMap(linear_map(method, Zc[train], ids[train], random_state))
+    return out
+
+
+def _result(res, settings):
+    """A DoppelgangerResult from the rows of the fold loop (warning about undefined rates)."""
+    df = pd.DataFrame(res["rows"], columns=["cluster", "n_stars", "rate", "median_intra", "n_inter_pairs"])
+    undefined = df[(df.n_stars >= 2) & df.rate.isna()]
+    if len(undefined):
+        warnings.warn(
+            f"{len(undefined)} cluster(s) have no field star passing the pair filter; their "
+            f"rate is undefined and left out of the global rate: "
+            f"{', '.join(undefined.cluster.astype(str)[:5])}",
+            UndefinedRateWarning,
+            stacklevel=3,
+        )
+    g = global_rate(df.rate, df.n_stars)
+    if not np.isfinite(g):
+        warnings.warn("no cluster has a defined rate; the global rate is undefined", UndefinedRateWarning, stacklevel=3)
+    return DoppelgangerResult(g, df, res["intra"], res["inter"], settings)
+
+
+def _fold_loop(groups, fold_geom, pop, members, top_ns, results, keep_distances, flt):
     Z_pop, mean, sphere = pop
     for name in groups:
         idx = groups[name]
@@ -349,7 +340,9 @@ def _fold_loop(groups, fold_geom, pop, S_cl, top_ns, results, keep_distances, fl
         Zf = np.take(Z_pop, cand, axis=0) if flt is not None else Z_pop.copy()
         Zf -= mean
         for n in top_ns:
-            rate, med, n_pairs, intra, dist = _fold_rate(geom.matrix(n), S_cl[idx], Zf, sphere, pair_ok, keep_distances)
+            rate, med, n_pairs, intra, dist = fold_rate(
+                geom.matrix(n), members[idx], Zf, sphere, pair_ok, keep_distances
+            )
             results[n]["rows"].append((name, len(idx), rate, med, n_pairs))
             if keep_distances:
                 results[n]["intra"][name] = intra

@@ -79,6 +79,7 @@ class _Bar:
         self._emit(force=self.n >= self.total)
 
     def close(self) -> None:
+        """Close the tqdm bar, if any."""
         if self._tqdm is not None:
             self._tqdm.close()
             self._tqdm = None
@@ -130,7 +131,9 @@ class Reporter:
         b = self.start + (self.end - self.start) * end
         return Reporter(self.fn if self.mode == "callable" else self.mode == "tqdm", a, b, _root=self._root)
 
-    def bar(self, total: int, desc: str, *, start: float = 0.0, end: float = 1.0, unit: str = "it", initial: int = 0):
+    def bar(
+        self, total: int, desc: str, *, start: float = 0.0, end: float = 1.0, unit: str = "it", initial: int = 0
+    ) -> _Bar:
         """A context manager counting ``total`` units of work over ``[start, end]`` of this slice."""
         sub = self.span(start, end)
         return _Bar(sub, total, desc, 0.0, 1.0, unit, initial)

@@ -52,6 +52,8 @@ __all__ = [
     "stars_table",
 ]
 
+#: Identifier columns copied into the bundle's star table when the release has them.
+OPTIONAL_STAR_COLUMNS = ("sdss_id", "gaia_dr3_id", "gaia_dr2_id")
 #: Columns of a cut-flow table.
 CUTFLOW_COLUMNS = ("step", "field", "cluster_stars", "clusters")
 
@@ -129,6 +131,8 @@ def select_stars(
     prob_name: str = "CG_PROB",
     duplicates: str = "snr",
     exclude: Sequence[str] = (ANOMALOUS_STAR,),
+    members_note: str | None = None,
+    bad_label: str = f"STAR_BAD unset (ASPCAPFLAG bit {STAR_BAD_BIT})",
 ) -> tuple[pd.DataFrame, list]:
     """Apply the paper's per-star cuts (SPEC §4) to an allStar-like table and a membership table.
 
@@ -144,12 +148,18 @@ def select_stars(
         Species that must all be measured (default: the paper's 21).
     min_prob, prob_name : float, str
         Membership threshold and the name shown for it in the cut-flow.
-    duplicates : {"snr", "flag", "none"}
-        How repeated APOGEE_IDs are resolved: keep the highest-SNR row ("snr", DR16), rows whose
-        ``DUPLICATE`` column is False ("flag", the release's own flag, e.g. DR17 EXTRATARG bit 4),
-        or not at all.
+    duplicates : {"snr", "flag", "snr-first", "none"}
+        How repeated APOGEE_IDs are resolved: after the cuts, keep the highest-SNR row ("snr", DR16,
+        whose loader always did so); before the cuts, drop the rows whose ``DUPLICATE`` column is
+        True ("flag": the release's own flag, DR17 EXTRATARG bit 4) or keep each star's
+        highest-SNR row ("snr-first": DR19, one row per telescope); or not at all.
     exclude : sequence of str
         APOGEE_IDs dropped by name (the paper's anomalous star).
+    members_note : str, optional
+        How the membership catalogue was matched (shown in the cut-flow's first row).
+    bad_label : str
+        Cut-flow label of the bad-star cut. A boolean ``STAR_BAD`` column, when present, is the
+        release's own bad flag (DR19 ``flag_bad``); otherwise ASPCAPFLAG bit 23 is used.
 
     Returns
     -------
@@ -175,13 +185,16 @@ def select_stars(
     cluster_of, prob, any_member, n_not_found, mem = _membership(ids, members, min_prob)
     is_member = cluster_of != ""
     flow = CutFlow(is_member, cluster_of)
+    note = members_note or f"{n_not_found} candidate rows not in allStar"
     flow.add(
-        f"input: allStar rows / membership candidates in allStar ({n_not_found} candidate rows not in allStar)",
+        f"input: allStar rows / membership candidates in allStar ({note})",
         n,
         any_member.sum(),
         mem["CLUSTER"].nunique(),
     )
     keep = np.ones(n, bool)
+    if duplicates in ("flag", "snr-first"):
+        _resolve_duplicates(allstar, ids, keep, duplicates, flow)
     flow.record(f"{prob_name} > {min_prob:g} members, removed from the field", keep)
     teff = allstar["TEFF"].to_numpy(float)
     keep &= (teff > TEFF_RANGE[0]) & (teff < TEFF_RANGE[1])
@@ -195,12 +208,16 @@ def select_stars(
             if arr == "X_H" or col in allstar.columns:
                 keep &= is_measured(allstar[col].to_numpy(float))
     flow.record(f"all {len(species)} species measured (X_H, X_M not missing)", keep)
-    keep &= ~star_bad(allstar["ASPCAPFLAG"].to_numpy(np.int64))
-    flow.record(f"STAR_BAD unset (ASPCAPFLAG bit {STAR_BAD_BIT})", keep)
+    if "STAR_BAD" in allstar.columns:
+        keep &= ~allstar["STAR_BAD"].to_numpy(bool)
+    else:
+        keep &= ~star_bad(allstar["ASPCAPFLAG"].to_numpy(np.int64))
+    flow.record(bad_label, keep)
     for sid in exclude:
         keep &= ids != sid
         flow.record(f"drop {sid}", keep)
-    _resolve_duplicates(allstar, ids, keep, duplicates, flow)
+    if duplicates == "snr":
+        _resolve_duplicates(allstar, ids, keep, duplicates, flow)
     selected = allstar[keep].copy()
     if "ROW" not in selected.columns:
         selected["ROW"] = np.flatnonzero(keep)
@@ -214,9 +231,9 @@ def _resolve_duplicates(allstar: pd.DataFrame, ids: np.ndarray, keep: np.ndarray
     """Drop repeated APOGEE_ID rows from ``keep`` (in place), recording a cut-flow row if any."""
     if how == "flag":
         keep &= ~allstar["DUPLICATE"].to_numpy(bool)
-        flow.record("duplicates dropped by the release's own flag (EXTRATARG bit 4)", keep)
+        flow.record("duplicates dropped by the release's own flag (EXTRATARG bit 4: not the highest-SNR row)", keep)
         how = "snr"  # a star still repeated after the flag (should not happen): highest SNR
-    if how != "snr":
+    if how not in ("snr", "snr-first"):
         return
     sel = np.flatnonzero(keep)
     if pd.Index(ids[sel]).is_unique:
@@ -225,7 +242,8 @@ def _resolve_duplicates(allstar: pd.DataFrame, ids: np.ndarray, keep: np.ndarray
     order = np.lexsort((sel, -np.nan_to_num(snr, nan=-np.inf)))
     first = pd.Index(ids[sel][order]).duplicated(keep="first")
     keep[sel[order][first]] = False
-    flow.record("duplicate APOGEE_ID rows (highest SNR kept)", keep)
+    what = "one row per star (sdss_id): the highest-SNR telescope row kept" if how == "snr-first" else None
+    flow.record(what or "duplicate APOGEE_ID rows (highest SNR kept)", keep)
 
 
 def finalise_clusters(
@@ -291,8 +309,8 @@ def stars_table(sel: pd.DataFrame) -> pd.DataFrame:
     """The bundle's star table from selected allStar-like rows (with ``CLUSTER`` and ``CG_PROB``).
 
     Columns: apogee_id, cluster, teff, logg, fe_h, x_h_<species> (the 21), ak_targ, vhelio_avg,
-    snr, visits, telescope, field, aspcapflag, cg_prob; plus ``sdss_id`` / ``gaia_id`` / the
-    substitute columns when the table has them (later releases).
+    snr, visits, telescope, field, aspcapflag, cg_prob; plus ``sdss_id``, ``gaia_dr3_id`` and
+    ``gaia_dr2_id`` when the table has them (upper-case ``SDSS_ID`` ...).
     """
     out = pd.DataFrame(
         {
@@ -313,4 +331,7 @@ def stars_table(sel: pd.DataFrame) -> pd.DataFrame:
     out["field"] = sel["FIELD"].astype(str).to_numpy()
     out["aspcapflag"] = sel["ASPCAPFLAG"].to_numpy(np.int64)
     out["cg_prob"] = sel["CG_PROB"].to_numpy(float)
+    for col in OPTIONAL_STAR_COLUMNS:  # only when the release has the ids (0 / -1 = none)
+        if col.upper() in sel.columns and (sel[col.upper()].to_numpy(np.int64) > 0).any():
+            out[col] = sel[col.upper()].to_numpy(np.int64)
     return out

@@ -312,7 +312,7 @@ def test_interrupted_run_resumes_without_rereading(dr16, tmp_path, monkeypatch):
         calls.append(str(path))
         return real(path, *a, **k)
 
-    monkeypatch.setattr(apogee.reader, "read_aspcapstar", dying)
+    monkeypatch.setitem(apogee.build.SPECTRUM_READERS, "dr16", dying)
     with pytest.raises(KeyboardInterrupt):
         _build(dr16, out, chunk_size=4)
     assert not out.exists()
@@ -323,8 +323,8 @@ def test_interrupted_run_resumes_without_rereading(dr16, tmp_path, monkeypatch):
 
     first_round = list(calls)
     calls.clear()
-    monkeypatch.setattr(
-        apogee.reader, "read_aspcapstar", lambda p, *a, **k: (calls.append(str(p)), real(p, *a, **k))[1]
+    monkeypatch.setitem(
+        apogee.build.SPECTRUM_READERS, "dr16", lambda p, *a, **k: (calls.append(str(p)), real(p, *a, **k))[1]
     )
     out2, cutflow = _build(dr16, out, chunk_size=4)
     n_sel = int(cutflow["field"].iloc[6] + cutflow["cluster_stars"].iloc[6])
@@ -591,7 +591,7 @@ def test_build_reports_phases_to_a_callable(dr16, tmp_path):
     fractions = [f for f, _ in seen]
     texts = [t for _, t in seen]
     assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
-    assert texts[0].startswith("reading allStar")
+    assert texts[0].startswith("reading the DR16 star table")
     reads = [t for t in texts if t.startswith("reading aspcapStar ")]
     n_files = int(reads[-1].split("/")[1].split()[0])
     assert reads[0] == f"reading aspcapStar 0/{n_files}" and reads[-1].startswith(f"reading aspcapStar {n_files}/")

@@ -7,6 +7,9 @@ Every table is checked against an independent computation: direct calls of `dopp
 import itertools
 import json
 import math
+import os
+import subprocess
+import sys
 import uuid
 
 import numpy as np
@@ -255,6 +258,48 @@ def test_distance_histograms_match_per_cluster_rates(ds):
         assert len(raw["intra"]) == n * (n - 1) // 2 and len(raw["inter"]) == n_inter
 
 
+# ---------------------------------------------------------------------------- beyond the paper (issue 15)
+def test_method_comparison_matches_direct_calls(ds):
+    res = E.method_comparison(ds, k=5, seed=2, inputs=("spectra", "subset"))
+    t = res["table"]
+    assert len(t) == 8 and set(t["method"]) == {"rsca", "rca", "lda", "nca"}
+    reps = {"spectra": ds.compress(5, seed=2).scores, "subset": _abund(ds, PAPER_SUBSET)}
+    for r in t.itertuples():
+        ref = _direct(ds, reps[r.input], method=r.method, random_state=2)
+        assert r.global_rate == pytest.approx(ref.global_rate, rel=1e-9, abs=1e-12), (r.input, r.method)
+        got = res["per_cluster"].query("input == @r.input and method == @r.method").set_index("cluster")["rate"]
+        np.testing.assert_allclose(got, ref.per_cluster.set_index("cluster").loc[got.index, "rate"], atol=1e-12)
+    assert set(t["label"]) == {"simulated"} and t.loc[t["input"] == "subset", "k"].isna().all()
+
+
+def _with_errors(ds, sigma):
+    d = Dataset(
+        ds.stars, ds.spectra, ds.mask, ds.wavelength, errors=sigma.astype(np.float32), meta={"kind": "simulated"}
+    )
+    return d
+
+
+def test_flux_error_weights_compares_plain_and_ivar_compressions(ds):
+    from rsca_core import MaskedPCA
+
+    rng = np.random.default_rng(4)
+    sigma = np.where(rng.random(ds.spectra.shape) < 0.3, 0.05, 0.003)
+    d = _with_errors(ds, sigma)
+    res = E.flux_error_weights(d, ks=(4,), seed=1)
+    t = res["table"].set_index(["k", "compression_weights"])["global_rate"]
+    for k in (4,):
+        plain = _direct(d, d.compress(k, seed=1).scores, cv=True).global_rate
+        z = MaskedPCA(k, random_state=1, weights="ivar").fit_transform(d.spectra, d.mask, errors=d.errors)
+        assert t[(k, "none")] == pytest.approx(plain, rel=1e-9, abs=1e-12)
+        assert t[(k, "ivar")] == pytest.approx(_direct(d, z, cv=True).global_rate, rel=1e-6, abs=1e-9)
+    verdict = "lowers" if t[(4, "ivar")] < t[(4, "none")] else "does not lower"
+    assert res["answer"].startswith(
+        f"Weighting each pixel by its inverse variance {verdict} the doppelganger rate at K = 4"
+    )
+    with pytest.raises(ValueError, match="no flux errors"):
+        E.flux_error_weights(ds, ks=(3,))
+
+
 # ---------------------------------------------------------------------------- labels and input checks
 def test_outputs_carry_the_dataset_kind():
     real = small_dataset(n_field=200, sizes=SIZES, n_pixels=80, seed=2, kind="real")
@@ -278,26 +323,39 @@ def test_bad_arguments_raise_clear_errors(ds, call, match):
 
 
 # ---------------------------------------------------------------------------- reproduce CLI
-def test_reproduce_quick_end_to_end_on_a_simulated_bundle(tmp_path):
+def test_reproduce_quick_writes_every_figure_without_plotly_or_a_browser(tmp_path):
+    """A server with no Chrome (and no plotly/kaleido at all) still gets every figure, as PNG and PDF."""
     simulate = pytest.importorskip("rsca_core.simulate")
-    from rsca_core import cli
-
     bundle = simulate.simulate(tmp_path / "sim", n_field=150, seed=1, progress=False)
     out = tmp_path / "out"
-    rc = cli.main(
-        ["reproduce", "--dataset", str(bundle), "--out", str(out), "--quick", "--k", "8", "--seed", "3", "--quiet"]
+    # every experiment but the error-weighted compression (slow here; its files are checked below on a smaller survey)
+    names = [n for n in EXPERIMENTS if n != "weights"]
+    argv = ["reproduce", "--dataset", str(bundle), "--out", str(out), "--quick", "--k", "8", "--seed", "3", "--quiet"]
+    argv += ["--experiments", ",".join(names)]
+    code = (
+        "import sys; sys.modules['plotly'] = sys.modules['kaleido'] = None; "  # importing either now fails
+        f"from rsca_core import cli; rc = cli.main({argv!r}); "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('plotly', 'kaleido') and sys.modules[m] is not None]; "
+        "sys.exit(rc or (3 if bad else 0))"
     )
-    assert rc == 0
+    env = {k: v for k, v in os.environ.items() if k != "BROWSER_PATH"} | {"PATH": "/usr/local/bin:/usr/bin:/bin"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
     doc = json.loads((out / "results.json").read_text())
     assert doc["label"] == "simulated" and doc["seed"] == 3 and doc["quick"] is True
-    for name in EXPERIMENTS:
+    assert doc["figure_warning"] is None
+    stems = (*names, "features_correlations")
+    for name in names:
         csv = pd.read_csv(out / f"{name}.csv", keep_default_na=False)
         assert len(csv) and set(csv["label"]) == {"simulated"} and set(csv["seed"].astype(int)) == {3}
-        if doc["png_warning"] is None:
-            png = (out / f"{name}.png").read_bytes()
-            assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) < 400_000
+    for stem in stems:
+        png, pdf = (out / f"{stem}.png").read_bytes(), (out / f"{stem}.pdf").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and 5_000 < len(png) < 2_000_000
+        assert pdf[:5] == b"%PDF-" and pdf.rstrip().endswith(b"%%EOF")
+    assert {f for fs in doc["files"].values() for f in fs} >= {f"{s}.{x}" for s in stems for x in ("png", "pdf")}
     report = (out / "report.md").read_text()
     assert "SIMULATED" in report and "seed **3**" in report and "0.0199 ± 0.0015" in report
+    assert "![k_sweep](k_sweep.png)" in report
     # the K = 8 rate of the sweep is the direct leave-one-cluster-out rate on the cached compression
     ds = Dataset.load(bundle)
     ref = _direct(ds, ds.compress(8, seed=3).scores, cv=True).global_rate
@@ -305,19 +363,39 @@ def test_reproduce_quick_end_to_end_on_a_simulated_bundle(tmp_path):
     assert row["global_rate"] == pytest.approx(ref, rel=1e-9, abs=1e-12)
 
 
-def test_png_failure_still_writes_tables_and_report(ds, tmp_path, monkeypatch):
-    import plotly.io as pio
-
+def test_figure_failure_still_writes_tables_and_report(ds, tmp_path, monkeypatch):
     from rsca_core import experiments_cli as X
 
     def broken(*a, **k):
-        raise RuntimeError("no Chrome here")
+        raise RuntimeError("disk says no")
 
-    monkeypatch.setattr(pio, "write_images", broken)
+    monkeypatch.setattr(X, "save_figure", broken)
     settings = X.settings_for(quick=True, seed=0, k=4)
     results = X.run_experiments(ds, settings, ["k_sweep"], progress=False)
     doc = X.write_outputs(ds, results, settings, tmp_path)
-    assert "no Chrome here" in doc["png_warning"]
+    assert "disk says no" in doc["figure_warning"]
     assert (tmp_path / "k_sweep.csv").exists() and not (tmp_path / "k_sweep.png").exists()
-    assert not list(tmp_path.glob("*.tmp*"))
-    assert "no Chrome here" in (tmp_path / "report.md").read_text()
+    assert not list(tmp_path.glob("*.tmp*")) and not list(tmp_path.glob(".*"))
+    assert "disk says no" in (tmp_path / "report.md").read_text()
+
+
+def test_reproduce_methods_and_weights_write_tables_figures_and_the_answer(ds, tmp_path):
+    from rsca_core import experiments_cli as X
+
+    rng = np.random.default_rng(0)
+    d = _with_errors(ds, np.where(rng.random(ds.spectra.shape) < 0.3, 0.05, 0.003))
+    settings = X.settings_for(quick=True, seed=0, k=4)
+    results = X.run_experiments(d, settings, ["methods", "weights"], progress=False)
+    doc = X.write_outputs(d, results, settings, tmp_path)
+    assert doc["figure_warning"] is None
+    for stem in ("methods", "weights"):
+        assert (tmp_path / f"{stem}.csv").exists()
+        assert (tmp_path / f"{stem}.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / f"{stem}.pdf").exists()
+    report = (tmp_path / "report.md").read_text()
+    methods = results["methods"]["table"]
+    rca = methods[(methods["method"] == "rca") & (methods["input"] == "spectra")]["global_rate"].iloc[0]
+    assert f"| RCA | {rca:.4f} |" in report
+    assert results["weights"]["answer"] in report and "capped at 40,000" in report
+    # a bundle without errors skips the weights experiment instead of failing the run
+    plain = X.run_experiments(ds, settings, ["weights"], progress=False)
+    assert "weights" not in plain

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from ..constants import PAPER_MASK_RANGES, ranges_to_mask
+from ..constants import (
+    ANOMALOUS_STAR,
+    LOGG_RANGE,
+    MIN_CG_PROB,
+    PAPER_MASK_RANGES,
+    SPECIES,
+    TEFF_RANGE,
+    ranges_to_mask,
+)
 from ..selection import format_cutflow
 from .build import build_apogee
+from .members import MEMBER_FORMATS
+from .releases import RELEASES
 
 
-def parse_ranges(text: str):
+def parse_ranges(text: str) -> list:
     """``"720:910,2370:2470"`` → [(720, 910), (2370, 2470)]; ``"none"`` → []."""
     text = (text or "").strip()
     if text.lower() in ("", "none"):
@@ -36,26 +46,53 @@ def _cmd_build(args) -> int:
         overwrite=args.overwrite,
         executor=args.executor,
         with_errors=not args.no_errors,
+        release=args.release,
+        members=args.members,
+        members_format=args.members_format,
+        min_prob=args.min_prob,
+        allvisit=args.allvisit,
     )
     print(format_cutflow(cutflow))
     return 0
 
 
 def add_cli(subparsers) -> None:
+    """Register the ``build-apogee`` sub-command."""
     p = subparsers.add_parser(
         "build-apogee",
-        help="build a dataset bundle from APOGEE DR16 allStar + OCCAM + aspcapStar files",
-        description="Apply the paper's cuts (4000<TEFF<5000, 1.5<LOGG<3, 21 species measured, STAR_BAD "
-        "unset; OCCAM CG_PROB>0.8, clusters of >=2 stars, 2M19203303+3755558 dropped), read "
-        "the aspcapStar spectra in parallel (resumable) and write a bundle. Prints the cut-flow.",
+        help="build a dataset bundle from APOGEE DR16/DR17 or SDSS-V DR19 files + a membership catalogue",
+        description=f"Apply the paper's cuts ({TEFF_RANGE[0]:g}<TEFF<{TEFF_RANGE[1]:g}, "
+        f"{LOGG_RANGE[0]:g}<LOGG<{LOGG_RANGE[1]:g}, {len(SPECIES)} species measured, STAR_BAD unset (DR19: flag_bad); "
+        f"members with probability > {MIN_CG_PROB:g}, clusters of >=2 stars, {ANOMALOUS_STAR} dropped; "
+        "duplicates by the release's own rule), read the spectra (aspcapStar, DR19 mwmStar) in parallel "
+        "(resumable) and write a bundle. Prints the cut-flow.",
     )
-    p.add_argument("--allstar", required=True, help="allStar-r12-l33.fits")
-    p.add_argument("--occam-members", required=True, help="occam_member-DR16.fits")
+    p.add_argument(
+        "--allstar",
+        required=True,
+        help="allStar-r12-l33.fits (DR16), allStar-dr17-synspec_rev1.fits (DR17) or "
+        "astraAllStarASPCAP-0.6.0.fits.gz (DR19)",
+    )
+    p.add_argument("--release", choices=RELEASES, default=None, help="force the release (default: detected)")
+    p.add_argument("--occam-members", default=None, help="the release's occam_member-DR16/DR17/DR19.fits")
+    p.add_argument("--members", default=None, help="a membership catalogue (see --members-format)")
+    p.add_argument(
+        "--members-format",
+        choices=MEMBER_FORMATS,
+        default="occam",
+        help="occam (APOGEE_ID; DR19: SDSS_ID), hunt2023 (Hunt & Reffert 2023: Name, GaiaDR3, Prob) or "
+        "cantat2020 (Cantat-Gaudin et al. 2020: Cluster, GaiaDR2, proba); FITS, CSV or TSV",
+    )
+    p.add_argument(
+        "--min-prob", type=float, default=MIN_CG_PROB, help=f"membership probability threshold (default {MIN_CG_PROB})"
+    )
+    p.add_argument("--allvisit", default=None, help="DR17: allVisit-dr17-synspec_rev1.fits (visit names via VISIT_PK)")
     p.add_argument("--out", required=True, help="bundle directory to create")
     p.add_argument(
         "--spectra-root",
         default=None,
-        help="folder with {TELESCOPE}/{FIELD}/aspcapStar-r12-{APOGEE_ID}.fits (default: the allStar file's folder)",
+        help="folder with the {TELESCOPE}/{FIELD}/aspcapStar-*.fits tree, or for DR19 the folder holding "
+        "spectra/ (default: the allStar file's folder)",
     )
     p.add_argument("--workers", type=int, default=None, help="parallel readers (default min(8, CPUs))")
     p.add_argument("--executor", choices=("process", "thread"), default="process")

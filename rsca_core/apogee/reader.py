@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from pathlib import Path
 
@@ -21,7 +21,7 @@ import numpy as np
 from ..constants import N_PIXELS
 from ..fileio import atomic_open, atomic_write_text
 from ..progress import ProgressArg, reporter
-from .fitsio import SpectrumFileError, read_aspcapstar
+from .fitsio import SpectrumFileError, read_aspcapstar, split_hdu_spec
 
 # Per-star read status codes.
 OK, MISSING, CORRUPT = 0, 1, 2
@@ -157,7 +157,9 @@ def read_spectra(
     for c in range((n + chunk_size - 1) // chunk_size):
         a, b = c * chunk_size, min(n, (c + 1) * chunk_size)
         got = _load_chunk(workdir / f"chunk-{c:05d}.npz", b - a, n_pixels)
-        if got is not None and any(os.path.exists(paths[a + i]) for i in np.flatnonzero(got[0] == MISSING)):
+        if got is not None and any(
+            os.path.exists(split_hdu_spec(paths[a + i])[0]) for i in np.flatnonzero(got[0] == MISSING)
+        ):
             got = None  # a file missing last time has appeared since: read the chunk again
         if got is None:
             todo.append((c, paths[a:b], str(workdir), n_pixels, reader))
@@ -205,7 +207,7 @@ def _run_chunks(todo: list, workers: int, executor: str):
             raise
 
 
-def iter_chunk_arrays(workdir: Path, n: int, chunk_size: int):
+def iter_chunk_arrays(workdir: Path, n: int, chunk_size: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Yield ``(first row, flux, err)`` of every saved chunk, in order."""
     for c in range((n + chunk_size - 1) // chunk_size):
         with np.load(Path(workdir) / f"chunk-{c:05d}.npz") as z:

@@ -4,6 +4,7 @@ like the real ones. Every file is written atomically (:mod:`rsca_core.fileio`); 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +35,9 @@ def write_fits(hdul, path: Path) -> Path:
     return atomic_write(path, lambda tmp: hdul.writeto(tmp, overwrite=True))
 
 
-def aspcapstar_templates(simulated: bool):
-    """FITS header blocks (bytes) of an aspcapStar file: primary, HDU 1 (flux), HDU 2 (error)."""
+def aspcapstar_templates(simulated: bool, bitpix: int = -32) -> list:
+    """FITS header blocks (bytes) of an aspcapStar file: primary, HDU 1 (flux), HDU 2 (error);
+    ``bitpix`` −32 (float32, DR16) or −64 (float64, DR17)."""
     from astropy.io import fits
 
     prim = fits.PrimaryHDU()
@@ -43,7 +45,7 @@ def aspcapstar_templates(simulated: bool):
         prim.header[SIMULATED_KEYWORD] = (True, "written by the RSCA Lab simulator")
     heads = [prim.header.tostring().encode("ascii")]
     for name in ("FLUX", "ERROR"):
-        h = fits.ImageHDU(np.zeros(N_PIXELS, np.float32), name=name)
+        h = fits.ImageHDU(np.zeros(N_PIXELS, np.float32 if bitpix == -32 else np.float64), name=name)
         h.header["CRVAL1"] = LOGLAM0
         h.header["CDELT1"] = DLOGLAM
         h.header["CRPIX1"] = 1
@@ -52,12 +54,14 @@ def aspcapstar_templates(simulated: bool):
     return heads
 
 
-def fits_data_block(arr) -> bytes:
-    b = np.ascontiguousarray(arr, dtype=">f4").tobytes()
+def fits_data_block(arr, dtype: str = ">f4") -> bytes:
+    """The data of a FITS HDU: big-endian bytes padded to a multiple of 2880."""
+    b = np.ascontiguousarray(arr, dtype=dtype).tobytes()
     return b + b"\0" * (-len(b) % 2880)
 
 
 def aspcapstar_bytes(flux, err, templates) -> bytes:
+    """A whole DR16 aspcapStar file (float32 images) from its header templates."""
     prim, h1, h2 = templates
     return b"".join((prim, h1, fits_data_block(flux), h2, fits_data_block(err)))
 
@@ -86,6 +90,9 @@ def dr16_frame(tab: pd.DataFrame) -> pd.DataFrame:
         out[c] = get(c).astype(float)
     out["ASPCAPFLAG"] = get("ASPCAPFLAG", 0, required=False).astype(np.int64)
     out["VISITS"] = get("VISITS", "", required=False).astype(str)
+    out["M_H"] = get("M_H", np.nan, required=False).astype(float)
+    for c in ("SDSS_ID", "GAIA_DR3_ID", "GAIA_DR2_ID"):  # identifiers (0 = none)
+        out[c] = get(c, 0, required=False).astype(np.int64)
     for arr in ("X_H", "X_M"):
         if arr in cols:
             a = np.stack([np.asarray(v, float) for v in tab[cols[arr]]]) if n else np.zeros((0, 26))
@@ -110,7 +117,7 @@ def dr16_frame(tab: pd.DataFrame) -> pd.DataFrame:
     return frame, out["X_H"], out["X_M"]
 
 
-def resolve_spectra(spectra, n):
+def resolve_spectra(spectra, n: int) -> Callable:
     """Return a function rows -> (flux, err) from arrays, a (flux, err) pair or a callable."""
     if spectra is None:
         raise ValueError("spectra are needed: pass spectra=(flux, err) arrays or a callable rows -> (flux, err)")
@@ -122,7 +129,19 @@ def resolve_spectra(spectra, n):
     return lambda rows: (np.asarray(flux[rows]), np.asarray(err[rows]))
 
 
-def survey_table_and_spectra(survey_or_tables, spectra):
+def prepare_layout(survey_or_tables, spectra, out, table_name: str, overwrite: bool) -> tuple:
+    """Common start of the layout writers: ``(out, star table path, table, (frame, X_H, X_M), get_spectra)``;
+    refuses to replace an existing star table unless ``overwrite``."""
+    out = Path(out)
+    table_path = out / table_name
+    if table_path.exists() and not overwrite:
+        raise FileExistsError(f"{table_path}: already exists (pass overwrite=True to replace it)")
+    tab, spectra = survey_table_and_spectra(survey_or_tables, spectra)
+    frame, x_h, x_m = dr16_frame(tab)
+    return out, table_path, tab, (frame, x_h, x_m), resolve_spectra(spectra, len(frame))
+
+
+def survey_table_and_spectra(survey_or_tables, spectra) -> tuple:
     """``(table, spectra)`` from a simulator survey (its ``stars_all`` and ``spectra_for``) or a
     DataFrame with ``spectra`` given."""
     if isinstance(survey_or_tables, pd.DataFrame):
@@ -159,7 +178,7 @@ def write_spectra_files(n: int, get_spectra, relpath, out: Path, make_bytes, rep
             bar.update(len(rows))
 
 
-def primary_hdu(simulated: bool):
+def primary_hdu(simulated: bool):  # -> astropy.io.fits.PrimaryHDU
     """An empty primary HDU, with ``SIMULATD = T`` when written from the simulator."""
     from astropy.io import fits
 
@@ -169,7 +188,7 @@ def primary_hdu(simulated: bool):
     return h
 
 
-def string_column(name: str, values):
+def string_column(name: str, values):  # -> astropy.io.fits.Column
     """A FITS string column of the right width."""
     from astropy.io import fits
 
@@ -190,8 +209,14 @@ def occam_members_table(tab: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
     return members
 
 
-def write_occam(out: Path, members: pd.DataFrame, clusters: pd.DataFrame | None, simulated: bool) -> None:
-    """``occam_member-DR16.fits`` and ``occam_cluster-DR16.fits``."""
+def write_occam(
+    out: Path,
+    members: pd.DataFrame,
+    clusters: pd.DataFrame | None,
+    simulated: bool,
+    names: tuple[str, str] = (OCCAM_MEMBER_NAME, OCCAM_CLUSTER_NAME),
+) -> None:
+    """The OCCAM member and cluster files (``names``; DR16's by default), SDSS-IV columns."""
     from astropy.io import fits
 
     mcols = {str(c).upper(): c for c in members.columns}
@@ -208,7 +233,7 @@ def write_occam(out: Path, members: pd.DataFrame, clusters: pd.DataFrame | None,
             ],
         ]
     )
-    write_fits(fits.HDUList([primary_hdu(simulated), mem]), out / OCCAM_MEMBER_NAME)
+    write_fits(fits.HDUList([primary_hdu(simulated), mem]), out / names[0])
     if clusters is None:
         counts = members[mcols["CLUSTER"]].astype(str).value_counts().sort_index()
         clusters = pd.DataFrame({"NAME": counts.index.astype(str), "NMEMBERS": counts.to_numpy(np.int32)})
@@ -219,7 +244,7 @@ def write_occam(out: Path, members: pd.DataFrame, clusters: pd.DataFrame | None,
             ccols.append(fits.Column(str(c).upper(), format="D" if v.dtype.kind == "f" else "K", array=v.to_numpy()))
         else:
             ccols.append(string_column(str(c).upper(), v))
-    write_fits(fits.HDUList([primary_hdu(simulated), fits.BinTableHDU.from_columns(ccols)]), out / OCCAM_CLUSTER_NAME)
+    write_fits(fits.HDUList([primary_hdu(simulated), fits.BinTableHDU.from_columns(ccols)]), out / names[1])
 
 
 def write_dr16(
@@ -259,14 +284,10 @@ def write_dr16(
     Path
         ``out``. Every file is written to a temporary name and renamed; allStar is written last.
     """
-    out = Path(out)
-    allstar_path = out / ALLSTAR_NAME
-    if allstar_path.exists() and not overwrite:
-        raise FileExistsError(f"{allstar_path}: already exists (pass overwrite=True to replace it)")
-    tab, spectra = survey_table_and_spectra(survey_or_tables, spectra)
-    frame, x_h, x_m = dr16_frame(tab)
+    out, allstar_path, tab, (frame, x_h, x_m), get_spectra = prepare_layout(
+        survey_or_tables, spectra, out, ALLSTAR_NAME, overwrite
+    )
     n = len(frame)
-    get_spectra = resolve_spectra(spectra, n)
     if frame["APOGEE_ID"].duplicated().any():
         dup = frame.loc[frame["APOGEE_ID"].duplicated(), "APOGEE_ID"].iloc[0]
         raise ValueError(f"star table: duplicate APOGEE_ID {dup!r}")
@@ -311,17 +332,7 @@ def write_allstar_dr16(path: Path, frame: pd.DataFrame, x_h, x_m, simulated: boo
             fits.Column("VHELIO_AVG", format="E", array=frame["VHELIO_AVG"].to_numpy(np.float32)),
             fits.Column("SNR", format="E", array=frame["SNR"].to_numpy(np.float32)),
             string_column("VISITS", frame["VISITS"]),
+            fits.Column("GAIA_SOURCE_ID", format="K", array=frame["GAIA_DR2_ID"].to_numpy(np.int64)),
         ]
     )
     write_fits(fits.HDUList([primary_hdu(simulated), table]), path)
-
-
-#: Writers of each release's layout, by ``simulate --format`` name.
-LAYOUT_WRITERS = {"dr16": write_dr16}
-
-
-def write_layout(release: str, survey, out, *, overwrite: bool = False, progress: ProgressArg = True) -> Path:
-    """Write a simulated survey in ``release``'s file layout (``simulate --format``); returns ``out``."""
-    if release not in LAYOUT_WRITERS:
-        raise ValueError(f"unknown layout {release!r}; choose from {', '.join(LAYOUT_WRITERS)}")
-    return LAYOUT_WRITERS[release](survey, out, overwrite=overwrite, progress=progress, simulated=True)

@@ -8,7 +8,7 @@ Usage
 -----
 ::
 
-    python -m rsca_core simulate --out DIR [--n-field N] [--seed S] [--format bundle|dr16]
+    python -m rsca_core simulate --out DIR [--n-field N] [--seed S] [--format bundle|dr16|dr17|dr19]
                                  [--no-dibs] [--no-plate-systematics] ... [--overwrite]
 
     from rsca_core.simulate import simulate, generate_survey, SimulationConfig
@@ -24,8 +24,9 @@ chip-gap zeros, plus ``config.mask_ranges``, by default the paper's interstellar
 ``build_apogee`` on the ``--format dr16`` files of a survey gives the bundle written directly
 (same stars, labels, spectra, errors and mask; the direct bundle has extra ``true_*`` columns).
 
-``--format dr16`` writes allStar / aspcapStar / OCCAM FITS files through
-``rsca_core.apogee.write_dr16(survey, out)``.
+``--format dr16|dr17|dr19`` writes that release's files (allStar or astraAllStarASPCAP,
+aspcapStar or mwmStar spectra, OCCAM, DR17 allVisit) through ``rsca_core.apogee.write_layout``;
+``build-apogee`` on them gives the direct bundle again (DR19: within float32 rounding).
 
 Modules
 -------

@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 from ..cli_core import positive_int
-from .config import DEFAULT_N_FIELD, SWITCH_TABLE, SimulationConfig
+from ..constants import PAPER_RESULTS
+from .config import DEFAULT_N_FIELD, PAPER_CLUSTER_SIZES, SWITCH_TABLE, SimulationConfig
 from .writers import FORMATS, simulate
 
 
@@ -56,15 +57,15 @@ def add_cli(subparsers) -> None:
         description="Simulate an APOGEE-like survey with the paper's confounders (SPEC §5): red giants on "
         "isochrones, two-sequence chemistry, homogeneous open clusters, atomic and molecular "
         "lines, interstellar bands, RV/telluric and plate systematics, noise, bad pixels and "
-        "ASPCAP-like labels. Default shape: 22 clusters with 185 stars and "
-        f"{DEFAULT_N_FIELD} field stars (after the paper's cuts). Output is labelled simulated.",
+        f"ASPCAP-like labels. Default shape: {len(PAPER_CLUSTER_SIZES)} clusters with {sum(PAPER_CLUSTER_SIZES)} "
+        f"stars and {DEFAULT_N_FIELD} field stars (after the paper's cuts). Output is labelled simulated.",
     )
     p.add_argument("--out", required=True, help="output folder (bundle, or the release's file layout with --format)")
     p.add_argument(
         "--n-field",
         type=positive_int,
         default=DEFAULT_N_FIELD,
-        help=f"field stars after the cuts (default {DEFAULT_N_FIELD}; 151145 = the paper's scale)",
+        help=f"field stars after the cuts (default {DEFAULT_N_FIELD}; {PAPER_RESULTS['n_field']} = the paper's scale)",
     )
     p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
     p.add_argument(

@@ -85,7 +85,8 @@ class SimulationConfig:
     dibs: bool = True  #: diffuse interstellar bands scaling with AK_TARG
     dib_depth_per_ak: float = 0.2  #: central depth of the 15273 Å band per magnitude of A_K
     rv_systematics: bool = True  #: telluric/sky residuals at observed wavelengths + RV shift error
-    rv_strength: float = 1.0
+    rv_strength: float = 1.0  #: amplitude of the telluric/sky residuals (× the star's own draw)
+    rv_shift_fraction: float = 0.004  #: rest-frame velocity error (template mismatch) as a fraction of VHELIO_AVG
     plate_systematics: bool = True  #: residuals shared by stars observed on the same visits
     plate_strength: float = 1.0
     noise: bool = True  #: per-pixel Gaussian noise from the SNR

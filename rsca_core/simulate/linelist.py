@@ -176,6 +176,8 @@ def line_list() -> LineList:
 
 @dataclass
 class ProfileGroup:
+    """Sampled profiles of a group of lines (wide atomic or narrow molecular)."""
+
     lines: np.ndarray  # indices into the line list
     profile: np.ndarray  # (L_g, W) float32 pseudo-Voigt × taper, peak ≈ 1
     index: np.ndarray  # (L_g, W) pixel index of each profile sample
@@ -214,7 +216,7 @@ def line_profiles(resolution: float, macroturbulence: float, kinds: tuple) -> li
 
 
 @lru_cache(maxsize=8)
-def scatter_matrix(resolution: float, macroturbulence: float, kinds: tuple):
+def scatter_matrix(resolution: float, macroturbulence: float, kinds: tuple):  # -> scipy.sparse.csr_matrix | None
     """Sparse (P, Σ L_g·W) matrix summing per-line log-transmissions into pixels."""
     from scipy import sparse
 

@@ -245,7 +245,7 @@ def _rv_systematics(F: np.ndarray, cfg, st, rows, obs: Observation) -> None:
         F[k] *= 1 + eps_t[k] * tel
         F[k] += eps_s[k] * sky
     # rest-frame shift error ∝ VHELIO_AVG (template mismatch): F(λ) → F(λ(1 − δv/c))
-    dpix = (0.004 * cfg.rv_strength * v / KMS_PER_PIXEL).astype(f32)[:, None]
+    dpix = (cfg.rv_shift_fraction * cfg.rv_strength * v / KMS_PER_PIXEL).astype(f32)[:, None]
     F -= dpix * np.gradient(F, axis=1)
 
 

@@ -30,7 +30,7 @@ class StarDrawer:
         self.blocks = []
 
     # -------------------------------------------------------------- populations
-    def field_candidates(self, n):
+    def field_candidates(self, n: int) -> dict:
         """Field giants (thin, thick, halo) and dwarfs, with true parameters and chemistry."""
         rng, cfg = self.rng["field"], self.cfg
         thick = cfg.thick_fraction if cfg.two_alpha_sequences else 0.0
@@ -75,7 +75,7 @@ class StarDrawer:
             true_cluster=np.full(n, "none", dtype=object),
         )
 
-    def alpha_of(self, rng, feh, age, seq):
+    def alpha_of(self, rng, feh, age, seq) -> np.ndarray:
         """Two-sequence [α/Fe]: low-α thin disc, high-α thick disc (merging at [Fe/H] ≈ +0.1)."""
         low = 0.02 - 0.08 * feh + 0.010 * (age - 5.0)
         high = np.maximum(0.22 - 0.15 * (feh + 0.5), low + 0.02)
@@ -85,7 +85,7 @@ class StarDrawer:
         base = np.where(seq == "low", low, np.where(seq == "high", high, halo))
         return base + rng.normal(0, 0.025, len(feh))
 
-    def cluster_members(self, rng, cl, n):
+    def cluster_members(self, rng, cl: dict, n: int) -> dict:
         """n candidate members of cluster ``cl`` (dict with age, feh, alpha, offsets)."""
         cfg = self.cfg
         feh = np.full(n, cl["feh"])
@@ -113,11 +113,12 @@ class StarDrawer:
             true_cluster=np.full(n, cl["name"], dtype=object),
         )
 
-    def observe(self, s, snr):
+    def observe(self, s: dict, snr) -> dict:
         """ASPCAP-like observed labels and flags for a block of stars (dict)."""
         return observe_labels(self.rng["labels"], self.cfg, s, snr)
 
-    def snr(self, n, cluster=False):
+    def snr(self, n: int, cluster: bool = False) -> np.ndarray:
+        """Lognormal SNR of ``n`` stars (field or cluster medians of the config), float32-rounded."""
         med = self.cfg.snr_cluster_median if cluster else self.cfg.snr_field_median
         sig = self.cfg.snr_sigma_ln + (0.02 if cluster else 0.0)
         return f32(np.clip(self.rng["obs"].lognormal(np.log(med), sig, n), 8.0, 2000.0))
@@ -258,7 +259,7 @@ def concat_blocks(blocks: list) -> dict:
     return out
 
 
-def apogee_ids(rng, ra, dec):
+def apogee_ids(rng, ra, dec) -> list:
     """2MASS-style identifiers 2MHHMMSSss±DDMMSSs from positions; unique (colliding ones moved)."""
     ra = np.asarray(ra, float).copy()
     dec = np.asarray(dec, float)

@@ -77,6 +77,7 @@ def generate_survey(
     stars_all = _star_table(
         cat, clusters, layout, drawer.rng["obs"], apogee_ids(drawer.rng["ids"], layout["ra"], layout["dec"])
     )
+    _add_identifiers(stars_all, seed)
     survey = _apply_cuts(cfg, seed, n_field, stars_all)
     survey.observation = layout["observation"]
     rep.say(1.0, f"survey table ready ({len(stars_all)} stars drawn)")
@@ -176,6 +177,7 @@ class _PlateBook:
         self.n_visits = 0
 
     def new_plate(self, tel) -> int:
+        """A new plate of telescope ``tel`` with its visits; returns its index."""
         rng_o = self.rng
         pid = self.next_plate
         self.next_plate += int(rng_o.integers(1, 40))
@@ -359,6 +361,18 @@ def _star_table(cat: dict, clusters: list, place: dict, rng_o, ids: list) -> pd.
         }
     )
     return pd.DataFrame(tab)
+
+
+def _add_identifiers(stars_all: pd.DataFrame, seed: int) -> None:
+    """SDSS-V ``SDSS_ID`` and Gaia ``GAIA_DR3_ID`` / ``GAIA_DR2_ID`` source ids of every star, from
+    their own random stream (so the rest of the survey does not depend on them). The simulated Gaia
+    DR2 id equals the DR3 one (true of most real sources)."""
+    rng = np.random.default_rng([int(seed), 271828])
+    n = len(stars_all)
+    stars_all["SDSS_ID"] = 60_000_000 + np.sort(rng.choice(40_000_000, size=n, replace=False)).astype(np.int64)
+    gaia = rng.choice(2**52, size=n, replace=False).astype(np.int64) + 10**15
+    stars_all["GAIA_DR3_ID"] = gaia
+    stars_all["GAIA_DR2_ID"] = gaia
 
 
 def occam_members(stars_all: pd.DataFrame) -> pd.DataFrame:

@@ -13,7 +13,7 @@ from .config import DEFAULT_N_FIELD, SimulationConfig
 from .survey import generate_survey
 
 #: Output formats of :func:`simulate`: the bundle, or a release's file layout.
-FORMATS = ("bundle", "dr16")
+FORMATS = ("bundle", "dr16", "dr17", "dr19")
 
 #: The bundle's mask rule is the loader's (one function): error > 0.05, non-finite, chip-gap
 #: zeros and the mask ranges.
@@ -39,10 +39,10 @@ def simulate(
         Bundle directory (``format="bundle"``) or folder of the release's file layout.
     n_field, seed, config
         See :func:`generate_survey`.
-    format : {"bundle", "dr16"}
+    format : {"bundle", "dr16", "dr17", "dr19"}
         ``"bundle"`` writes a Dataset bundle (only stars passing the paper's cuts, spectra written
-        in chunks into the bundle's memory maps); ``"dr16"`` the DR16 file layout through
-        :func:`rsca_core.apogee.write_dr16`.
+        in chunks into the bundle's memory maps); ``"dr16"``, ``"dr17"``, ``"dr19"`` that release's
+        file layout through :func:`rsca_core.apogee.write_layout`.
     progress : bool or callable
         tqdm bars on stderr (True), silent (False), or ``progress(fraction, text)`` called with the
         phases ("drawing field stars", "spectra 1024/20000", "writing bundle"...).
