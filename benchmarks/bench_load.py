@@ -7,7 +7,7 @@ It starts gunicorn exactly as the Dockerfile's CMD runs it (3 workers, RSCA_MAX_
 on a 3,000-star simulated survey (built once into benchmarks/_work), with a fresh state folder (so
 no job result is cached from an earlier run). Then, in the same process:
 
-1. baseline: the clients send ordinary requests only (Explore updates with random K / clusters,
+1. baseline (after six warm-up updates): the clients send ordinary requests only (Explore updates with random K / clusters,
    page loads) for ``--baseline-seconds``;
 2. mixed: each client, in a closed loop for ``--seconds``, sends an ordinary request or (with
    probability ``--background``) starts a background job (App. A/B residuals with a random number
@@ -181,6 +181,9 @@ def main(argv=None) -> int:
 
         names = Dataset.load(dataset).cluster_names
         k_max = min(60, args.k_fit)
+        with ThreadPoolExecutor(6) as ex:  # warm every worker (imports, the bundle, the compression)
+            warm = explore_values("default", min(10, k_max), names)
+            list(ex.map(lambda _: page_update(Client(port), cbs, warm, ["ex-k.value"]), range(6)))
         base = summary(phase(port, cbs, names, k_max, args.k_fit, args.clients, args.baseline_seconds, 0.0, 0))
         peak_before = max(mon.samples or [0])
         mixed_rows = phase(port, cbs, names, k_max, args.k_fit, args.clients, args.seconds, args.background, args.drain)
