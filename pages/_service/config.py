@@ -14,6 +14,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
+
+def default_data_dir() -> Path:
+    """``data/`` beside app.py in a source checkout; ``./data`` when the app is an installed package
+    (site-packages is no place for surveys)."""
+    return (ROOT / "data") if (ROOT / "pyproject.toml").is_file() else Path.cwd() / "data"
+
+
 K_MIN, K_MAX = 2, 60
 CACHE_KINDS = {
     "simple": "SimpleCache",
@@ -117,7 +124,7 @@ def from_env(env=None) -> AppConfig:
     state = _path(env, "RSCA_STATE_DIR") or default_state_dir(env).resolve()
     return AppConfig(
         dataset=_path(env, "RSCA_DATASET"),
-        data_dir=_path(env, "RSCA_DATA_DIR") or (ROOT / "data").resolve(),
+        data_dir=_path(env, "RSCA_DATA_DIR") or default_data_dir().resolve(),
         cache_type=cache_type,
         cache_dir=cache_dir,
         state_dir=state,
