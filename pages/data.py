@@ -139,6 +139,26 @@ def _clusters_and_provenance(o):
     )
 
 
+def _release_facts(o) -> list[tuple[str, str]]:
+    """The data release a real bundle was built from, its membership catalogue, and the inputs that
+    release lacks (substituted, or switched off) - stated, never silently zero."""
+    prov = o["provenance"] if isinstance(o["provenance"], dict) else {}
+    release = o["meta"].get("release") or prov.get("release")
+    if not release:
+        return []
+    rows = [
+        ("release", f"{str(release).upper()} (detected by {prov.get('release_detected_by', 'the --release option')})")
+    ]
+    member = prov.get("membership") or {}
+    if member.get("format"):
+        rows.append(("membership", f"{member['format']}, probability > {member.get('min_prob', '?')}"))
+    for what, how in (prov.get("substitutes") or {}).items():
+        rows.append((f"{what} (substitute)", str(how)))
+    for what, why in (prov.get("unavailable") or {}).items():
+        rows.append((f"{what} (not available)", str(why)))
+    return rows
+
+
 def info_view(o):
     s = o["summary"]
     import pandas as pd
@@ -155,6 +175,7 @@ def info_view(o):
             ("missing pixels (first 2000 stars)", f"{100 * s['missing_fraction']:.2f} %"),
             ("uid", s["uid"]),
             ("folder", o["folder"]),
+            *_release_facts(o),
         ],
         columns=["", "value"],
     )
