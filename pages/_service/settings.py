@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 
 import numpy as np
 
-from rsca_core.constants import PAPER_SUBSET, SPECIES
+from rsca_core.constants import N_PIXELS, PAPER_SUBSET, SPECIES
 
 from . import config
 from .config import K_MAX, K_MIN
@@ -22,7 +22,6 @@ INPUTS = ("spectra", "abundances", "subset")
 INPUT_LABELS = {"spectra": "spectra (PCA)", "abundances": "all 21 abundances", "subset": "abundance subset"}
 MAX_PARAM_CHARS = 2000
 ALL = "__all__"  # "every cluster" for pages without a cluster selector
-N_PIXELS = 8575
 MAX_MASK_RANGES = 40  # extra masked pixel ranges one view may ask for
 
 
