@@ -24,9 +24,13 @@ COPY --chown=10001:10001 app.py ./
 RUN mkdir -p /app/data && chown 10001:10001 /app/data
 
 USER 10001:10001
-# Results shared by all gunicorn workers (filesystem cache under /tmp/rsca-lab, with the
-# background-job store); compressions are cached beside the bundle in data/default/cache.
+# Results shared by all gunicorn workers: a filesystem cache and the background-job store in the
+# private state folder /home/rsca/.local/state/rsca-lab (0700); compressions are cached beside the
+# bundle in data/default/cache. Safe to expose: visitors cannot build surveys (RSCA_ALLOW_BUILD=0),
+# background jobs are capped at the number of cores (RSCA_MAX_JOBS), request bodies at 1 MB.
+# The README's "Hosting" section lists every variable.
 ENV RSCA_CACHE_TYPE=filesystem \
+    RSCA_ALLOW_BUILD=0 \
     WEB_CONCURRENCY=3
 
 # The default simulated survey and its PCA compression, prepared once at build time.

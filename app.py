@@ -72,6 +72,7 @@ def create_app() -> dash.Dash:
     service.config.reload()
     server = flask.Flask(__name__)
     service.init_app(server)
+    service.cleanup_interrupted_builds()
     app = dash.Dash(
         __name__,
         server=server,
@@ -82,6 +83,7 @@ def create_app() -> dash.Dash:
         external_stylesheets=[service.BOOTSTRAP_CSS_URL],
         external_scripts=[],
         background_callback_manager=service.background_manager(),
+        on_error=service.on_callback_error,
         suppress_callback_exceptions=True,
         title="RSCA Lab",
         update_title=None,
@@ -93,14 +95,21 @@ def create_app() -> dash.Dash:
         ]
     )
 
+    service.install_request_checks(app)
+
     @server.route("/healthz")
     def healthz():
-        return flask.jsonify(service.health()), 200
+        body, status = service.health()
+        return flask.jsonify(body), status
 
     return app
 
 
-app = create_app()
+try:
+    app = create_app()
+except service.ConfigError as exc:  # one line naming the variable, under gunicorn too
+    print(f"error: {exc}", file=sys.stderr)
+    sys.exit(3)  # gunicorn's "worker failed to boot": the master stops instead of retrying
 server = app.server
 
 

@@ -21,12 +21,10 @@ from /_dash-dependencies):
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -34,87 +32,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pct(values, q):
-    if not values:
-        return float("nan")
-    v = sorted(values)
-    i = min(len(v) - 1, max(0, int(round(q / 100 * (len(v) - 1)))))
-    return v[i]
-
-
-class Client:
-    """One keep-alive HTTP connection (like one browser tab)."""
-
-    def __init__(self, port, timeout=60):
-        self.port, self.timeout = port, timeout
-        self.conn = None
-
-    def request(self, method, path, body=None):
-        data = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"} if data else {}
-        for attempt in (0, 1):
-            if self.conn is None:
-                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
-            try:
-                self.conn.request(method, path, body=data, headers=headers)
-                resp = self.conn.getresponse()
-                payload = resp.read()
-                return resp.status, payload
-            except (http.client.HTTPException, ConnectionError, OSError):
-                self.conn.close()
-                self.conn = None
-                if attempt:
-                    raise
-        raise RuntimeError("unreachable")
-
-
-class DashCallbacks:
-    """Builds /_dash-update-component payloads from the app's dependency list."""
-
-    def __init__(self, client):
-        status, body = client.request("GET", "/_dash-dependencies")
-        if status != 200:
-            raise RuntimeError(f"/_dash-dependencies answered {status}")
-        self.deps = json.loads(body)
-
-    def find(self, output_fragment):
-        for d in self.deps:
-            if output_fragment in d["output"]:
-                return d
-        raise KeyError(output_fragment)
-
-    @staticmethod
-    def payload(dep, values: dict, changed: list[str]):
-        out = dep["output"]
-        parts = out.strip(".").split("...") if out.startswith("..") else [out]
-        outputs = []
-        for p in parts:
-            cid, prop = p.rsplit(".", 1)
-            outputs.append({"id": cid, "property": prop})
-        inputs = [
-            {"id": i["id"], "property": i["property"], "value": values.get(f"{i['id']}.{i['property']}")}
-            for i in dep["inputs"]
-        ]
-        state = [
-            {"id": i["id"], "property": i["property"], "value": values.get(f"{i['id']}.{i['property']}")}
-            for i in dep.get("state", [])
-        ]
-        return {
-            "output": out,
-            "outputs": outputs if len(outputs) > 1 else outputs[0],
-            "inputs": inputs,
-            "changedPropIds": changed,
-            "state": state,
-        }
+from dash_http import ROOT, Client, DashCallbacks, free_port, pct
 
 
 def explore_values(ds_key, k, clusters, cv=True, top=""):
@@ -318,6 +236,105 @@ def take_screenshots(port, out_dir):
         d.quit()
 
 
+def measure_latency(port, client, cbs, names, k_max, k_fit, ds, ds_path, args, numbers):
+    """Part 1: latency of one control change on Explore, beside the in-process floor."""
+    rng = random.Random(1)
+    ks = list(range(2, k_max + 1))
+    rng.shuffle(ks)
+    main_t, all_t, bad = [], [], 0
+    with ThreadPoolExecutor(4) as pool:
+        for k in ks:
+            st, tm, ta = page_update(client, cbs, explore_values("default", k, names), ["ex-k.value"], pool)
+            bad += st != 200
+            main_t.append(tm)
+            all_t.append(ta)
+        cl_main, cl_all = [], []
+        for _ in range(args.cluster_changes):
+            # subsets big enough for K = 20 (smaller ones rightly answer "K is larger than the data allows")
+            sub = sorted(rng.sample(names, rng.randint(max(3, len(names) * 2 // 3), len(names) - 1)))
+            st, tm, ta = page_update(client, cbs, explore_values("default", 20, sub), ["ex-clusters.value"], pool)
+            bad += st != 200
+            cl_main.append(tm)
+            cl_all.append(ta)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):  # like the gunicorn workers (OMP/OPENBLAS_NUM_THREADS=1)
+        floor = in_process_floor(ds_path, ks, k_fit)
+    # issue 5: < 1 s on the default survey, < 3 s on one of the paper's size (151,145 field stars)
+    target = "< 3.0" if len(ds.field_index) > 100_000 else "< 1.0"
+    print("\n1. latency of one control change on Explore (uncached: each setting is new), seconds")
+    print(f"   {'':38s} {'n':>4s} {'p50':>7s} {'p95':>7s} {'max':>7s}   target p95")
+    rows = [
+        ("change K: main callback (rates, bars)", main_t),
+        ("change K: whole page update", all_t),
+        ("change clusters (K=20): main callback", cl_main),
+        ("change clusters: whole page update", cl_all),
+        ("in-process doppelganger_rates (floor)", floor),
+    ]
+    for label, v in rows:
+        tgt = target if "whole" in label else ""
+        print(f"   {label:38s} {len(v):4d} {pct(v, 50):7.3f} {pct(v, 95):7.3f} {max(v):7.3f}   {tgt}")
+    print(f"   non-200 answers: {bad}")
+    numbers["latency"] = {
+        label: {"n": len(v), "p50": pct(v, 50), "p95": pct(v, 95), "max": max(v)} for label, v in rows
+    }
+    numbers["latency_non200"] = bad
+
+
+def measure_load(port, cbs, names, k_max, args, numbers):
+    """Part 2: the bounded closed-loop load test."""
+    if args.load_clients > 0 and args.load_seconds > 0:
+        print(
+            f"\n2. load test: {args.load_clients} concurrent clients for {args.load_seconds:.0f} s "
+            f"(closed loop: 15% page loads, 85% Explore updates with random K / clusters / CV)"
+        )
+        t0 = time.perf_counter()
+        res = load_test(port, cbs, names, k_max, args.load_clients, args.load_seconds)
+        wall = time.perf_counter() - t0
+        lat = [dt for _, s, dt in res]
+        n5xx = sum(1 for _, s, _ in res if isinstance(s, int) and s >= 500)
+        nerr = sum(1 for _, s, _ in res if not isinstance(s, int))
+        n4xx = sum(1 for _, s, _ in res if isinstance(s, int) and 400 <= s < 500)
+        upd = [dt for kind, s, dt in res if kind == "update"]
+        print(
+            f"   actions completed: {len(res)} in {wall:.1f} s ({len(res) / wall:.1f}/s); "
+            f"5xx: {n5xx}; 4xx: {n4xx}; failures (connection / no rate shown): {nerr}"
+        )
+        print(
+            f"   latency, all actions   : p50 {pct(lat, 50):.3f}  p90 {pct(lat, 90):.3f}  p95 {pct(lat, 95):.3f}  "
+            f"p99 {pct(lat, 99):.3f}  max {max(lat):.3f} s"
+        )
+        if upd:
+            print(
+                f"   latency, page updates  : p50 {pct(upd, 50):.3f}  p95 {pct(upd, 95):.3f}  max {max(upd):.3f} s "
+                f"(n = {len(upd)})"
+            )
+        numbers["load"] = {
+            "clients": args.load_clients,
+            "seconds": args.load_seconds,
+            "completed": len(res),
+            "per_second": len(res) / wall,
+            "5xx": n5xx,
+            "4xx": n4xx,
+            "errors": nerr,
+            "p50": pct(lat, 50),
+            "p90": pct(lat, 90),
+            "p95": pct(lat, 95),
+            "p99": pct(lat, 99),
+            "max": max(lat),
+            "update_p95": pct(upd, 95) if upd else None,
+        }
+        edges = [0, 0.5, 1, 2, 4, 8, 16, 32, 1e9]
+        counts = [sum(1 for v in lat if lo <= v < hi) for lo, hi in zip(edges, edges[1:])]
+        print(
+            "   latency histogram (s):  "
+            + "  ".join(
+                f"[{lo:g},{hi:g}): {c}" if hi < 1e9 else f">={lo:g}: {c}" for lo, hi, c in zip(edges, edges[1:], counts)
+            )
+        )
+        numbers["load"]["histogram"] = dict(zip([f"{lo:g}" for lo in edges[:-1]], counts))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dataset", default=None, help="bundle to serve (default: the app's default dataset)")
@@ -375,99 +392,8 @@ def main(argv=None) -> int:
                 )
             )
 
-        rng = random.Random(1)
-        ks = list(range(2, k_max + 1))
-        rng.shuffle(ks)
-        main_t, all_t, bad = [], [], 0
-        with ThreadPoolExecutor(4) as pool:
-            for k in ks:
-                st, tm, ta = page_update(client, cbs, explore_values("default", k, names), ["ex-k.value"], pool)
-                bad += st != 200
-                main_t.append(tm)
-                all_t.append(ta)
-            cl_main, cl_all = [], []
-            for _ in range(args.cluster_changes):
-                # subsets big enough for K = 20 (smaller ones rightly answer "K is larger than the data allows")
-                sub = sorted(rng.sample(names, rng.randint(max(3, len(names) * 2 // 3), len(names) - 1)))
-                st, tm, ta = page_update(client, cbs, explore_values("default", 20, sub), ["ex-clusters.value"], pool)
-                bad += st != 200
-                cl_main.append(tm)
-                cl_all.append(ta)
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(1):  # like the gunicorn workers (OMP/OPENBLAS_NUM_THREADS=1)
-            floor = in_process_floor(ds_path, ks, service.k_fit())
-        # issue 5: < 1 s on the default survey, < 3 s on one of the paper's size (151,145 field stars)
-        target = "< 3.0" if len(ds.field_index) > 100_000 else "< 1.0"
-        print("\n1. latency of one control change on Explore (uncached: each setting is new), seconds")
-        print(f"   {'':38s} {'n':>4s} {'p50':>7s} {'p95':>7s} {'max':>7s}   target p95")
-        rows = [
-            ("change K: main callback (rates, bars)", main_t),
-            ("change K: whole page update", all_t),
-            ("change clusters (K=20): main callback", cl_main),
-            ("change clusters: whole page update", cl_all),
-            ("in-process doppelganger_rates (floor)", floor),
-        ]
-        for label, v in rows:
-            tgt = target if "whole" in label else ""
-            print(f"   {label:38s} {len(v):4d} {pct(v, 50):7.3f} {pct(v, 95):7.3f} {max(v):7.3f}   {tgt}")
-        print(f"   non-200 answers: {bad}")
-        numbers["latency"] = {
-            label: {"n": len(v), "p50": pct(v, 50), "p95": pct(v, 95), "max": max(v)} for label, v in rows
-        }
-        numbers["latency_non200"] = bad
-
-        if args.load_clients > 0 and args.load_seconds > 0:
-            print(
-                f"\n2. load test: {args.load_clients} concurrent clients for {args.load_seconds:.0f} s "
-                f"(closed loop: 15% page loads, 85% Explore updates with random K / clusters / CV)"
-            )
-            t0 = time.perf_counter()
-            res = load_test(port, cbs, names, k_max, args.load_clients, args.load_seconds)
-            wall = time.perf_counter() - t0
-            lat = [dt for _, s, dt in res]
-            n5xx = sum(1 for _, s, _ in res if isinstance(s, int) and s >= 500)
-            nerr = sum(1 for _, s, _ in res if not isinstance(s, int))
-            n4xx = sum(1 for _, s, _ in res if isinstance(s, int) and 400 <= s < 500)
-            upd = [dt for kind, s, dt in res if kind == "update"]
-            print(
-                f"   actions completed: {len(res)} in {wall:.1f} s ({len(res) / wall:.1f}/s); "
-                f"5xx: {n5xx}; 4xx: {n4xx}; failures (connection / no rate shown): {nerr}"
-            )
-            print(
-                f"   latency, all actions   : p50 {pct(lat, 50):.3f}  p90 {pct(lat, 90):.3f}  p95 {pct(lat, 95):.3f}  "
-                f"p99 {pct(lat, 99):.3f}  max {max(lat):.3f} s"
-            )
-            if upd:
-                print(
-                    f"   latency, page updates  : p50 {pct(upd, 50):.3f}  p95 {pct(upd, 95):.3f}  max {max(upd):.3f} s "
-                    f"(n = {len(upd)})"
-                )
-            numbers["load"] = {
-                "clients": args.load_clients,
-                "seconds": args.load_seconds,
-                "completed": len(res),
-                "per_second": len(res) / wall,
-                "5xx": n5xx,
-                "4xx": n4xx,
-                "errors": nerr,
-                "p50": pct(lat, 50),
-                "p90": pct(lat, 90),
-                "p95": pct(lat, 95),
-                "p99": pct(lat, 99),
-                "max": max(lat),
-                "update_p95": pct(upd, 95) if upd else None,
-            }
-            edges = [0, 0.5, 1, 2, 4, 8, 16, 32, 1e9]
-            counts = [sum(1 for v in lat if lo <= v < hi) for lo, hi in zip(edges, edges[1:])]
-            print(
-                "   latency histogram (s):  "
-                + "  ".join(
-                    f"[{lo:g},{hi:g}): {c}" if hi < 1e9 else f">={lo:g}: {c}"
-                    for lo, hi, c in zip(edges, edges[1:], counts)
-                )
-            )
-            numbers["load"]["histogram"] = dict(zip([f"{lo:g}" for lo in edges[:-1]], counts))
+        measure_latency(port, client, cbs, names, k_max, service.k_fit(), ds, ds_path, args, numbers)
+        measure_load(port, cbs, names, k_max, args, numbers)
         status, _ = client.request("GET", "/healthz")
         print(f"   /healthz at the end: {status}")
         if args.screenshots:

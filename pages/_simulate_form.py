@@ -6,8 +6,6 @@ follows the simulator without a copy of its parameter list.
 
 from __future__ import annotations
 
-import re
-
 import dash_bootstrap_components as dbc
 from dash import ALL, Input, Output, State, callback, html
 
@@ -15,22 +13,36 @@ from . import _service as service
 from . import _ui as ui
 
 P = "sim"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
+
+
+def _notice_card(text):
+    body = [html.Div("Build a simulated survey", className="fw-semibold"), ui.info_alert(text)]
+    return dbc.Card(dbc.CardBody(body), class_name="shadow-sm")
+
+
+def _fields(policy):
+    def field(label, control, md):
+        return dbc.Col([dbc.Label(label, class_name="small fw-semibold"), control], md=md)
+
+    n_field = str(min(1000, policy["max_stars"]))
+    return dbc.Row(
+        [
+            field("Name", dbc.Input(id=f"{P}-name", value="my-survey", size="sm"), 3),
+            field("Field stars", dbc.Input(id=f"{P}-nfield", value=n_field, inputmode="numeric", size="sm"), 3),
+            field("Seed", dbc.Input(id=f"{P}-seed", value="1", inputmode="numeric", size="sm"), 2),
+        ],
+        class_name="mb-2",
+    )
 
 
 def simulate_card():
+    policy = service.build_policy()
+    if not policy["allowed"]:
+        return _notice_card(service.BUILDS_OFF)
     try:
         opts = service.simulate_options()
     except Exception as exc:
-        return dbc.Card(
-            dbc.CardBody(
-                [
-                    html.Div("Build a simulated survey", className="fw-semibold"),
-                    ui.info_alert(service.describe_error(exc)),
-                ]
-            ),
-            class_name="shadow-sm",
-        )
+        return _notice_card(service.describe_error(exc))
     switches = [
         dbc.Checkbox(
             id={"type": f"{P}-flag", "flag": o["name"]}, label=o["label"], value=o["default"], class_name="small"
@@ -43,35 +55,12 @@ def simulate_card():
                 html.Div("Build a simulated survey", className="fw-semibold mb-1"),
                 html.P(
                     "Writes a new bundle into the data folder (it then appears in every dataset menu). "
-                    "Runs in the background; you can keep using the other pages.",
+                    "Runs in the background; you can keep using the other pages. On this server: at most "
+                    f"{policy['max_stars']:,} field stars, one build at a time, {policy['used_mb']:,.0f} of "
+                    f"{policy['quota_mb']:,} MB of browser-built data used.",
                     className="small text-muted",
                 ),
-                dbc.Row(
-                    [
-                        dbc.Col(
-                            [
-                                dbc.Label("Name", class_name="small fw-semibold"),
-                                dbc.Input(id=f"{P}-name", value="my-survey", size="sm"),
-                            ],
-                            md=3,
-                        ),
-                        dbc.Col(
-                            [
-                                dbc.Label("Field stars", class_name="small fw-semibold"),
-                                dbc.Input(id=f"{P}-nfield", value="5000", inputmode="numeric", size="sm"),
-                            ],
-                            md=3,
-                        ),
-                        dbc.Col(
-                            [
-                                dbc.Label("Seed", class_name="small fw-semibold"),
-                                dbc.Input(id=f"{P}-seed", value="1", inputmode="numeric", size="sm"),
-                            ],
-                            md=2,
-                        ),
-                    ],
-                    class_name="mb-2",
-                ),
+                _fields(policy),
                 html.Div(
                     [dbc.Label("Effects", class_name="small fw-semibold"), html.Div(switches, className="sim-flags")]
                 )
@@ -95,6 +84,10 @@ def simulate_card():
 
 
 def register_simulate_callbacks():
+    """The build job (only when the operator allows builds: otherwise there is nothing to call)."""
+    if not service.build_policy()["allowed"]:
+        return
+
     @callback(
         Output(f"{P}-result", "children"),
         Input(f"{P}-run", "n_clicks"),
@@ -111,22 +104,20 @@ def register_simulate_callbacks():
             (Output(f"{P}-progress", "style"), {"display": "flex"}, {"display": "none"}),
         ],
         cancel=[Input(f"{P}-cancel", "n_clicks")],
+        cache_args_to_ignore=[0],  # the click count: repeated clicks join one job
         progress=[Output(f"{P}-progress", "value"), Output(f"{P}-progress", "label")],
     )
     def build(set_progress, _n, name, n_field, seed, flag_values, flag_ids):
         try:
-            name = (name or "").strip()
-            if not NAME_RE.match(name) or name == "default":
-                raise service.UserError("name: 1-40 letters, digits, '-' or '_' (and not 'default')")
-            n_field = service.parse_int(n_field, "field stars", 100, 200_000)
-            seed = service.parse_int(seed, "seed", 0, 2**31 - 1)
-            flags = {i["flag"]: bool(v) for i, v in zip(flag_ids or [], flag_values or [])}
+            service.admit()  # a slot in the job queue, or "busy, try again"
+            flags = {str(i["flag"]): bool(v) for i, v in zip(flag_ids or [], flag_values or [])}
             path = service.build_simulated(name, n_field, seed, flags, report=service.progress_reporter(set_progress))
         except Exception as exc:
             return ui.error_alert(service.describe_error(exc))
+        name = path.name
         return dbc.Alert(
             [
-                f"Built {path}. ",
+                f"Built {name}. ",
                 html.A("Explore it →", href=f"/?ds={name}"),
                 " ",
                 html.A("(Data page)", href=f"/data?ds={name}"),

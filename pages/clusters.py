@@ -113,10 +113,10 @@ def update(ds, inp, species, k, clusters, cv, top):
     prevent_initial_call=True,
 )
 def download(_n, store):
-    if not store:
+    if not isinstance(store, dict) or not isinstance(store.get("settings"), dict):
         return no_update
-    s = service.settings_from_dict(store["settings"])
     try:
+        s = service.settings_from_dict(store["settings"])
         return {
             "content": service.rates_csv(s),
             "type": "text/csv",

@@ -43,6 +43,16 @@ CARDS = {
 }
 
 
+CAPS_TEXT = {
+    "k_sweep": f"Limits on this server: at most {service.CAPS['k_values']} K values.",
+    "top_n": f"Limits on this server: at most {service.CAPS['seeds']} seeds.",
+    "data_size": (
+        f"Limits on this server: at most {service.CAPS['data_size_ks']} K values and {service.CAPS['trials']} trials."
+    ),
+    "ablation": "",
+}
+
+
 def _default(name, field, value):
     if field in ("k",):
         return str(min(int(value), service.k_max()))
@@ -77,7 +87,9 @@ def card(name, query):
         dbc.CardBody(
             [
                 html.Div(title, className="fw-semibold"),
-                html.P(text, className="small text-muted mb-2"),
+                html.P(
+                    [text, " ", html.Span(CAPS_TEXT[name], id=f"{P}-{name}-caps")], className="small text-muted mb-2"
+                ),
                 dbc.Row(
                     inputs
                     + [
@@ -194,7 +206,6 @@ def _register(name):
         State(f"{P}-ds", "value"),
         *[State(f"{P}-{name}-{f}", "value") for f in fields],
         background=True,
-        manager=service.background_manager(cached=True),
         prevent_initial_call=True,
         running=[
             (Output(f"{P}-{name}-run", "disabled"), True, False),
@@ -207,6 +218,7 @@ def _register(name):
     )
     def run(set_progress, _n, ds, *values):
         try:
+            service.admit()  # a slot in the job queue, or "busy, try again"
             table, fig = service.run_experiment(
                 name, ds, dict(zip(fields, values)), report=service.progress_reporter(set_progress)
             )
@@ -224,7 +236,7 @@ def _register(name):
         prevent_initial_call=True,
     )
     def download(_n, store):
-        if not store:
+        if not isinstance(store, dict) or not all(isinstance(store.get(k), str) for k in ("csv", "label", "ds")):
             return no_update
         head = f"# RSCA Lab {name} - {store['label'].upper()} data (dataset {store['ds']})\n"
         return {

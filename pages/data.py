@@ -139,6 +139,26 @@ def _clusters_and_provenance(o):
     )
 
 
+def _release_facts(o) -> list[tuple[str, str]]:
+    """The data release a real bundle was built from, its membership catalogue, and the inputs that
+    release lacks (substituted, or switched off) - stated, never silently zero."""
+    prov = o["provenance"] if isinstance(o["provenance"], dict) else {}
+    release = o["meta"].get("release") or prov.get("release")
+    if not release:
+        return []
+    rows = [
+        ("release", f"{str(release).upper()} (detected by {prov.get('release_detected_by', 'the --release option')})")
+    ]
+    member = prov.get("membership") or {}
+    if member.get("format"):
+        rows.append(("membership", f"{member['format']}, probability > {member.get('min_prob', '?')}"))
+    for what, how in (prov.get("substitutes") or {}).items():
+        rows.append((f"{what} (substitute)", str(how)))
+    for what, why in (prov.get("unavailable") or {}).items():
+        rows.append((f"{what} (not available)", str(why)))
+    return rows
+
+
 def info_view(o):
     s = o["summary"]
     import pandas as pd
@@ -155,6 +175,7 @@ def info_view(o):
             ("missing pixels (first 2000 stars)", f"{100 * s['missing_fraction']:.2f} %"),
             ("uid", s["uid"]),
             ("folder", o["folder"]),
+            *_release_facts(o),
         ],
         columns=["", "value"],
     )
@@ -229,10 +250,12 @@ def update(ds, _done):
         (Output(f"{P}-pca-progress", "style"), {"display": "flex"}, {"display": "none"}),
     ],
     cancel=[Input(f"{P}-pca-cancel", "n_clicks")],
+    cache_args_to_ignore=[0],  # the click count: repeated clicks join one job
     progress=[Output(f"{P}-pca-progress", "value"), Output(f"{P}-pca-progress", "label")],
 )
 def prepare(set_progress, _n, ds):
     try:
+        service.admit()  # a slot in the job queue, or "busy, try again"
         service.prepare_compression(ds, report=service.progress_reporter(set_progress))
     except Exception as exc:
         return ui.error_alert(service.describe_error(exc))

@@ -332,8 +332,11 @@ def update(ds, inp, species, k, clusters, cv, top):
 
 
 def _settings(store):
+    """The settings a result store was made with (UserError if the store is forged)."""
     if not store:
         return None
+    if not isinstance(store, dict) or not isinstance(store.get("settings"), dict):
+        raise service.UserError("the page's stored result is not valid: reload the page")
     return service.settings_from_dict(store["settings"])
 
 
@@ -357,10 +360,10 @@ def update_hist(click, store):
 
 @callback(Output(f"{P}-features", "figure"), Output(f"{P}-vhelio", "figure"), Input(f"{P}-store", "data"))
 def update_features(store):
-    s = _settings(store)
-    if s is None:
-        return ui.empty_figure("no result"), ui.empty_figure("no result")
     try:
+        s = _settings(store)
+        if s is None:
+            return ui.empty_figure("no result"), ui.empty_figure("no result")
         f = service.features(s)
         return features_figure(f), vhelio_figure(f)
     except Exception as exc:
@@ -376,11 +379,11 @@ def update_features(store):
     prevent_initial_call=True,
 )
 def download(_csv, _map, store):
-    s = _settings(store)
-    if s is None:
-        return no_update
-    label = service.dataset_label(s.ds)
     try:
+        s = _settings(store)
+        if s is None:
+            return no_update
+        label = service.dataset_label(s.ds)
         if dash.ctx.triggered_id == f"{P}-dl-csv":
             return {"content": service.rates_csv(s), "filename": f"rsca-rates-{label}-{s.ds}.csv", "type": "text/csv"}
         return dcc.send_bytes(service.map_npz(s), f"rsca-map-{label}-{s.ds}.npz")

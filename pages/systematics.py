@@ -131,6 +131,24 @@ def _visits_card():
     )
 
 
+def _band(w, a, b, colour):
+    """A shaded wavelength band over pixels [a, b) (clipped to the spectrum)."""
+    a, b = min(a, len(w) - 1), min(b, len(w)) - 1
+    return {
+        "type": "rect",
+        "xref": "x",
+        "yref": "paper",
+        "x0": float(w[a]),
+        "x1": float(w[max(a, b)]),
+        "y0": 0,
+        "y1": 1,
+        "fillcolor": colour,
+        "opacity": 0.25,
+        "line": {"width": 0},
+        "layer": "below",
+    }
+
+
 def residual_figure(d, kind, user_mask, label):
     title = {
         "extinction": "App. A: high-extinction residuals (AK_TARG > 0.5 vs < 0.005)",
@@ -151,10 +169,9 @@ def residual_figure(d, kind, user_mask, label):
             hovertemplate="%{x:.1f} Å: %{y:.4f}<extra></extra>",
         )
     )
-    for a, b in user_mask:
-        fig.add_vrect(x0=w[a], x1=w[min(b, len(w)) - 1], fillcolor="#7f8c8d", opacity=0.25, line_width=0)
-    for a, b in d["bands"]:
-        fig.add_vrect(x0=w[a], x1=w[min(b, len(w)) - 1], fillcolor="#e84393", opacity=0.25, line_width=0)
+    # one list of shapes set once: adding them one by one costs the square of their number
+    shapes = [_band(w, a, b, "#7f8c8d") for a, b in user_mask] + [_band(w, a, b, "#e84393") for a, b in d["bands"]]
+    fig.update_layout(shapes=shapes)
     sm = d["summary"]
     fig.update_layout(xaxis_title="wavelength (Å)", yaxis_title="mean residual flux", showlegend=False)
     return ui.label_figure(
@@ -169,13 +186,13 @@ def residual_figure(d, kind, user_mask, label):
     Input(f"{P}-ds", "value"),
     Input(f"{P}-ncomp", "value"),
     background=True,
-    manager=service.background_manager(cached=True),
     running=[(Output(f"{P}-running", "style"), {}, {"display": "none"})],
     cancel=[Input(f"{P}-cancel", "n_clicks")],
     progress=[Output(f"{P}-progress", "value"), Output(f"{P}-progress", "label")],
 )
 def run_residuals(set_progress, ds, ncomp):
     try:
+        service.admit()  # a slot in the job queue, or "busy, try again"
         n = service.parse_int(ncomp, "diagnostic PCA components", 2, 60)
         return service.residual_diagnostics(ds, n_components=n, report=service.progress_reporter(set_progress))
     except Exception as exc:
@@ -193,7 +210,10 @@ def fill_mask(_p, _s, resid):
     if dash.ctx.triggered_id == f"{P}-mask-paper":
         ranges = service.paper_mask_ranges()
     else:
-        ranges = ((resid or {}).get("extinction") or {}).get("bands") or []
+        try:
+            ranges = service.check_residuals(resid).get("extinction", {}).get("bands") or []
+        except service.UserError:
+            ranges = []
     return ", ".join(f"{a}-{b}" for a, b in ranges)
 
 
@@ -221,10 +241,10 @@ def draw(resid, mask_text, ds, k):
     except service.UserError as exc:
         mask_msg = ui.error_alert(str(exc))
     msg = None
-    if resid and "error" in resid:
-        msg = ui.error_alert(resid["error"])
-        resid = None
-    resid = resid or {}
+    try:
+        resid = service.check_residuals(resid)
+    except service.UserError as exc:
+        msg, resid = ui.error_alert(str(exc)), {}
     search = service.settings_to_query(service.Settings(ds=ds, mask=mask, k=_k(k)), keys=("ds", "k", "mask"))
     return (
         msg,
@@ -250,7 +270,6 @@ def _k(k):
     State(f"{P}-k", "value"),
     State(f"{P}-mask", "value"),
     background=True,
-    manager=service.background_manager(cached=True),
     prevent_initial_call=True,
     running=[
         (Output(f"{P}-rate-run", "disabled"), True, False),
@@ -258,10 +277,12 @@ def _k(k):
         (Output(f"{P}-rate-progress", "style"), {"display": "flex"}, {"display": "none"}),
     ],
     cancel=[Input(f"{P}-rate-cancel", "n_clicks")],
+    cache_args_to_ignore=[0],  # the click count: repeated clicks join one job
     progress=[Output(f"{P}-rate-progress", "value"), Output(f"{P}-rate-progress", "label")],
 )
 def rate_with_mask(set_progress, _n, ds, k, mask_text):
     try:
+        service.admit()  # a slot in the job queue, or "busy, try again"
         s = service.settings_from_controls(ds, "spectra", k, None, service.ALL, True, None)
         mask = service.parse_mask(mask_text)
         if not mask:

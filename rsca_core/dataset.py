@@ -41,6 +41,7 @@ from .constants import (
     canonical_species,
     ranges_to_mask,
 )
+from .fileio import atomic_open, jsonable
 
 FORMAT_VERSION = 1
 REQUIRED_COLUMNS = (
@@ -405,7 +406,6 @@ class Dataset:
         k = int(k)
         key = self.mask_key(extra_mask_ranges)
         fpath = self.compression_path(k, seed, extra_mask_ranges, **pca_options)
-        cdir = fpath.parent
         if use_cache and self.meta.get("uid") and fpath.exists():
             try:
                 with np.load(fpath) as z:
@@ -429,9 +429,7 @@ class Dataset:
         )
         if use_cache and self.meta.get("uid"):
             try:
-                cdir.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=cdir, suffix=".npz.tmp")
-                with os.fdopen(fd, "wb") as fh:
+                with atomic_open(fpath, "wb") as fh:
                     np.savez(
                         fh,
                         components=comp.components,
@@ -439,8 +437,6 @@ class Dataset:
                         explained_variance=comp.explained_variance,
                         scores=comp.scores,
                     )
-                os.chmod(tmp, 0o644)  # mkstemp makes it private
-                os.replace(tmp, fpath)
                 comp.path = fpath
             except OSError:
                 pass  # read-only location: the result is still returned
@@ -606,7 +602,7 @@ class BundleWriter:
             uid=uuid.uuid4().hex,
         )
         full_meta.setdefault("kind", "simulated")
-        (self.tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, default=_json_default))
+        (self.tmp / "meta.json").write_text(json.dumps(jsonable(full_meta), indent=2))
         if self.path.exists():
             old = self.path.with_name(self.path.name + ".old-" + uuid.uuid4().hex[:6])
             os.replace(self.path, old)
@@ -616,18 +612,6 @@ class BundleWriter:
             os.replace(self.tmp, self.path)
         self._done = True
         return self.path
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"cannot store {type(o).__name__} in meta.json")
 
 
 def _numeric_guess(spath: Path):

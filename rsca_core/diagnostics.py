@@ -606,6 +606,9 @@ def visit_similarity(
         raise ValueError(f"normalise must be 'global' or 'cluster', not {normalise!r}")
     if "visits" not in ds.stars.columns:
         raise ValueError("the dataset has no 'visits' column")
+    gap = ((ds.meta.get("provenance") or {}).get("unavailable") or {}).get("visits")
+    if gap:  # the release has no visit names: say so rather than call every pair "unknown"
+        raise ValueError(f"the shared-visits diagnostic (App. C) is off for this dataset: {gap}")
     Z = _representation(
         ds, representation, k, seed, extra_mask_ranges=extra_mask_ranges, progress=progress, pca_options=pca_options
     )

@@ -20,8 +20,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-from .constants import PAPER_RESULTS, SPECIES
+from .constants import PAPER_RESULTS
 from .fileio import atomic_write
+from .labels import data_label, label_name, table_seed
 
 #: Colours of the paper's figures: CV blue / no-CV green (Fig. 2); raw blue, scaled green,
 #: transformed red (Fig. 4); intra-cluster blue, inter-cluster green (Fig. 9/10).
@@ -47,47 +48,6 @@ PAPER_STYLE = dict(marker="D", markerfacecolor="none", markeredgecolor="black", 
 FORMATS = ("png", "pdf")
 DPI = 150
 
-_LABEL_NAMES = {
-    "teff": "Teff",
-    "logg": "logg",
-    "fe_h": "[Fe/H]",
-    "ak_targ": "AK_TARG",
-    "vhelio_avg": "VHELIO_AVG",
-    "snr": "SNR",
-} | {f"x_h_{sp.lower()}": f"[{sp}/H]" for sp in SPECIES}
-
-
-def label_name(column: str) -> str:
-    """Display name of a star-table column.
-
-    Examples
-    --------
-    >>> label_name("x_h_tiii"), label_name("vhelio_avg")
-    ('[TiII/H]', 'VHELIO_AVG')
-    """
-    return _LABEL_NAMES.get(column, column)
-
-
-def data_label(table, label: str | None = None) -> str:
-    """ "simulated" or "real": ``label`` if given, else the table's (or result dict's) ``label``.
-
-    Examples
-    --------
-    >>> data_label(pd.DataFrame({"label": ["real"]}))
-    'real'
-    """
-    if label:
-        return str(label)
-    if isinstance(table, dict):
-        if isinstance(table.get("settings"), dict) and table["settings"].get("label"):
-            return str(table["settings"]["label"])
-        for v in table.values():
-            if isinstance(v, pd.DataFrame) and "label" in v.columns and len(v):
-                return str(v["label"].iloc[0])
-    elif isinstance(table, pd.DataFrame) and "label" in table.columns and len(table):
-        return str(table["label"].iloc[0])
-    raise ValueError("cannot tell whether the data are simulated or real: pass label='simulated' or 'real'")
-
 
 def cluster_styles(names) -> dict[str, dict]:
     """{cluster: matplotlib style (color, marker)}, distinct for up to 33 clusters, stable by name.
@@ -104,14 +64,6 @@ def cluster_styles(names) -> dict[str, dict]:
             color=CLUSTER_COLOURS[i % len(CLUSTER_COLOURS)], marker=CLUSTER_MARKERS[i // len(CLUSTER_COLOURS) % 3]
         )
     return out
-
-
-def _seed(table):
-    if isinstance(table, pd.DataFrame) and "seed" in table.columns and len(table):
-        return int(table["seed"].iloc[0])
-    if isinstance(table, dict) and isinstance(table.get("settings"), dict):
-        return table["settings"].get("seed")
-    return None
 
 
 def _figure(title: str, label: str, seed, figsize) -> Figure:
@@ -148,7 +100,7 @@ def fig_k_sweep(table: pd.DataFrame, label: str | None = None) -> Figure:
     """Global rate vs K with (blue) and without (green) cross-validation; the paper's K = 30 value."""
     _need(table, ["k", "cv", "global_rate"], "fig_k_sweep")
     label = data_label(table, label)
-    fig = _figure("Doppelganger rate vs PCA dimensionality (Fig. 2)", label, _seed(table), (6.4, 4.4))
+    fig = _figure("Doppelganger rate vs PCA dimensionality (Fig. 2)", label, table_seed(table), (6.4, 4.4))
     ax = fig.add_subplot()
     for cv, name, colour in ((True, "with CV (leave one cluster out)", BLUE), (False, "without CV", GREEN)):
         sub = table[table["cv"] == cv].sort_values("k")
@@ -176,7 +128,7 @@ def fig_top_n(table: pd.DataFrame, label: str | None = None) -> Figure:
     x = np.arange(len(t))
     n_seeds = int(t["n_seeds"].max()) if "n_seeds" in t.columns else None
     name = "this dataset (1 compression seed)" if n_seeds == 1 else f"this dataset (mean ± std, {n_seeds} seeds)"
-    fig = _figure("Doppelganger rate keeping the top-N RSCA axes (Table 1)", label, _seed(table), (6.4, 4.4))
+    fig = _figure("Doppelganger rate keeping the top-N RSCA axes (Table 1)", label, table_seed(table), (6.4, 4.4))
     ax = fig.add_subplot()
     ax.errorbar(x, t["mean"], yerr=t["std"].fillna(0), fmt="o-", color=BLUE, capsize=3, label=name)
     if "paper_mean" in t.columns and t["paper_mean"].notna().any():
@@ -233,7 +185,7 @@ def fig_ablation(table: pd.DataFrame, label: str | None = None) -> Figure:
     """Grouped bars: representation × {raw, scaled, transformed}, error bars over seeds, values printed."""
     _need(table, ["representation", "variant", "mean"], "fig_ablation")
     label = data_label(table, label)
-    fig = _figure("Doppelganger rate by representation and method (Fig. 4)", label, _seed(table), (6.8, 4.6))
+    fig = _figure("Doppelganger rate by representation and method (Fig. 4)", label, table_seed(table), (6.8, 4.6))
     ax = fig.add_subplot()
     styles = {v: (VARIANT_COLOURS.get(v, GREY), f"on {v}") for v in table["variant"]}
     paper = None
@@ -253,7 +205,7 @@ def fig_data_size(table: pd.DataFrame, label: str | None = None) -> Figure:
     """
     _need(table, ["k", "n_train_clusters", "mean_rate"], "fig_data_size")
     label = data_label(table, label)
-    fig = _figure("Doppelganger rate vs number of training clusters (Fig. 5)", label, _seed(table), (6.4, 4.4))
+    fig = _figure("Doppelganger rate vs number of training clusters (Fig. 5)", label, table_seed(table), (6.4, 4.4))
     ax = fig.add_subplot()
     for i, (k, sub) in enumerate(table.groupby("k", sort=True)):
         sub = sub.sort_values("n_train_clusters")
@@ -333,7 +285,7 @@ def fig_feature_correlations(table: pd.DataFrame, label: str | None = None) -> F
     fig = _figure(
         "Correlation of RSCA features with observed labels",
         label,
-        _seed(table),
+        table_seed(table),
         (max(6.0, 0.32 * len(cols) + 2.5), 0.32 * len(rows) + 2.4),
     )
     ax = fig.add_subplot()
@@ -369,7 +321,7 @@ def fig_distance_histograms(result: dict, label: str | None = None, inputs=None,
     fig = _figure(
         f"Intra- vs inter-cluster distances (Fig. 9/10; global rate: {glob})",
         label,
-        _seed(summ),
+        table_seed(summ),
         (2.4 * ncols, 1.6 * nrows + 1.2),
     )
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
@@ -411,7 +363,9 @@ def fig_methods(table: pd.DataFrame, label: str | None = None) -> Figure:
     printed; the paper's RSCA values (spectra K = 30, abundance subset) as open diamonds."""
     _need(table, ["representation", "method", "global_rate"], "fig_methods")
     label = data_label(table, label)
-    fig = _figure("RSCA against the metric learners it cites (leave-one-cluster-out)", label, _seed(table), (7.0, 4.6))
+    fig = _figure(
+        "RSCA against the metric learners it cites (leave-one-cluster-out)", label, table_seed(table), (7.0, 4.6)
+    )
     ax = fig.add_subplot()
     names = dict(zip(table["method"], table.get("method_name", table["method"])))
     styles = {m: (METHOD_COLOURS.get(m, GREY), names[m]) for m in table["method"]}
@@ -428,7 +382,7 @@ def fig_weights(table: pd.DataFrame, label: str | None = None) -> Figure:
     """Leave-one-cluster-out rate vs K with the plain and the inverse-variance-weighted compression."""
     _need(table, ["k", "compression_weights", "global_rate"], "fig_weights")
     label = data_label(table, label)
-    fig = _figure("Compression that uses the flux errors", label, _seed(table), (6.4, 4.4))
+    fig = _figure("Compression that uses the flux errors", label, table_seed(table), (6.4, 4.4))
     ax = fig.add_subplot()
     for w, name, colour in (
         ("none", "plain PCA (every observed pixel alike)", BLUE),

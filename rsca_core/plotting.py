@@ -16,7 +16,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .constants import PAPER_RESULTS, SPECIES
+from .constants import PAPER_RESULTS
+from .labels import data_label, label_name, table_seed
 
 #: Colours of the paper's figures: CV blue / no-CV green (Fig. 2); raw blue, scaled green,
 #: transformed red (Fig. 4); cluster stars orange (Fig. 3).
@@ -26,48 +27,10 @@ K_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "
 PAPER_MARKER = dict(symbol="diamond-open", size=11, color="black", line=dict(width=2))
 
 
-def _label(table, label):
-    if label:
-        return str(label)
-    if isinstance(table, dict):
-        for key in ("settings",):
-            if isinstance(table.get(key), dict) and table[key].get("label"):
-                return str(table[key]["label"])
-        for v in table.values():
-            if isinstance(v, pd.DataFrame) and "label" in v.columns and len(v):
-                return str(v["label"].iloc[0])
-    elif isinstance(table, pd.DataFrame) and "label" in table.columns and len(table):
-        return str(table["label"].iloc[0])
-    raise ValueError("cannot tell whether the data are simulated or real: pass label='simulated' or 'real'")
-
-
 def _title(text, label, seed=None):
     tag = "SIMULATED data" if label == "simulated" else f"{label} data"
     extra = "" if seed is None else f", seed {seed}"
     return dict(text=f"{text} <span style='font-size:0.8em;color:#555'>({tag}{extra})</span>", x=0.01, xanchor="left")
-
-
-def _seed(table):
-    if isinstance(table, pd.DataFrame) and "seed" in table.columns and len(table):
-        return int(table["seed"].iloc[0])
-    if isinstance(table, dict) and isinstance(table.get("settings"), dict):
-        return table["settings"].get("seed")
-    return None
-
-
-_LABEL_NAMES = {
-    "teff": "Teff",
-    "logg": "logg",
-    "fe_h": "[Fe/H]",
-    "ak_targ": "AK_TARG",
-    "vhelio_avg": "VHELIO_AVG",
-    "snr": "SNR",
-} | {f"x_h_{sp.lower()}": f"[{sp}/H]" for sp in SPECIES}
-
-
-def label_name(column: str) -> str:
-    """Display name of a star-table column: ``x_h_tiii`` → ``[TiII/H]``, ``vhelio_avg`` → ``VHELIO_AVG``."""
-    return _LABEL_NAMES.get(column, column)
 
 
 def _layout(fig, title, height=420, width=None, **kw):
@@ -95,7 +58,7 @@ def _need(table, columns, what):
 def fig_k_sweep(table: pd.DataFrame, label: str | None = None) -> go.Figure:
     """Global rate vs K with (blue) and without (green) cross-validation; the paper's K = 30 value."""
     _need(table, ["k", "cv", "global_rate"], "fig_k_sweep")
-    label = _label(table, label)
+    label = data_label(table, label)
     fig = go.Figure()
     for cv, name, colour in ((True, "with CV (leave one cluster out)", BLUE), (False, "without CV", GREEN)):
         sub = table[table["cv"] == cv].sort_values("k")
@@ -114,14 +77,14 @@ def fig_k_sweep(table: pd.DataFrame, label: str | None = None) -> go.Figure:
     )
     fig.update_xaxes(title="number of PCA components K")
     fig.update_yaxes(title="global doppelganger rate", rangemode="tozero")
-    return _layout(fig, _title("Doppelganger rate vs PCA dimensionality", label, _seed(table)))
+    return _layout(fig, _title("Doppelganger rate vs PCA dimensionality", label, table_seed(table)))
 
 
 # ---------------------------------------------------------------------------- Table 1
 def fig_top_n(table: pd.DataFrame, label: str | None = None) -> go.Figure:
     """Mean ± std of the global rate keeping the top N axes (and all axes), paper values beside."""
     _need(table, ["n_axes", "axes", "mean", "std"], "fig_top_n")
-    label = _label(table, label)
+    label = data_label(table, label)
     t = table.reset_index(drop=True)
     x = t["axes"].tolist()
     n_seeds = int(t["n_seeds"].max()) if "n_seeds" in t.columns else None
@@ -155,14 +118,14 @@ def fig_top_n(table: pd.DataFrame, label: str | None = None) -> go.Figure:
     k = int(t["k"].iloc[0]) if "k" in t.columns else int(t["n_axes"].max())
     fig.update_xaxes(title=f"RSCA axes kept (of a K = {k} map)", type="category")
     fig.update_yaxes(title="global doppelganger rate", rangemode="tozero")
-    return _layout(fig, _title("Doppelganger rate keeping the top-N axes", label, _seed(table)))
+    return _layout(fig, _title("Doppelganger rate keeping the top-N axes", label, table_seed(table)))
 
 
 # ---------------------------------------------------------------------------- Fig. 4
 def fig_ablation(table: pd.DataFrame, label: str | None = None) -> go.Figure:
     """Grouped bars: representation × {raw, scaled, transformed}, error bars over seeds."""
     _need(table, ["representation", "variant", "mean"], "fig_ablation")
-    label = _label(table, label)
+    label = data_label(table, label)
     order = list(dict.fromkeys(table["representation"]))
     fig = go.Figure()
     for v in dict.fromkeys(table["variant"]):
@@ -192,7 +155,7 @@ def fig_ablation(table: pd.DataFrame, label: str | None = None) -> go.Figure:
         )
     fig.update_layout(barmode="group")
     fig.update_yaxes(title="global doppelganger rate", rangemode="tozero")
-    return _layout(fig, _title("Doppelganger rate by representation and method", label, _seed(table)))
+    return _layout(fig, _title("Doppelganger rate by representation and method", label, table_seed(table)))
 
 
 # ---------------------------------------------------------------------------- Fig. 5
@@ -202,7 +165,7 @@ def fig_data_size(table: pd.DataFrame, label: str | None = None) -> go.Figure:
     Points where some draws could not be fitted (too few cluster stars for K axes) are left out.
     """
     _need(table, ["k", "n_train_clusters", "mean_rate"], "fig_data_size")
-    label = _label(table, label)
+    label = data_label(table, label)
     fig = go.Figure()
     for i, (k, sub) in enumerate(table.groupby("k", sort=True)):
         sub = sub.sort_values("n_train_clusters")
@@ -222,7 +185,7 @@ def fig_data_size(table: pd.DataFrame, label: str | None = None) -> go.Figure:
         )
     fig.update_xaxes(title="number of training clusters")
     fig.update_yaxes(title="expected global doppelganger rate", rangemode="tozero")
-    return _layout(fig, _title("Doppelganger rate vs number of training clusters", label, _seed(table)))
+    return _layout(fig, _title("Doppelganger rate vs number of training clusters", label, table_seed(table)))
 
 
 # ---------------------------------------------------------------------------- Fig. 3
@@ -231,7 +194,7 @@ def fig_feature_relations(result: dict, label: str | None = None, bins: int = 80
     the radial-velocity example, with the cluster stars overlaid in orange."""
     if not isinstance(result, dict) or "stars" not in result:
         raise ValueError("fig_feature_relations: expected the dict returned by experiments.feature_relations")
-    label = _label(result, label)
+    label = data_label(result, label)
     st = result["stars"]
     s = result.get("settings", {})
     n_feat = int(s.get("n_features", 3))
@@ -300,7 +263,7 @@ def fig_feature_correlations(table: pd.DataFrame, label: str | None = None) -> g
     if isinstance(table, dict):
         table = table["correlations"]
     _need(table, ["feature"], "fig_feature_correlations")
-    label = _label(table, label)
+    label = data_label(table, label)
     skip = {"feature", "axis", "scale", "r2_all_labels", "seed", "label"}
     cols = [c for c in table.columns if c not in skip]
     names = [label_name(c) for c in cols]
@@ -317,7 +280,9 @@ def fig_feature_correlations(table: pd.DataFrame, label: str | None = None) -> g
         )
     )
     fig.update_yaxes(autorange="reversed", title="RSCA feature (most discriminative first)")
-    return _layout(fig, _title("Correlation of RSCA features with observed labels", label, _seed(table)), height=440)
+    return _layout(
+        fig, _title("Correlation of RSCA features with observed labels", label, table_seed(table)), height=440
+    )
 
 
 # ---------------------------------------------------------------------------- Fig. 9/10
@@ -357,7 +322,7 @@ def fig_distance_histograms(
     """
     if not isinstance(result, dict) or "histograms" not in result:
         raise ValueError("fig_distance_histograms: expected the dict returned by experiments.distance_histograms")
-    label = _label(result, label)
+    label = data_label(result, label)
     h, summ = result["histograms"], result["summary"]
     inputs = list(inputs or dict.fromkeys(summ["input"]))
     short = {"spectra": "spectra", "abundances": "all abund.", "subset": "abund. subset"}
@@ -391,7 +356,9 @@ def fig_distance_histograms(
     glob = ", ".join(f"{short.get(i, i)} {g[i]:.4f}" for i in inputs if i in g and pd.notna(g[i]))
     fig = _layout(
         fig,
-        _title(f"Intra- vs inter-cluster distances (global rate: {glob}; dashed = median intra)", label, _seed(summ)),
+        _title(
+            f"Intra- vs inter-cluster distances (global rate: {glob}; dashed = median intra)", label, table_seed(summ)
+        ),
         height=130 + panel_height * nrows,
         width=panel_width * ncols,
     )

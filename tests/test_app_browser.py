@@ -82,6 +82,7 @@ def dash_app(bundle, tmp_path_factory):
         "RSCA_K_FIT": str(K_FIT),
         "RSCA_STATE_DIR": str(state),
         "RSCA_CACHE_TYPE": "simple",
+        "RSCA_ALLOW_BUILD": "1",  # the Data page's build form (off unless the operator allows it)
     }
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -361,8 +362,11 @@ def test_inside_rsca_steps_follow_the_slider(dash_duo, dash_app, core):
     dash_duo.start_server(dash_app, port=free_port())
     open_page(dash_duo, "/inside?step=1")
     dash_duo.wait_for_contains_text("#in-explain", "Compress", timeout=30)
-    get = "return document.getElementById('in-steps').getElementsByClassName('js-plotly-plot')[0].data[0]"
-    field0 = dash_duo.driver.execute_script(get)
+    get = (
+        "var p = document.getElementById('in-steps').getElementsByClassName('js-plotly-plot')[0];"
+        " return p && p.data ? p.data[0] : null"
+    )
+    field0 = wait_js(dash_duo, get, lambda v: v is not None)  # Plotly draws after the text is set
     # step 2 on the slider: the field is sphered (unit covariance, zero mean)
     from selenium.webdriver.common.keys import Keys
 
@@ -371,7 +375,7 @@ def test_inside_rsca_steps_follow_the_slider(dash_duo, dash_app, core):
     end = time.time() + 20
     while time.time() < end:
         f1 = dash_duo.driver.execute_script(get)
-        if f1["x"] != field0["x"]:
+        if f1 and f1["x"] != field0["x"]:
             break
         time.sleep(0.2)
     xy = np.c_[np.asarray(f1["x"], float), np.asarray(f1["y"], float)]
@@ -404,7 +408,8 @@ def test_systematics_page_loads_and_rejects_bad_bands(dash_duo, dash_app):
     dash_duo.wait_for_element("#sy-mask", timeout=30)
     assert dash_duo.find_element("#sy-mask").get_attribute("value") == "720-910"
     set_input(dash_duo, "#sy-mask", "banana")
-    dash_duo.wait_for_contains_text("#sy-mask-msg", "START-STOP", timeout=30)
+    # the message comes from the drawing callback, which waits for the App. A/B job the page started
+    dash_duo.wait_for_contains_text("#sy-mask-msg", "START-STOP", timeout=120)
     set_input(dash_duo, "#sy-mask", "9000-9100")
     dash_duo.wait_for_contains_text("#sy-mask-msg", "0 ≤ start < stop ≤ 8575", timeout=30)
     assert not severe(dash_duo.get_logs())

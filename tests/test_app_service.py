@@ -7,6 +7,7 @@ message naming the parameter while the rest of the URL still applies.
 from __future__ import annotations
 
 import itertools
+import os
 from urllib.parse import parse_qs, urlparse
 
 import pytest
@@ -16,9 +17,12 @@ from pages import _service as service  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def no_datasets(tmp_path, monkeypatch):
+    for name in [k for k in os.environ if k.startswith("RSCA_")]:  # e.g. left by the browser tests' app
+        monkeypatch.delenv(name)
     monkeypatch.setenv("RSCA_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("RSCA_DATASET", raising=False)
     monkeypatch.delenv("RSCA_K_FIT", raising=False)
+    monkeypatch.setenv("RSCA_STATE_DIR", str(tmp_path / "state"))
     service.config.reload()
     yield
     monkeypatch.undo()
@@ -219,3 +223,45 @@ def test_pages_are_not_found_in_the_service_package():
 
     modules = [p["module"] for p in dash.page_registry.values()]
     assert modules and not any("_service" in m or "_ui" in m for m in modules), modules
+
+
+def test_messages_never_show_server_paths():
+    msg = service.describe_error(ValueError("/srv/lab/data/victim/mask.npy: truncated, see /var/log/x.log"))
+    assert "/srv" not in msg and "/var" not in msg and "…/mask.npy" in msg and "…/x.log" in msg
+    assert service.hide_paths("K = 3/4 of 1/2") == "K = 3/4 of 1/2"  # fractions are not paths
+
+
+def test_callback_bodies_are_checked_before_dash_sees_them():
+    from pages._service.web import callback_request_problem, json_depth
+
+    assert json_depth(b'{"a": [[1], "[[[["], "b": {}}') == 3  # brackets inside strings do not count
+    cmap = {"x.children": {"inputs": [{"id": "a", "property": "value"}], "state": []}}
+    ok = {"output": "x.children", "outputs": {"id": "x", "property": "children"}, "changedPropIds": ["a.value"]}
+    ok["inputs"] = [{"id": "a", "property": "value", "value": 1}]
+    import json
+
+    assert callback_request_problem(json.dumps(ok).encode(), cmap) is None
+    for bad in (b"null", b"[]", b"{", json.dumps(ok | {"output": "y.children"}).encode(), b"[" * 100 + b"]" * 100):
+        assert callback_request_problem(bad, cmap)
+    assert "inputs" in callback_request_problem(json.dumps(ok | {"inputs": []}).encode(), cmap)
+    assert "changedPropIds" in callback_request_problem(json.dumps(ok | {"changedPropIds": 5}).encode(), cmap)
+
+
+def test_forged_residuals_are_refused_and_good_ones_kept():
+    good = {"wavelength": [1.0, 2.0, 3.0], "residual": [0.0, 0.1, 0.0], "bands": [[0, 2]], "summary": {}}
+    assert service.check_residuals({"rv": good})["rv"]["bands"] == [(0, 2)]
+    for bad in ([1], {"rv": 7}, {"rv": good | {"bands": [[2, 9]]}}, {"rv": good | {"residual": [1.0]}}):
+        with pytest.raises(service.UserError):
+            service.check_residuals(bad)
+
+
+def test_state_folder_defaults_to_the_users_home_not_tmp(monkeypatch, tmp_path):
+    monkeypatch.delenv("RSCA_STATE_DIR")
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    cfg = service.config.reload()
+    assert cfg.state_dir == (tmp_path / "home" / ".local" / "state" / "rsca-lab").resolve()
+    assert not cfg.allow_build  # builds are off unless the operator turns them on
+    monkeypatch.setenv("RSCA_ALLOW_BUILD", "maybe")
+    with pytest.raises(service.ConfigError, match="RSCA_ALLOW_BUILD"):
+        service.config.reload()

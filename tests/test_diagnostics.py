@@ -356,3 +356,15 @@ def test_pixels_unobserved_in_reference_set_are_left_out():
     assert np.isnan(res.residual[5000:5010]).all() and np.isnan(res.residual[6000])
     assert (res.n_observed[5000:5010] == 0).all() and len(res.bands) == 0
     assert np.isfinite(res.residual[4990:5000]).all()
+
+
+def test_visit_diagnostic_is_switched_off_with_the_release_s_reason_when_visits_are_unavailable():
+    """A release without visit names (DR19, DR17 without --allvisit) gets a statement, not all-"unknown" pairs."""
+    from tests.helpers import small_dataset
+
+    ds = small_dataset(n_field=60, n_pixels=40)
+    ds.stars["visits"] = ""
+    why = "DR17 allStar has no VISITS column; pass --allvisit"
+    ds.meta["provenance"] = {"unavailable": {"visits": why}}
+    with pytest.raises(ValueError, match=r"App\. C\) is off for this dataset: DR17 allStar has no VISITS"):
+        visit_similarity(ds, "abundances")

@@ -83,6 +83,13 @@ def test_image_follows_the_hosting_rules():
     # the default dataset is prepared at build time, after the switch to the non-root user
     prep = [i for i, (k, a) in enumerate(ins) if k == "RUN" and "--prepare-only" in a]
     assert prep and prep[0] > kinds.index("USER")
+    env = {}
+    for k, a in ins:
+        if k == "ENV":
+            env.update(env_of(a))
+    # safe to expose (issue 10): no browser builds, the state folder not under /tmp
+    assert env.get("RSCA_ALLOW_BUILD", "0").lower() in ("0", "false", "no", "off")
+    assert not env.get("RSCA_STATE_DIR", "").startswith("/tmp")
     for line in (ROOT / "requirements.txt").read_text().splitlines():
         line = line.split("#")[0].strip()
         if line:

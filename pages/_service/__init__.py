@@ -9,9 +9,10 @@ per job (Dash skips ``_``-prefixed folders of the pages folder, so none of this 
 * :mod:`.settings` - the view settings and their parsers (URL query, controls);
 * :mod:`.compute` - the cached computations (rates, features, Inside steps, axes);
 * :mod:`.exports` - the CSV and ``.npz`` downloads;
-* :mod:`.jobs` - the background-job manager, progress, the compression job;
+* :mod:`.jobqueue` - the one bounded queue of background jobs (cap, joining, busy);
+* :mod:`.jobs` - the job store and its manager, progress, the compression job;
 * :mod:`.curves`, :mod:`.systematics`, :mod:`.simulator` - the background work of those pages;
-* :mod:`.web` - the Flask side (cache, stylesheet route, health).
+* :mod:`.web` - the Flask side (cache, stylesheet, request checks, headers, errors, health).
 
 The names below are the pages' whole vocabulary.
 """
@@ -51,7 +52,8 @@ from .datasets import (
 )
 from .errors import UserError, describe_error, hide_paths, short
 from .exports import map_npz, rates_csv
-from .jobs import UnitProgress, background_manager, prepare_compression, progress_reporter
+from .jobqueue import Busy, admit
+from .jobs import UnitProgress, background_manager, ensure_state_dir, prepare_compression, progress_reporter
 from .settings import (
     ALL,
     DEFAULT_K,
@@ -72,11 +74,20 @@ from .settings import (
     settings_to_dict,
     settings_to_query,
 )
-from .simulator import build_simulated, simulate_options
-from .systematics import paper_mask_ranges, rate_with_mask, residual_diagnostics, visit_comparison
-from .web import BOOTSTRAP_CSS_URL, health, init_app
+from .simulator import BUILDS_OFF, build_policy, build_simulated, cleanup_interrupted_builds, simulate_options
+from .systematics import check_residuals, paper_mask_ranges, rate_with_mask, residual_diagnostics, visit_comparison
+from .web import BOOTSTRAP_CSS_URL, SECURITY_HEADERS, health, init_app, install_request_checks, on_callback_error
 
 __all__ = [
+    "BUILDS_OFF",
+    "Busy",
+    "SECURITY_HEADERS",
+    "admit",
+    "build_policy",
+    "cleanup_interrupted_builds",
+    "ensure_state_dir",
+    "install_request_checks",
+    "on_callback_error",
     "ALL",
     "AppConfig",
     "BOOTSTRAP_CSS_URL",
@@ -102,6 +113,7 @@ __all__ = [
     "build_simulated",
     "cache",
     "cache_config",
+    "check_residuals",
     "cluster_names",
     "compression",
     "compression_ready",

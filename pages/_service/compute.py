@@ -50,10 +50,14 @@ def compression(key, k: int, mask=(), allow_compute: bool = False):
     return comp.truncate(int(k)) if int(k) < comp.k else comp
 
 
-def rate_inputs(s: Settings, allow_compute: bool = False):
-    """RateInputs of the settings (rsca_core's one builder), restricted to the selected clusters."""
+def rate_inputs(s: Settings, allow_compute: bool = False, pca=None):
+    """RateInputs of the settings (rsca_core's one builder), restricted to the selected clusters.
+
+    ``pca``: a K=k_fit Compression to use instead of the cached one (e.g. one with extra bands masked)."""
     ds = load(s.ds)
-    comp = compression(s.ds, s.k, s.mask, allow_compute=allow_compute) if s.input == "spectra" else None
+    comp = None
+    if s.input == "spectra":
+        comp = pca.truncate(s.k) if pca is not None else compression(s.ds, s.k, s.mask, allow_compute=allow_compute)
     try:
         ri = ds.rate_inputs(s.input, k=s.k, seed=SEED, species=s.species, clusters=s.clusters, compression=comp)
     except ValueError as exc:
@@ -64,11 +68,11 @@ def rate_inputs(s: Settings, allow_compute: bool = False):
     return ri
 
 
-def compute_rates(s: Settings, allow_compute: bool = False) -> dict:
+def compute_rates(s: Settings, allow_compute: bool = False, pca=None) -> dict:
     """Doppelganger rates of the settings (global, per cluster, distance histograms), uncached."""
     from rsca_core import doppelganger_rates
 
-    ri = rate_inputs(s, allow_compute=allow_compute)
+    ri = rate_inputs(s, allow_compute=allow_compute, pca=pca)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = doppelganger_rates(ri.z_pop, ri.z_clust, ri.cluster_ids, **ri.as_kwargs(), cv=s.cv, top_n=s.top_n)

@@ -9,11 +9,17 @@ traceback.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def default_data_dir() -> Path:
+    """``data/`` beside app.py in a source checkout; ``./data`` when the app is an installed package
+    (site-packages is no place for surveys)."""
+    return (ROOT / "data") if (ROOT / "pyproject.toml").is_file() else Path.cwd() / "data"
+
 
 K_MIN, K_MAX = 2, 60
 CACHE_KINDS = {
@@ -49,6 +55,12 @@ class AppConfig:
     cache_threshold: int  # RSCA_CACHE_THRESHOLD (entries of the simple/filesystem cache)
     host: str  # RSCA_HOST
     port: int  # RSCA_PORT
+    max_jobs: int  # RSCA_MAX_JOBS: background job processes at once, all workers together
+    allow_build: bool  # RSCA_ALLOW_BUILD: may visitors build surveys from the Data page?
+    build_max_stars: int  # RSCA_BUILD_MAX_STARS: field stars of one browser build
+    build_quota_mb: int  # RSCA_BUILD_QUOTA_MB: disk of all browser-built bundles together
+    max_body_kb: int  # RSCA_MAX_BODY_KB: largest request body (larger: 413)
+    mmap_above_mb: int  # RSCA_MMAP_ABOVE_MB: bundles at least this big are memory-mapped, others read
 
     @property
     def k_max(self) -> int:
@@ -73,6 +85,22 @@ def _int(env, name: str, default: int, lo: int, hi: int) -> int:
     return value
 
 
+def _bool(env, name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw == "":
+        return default
+    table = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+    if raw not in table:
+        raise ConfigError(f"{name}={raw[:40]!r} is not a yes/no value (expected 1/0, true/false, yes/no, on/off)")
+    return table[raw]
+
+
+def default_state_dir(env) -> Path:
+    """$XDG_STATE_HOME/rsca-lab, else ~/.local/state/rsca-lab (private to the user, not /tmp)."""
+    base = (env.get("XDG_STATE_HOME") or "").strip()
+    return (Path(base) if base else Path(env.get("HOME") or Path.home()) / ".local" / "state") / "rsca-lab"
+
+
 def _path(env, name: str) -> Path | None:
     raw = (env.get(name) or "").strip()
     return Path(raw).expanduser().resolve() if raw else None
@@ -93,10 +121,10 @@ def from_env(env=None) -> AppConfig:
     env = os.environ if env is None else env
     cache_type, redis_url = _cache_type(env)
     cache_dir = _path(env, "RSCA_CACHE_DIR")
-    state = _path(env, "RSCA_STATE_DIR") or cache_dir or Path(tempfile.gettempdir()) / "rsca-lab"
+    state = _path(env, "RSCA_STATE_DIR") or default_state_dir(env).resolve()
     return AppConfig(
         dataset=_path(env, "RSCA_DATASET"),
-        data_dir=_path(env, "RSCA_DATA_DIR") or (ROOT / "data").resolve(),
+        data_dir=_path(env, "RSCA_DATA_DIR") or default_data_dir().resolve(),
         cache_type=cache_type,
         cache_dir=cache_dir,
         state_dir=state,
@@ -106,6 +134,12 @@ def from_env(env=None) -> AppConfig:
         cache_threshold=_int(env, "RSCA_CACHE_THRESHOLD", 300, 1, 10**7),
         host=(env.get("RSCA_HOST") or "127.0.0.1").strip(),
         port=_int(env, "RSCA_PORT", 8050, 1, 65535),
+        max_jobs=_int(env, "RSCA_MAX_JOBS", os.cpu_count() or 1, 1, 256),
+        allow_build=_bool(env, "RSCA_ALLOW_BUILD", False),
+        build_max_stars=_int(env, "RSCA_BUILD_MAX_STARS", 5000, 100, 200_000),
+        build_quota_mb=_int(env, "RSCA_BUILD_QUOTA_MB", 1000, 1, 10**7),
+        max_body_kb=_int(env, "RSCA_MAX_BODY_KB", 1024, 16, 10**6),
+        mmap_above_mb=_int(env, "RSCA_MMAP_ABOVE_MB", 512, 0, 10**7),
     )
 
 

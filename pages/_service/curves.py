@@ -13,7 +13,7 @@ from .settings import parse_int, parse_int_list, parse_species
 
 EXPERIMENTS = ("k_sweep", "top_n", "data_size", "ablation")
 #: per-job caps, shown beside the Curves form
-CAPS = {"k_values": 20, "seeds": 20, "data_size_ks": 5, "trials": 500}
+CAPS = {"k_values": 12, "seeds": 5, "data_size_ks": 3, "trials": 100}
 
 
 def _k_sweep(ds, params, report, experiments, plotting):

@@ -4,9 +4,10 @@ the Data page's overview, and the start-up build of the default survey."""
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import pandas as pd
@@ -74,11 +75,30 @@ def dataset_path(key) -> Path:
     raise UserError(f"unknown dataset {short(key)!r}; available: {', '.join(paths)}")
 
 
-@functools.lru_cache(maxsize=8)
-def _load_cached(path: str, stamp: tuple, cache_root: str | None):
-    from rsca_core import Dataset
+class _Loaded:
+    """The loaded bundles of this worker: at most MAX entries, one per folder (a changed bundle
+    replaces its old version at once, so a stale copy read into memory is never kept)."""
 
-    return Dataset.load(path, cache_root=cache_root)
+    MAX = 4
+    lock = threading.Lock()
+    items: OrderedDict = OrderedDict()  # path -> (stamp, cache_root, mmap, Dataset)
+
+    @classmethod
+    def get(cls, path: str, stamp: tuple, cache_root: str | None, mmap: bool):
+        from rsca_core import Dataset
+
+        with cls.lock:
+            hit = cls.items.get(path)
+            if hit is not None and hit[:3] == (stamp, cache_root, mmap):
+                cls.items.move_to_end(path)
+                return hit[3]
+            cls.items.pop(path, None)
+        ds = Dataset.load(path, mmap=mmap, cache_root=cache_root)
+        with cls.lock:
+            cls.items[path] = (stamp, cache_root, mmap, ds)
+            while len(cls.items) > cls.MAX:
+                cls.items.popitem(last=False)
+        return ds
 
 
 def bundle_stamp(path: Path) -> tuple:
@@ -92,18 +112,24 @@ def bundle_stamp(path: Path) -> tuple:
 
 
 def load(key):
-    """The loaded Dataset of a key (memory-mapped; reloaded when a file of the bundle changes)."""
+    """The loaded Dataset of a key, reloaded when a file of the bundle changes (size or time).
+
+    A bundle smaller than RSCA_MMAP_ABOVE_MB is read into memory, so a file truncated or rewritten
+    under the running app gives a message at the next request instead of a SIGBUS in a worker; a
+    larger one is memory-mapped (the check still catches a change before the next request uses it)."""
     path = dataset_path(key)
     if not (path / "meta.json").is_file():
         raise UserError(
             f"dataset {key!r} is missing (no meta.json): build it on the Data page or with `python -m rsca_core simulate`"
         )
-    root = config.get().cache_dir
+    cfg = config.get()
     try:
-        return _load_cached(str(path), bundle_stamp(path), str(root) if root else None)
+        stamp = bundle_stamp(path)
+        mmap = sum(size for _name, size, _t in stamp) >= cfg.mmap_above_mb * 2**20
+        return _Loaded.get(str(path), stamp, str(cfg.cache_dir) if cfg.cache_dir else None, mmap)
     except ImportError as exc:
         raise UserError(f"the RSCA engine is not available ({exc})") from None
-    except (ValueError, OSError) as exc:  # BundleError is a ValueError
+    except (ValueError, OSError, EOFError) as exc:  # BundleError is a ValueError; a truncated file
         raise UserError(f"dataset {key!r}: {exc}") from None
 
 

@@ -4,42 +4,93 @@ folder), progress reporting from a job to its page, and the compression job."""
 from __future__ import annotations
 
 import contextlib
-import functools
+import fcntl
+import hashlib
+import logging
+import os
+import sqlite3
 import time
+from pathlib import Path
 
 from . import config
 from .datasets import SEED, dataset_paths, load, read_meta
 
+log = logging.getLogger("rsca_lab")
 
-def background_manager(cached: bool = False):
-    """diskcache-backed manager for background callbacks (shared by all workers on the machine).
 
-    ``cached=True`` returns a manager whose finished results are cached on disk and shared between
-    users and workers (keyed by the callback's arguments plus the dataset registry state)."""
+def ensure_state_dir() -> Path:
+    """The state folder, created private to this user (0700: the job store holds Dash's signing secret)."""
+    d = config.state_dir()
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(d, 0o700)
+    return d
+
+
+def job_store_problem(folder: Path) -> str | None:
+    """None if the job store's database reads and passes SQLite's quick check, else what is wrong."""
+    db = Path(folder) / "cache.db"
+    if not db.exists():
+        return "missing"
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            row = con.execute("PRAGMA quick_check").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        return str(exc)
+    return None if row and row[0] == "ok" else f"quick_check: {row[0] if row else 'no answer'}"
+
+
+def open_job_store(folder: Path):
+    """The diskcache job store in ``folder``; a corrupt one is moved aside (named in the log) and rebuilt."""
     import diskcache
 
-    d = config.state_dir() / "jobs"
-    d.mkdir(parents=True, exist_ok=True)
-    handle = diskcache.Cache(str(d))
-    cls = _safe_manager_class()
-    if cached:
-        return cls(handle, cache_by=[registry_fingerprint], expire=7 * 86400)
-    return cls(handle)
+    try:
+        handle = diskcache.Cache(str(folder))
+        problem = job_store_problem(folder)
+        if problem is None:
+            return handle
+        handle.close()
+    except sqlite3.DatabaseError as exc:
+        problem = str(exc)
+    aside = folder.with_name(f"{folder.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+    folder.rename(aside)
+    log.error(
+        "job store %s is unusable (%s): moved aside to %s, starting an empty one", folder / "cache.db", problem, aside
+    )
+    return diskcache.Cache(str(folder))
 
 
-@functools.lru_cache(maxsize=1)
-def _safe_manager_class():
-    """DiskcacheManager that tolerates a job process vanishing while it is being terminated
-    (dash 4.4 lets psutil.NoSuchProcess escape from ``process.children()`` as an HTTP 500)."""
-    import psutil
-    from dash import DiskcacheManager
+class _Manager:
+    """The one background-callback manager of this process (a single slot, made on first use)."""
 
-    class SafeDiskcacheManager(DiskcacheManager):
-        def terminate_job(self, job):
-            with contextlib.suppress(psutil.NoSuchProcess):
-                super().terminate_job(job)
+    value = None
 
-    return SafeDiskcacheManager
+
+def background_manager():
+    """The bounded manager of every background callback (see :mod:`.jobqueue`), shared by all workers
+    through the job store in the state folder. Finished results are kept a week (keyed by the
+    callback's arguments plus the dataset registry state), so joined callers all get them."""
+    if _Manager.value is None:
+        from .jobqueue import BoundedManager
+
+        state = ensure_state_dir()
+        with exclusive("open the job store"):  # one worker at a time checks (and maybe rebuilds) it
+            store = open_job_store(state / "jobs")
+        _Manager.value = BoundedManager(
+            store,
+            lock_path=state / "jobs.lock",
+            max_jobs=config.get().max_jobs,
+            cache_by=[registry_fingerprint],
+            expire=7 * 86400,
+        )
+    return _Manager.value
+
+
+def reset_background_manager() -> None:
+    """Forget the manager (tests that change the state folder)."""
+    _Manager.value = None
 
 
 def progress_reporter(set_progress):
@@ -83,16 +134,32 @@ class UnitProgress:
             self.report(min(1.0, self.n / self.total), f"{self.what}: {self.n}/{self.total}")
 
 
-def prepare_compression(key, report=None, mask=()):
+@contextlib.contextmanager
+def exclusive(name: str):
+    """A lock shared by every worker and job process (a file in the state folder), e.g. one
+    compression of a dataset at a time: the second caller waits, then finds the first one's result."""
+    folder = ensure_state_dir() / "locks"
+    folder.mkdir(exist_ok=True, mode=0o700)
+    path = folder / (hashlib.sha256(name.encode()).hexdigest()[:32] + ".lock")
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def prepare_compression(key, report=None):
     """Compute (and cache on disk) the dataset's K=k_fit compression; for a background job.
 
-    The PCA reports no progress of its own (rsca_core's MaskedPCA takes only ``progress=bool``),
-    so the page shows a start and an end."""
+    One compression of a dataset at a time across all workers. The PCA reports no progress of its
+    own (rsca_core's MaskedPCA takes only ``progress=bool``), so the page shows a start and an end."""
     ds = load(key)
     kf = config.k_fit()
     if report is not None:
-        report(0.02, f"PCA K={kf} of {ds.name}: computing")
-    out = ds.compress(kf, seed=SEED, extra_mask_ranges=mask)
+        report(0.02, f"PCA K={kf} of {key}: computing")
+    with exclusive(f"compress:{ds.path}:{kf}:{SEED}"):
+        out = ds.compress(kf, seed=SEED)
     if report is not None:
         report(1.0, f"PCA K={kf}: done")
     return out

@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 
 import numpy as np
 
-from rsca_core.constants import PAPER_SUBSET, SPECIES
+from rsca_core.constants import N_PIXELS, PAPER_SUBSET, SPECIES
 
 from . import config
 from .config import K_MAX, K_MIN
@@ -22,7 +22,6 @@ INPUTS = ("spectra", "abundances", "subset")
 INPUT_LABELS = {"spectra": "spectra (PCA)", "abundances": "all 21 abundances", "subset": "abundance subset"}
 MAX_PARAM_CHARS = 2000
 ALL = "__all__"  # "every cluster" for pages without a cluster selector
-N_PIXELS = 8575
 MAX_MASK_RANGES = 40  # extra masked pixel ranges one view may ask for
 
 
@@ -48,20 +47,16 @@ def settings_to_dict(s: Settings) -> dict:
 
 
 def settings_from_dict(d) -> Settings:
-    """Settings from :func:`settings_to_dict` (or a cache key); UserError if it is not one."""
+    """Settings from :func:`settings_to_dict` (a browser store or a cache key: anything may come),
+    every value checked again as if it came from the controls; UserError if it is not valid."""
     try:
-        return Settings(
-            ds=str(d["ds"]),
-            input=str(d["input"]),
-            k=int(d["k"]),
-            species=tuple(str(x) for x in d["species"]),
-            clusters=None if d["clusters"] is None else tuple(str(x) for x in d["clusters"]),
-            cv=bool(d["cv"]),
-            top_n=None if d["top_n"] is None else int(d["top_n"]),
-            mask=tuple((int(a), int(b)) for a, b in d["mask"]),
-        )
+        mask = [f"{int(a)}-{int(b)}" for a, b in d["mask"]]
+        clusters = ALL if d["clusters"] is None else [str(x) for x in d["clusters"]]
+        species = [str(x) for x in d["species"]]
+        args = (str(d["ds"]), str(d["input"]), d["k"], species, clusters, bool(d["cv"]), d["top_n"])
     except (KeyError, TypeError, ValueError):
         raise UserError("the page's stored settings are not valid: reload the page") from None
+    return settings_from_controls(*args, mask=parse_mask(mask))
 
 
 def settings_from_key(key: str) -> Settings:

@@ -9,10 +9,12 @@ import numpy as np
 from rsca_core.constants import SPECIES
 from rsca_core.fileio import jsonable
 
-from .compute import compression, compute_rates, fit_map, rates
+from . import config
+from .compute import compression, compute_rates, fit_map
 from .datasets import SEED, compression_ready, load
+from .errors import UserError
 from .jobs import prepare_compression
-from .settings import Settings
+from .settings import N_PIXELS, Settings
 
 
 def paper_mask_ranges() -> tuple:
@@ -72,12 +74,54 @@ def visit_comparison(s: Settings) -> dict:
 
 
 def rate_with_mask(s: Settings, mask: tuple, report=None) -> dict:
-    """Global rate of the settings without and with extra masked pixel ranges (computes the
-    masked compression if needed: minutes on a big survey, so call it from a background job)."""
-    base = rates(replace(s, mask=()))["global_rate"] if compression_ready(s.ds) else None
-    if mask and not compression_ready(s.ds, mask):
-        prepare_compression(s.ds, report=report, mask=mask)
-    masked = compute_rates(replace(s, mask=tuple(mask)))["global_rate"] if mask else base
-    if base is None:
-        base = compute_rates(replace(s, mask=()), allow_compute=True)["global_rate"]
+    """Global rate of the settings without and with extra masked pixel ranges (for a background job).
+
+    The masked compression is computed in the job and never written to disk (each distinct mask
+    would otherwise leave a compression behind for good); the job's result is what is kept."""
+    if not mask:
+        raise UserError("enter at least one pixel range to mask")
+    if not compression_ready(s.ds):
+        prepare_compression(s.ds, report=report)
+    base = compute_rates(replace(s, mask=()))["global_rate"]
+    kf = config.k_fit()
+    if report:
+        report(0.1, f"PCA K={kf} with {len(mask)} extra masked range(s): computing")
+    pca = load(s.ds).compress(kf, seed=SEED, extra_mask_ranges=tuple(mask), use_cache=False)
+    masked = compute_rates(replace(s, mask=tuple(mask)), pca=pca)["global_rate"]
+    if report:
+        report(1.0, "done")
     return {"without": base, "with": masked, "mask": [list(m) for m in mask]}
+
+
+MAX_SUGGESTED_BANDS = 500  # App. A/B bands one residual panel may carry
+
+
+def _panel(d) -> dict:
+    if not isinstance(d, dict):
+        raise UserError("the stored residuals are not valid: recompute them")
+    if "error" in d:
+        return {"error": str(d["error"])[:500]}
+    try:
+        w = np.asarray(d["wavelength"], float)
+        r = np.asarray(d["residual"], float)
+        bands = [(int(a), int(b)) for a, b in d["bands"]]
+    except (KeyError, TypeError, ValueError):
+        raise UserError("the stored residuals are not valid: recompute them") from None
+    if w.ndim != 1 or w.shape != r.shape or len(w) > N_PIXELS or len(w) < 2:
+        raise UserError("the stored residuals are not valid: recompute them")
+    if len(bands) > MAX_SUGGESTED_BANDS or any(not 0 <= a < b <= len(w) for a, b in bands):
+        raise UserError("the stored residual bands are not valid: recompute them")
+    summary = d.get("summary") if isinstance(d.get("summary"), dict) else {}
+    return {"wavelength": w, "residual": r, "bands": bands, "summary": summary}
+
+
+def check_residuals(resid) -> dict:
+    """The App. A/B result a page sent back (a browser store: anything may come), checked and made
+    plain: ``{"extinction": panel, "rv": panel}`` with missing panels left out; UserError if forged."""
+    if resid in (None, {}):
+        return {}
+    if not isinstance(resid, dict):
+        raise UserError("the stored residuals are not valid: recompute them")
+    if "error" in resid:
+        raise UserError(str(resid["error"])[:500])
+    return {k: _panel(resid[k]) for k in ("extinction", "rv") if resid.get(k) is not None}
