@@ -737,6 +737,7 @@ def mask_rule(dataset) -> tuple[tuple, float]:
 
 
 ASPCAP_ID = re.compile(r"^aspcapStar-[^-]+-(.+)\.fits(?:\.gz)?$")
+MWMSTAR_ID = re.compile(r"^mwmStar-[^-]+-(\d+)\.fits")
 
 
 def star_id_from_path(path) -> str:
@@ -748,24 +749,50 @@ def star_id_from_path(path) -> str:
     '2M00000002+7417074'
     >>> star_id_from_path("mystar.fits")
     'mystar'
+    >>> star_id_from_path("spectra/star/34/12/mwmStar-0.6.0-123412.fits[4]")
+    'sdss_id:123412'
     """
-    name = Path(path).name
+    name = Path(str(path).split("[")[0]).name
     m = ASPCAP_ID.match(name)
-    return m.group(1) if m else name.split(".")[0]
+    if m:
+        return m.group(1)
+    m = MWMSTAR_ID.match(name)
+    return f"sdss_id:{m.group(1)}" if m else name.split(".")[0]
+
+
+def read_spectrum_file(spec, n_pixels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flux and error of one spectrum file: an aspcapStar (DR16/DR17), or an SDSS-V mwmStar (DR19).
+
+    An mwmStar file is read as ``flux / continuum`` from its APOGEE row at APO (HDU 3) or, when that
+    row is empty, at LCO (HDU 4); ``file.fits[4]`` picks the HDU (see ``rsca_core.apogee.read_mwmstar``).
+    """
+    from .apogee.fitsio import SpectrumFileError, read_aspcapstar, read_mwmstar, split_hdu_spec
+
+    path, hdu = split_hdu_spec(str(spec))
+    if not Path(path).name.startswith("mwmStar"):
+        return read_aspcapstar(path, n_pixels)
+    if hdu is not None:
+        return read_mwmstar(str(spec), n_pixels)
+    try:
+        return read_mwmstar(f"{path}[3]", n_pixels)
+    except SpectrumFileError as apo:
+        try:
+            return read_mwmstar(f"{path}[4]", n_pixels)
+        except SpectrumFileError:
+            raise apo from None
 
 
 def read_spectra_files(paths, dataset=None, n_pixels: int | None = None):
-    """Read aspcapStar files (HDU 1 flux, HDU 2 error) and mask them with the bundle's rule.
+    """Read aspcapStar (HDU 1 flux, HDU 2 error) or mwmStar files and mask them with the bundle's rule.
 
     Returns ``(ids, flux, mask)``: ids from the file names, (m, n_pixels) float32 flux and the bool
     missing-pixel mask (``rsca_core.apogee.pixel_mask`` with :func:`mask_rule` of ``dataset``).
     A missing or bad file raises FileNotFoundError / ValueError with one line naming it.
     """
-    from .apogee import read_aspcapstar
     from .constants import N_PIXELS
     from .selection import pixel_mask
 
-    paths = [Path(p) for p in paths]
+    paths = [str(p) for p in paths]
     if not paths:
         raise ValueError("no spectrum files given")
     n_pixels = int(n_pixels or (dataset.n_pixels if dataset is not None else N_PIXELS))
@@ -773,7 +800,7 @@ def read_spectra_files(paths, dataset=None, n_pixels: int | None = None):
     flux = np.empty((len(paths), n_pixels), dtype=np.float32)
     mask = np.empty((len(paths), n_pixels), dtype=bool)
     for i, p in enumerate(paths):
-        f, e = read_aspcapstar(p, n_pixels)
+        f, e = read_spectrum_file(p, n_pixels)
         flux[i] = f
         mask[i] = pixel_mask(f, e, ranges, max_err)
         if mask[i].all():

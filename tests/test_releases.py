@@ -345,3 +345,22 @@ def test_cli_reads_dr17_with_allvisit_and_a_forced_release(layouts, tmp_path, ca
     assert ds.meta["provenance"]["release_detected_by"] == "forced" and (ds.stars["visits"] != "").all()
     assert main(["build-apogee", "--allstar", str(d / DR17), "--out", str(tmp_path / "c"), "--no-progress"]) == 1
     assert "membership catalogue is required" in capsys.readouterr().err
+
+
+def test_siblings_reads_mwmstar_files_like_the_dr19_loader(layouts, tmp_path):
+    """`project --spectra mwmStar-…` (new SDSS-V stars): the same flux and mask as the DR19 bundle's rows."""
+    from rsca_core.apogee.releases import mwmstar_relpath
+    from rsca_core.siblings import read_spectra_files
+
+    d = layouts["dr19"]
+    out, _ = _build(d / DR19, d / "occam_member-DR19.fits", tmp_path / "b")
+    built = Dataset.load(out)
+    rows = [0, built.n_stars // 2, built.n_stars - 1]
+    paths = [d / mwmstar_relpath(int(built.stars["sdss_id"][r])) for r in rows]
+    ids, flux, mask = read_spectra_files(paths, built)
+    assert ids == [f"sdss_id:{int(built.stars['sdss_id'][r])}" for r in rows]
+    hdus_ok = [r for r in range(3) if np.array_equal(mask[r], built.mask[rows[r]])]
+    # a star seen at both telescopes keeps the higher-SNR row in the bundle; files default to APO then LCO
+    assert len(hdus_ok) >= 2
+    for r in hdus_ok:
+        np.testing.assert_array_equal(flux[r][~mask[r]], built.spectra[rows[r]][~mask[r]])
