@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 
 from .constants import PAPER_RESULTS
 from .fileio import atomic_write
-from .labels import data_label, label_name, table_seed
+from .labels import data_label, label_name, require_columns, table_seed
 
 #: Colours of the paper's figures: CV blue / no-CV green (Fig. 2); raw blue, scaled green,
 #: transformed red (Fig. 4); intra-cluster blue, inter-cluster green (Fig. 9/10).
@@ -75,14 +75,6 @@ def _figure(title: str, label: str, seed, figsize) -> Figure:
     return fig
 
 
-def _need(table, columns, what):
-    if not isinstance(table, pd.DataFrame):
-        raise ValueError(f"{what}: expected a DataFrame, got {type(table).__name__}")
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        raise ValueError(f"{what}: the table lacks column(s) {', '.join(missing)}")
-
-
 def _legend_below(fig, ax, ncols=2, **kw):
     handles, labels = ax.get_legend_handles_labels()
     if handles:
@@ -98,7 +90,7 @@ def _rate_axis(ax, ylabel="global doppelganger rate"):
 # ---------------------------------------------------------------------------- Fig. 2
 def fig_k_sweep(table: pd.DataFrame, label: str | None = None) -> Figure:
     """Global rate vs K with (blue) and without (green) cross-validation; the paper's K = 30 value."""
-    _need(table, ["k", "cv", "global_rate"], "fig_k_sweep")
+    require_columns(table, ["k", "cv", "global_rate"], "fig_k_sweep")
     label = data_label(table, label)
     fig = _figure("Doppelganger rate vs PCA dimensionality (Fig. 2)", label, table_seed(table), (6.4, 4.4))
     ax = fig.add_subplot()
@@ -122,7 +114,7 @@ def fig_k_sweep(table: pd.DataFrame, label: str | None = None) -> Figure:
 # ---------------------------------------------------------------------------- Table 1
 def fig_top_n(table: pd.DataFrame, label: str | None = None) -> Figure:
     """Mean ± std of the global rate keeping the top N axes (and all axes), paper values beside."""
-    _need(table, ["n_axes", "axes", "mean", "std"], "fig_top_n")
+    require_columns(table, ["n_axes", "axes", "mean", "std"], "fig_top_n")
     label = data_label(table, label)
     t = table.reset_index(drop=True)
     x = np.arange(len(t))
@@ -183,7 +175,7 @@ def _grouped_bars(ax, table, series_col, value, styles, paper=None, err=None):
 
 def fig_ablation(table: pd.DataFrame, label: str | None = None) -> Figure:
     """Grouped bars: representation × {raw, scaled, transformed}, error bars over seeds, values printed."""
-    _need(table, ["representation", "variant", "mean"], "fig_ablation")
+    require_columns(table, ["representation", "variant", "mean"], "fig_ablation")
     label = data_label(table, label)
     fig = _figure("Doppelganger rate by representation and method (Fig. 4)", label, table_seed(table), (6.8, 4.6))
     ax = fig.add_subplot()
@@ -203,7 +195,7 @@ def fig_data_size(table: pd.DataFrame, label: str | None = None) -> Figure:
 
     Points where some draws could not be fitted (too few cluster stars for K axes) are left out.
     """
-    _need(table, ["k", "n_train_clusters", "mean_rate"], "fig_data_size")
+    require_columns(table, ["k", "n_train_clusters", "mean_rate"], "fig_data_size")
     label = data_label(table, label)
     fig = _figure("Doppelganger rate vs number of training clusters (Fig. 5)", label, table_seed(table), (6.4, 4.4))
     ax = fig.add_subplot()
@@ -277,7 +269,7 @@ def fig_feature_correlations(table: pd.DataFrame, label: str | None = None) -> F
     """Heatmap of the Pearson correlation of each RSCA feature with each observed label."""
     if isinstance(table, dict):
         table = table["correlations"]
-    _need(table, ["feature"], "fig_feature_correlations")
+    require_columns(table, ["feature"], "fig_feature_correlations")
     label = data_label(table, label)
     skip = {"feature", "axis", "scale", "r2_all_labels", "seed", "label"}
     cols = [c for c in table.columns if c not in skip]
@@ -361,7 +353,7 @@ METHOD_COLOURS = {"rsca": RED, "rca": "#0072B2", "lda": "#E69F00", "nca": "#009E
 def fig_methods(table: pd.DataFrame, label: str | None = None) -> Figure:
     """Grouped bars: global rate of each method (RSCA, RCA, LDA, NCA) on each representation, values
     printed; the paper's RSCA values (spectra K = 30, abundance subset) as open diamonds."""
-    _need(table, ["representation", "method", "global_rate"], "fig_methods")
+    require_columns(table, ["representation", "method", "global_rate"], "fig_methods")
     label = data_label(table, label)
     fig = _figure(
         "RSCA against the metric learners it cites (leave-one-cluster-out)", label, table_seed(table), (7.0, 4.6)
@@ -380,7 +372,7 @@ def fig_methods(table: pd.DataFrame, label: str | None = None) -> Figure:
 
 def fig_weights(table: pd.DataFrame, label: str | None = None) -> Figure:
     """Leave-one-cluster-out rate vs K with the plain and the inverse-variance-weighted compression."""
-    _need(table, ["k", "compression_weights", "global_rate"], "fig_weights")
+    require_columns(table, ["k", "compression_weights", "global_rate"], "fig_weights")
     label = data_label(table, label)
     fig = _figure("Compression that uses the flux errors", label, table_seed(table), (6.4, 4.4))
     ax = fig.add_subplot()

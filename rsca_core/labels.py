@@ -63,3 +63,20 @@ def table_seed(table) -> int | None:
     if isinstance(table, dict) and isinstance(table.get("settings"), dict):
         return table["settings"].get("seed")
     return None
+
+
+def require_columns(table, columns, what: str) -> None:
+    """ValueError naming ``what`` unless ``table`` is a DataFrame with every one of ``columns``.
+
+    Examples
+    --------
+    >>> require_columns(pd.DataFrame({"k": [1]}), ["k", "cv"], "fig_k_sweep")
+    Traceback (most recent call last):
+    ...
+    ValueError: fig_k_sweep: the table lacks column(s) cv
+    """
+    if not isinstance(table, pd.DataFrame):
+        raise ValueError(f"{what}: expected a DataFrame, got {type(table).__name__}")
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ValueError(f"{what}: the table lacks column(s) {', '.join(missing)}")

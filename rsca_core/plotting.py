@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .constants import PAPER_RESULTS
-from .labels import data_label, label_name, table_seed
+from .labels import data_label, label_name, require_columns, table_seed
 
 #: Colours of the paper's figures: CV blue / no-CV green (Fig. 2); raw blue, scaled green,
 #: transformed red (Fig. 4); cluster stars orange (Fig. 3).
@@ -46,18 +46,10 @@ def _layout(fig, title, height=420, width=None, **kw):
     return fig
 
 
-def _need(table, columns, what):
-    if not isinstance(table, pd.DataFrame):
-        raise ValueError(f"{what}: expected a DataFrame, got {type(table).__name__}")
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        raise ValueError(f"{what}: the table lacks column(s) {', '.join(missing)}")
-
-
 # ---------------------------------------------------------------------------- Fig. 2
 def fig_k_sweep(table: pd.DataFrame, label: str | None = None) -> go.Figure:
     """Global rate vs K with (blue) and without (green) cross-validation; the paper's K = 30 value."""
-    _need(table, ["k", "cv", "global_rate"], "fig_k_sweep")
+    require_columns(table, ["k", "cv", "global_rate"], "fig_k_sweep")
     label = data_label(table, label)
     fig = go.Figure()
     for cv, name, colour in ((True, "with CV (leave one cluster out)", BLUE), (False, "without CV", GREEN)):
@@ -83,7 +75,7 @@ def fig_k_sweep(table: pd.DataFrame, label: str | None = None) -> go.Figure:
 # ---------------------------------------------------------------------------- Table 1
 def fig_top_n(table: pd.DataFrame, label: str | None = None) -> go.Figure:
     """Mean ± std of the global rate keeping the top N axes (and all axes), paper values beside."""
-    _need(table, ["n_axes", "axes", "mean", "std"], "fig_top_n")
+    require_columns(table, ["n_axes", "axes", "mean", "std"], "fig_top_n")
     label = data_label(table, label)
     t = table.reset_index(drop=True)
     x = t["axes"].tolist()
@@ -124,7 +116,7 @@ def fig_top_n(table: pd.DataFrame, label: str | None = None) -> go.Figure:
 # ---------------------------------------------------------------------------- Fig. 4
 def fig_ablation(table: pd.DataFrame, label: str | None = None) -> go.Figure:
     """Grouped bars: representation × {raw, scaled, transformed}, error bars over seeds."""
-    _need(table, ["representation", "variant", "mean"], "fig_ablation")
+    require_columns(table, ["representation", "variant", "mean"], "fig_ablation")
     label = data_label(table, label)
     order = list(dict.fromkeys(table["representation"]))
     fig = go.Figure()
@@ -164,7 +156,7 @@ def fig_data_size(table: pd.DataFrame, label: str | None = None) -> go.Figure:
 
     Points where some draws could not be fitted (too few cluster stars for K axes) are left out.
     """
-    _need(table, ["k", "n_train_clusters", "mean_rate"], "fig_data_size")
+    require_columns(table, ["k", "n_train_clusters", "mean_rate"], "fig_data_size")
     label = data_label(table, label)
     fig = go.Figure()
     for i, (k, sub) in enumerate(table.groupby("k", sort=True)):
@@ -262,7 +254,7 @@ def fig_feature_correlations(table: pd.DataFrame, label: str | None = None) -> g
     """Heatmap of the Pearson correlation of each RSCA feature with each observed label."""
     if isinstance(table, dict):
         table = table["correlations"]
-    _need(table, ["feature"], "fig_feature_correlations")
+    require_columns(table, ["feature"], "fig_feature_correlations")
     label = data_label(table, label)
     skip = {"feature", "axis", "scale", "r2_all_labels", "seed", "label"}
     cols = [c for c in table.columns if c not in skip]
