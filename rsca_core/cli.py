@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
 #: Modules that contribute sub-commands, in the order they appear in ``--help``.
 COMMAND_MODULES = (
@@ -23,7 +24,7 @@ COMMAND_MODULES = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m rsca_core",
+        prog="rsca" if Path(sys.argv[0]).name == "rsca" else "python -m rsca_core",
         description="RSCA Lab: measure the chemical likeness of stars from their spectra "
         "(relevant scaled component analysis and the doppelganger rate).",
     )
