@@ -26,6 +26,7 @@ def layout(**query):
     return html.Div(
         [
             dcc.Location(id=f"{P}-url", refresh=False),
+            dcc.Location(id=f"{P}-goto", refresh="callback-nav"),  # a clicked cluster star -> its siblings
             dcc.Store(id=f"{P}-store"),
             dcc.Download(id=f"{P}-download"),
             html.H3(["Explore the doppelganger rate", ui.kind_badge(None, id=f"{P}-badge")], className="mb-1"),
@@ -260,6 +261,7 @@ def _density_traces(feat, col, showlegend):
     colours = cluster_colours(cl["name"])
     names = np.asarray(cl["name"]).astype(str)
     x, y = np.asarray(cl["x"], float), np.asarray(cl["y"], float)
+    ids = np.asarray(cl.get("id", np.full(len(names), "")), dtype=str)
     for name in sorted(colours):
         m = names == name
         traces.append(
@@ -274,7 +276,9 @@ def _density_traces(feat, col, showlegend):
                 "xaxis": xa,
                 "yaxis": ya,
                 "marker": {"size": 6, "color": colours[name], "line": {"width": 0.5, "color": "white"}},
-                "hovertemplate": name + "<br>x %{x:.3f}<br>y %{y:.3f}<extra></extra>",
+                "customdata": ids[m].tolist(),
+                "hovertemplate": name
+                + " %{customdata}<br>x %{x:.3f}<br>y %{y:.3f}<br>click: its siblings<extra></extra>",
             }
         )
     return traces
@@ -389,3 +393,23 @@ def download(_csv, _map, store):
         return dcc.send_bytes(service.map_npz(s), f"rsca-map-{label}-{s.ds}.npz")
     except Exception:
         return no_update
+
+
+@callback(
+    Output(f"{P}-goto", "href"),
+    Input(f"{P}-features", "clickData"),
+    Input(f"{P}-vhelio", "clickData"),
+    State(f"{P}-store", "data"),
+    prevent_initial_call=True,
+)
+def go_to_siblings(click_features, click_vhelio, store):
+    """A click on a cluster member in the feature plots opens the Siblings page on that star."""
+    from urllib.parse import urlencode
+
+    click = dash.ctx.triggered[0]["value"] if dash.ctx.triggered else None
+    point = (click or {}).get("points", [{}])[0]
+    star = point.get("customdata")
+    if not isinstance(star, str) or not star or len(star) > 60:
+        return no_update  # the field's density map has no star to open
+    ds = (store or {}).get("settings", {}).get("ds") or "default"
+    return "/siblings?" + urlencode({"ds": ds, "star": star})

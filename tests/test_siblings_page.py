@@ -242,3 +242,27 @@ def test_clicking_a_marked_star_shows_its_siblings(dash_duo, dash_app, emb):
     assert "star=" + quote(target) in dash_duo.driver.current_url
     assert table_ids(dash_duo, 20) == emb.siblings(target, n=20)["apogee_id"].tolist()[:12]
     assert not severe(dash_duo.get_logs())
+
+
+def test_clicking_a_cluster_star_in_explore_opens_its_siblings(dash_duo, dash_app, emb):
+    """Explore's feature plots -> the Siblings page of the clicked cluster member."""
+    dash_duo.start_server(dash_app, port=free_port())
+    open_page(dash_duo, "/")
+    graph = "document.getElementById('ex-features').getElementsByClassName('js-plotly-plot')[0]"
+    wait_js(
+        dash_duo,
+        f"var g = {graph}; return g && g.data ? g.data.filter(t => t.customdata).length : 0",
+        lambda v: v and v > 1,
+        timeout=90,
+    )
+    star = dash_duo.driver.execute_script(
+        f"var gd = {graph}; var i = gd.data.findIndex(t => t.customdata && t.name === 'NGC_2682');"
+        "gd.emit('plotly_click', {points: [{curveNumber: i, pointNumber: 1, x: gd.data[i].x[1],"
+        " y: gd.data[i].y[1], customdata: gd.data[i].customdata[1], data: gd.data[i],"
+        " fullData: gd._fullData[i]}]}); return gd.data[i].customdata[1];"
+    )
+    assert star in set(emb.apogee_id[emb.cluster == "NGC_2682"])
+    dash_duo.wait_for_text_to_equal("#sb-star-id", star, timeout=60)
+    assert "/siblings" in dash_duo.driver.current_url and "star=" + quote(star) in dash_duo.driver.current_url
+    assert table_ids(dash_duo, 50) == emb.siblings(star, n=50)["apogee_id"].tolist()[:12]
+    assert not severe(dash_duo.get_logs())

@@ -147,16 +147,20 @@ def _features_cached(key: str, n_features: int) -> dict:
     feh, vh = st["fe_h"].to_numpy(float), st["vhelio_avg"].to_numpy(float)
     cmask = st["cluster"].isin(set(ri.cluster_ids)).to_numpy()  # the cluster rows of rate_inputs, in bundle order
     names = np.asarray(ri.cluster_ids)
+    ids = st["apogee_id"].to_numpy(dtype=object)[cmask].astype(str)  # for the click-through to Siblings
     out = {"label": dataset_label(s.ds), "features": [], "scales": np.asarray(model.scales_, float)[:nf]}
     for i in range(nf):
         out["features"].append(
             {
                 "index": i,
                 "field": _density(feh[fi], yf[:, i]),
-                "clusters": {"x": feh[cmask], "y": yc[:, i], "name": names},
+                "clusters": {"x": feh[cmask], "y": yc[:, i], "name": names, "id": ids},
             }
         )
-    out["vhelio"] = {"field": _density(vh[fi], yf[:, 0]), "clusters": {"x": vh[cmask], "y": yc[:, 0], "name": names}}
+    out["vhelio"] = {
+        "field": _density(vh[fi], yf[:, 0]),
+        "clusters": {"x": vh[cmask], "y": yc[:, 0], "name": names, "id": ids},
+    }
     return out
 
 
