@@ -179,6 +179,8 @@ def select_stars(
     >>> sel, flow = select_stars(t, m, species=())
     >>> list(sel["APOGEE_ID"]), list(sel["CLUSTER"]), flow[-1]["field"]
     (['a', 'b'], ['', 'M67'], 1)
+
+    Over 80 lines only through this docstring.
     """
     n = len(allstar)
     ids = allstar["APOGEE_ID"].to_numpy(dtype=object)

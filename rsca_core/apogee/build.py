@@ -86,6 +86,9 @@ def build_apogee(
     cutflow : DataFrame
         (step, field, cluster_stars, clusters). Rerunning after an interruption reuses the chunks
         read already (``<out>.partial/``).
+
+    Over 80 lines: a 20-line signature (every option of ``build-apogee``) and this docstring; the body
+    is the build's phases in order (check, plan, read, write), each a call.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
     rep = reporter(progress)

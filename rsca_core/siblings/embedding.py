@@ -482,6 +482,8 @@ def embed(
     >>> xy = project(emb, emb.dataset.spectra[:2], emb.dataset.mask[:2])
     >>> bool(np.abs(xy - emb.coords[:2]).max() < 1e-3 * np.median(emb.intra_distances))
     True
+
+    Over 80 lines only through this docstring.
     """
     from ..dataset import Dataset
     from ..rsca import RSCA
