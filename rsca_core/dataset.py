@@ -457,25 +457,25 @@ class Dataset:
     ) -> RateInputs:
         """Field/cluster representations plus pair-filter metadata for ``doppelganger_rates``.
 
-            The one place where the inputs of a rate are built (CLI, experiments, diagnostics, dashboard).
+        The one place where the inputs of a rate are built (CLI, experiments, diagnostics, dashboard).
 
-            Parameters
-            ----------
-            input : {"spectra", "abundances", "subset"}
-                PCA scores of the spectra (K components), the 21 abundances, or the abundance ``species``
-                (default the paper's Fe, Mg, Ni, Si, Al, C, N).
-            k, seed, extra_mask_ranges, progress
-                The compression (``input="spectra"``): see :meth:`compress`.
-            species : list of str, optional
-                The species of ``input="subset"``.
-            rows : bool array (n_stars,), optional
-                Only these stars (e.g. a random subset in an experiment).
-            clusters : list of str, optional
-                Only these training clusters (their members); the field is unchanged.
-            compression : Compression, optional
-                Scores to use instead of :meth:`compress` (e.g. one already in memory).
+        Parameters
+        ----------
+        input : {"spectra", "abundances", "subset"}
+            PCA scores of the spectra (K components), the 21 abundances, or the abundance ``species``
+            (default the paper's Fe, Mg, Ni, Si, Al, C, N).
+        k, seed, extra_mask_ranges, progress
+            The compression (``input="spectra"``): see :meth:`compress`.
+        species : list of str, optional
+            The species of ``input="subset"``.
+        rows : bool array (n_stars,), optional
+            Only these stars (e.g. a random subset in an experiment).
+        clusters : list of str, optional
+            Only these training clusters (their members); the field is unchanged.
+        compression : Compression, optional
+            Scores to use instead of :meth:`compress` (e.g. one already in memory).
 
-            Stars lacking a used abundance are left out; ``description["n_left_out"]`` counts them.
+        Stars lacking a used abundance are left out; ``description["n_left_out"]`` counts them.
 
         Over 80 lines only through this docstring.
         """
