@@ -108,7 +108,7 @@ def core(bundle):
     ids = st["cluster"].to_numpy(dtype=object)[ci]
     vh, ak = st["vhelio_avg"].to_numpy(float), st["ak_targ"].to_numpy(float)
 
-    def rate(k=K_FIT, cv=True, clusters=None, top_n=None, z=None):
+    def rate(k=K_FIT, cv=True, clusters=None, top_n=None, z=None, method="rsca"):
         z = comp.scores[:, :k] if z is None else z
         keep = np.ones(len(ci), bool) if clusters is None else np.isin(ids, clusters)
         c = ci[keep]
@@ -122,6 +122,8 @@ def core(bundle):
             clust_ak=ak[c],
             cv=cv,
             top_n=top_n,
+            method=method,
+            random_state=0,
         )
 
     return {"ds": ds, "rate": rate, "names": ds.cluster_names}
@@ -233,6 +235,40 @@ def test_explore_state_in_url_is_restored_and_shareable(dash_duo, dash_app, core
         lambda n: n == 3 * (1 + len(chosen)),
     )
     assert n_traces == 3 * (1 + len(chosen))
+    assert not severe(dash_duo.get_logs())
+
+
+def test_explore_method_selector_shows_the_engines_rate_and_disables_top_n(dash_duo, dash_app, core):
+    from selenium.webdriver.support.select import Select
+
+    dash_duo.start_server(dash_app, port=free_port())
+    open_page(dash_duo, "/?k=8&top=3")
+    want_rsca = core["rate"](k=8, top_n=3).global_rate
+    assert shown_rate(dash_duo) == f"{want_rsca:.4f}"
+    assert dash_duo.find_element("#ex-top").get_attribute("disabled") is None
+    Select(dash_duo.find_element("#ex-method")).select_by_value("rca")
+    want = core["rate"](k=8, method="rca").global_rate  # the engine's RCA rate, same inputs
+    assert f"{want:.4f}" != f"{want_rsca:.4f}", "test survey too easy: RCA and RSCA give the same rate"
+    assert shown_rate(dash_duo, previous=f"{want_rsca:.4f}") == f"{want:.4f}"
+    dash_duo.wait_for_contains_text("#ex-rate-title", "RCA", timeout=30)
+    wait_js(dash_duo, "return window.location.search", lambda q: q and "method=rca" in q)
+    assert "method=rca" in dash_duo.driver.current_url
+    assert dash_duo.find_element("#ex-top").get_attribute("disabled") is not None
+    assert "RSCA only" in dash_duo.find_element("#ex-top-note").text
+    assert dash_duo.find_element("#ex-dl-map").get_attribute("disabled") is not None
+    # the CSV download names the method, in its file name and its header
+    click(dash_duo, "#ex-dl-csv")
+    csv_file = _wait_file(Path(dash_duo.download_path), ".csv")
+    assert csv_file.name.endswith("-rca.csv")
+    assert "method=rca" in csv_file.read_text().splitlines()[1]
+    # a shared URL restores the method; a bad one is a message and the rest still applies
+    open_page(dash_duo, "/?method=lda&k=8")
+    want_lda = core["rate"](k=8, method="lda").global_rate
+    dash_duo.wait_for_text_to_equal("#ex-global-rate", f"{want_lda:.4f}", timeout=30)
+    assert dash_duo.find_element("#ex-method").get_attribute("value") == "lda"
+    open_page(dash_duo, "/?method=pca&k=8")
+    dash_duo.wait_for_contains_text("#ex-url-msg", "URL parameter method", timeout=30)
+    dash_duo.wait_for_text_to_equal("#ex-global-rate", f"{core['rate'](k=8).global_rate:.4f}", timeout=30)
     assert not severe(dash_duo.get_logs())
 
 
