@@ -451,6 +451,35 @@ def test_systematics_page_loads_and_rejects_bad_bands(dash_duo, dash_app):
     assert not severe(dash_duo.get_logs())
 
 
+def test_curves_methods_experiment_runs_in_the_background_and_matches_the_engine(dash_duo, dash_app, core):
+    dash_duo.start_server(dash_app, port=free_port())
+    open_page(dash_duo, "/curves")
+    dash_duo.wait_for_element("#cu-methods-run", timeout=30)
+    set_input(dash_duo, "#cu-methods-k", 8)
+    click(dash_duo, "#cu-methods-run")
+    dash_duo.wait_for_element("#cu-methods-tab", timeout=180)
+    rows = [
+        [td.text for td in tr.find_elements("css selector", "td")]
+        for tr in dash_duo.find_elements("#cu-methods-tab tbody tr")
+    ]
+    shown = {(r[0], r[1]): r[2] for r in rows}
+    assert len(rows) == 8  # 4 methods x (spectra, abundance subset)
+    for m, name in (("rsca", "RSCA (paper)"), ("rca", "RCA"), ("lda", "LDA"), ("nca", "NCA")):
+        assert shown[("spectra", name)] == f"{core['rate'](k=8, method=m).global_rate:.4f}", name
+    n_bars = wait_js(
+        dash_duo,
+        "var g = document.getElementById('cu-methods-fig').getElementsByClassName('js-plotly-plot')[0];"
+        " return g && g.data ? g.data.filter(t => t.type === 'bar').length : 0",
+        lambda n: n == 4,
+    )
+    assert n_bars == 4
+    click(dash_duo, "#cu-methods-csv")
+    csv_file = _wait_file(Path(dash_duo.download_path), ".csv")
+    assert csv_file.name == "rsca-methods-simulated-default.csv"
+    assert "SIMULATED" in csv_file.read_text().splitlines()[0]
+    assert not severe(dash_duo.get_logs())
+
+
 def test_every_page_opens_without_console_errors(dash_duo, dash_app):
     dash_duo.start_server(dash_app, port=free_port())
     for path, marker in (

@@ -329,3 +329,16 @@ def test_the_app_rate_of_each_method_is_the_engines(tiny_default, method):
     if method != "rsca":  # the RSCA map download refuses another method's settings
         with pytest.raises(service.UserError, match="RSCA"):
             service.fit_map(s)
+
+
+def test_the_methods_experiment_of_the_curves_page(tiny_default):
+    table, fig = service.run_experiment("methods", "default", {"k": "8", "species": "Fe,Mg,Si"})
+    spectra = table[table["input"] == "spectra"].set_index("method")
+    assert list(spectra.index) == ["rsca", "rca", "lda", "nca"]
+    for m in spectra.index:  # the spectra rows are the engine's rates on the leading 8 of the K_FIT PCA
+        assert spectra.loc[m, "global_rate"] == pytest.approx(_engine_rate(tiny_default, 8, m).global_rate, abs=1e-12)
+    assert set(table["representation"]) == {"spectra", "abundance subset"}
+    assert [t.name for t in fig.data][:4] == ["RSCA (paper)", "RCA", "LDA", "NCA"]
+    assert "SIMULATED" in fig.layout.title.text
+    with pytest.raises(service.UserError, match="K = 99 is out of range"):
+        service.run_experiment("methods", "default", {"k": "99"})
