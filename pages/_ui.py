@@ -16,6 +16,8 @@ GRAPH_CONFIG = {
 }
 TEMPLATE = "plotly_white"
 PALETTE = pc.qualitative.Alphabet + pc.qualitative.Dark24
+TOP_NOTE = "blank = all axes"
+TOP_OFF_NOTE = "RSCA only: the other methods have no ranked axes to keep"
 
 
 def cluster_colours(names):
@@ -127,8 +129,13 @@ def _clusters_field(prefix, names, value):
     )
 
 
-def settings_controls(prefix: str, s, *, with_input=True, with_top=True, with_cv=True, with_clusters=True, with_k=True):
-    """The common controls (dataset, input, K, clusters, CV, top-N) with ids ``{prefix}-…``."""
+def settings_controls(
+    prefix: str, s, *, with_input=True, with_top=True, with_cv=True, with_clusters=True, with_k=True, with_method=False
+):
+    """The common controls (dataset, input, K, clusters, CV, method, top-N) with ids ``{prefix}-…``.
+
+    With ``with_method``, the top-N box is disabled (with a note) while the method is not RSCA
+    (see :func:`register_settings_callbacks`)."""
     try:
         choices = service.dataset_choices()
     except Exception:
@@ -184,7 +191,21 @@ def settings_controls(prefix: str, s, *, with_input=True, with_top=True, with_cv
         rows.append(_clusters_field(prefix, names, clusters_value))
     if with_cv:
         rows.append(_field("Validation", dbc.Switch(id=f"{prefix}-cv", label="leave-one-cluster-out CV", value=s.cv)))
+    if with_method:
+        rows.append(
+            _field(
+                "Method",
+                dbc.Select(
+                    id=f"{prefix}-method",
+                    value=s.method,
+                    options=[{"label": service.METHOD_LABELS[m], "value": m} for m in service.METHODS],
+                    size="sm",
+                ),
+                "the map each leave-one-cluster-out fold refits",
+            )
+        )
     if with_top:
+        off = with_method and s.method != "rsca"
         rows.append(
             _field(
                 "Top-N axes",
@@ -196,14 +217,17 @@ def settings_controls(prefix: str, s, *, with_input=True, with_top=True, with_cv
                     placeholder="all",
                     debounce=True,
                     size="sm",
+                    disabled=off,
                 ),
-                "blank = all axes",
+                html.Span(TOP_OFF_NOTE if off else TOP_NOTE, id=f"{prefix}-top-note"),
             )
         )
     return dbc.Card(dbc.CardBody(rows), class_name="shadow-sm")
 
 
-def settings_inputs(prefix: str, with_input=True, with_top=True, with_cv=True, with_clusters=True, with_k=True):
+def settings_inputs(
+    prefix: str, with_input=True, with_top=True, with_cv=True, with_clusters=True, with_k=True, with_method=False
+):
     ids = [
         ("ds", True),
         ("input", with_input),
@@ -212,13 +236,26 @@ def settings_inputs(prefix: str, with_input=True, with_top=True, with_cv=True, w
         ("clusters", with_clusters),
         ("cv", with_cv),
         ("top", with_top),
+        ("method", with_method),
     ]
     return [Input(f"{prefix}-{name}", "value") for name, on in ids if on]
 
 
-def register_settings_callbacks(prefix: str, with_input=True, with_clusters=True):
-    """Wire the helper behaviour of :func:`settings_controls` (cluster list per dataset, all/none)."""
+def register_settings_callbacks(prefix: str, with_input=True, with_clusters=True, with_method=False):
+    """Wire the helper behaviour of :func:`settings_controls` (cluster list per dataset, all/none,
+    top-N off for a method other than RSCA)."""
     from dash import Output, State, callback, ctx, no_update
+
+    if with_method:
+
+        @callback(
+            Output(f"{prefix}-top", "disabled"),
+            Output(f"{prefix}-top-note", "children"),
+            Input(f"{prefix}-method", "value"),
+        )
+        def _top_for_method(method):
+            off = method != "rsca"
+            return off, TOP_OFF_NOTE if off else TOP_NOTE
 
     if with_clusters:
 

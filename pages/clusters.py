@@ -31,7 +31,7 @@ def layout(**query):
             ui.messages(problems),
             dbc.Row(
                 [
-                    dbc.Col(ui.settings_controls(P, s), md=3),
+                    dbc.Col(ui.settings_controls(P, s, with_method=True), md=3),
                     dbc.Col(
                         [
                             html.Div(id=f"{P}-msg"),
@@ -58,7 +58,7 @@ def layout(**query):
     )
 
 
-ui.register_settings_callbacks(P)
+ui.register_settings_callbacks(P, with_method=True)
 
 
 def grid_figure(r):
@@ -76,11 +76,11 @@ def grid_figure(r):
     Output(f"{P}-url", "search"),
     Output(f"{P}-explore-link", "href"),
     Output(f"{P}-badge", "children"),
-    *ui.settings_inputs(P),
+    *ui.settings_inputs(P, with_method=True),
 )
-def update(ds, inp, species, k, clusters, cv, top):
+def update(ds, inp, species, k, clusters, cv, top, method):
     try:
-        s = service.settings_from_controls(ds, inp, k, species, clusters, cv, top)
+        s = service.settings_from_controls(ds, inp, k, species, clusters, cv, top, method=method)
         r = service.rates(s)
     except Exception as exc:
         msg = service.describe_error(exc)
@@ -120,7 +120,7 @@ def download(_n, store):
         return {
             "content": service.rates_csv(s),
             "type": "text/csv",
-            "filename": f"rsca-rates-{service.dataset_label(s.ds)}-{s.ds}.csv",
+            "filename": f"rsca-rates-{service.dataset_label(s.ds)}-{s.ds}{'' if s.method == 'rsca' else '-' + s.method}.csv",
         }
     except Exception:
         return no_update

@@ -1,4 +1,5 @@
-"""Curves: the paper's experiments (Fig. 2 K sweep, Table 1 top-N, Fig. 5 data size, Fig. 4 ablation).
+"""Curves: the paper's experiments (Fig. 2 K sweep, Table 1 top-N, Fig. 5 data size, Fig. 4 ablation),
+and one beyond it: RSCA against the metric learners the paper cites (RCA, LDA, NCA).
 
 Each runs as a background job (progress bar, cancel button; the page stays responsive) and its
 finished result is cached on disk and shared by every user and worker (same dataset + parameters).
@@ -40,6 +41,12 @@ CARDS = {
         "Spectra, all 21 abundances and a subset, each with the raw, scaled and transformed (RSCA) metric.",
         [("k", "K", "30"), ("species", "subset", "Fe,Mg,Ni,Si,Al,C,N")],
     ),
+    "methods": (
+        "RSCA against other metric learners (beyond the paper)",
+        "RSCA, relevant component analysis (RCA), LDA and NCA on the spectra and an abundance subset, each "
+        "scored by the same leave-one-cluster-out protocol (every fold refits the method).",
+        [("k", "K", "30"), ("species", "subset", "Fe,Mg,Ni,Si,Al,C,N")],
+    ),
 }
 
 
@@ -50,6 +57,7 @@ CAPS_TEXT = {
         f"Limits on this server: at most {service.CAPS['data_size_ks']} K values and {service.CAPS['trials']} trials."
     ),
     "ablation": "",
+    "methods": "Limits on this server: 4 methods × 2 inputs, K up to the server's largest.",
 }
 
 
@@ -169,6 +177,7 @@ def layout(**query):
             ),
             dbc.Row([dbc.Col(card("k_sweep", query), lg=6), dbc.Col(card("top_n", query), lg=6)]),
             dbc.Row([dbc.Col(card("data_size", query), lg=6), dbc.Col(card("ablation", query), lg=6)]),
+            dbc.Row([dbc.Col(card("methods", query), lg=6)]),
         ]
     )
 
@@ -186,6 +195,9 @@ def _table_view(name, table):
         t = table[["axes", "mean", "std"] + [c for c in ("paper_mean", "paper_std") if c in table.columns]].copy()
     elif name == "ablation":
         t = table[["representation", "variant", "mean"] + [c for c in ("paper",) if c in table.columns]].copy()
+    elif name == "methods":
+        t = table[["representation", "method_name", "global_rate", "n_clusters_rated", "notes"]].copy()
+        t = t.rename(columns={"method_name": "method", "n_clusters_rated": "clusters rated"})
     else:
         return None
     for c in t.columns:

@@ -38,7 +38,7 @@ def layout(**query):
             ui.messages(problems, id=f"{P}-url-msg"),
             dbc.Row(
                 [
-                    dbc.Col(ui.settings_controls(P, s), md=3),
+                    dbc.Col(ui.settings_controls(P, s, with_method=True), md=3),
                     dbc.Col(
                         [
                             html.Div(id=f"{P}-msg"),
@@ -80,6 +80,8 @@ def layout(**query):
                                         color="secondary",
                                         size="sm",
                                         class_name="me-2",
+                                        disabled=s.method != "rsca",
+                                        title="" if s.method == "rsca" else "the map file holds an RSCA map",
                                     ),
                                     dcc.Link(
                                         "Same settings on the Clusters page →",
@@ -102,7 +104,7 @@ def layout(**query):
     )
 
 
-ui.register_settings_callbacks(P)
+ui.register_settings_callbacks(P, with_method=True)
 
 
 def rate_card(r, s):
@@ -121,7 +123,11 @@ def rate_card(r, s):
                 [
                     dbc.Col(
                         [
-                            html.Div("Global doppelganger rate", className="small text-muted"),
+                            html.Div(
+                                f"Global doppelganger rate ({service.METHOD_LABELS[s.method]})",
+                                id=f"{P}-rate-title",
+                                className="small text-muted",
+                            ),
                             html.Div(shown, id=f"{P}-global-rate", className="display-6 fw-bold"),
                             ui.kind_badge(r["label"]),
                         ],
@@ -140,7 +146,11 @@ def rate_card(r, s):
                                 html.Li(what),
                                 html.Li(
                                     f"{'leave-one-cluster-out CV' if s.cv else 'no CV (map fitted on all selected clusters)'}; "
-                                    f"top-N = {s.top_n or 'all'}"
+                                    + (
+                                        f"top-N = {s.top_n or 'all'}"
+                                        if s.method == "rsca"
+                                        else f"method {s.method.upper()}"
+                                    )
                                 ),
                                 html.Li(
                                     f"{used} clusters with a rate, {r['n_cluster_stars']} cluster stars, "
@@ -158,7 +168,7 @@ def rate_card(r, s):
     )
 
 
-def bars_figure(r):
+def bars_figure(r, method="rsca"):
     per = r["per_cluster"]
     names = per["cluster"].astype(str).tolist()
     rates = per["rate"].to_numpy(float)
@@ -182,7 +192,7 @@ def bars_figure(r):
             annotation_position="top left",
         )
     fig.update_layout(yaxis_title="doppelganger rate", xaxis_tickangle=-45, clickmode="event", yaxis_rangemode="tozero")
-    return ui.label_figure(fig, r["label"], "Per-cluster doppelganger rates")
+    return ui.label_figure(fig, r["label"], f"Per-cluster doppelganger rates ({method.upper()})")
 
 
 def hist_figure(r, name):
@@ -219,18 +229,18 @@ def hist_figure(r, name):
 def features_figure(f):
     """Built as a plain figure dict: ~70 traces through plotly's validators cost more than the science."""
     n = len(f["features"])
-    fig = make_subplots(
-        rows=1,
-        cols=max(n, 1),
-        horizontal_spacing=0.07,
-        subplot_titles=[f"feature {i + 1} (σ = {f['scales'][i]:.3g})" for i in range(n)],
+    method = f.get("method", "rsca")
+    titles = (
+        [f"feature {i + 1} (σ = {f['scales'][i]:.3g})" for i in range(n)]
+        if f.get("scales") is not None
+        else [f"{method.upper()} axis {i + 1}" for i in range(n)]
     )
+    fig = make_subplots(rows=1, cols=max(n, 1), horizontal_spacing=0.07, subplot_titles=titles)
     for i in range(n):
         fig.update_xaxes(title_text="[Fe/H]", row=1, col=i + 1)
     fig.update_layout(legend={"font": {"size": 10}})
-    fig = ui.label_figure(
-        fig, f["label"], "Top RSCA features vs [Fe/H] (field density, cluster members coloured)", top=70
-    )
+    what = "Top RSCA features" if method == "rsca" else f"First {method.upper()} axes (unranked, no CV)"
+    fig = ui.label_figure(fig, f["label"], f"{what} vs [Fe/H] (field density, cluster members coloured)", top=70)
     fig.update_annotations(yshift=4)
     out = fig.to_plotly_json()
     out["data"] = [t for i, feat in enumerate(f["features"]) for t in _density_traces(feat, i + 1, i == 0)]
@@ -287,8 +297,12 @@ def _density_traces(feat, col, showlegend):
 def vhelio_figure(f):
     fig = go.Figure()
     fig.update_xaxes(title_text="VHELIO_AVG (km/s)")
-    fig.update_yaxes(title_text="feature 1")
-    fig = ui.label_figure(fig, f["label"], "Feature 1 vs VHELIO_AVG (a good feature does not follow the velocity)")
+    method = f.get("method", "rsca")
+    name = "feature 1" if method == "rsca" else f"{method.upper()} axis 1"
+    fig.update_yaxes(title_text=name)
+    fig = ui.label_figure(
+        fig, f["label"], f"{name[0].upper() + name[1:]} vs VHELIO_AVG (a good feature does not follow the velocity)"
+    )
     out = fig.to_plotly_json()
     out["data"] = _density_traces(f["vhelio"], 1, False)
     return out
@@ -302,15 +316,16 @@ def vhelio_figure(f):
     Output(f"{P}-url", "search"),
     Output(f"{P}-clusters-link", "href"),
     Output(f"{P}-badge", "children"),
-    *ui.settings_inputs(P),
+    Output(f"{P}-dl-map", "disabled"),
+    *ui.settings_inputs(P, with_method=True),
 )
-def update(ds, inp, species, k, clusters, cv, top):
+def update(ds, inp, species, k, clusters, cv, top, method):
     try:
-        s = service.settings_from_controls(ds, inp, k, species, clusters, cv, top)
+        s = service.settings_from_controls(ds, inp, k, species, clusters, cv, top, method=method)
         r = service.rates(s)
     except Exception as exc:  # a message in the page, never a traceback
         msg = service.describe_error(exc)
-        return ui.error_alert(msg), None, ui.empty_figure(msg), None, no_update, no_update, no_update
+        return ui.error_alert(msg), None, ui.empty_figure(msg), None, no_update, no_update, no_update, no_update
     q = service.settings_to_query(s)
     warn = ui.messages(r.get("warnings"), color="warning")
     # the histogram callback draws from the store, so it never recomputes rates on another worker
@@ -332,7 +347,8 @@ def update(ds, inp, species, k, clusters, cv, top):
         .where(per[["cluster", "n_stars", "rate", "median_intra"]].notna(), None)
         .to_dict("records"),
     }
-    return warn, rate_card(r, s), bars_figure(r), store, q, "/clusters" + q, ui.kind_badge(r["label"])
+    badge = ui.kind_badge(r["label"])
+    return warn, rate_card(r, s), bars_figure(r, s.method), store, q, "/clusters" + q, badge, s.method != "rsca"
 
 
 def _settings(store):
@@ -389,7 +405,8 @@ def download(_csv, _map, store):
             return no_update
         label = service.dataset_label(s.ds)
         if dash.ctx.triggered_id == f"{P}-dl-csv":
-            return {"content": service.rates_csv(s), "filename": f"rsca-rates-{label}-{s.ds}.csv", "type": "text/csv"}
+            name = f"rsca-rates-{label}-{s.ds}{'' if s.method == 'rsca' else '-' + s.method}.csv"
+            return {"content": service.rates_csv(s), "filename": name, "type": "text/csv"}
         return dcc.send_bytes(service.map_npz(s), f"rsca-map-{label}-{s.ds}.npz")
     except Exception:
         return no_update

@@ -335,6 +335,7 @@ def method_comparison(
     max_dak: float = MAX_DAK,
     extra_mask_ranges=(),
     progress=False,
+    truncate_from: int | None = None,
 ) -> dict:
     """RSCA against the metric learners the paper cites, by the paper's yardstick.
 
@@ -344,7 +345,8 @@ def method_comparison(
     ``"table"``: one row per (input, method): ``input, representation, method, method_name,
     global_rate, n_clusters_rated, n_stars_rated, k, cv, weights, seed, label, notes``;
     ``"per_cluster"``: ``input, method, cluster, n_stars, rate``; ``"settings"``.
-    Progress: ``len(inputs) * len(methods)`` units.
+    Progress: ``len(inputs) * len(methods)`` units. ``truncate_from``: the spectra are the leading
+    ``k`` components of that larger compression (as :func:`k_sweep`; the dashboard's one PCA).
     """
     _check_dataset(ds)
     methods = [check_method(m) for m in methods]
@@ -354,7 +356,14 @@ def method_comparison(
     try:
         for inp_name in inputs:
             inp = representation(
-                ds, inp_name, k, seed, species=sub, extra_mask_ranges=extra_mask_ranges, weights=weights
+                ds,
+                inp_name,
+                k,
+                seed,
+                species=sub,
+                truncate_from=truncate_from,
+                extra_mask_ranges=extra_mask_ranges,
+                weights=weights,
             )
             for m in methods:
                 row, clusters = _method_rates(inp, inp_name, m, cv, seed, max_dvhelio, max_dak)

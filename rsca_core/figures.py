@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 
 from .constants import PAPER_RESULTS
 from .fileio import atomic_write
-from .labels import data_label, label_name, require_columns, table_seed
+from .labels import METHOD_COLOURS, data_label, label_name, require_columns, table_seed
 
 #: Colours of the paper's figures: CV blue / no-CV green (Fig. 2); raw blue, scaled green,
 #: transformed red (Fig. 4); intra-cluster blue, inter-cluster green (Fig. 9/10).
@@ -347,7 +347,6 @@ def fig_distance_histograms(result: dict, label: str | None = None, inputs=None,
 
 
 # ---------------------------------------------------------------------------- beyond the paper
-METHOD_COLOURS = {"rsca": RED, "rca": "#0072B2", "lda": "#E69F00", "nca": "#009E73"}
 
 
 def fig_methods(table: pd.DataFrame, label: str | None = None) -> Figure:

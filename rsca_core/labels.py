@@ -17,6 +17,9 @@ LABEL_NAMES = {
     "snr": "SNR",
 } | {f"x_h_{sp.lower()}": f"[{sp}/H]" for sp in SPECIES}
 
+#: One colour per method of ``doppelganger_rates`` (RSCA red, as the transformed bars of Fig. 4).
+METHOD_COLOURS = {"rsca": "#d62728", "rca": "#0072B2", "lda": "#E69F00", "nca": "#009E73"}
+
 
 def label_name(column: str) -> str:
     """Display name of a star-table column.

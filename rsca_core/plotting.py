@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .constants import PAPER_RESULTS
-from .labels import data_label, label_name, require_columns, table_seed
+from .labels import METHOD_COLOURS, data_label, label_name, require_columns, table_seed
 
 #: Colours of the paper's figures: CV blue / no-CV green (Fig. 2); raw blue, scaled green,
 #: transformed red (Fig. 4); cluster stars orange (Fig. 3).
@@ -148,6 +148,56 @@ def fig_ablation(table: pd.DataFrame, label: str | None = None) -> go.Figure:
     fig.update_layout(barmode="group")
     fig.update_yaxes(title="global doppelganger rate", rangemode="tozero")
     return _layout(fig, _title("Doppelganger rate by representation and method", label, table_seed(table)))
+
+
+# ---------------------------------------------------------------------------- beyond the paper
+def fig_methods(table: pd.DataFrame, label: str | None = None) -> go.Figure:
+    """Grouped bars: global rate of each method (RSCA, RCA, LDA, NCA) on each representation
+    (:func:`~rsca_core.experiments.method_comparison`), values printed; the paper's RSCA values
+    (spectra at K = 30, abundance subset) as open diamonds.
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"representation": ["spectra"] * 2, "method": ["rsca", "rca"],
+    ...                   "method_name": ["RSCA (paper)", "RCA"], "global_rate": [0.02, 0.03], "k": [30, 30],
+    ...                   "label": "simulated"})
+    >>> [tr.name for tr in fig_methods(t).data]
+    ['RSCA (paper)', 'RCA', 'paper, APOGEE DR16 (RSCA)']
+    """
+    require_columns(table, ["representation", "method", "global_rate"], "fig_methods")
+    label = data_label(table, label)
+    order = list(dict.fromkeys(table["representation"]))
+    names = dict(zip(table["method"], table["method_name"] if "method_name" in table.columns else table["method"]))
+    fig = go.Figure()
+    for m in dict.fromkeys(table["method"]):
+        sub = table[table["method"] == m].set_index("representation").reindex(order)
+        fig.add_trace(
+            go.Bar(
+                x=order,
+                y=sub["global_rate"],
+                name=names[m],
+                marker_color=METHOD_COLOURS.get(m, GREY),
+                text=[f"{y:.3f}" if pd.notna(y) else "n/a" for y in sub["global_rate"]],
+                textposition="outside",
+            )
+        )
+    at_k30 = "k" not in table.columns or (table["k"].dropna() == 30).all()  # the paper's numbers are for K = 30
+    paper = {"spectra": PAPER_RESULTS["spectra_k30"], "abundance subset": PAPER_RESULTS["abundance_subset"]}
+    pts = [(r, y) for r, y in paper.items() if r in order]
+    if at_k30 and "rsca" in set(table["method"]) and pts:
+        fig.add_trace(
+            go.Scatter(
+                x=[r for r, _ in pts],
+                y=[y for _, y in pts],
+                mode="markers",
+                name="paper, APOGEE DR16 (RSCA)",
+                marker=PAPER_MARKER,
+            )
+        )
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(title="global doppelganger rate", rangemode="tozero")
+    title = "RSCA against the metric learners it cites (leave-one-cluster-out)"
+    return _layout(fig, _title(title, label, table_seed(table)))
 
 
 # ---------------------------------------------------------------------------- Fig. 5

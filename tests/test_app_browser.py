@@ -108,7 +108,7 @@ def core(bundle):
     ids = st["cluster"].to_numpy(dtype=object)[ci]
     vh, ak = st["vhelio_avg"].to_numpy(float), st["ak_targ"].to_numpy(float)
 
-    def rate(k=K_FIT, cv=True, clusters=None, top_n=None, z=None):
+    def rate(k=K_FIT, cv=True, clusters=None, top_n=None, z=None, method="rsca"):
         z = comp.scores[:, :k] if z is None else z
         keep = np.ones(len(ci), bool) if clusters is None else np.isin(ids, clusters)
         c = ci[keep]
@@ -122,6 +122,8 @@ def core(bundle):
             clust_ak=ak[c],
             cv=cv,
             top_n=top_n,
+            method=method,
+            random_state=0,
         )
 
     return {"ds": ds, "rate": rate, "names": ds.cluster_names}
@@ -233,6 +235,40 @@ def test_explore_state_in_url_is_restored_and_shareable(dash_duo, dash_app, core
         lambda n: n == 3 * (1 + len(chosen)),
     )
     assert n_traces == 3 * (1 + len(chosen))
+    assert not severe(dash_duo.get_logs())
+
+
+def test_explore_method_selector_shows_the_engines_rate_and_disables_top_n(dash_duo, dash_app, core):
+    from selenium.webdriver.support.select import Select
+
+    dash_duo.start_server(dash_app, port=free_port())
+    open_page(dash_duo, "/?k=8&top=3")
+    want_rsca = core["rate"](k=8, top_n=3).global_rate
+    assert shown_rate(dash_duo) == f"{want_rsca:.4f}"
+    assert dash_duo.find_element("#ex-top").get_attribute("disabled") is None
+    Select(dash_duo.find_element("#ex-method")).select_by_value("rca")
+    want = core["rate"](k=8, method="rca").global_rate  # the engine's RCA rate, same inputs
+    assert f"{want:.4f}" != f"{want_rsca:.4f}", "test survey too easy: RCA and RSCA give the same rate"
+    assert shown_rate(dash_duo, previous=f"{want_rsca:.4f}") == f"{want:.4f}"
+    dash_duo.wait_for_contains_text("#ex-rate-title", "RCA", timeout=30)
+    wait_js(dash_duo, "return window.location.search", lambda q: q and "method=rca" in q)
+    assert "method=rca" in dash_duo.driver.current_url
+    assert dash_duo.find_element("#ex-top").get_attribute("disabled") is not None
+    assert "RSCA only" in dash_duo.find_element("#ex-top-note").text
+    assert dash_duo.find_element("#ex-dl-map").get_attribute("disabled") is not None
+    # the CSV download names the method, in its file name and its header
+    click(dash_duo, "#ex-dl-csv")
+    csv_file = _wait_file(Path(dash_duo.download_path), ".csv")
+    assert csv_file.name.endswith("-rca.csv")
+    assert "method=rca" in csv_file.read_text().splitlines()[1]
+    # a shared URL restores the method; a bad one is a message and the rest still applies
+    open_page(dash_duo, "/?method=lda&k=8")
+    want_lda = core["rate"](k=8, method="lda").global_rate
+    dash_duo.wait_for_text_to_equal("#ex-global-rate", f"{want_lda:.4f}", timeout=30)
+    assert dash_duo.find_element("#ex-method").get_attribute("value") == "lda"
+    open_page(dash_duo, "/?method=pca&k=8")
+    dash_duo.wait_for_contains_text("#ex-url-msg", "URL parameter method", timeout=30)
+    dash_duo.wait_for_text_to_equal("#ex-global-rate", f"{core['rate'](k=8).global_rate:.4f}", timeout=30)
     assert not severe(dash_duo.get_logs())
 
 
@@ -412,6 +448,35 @@ def test_systematics_page_loads_and_rejects_bad_bands(dash_duo, dash_app):
     dash_duo.wait_for_contains_text("#sy-mask-msg", "START-STOP", timeout=120)
     set_input(dash_duo, "#sy-mask", "9000-9100")
     dash_duo.wait_for_contains_text("#sy-mask-msg", "0 ≤ start < stop ≤ 8575", timeout=30)
+    assert not severe(dash_duo.get_logs())
+
+
+def test_curves_methods_experiment_runs_in_the_background_and_matches_the_engine(dash_duo, dash_app, core):
+    dash_duo.start_server(dash_app, port=free_port())
+    open_page(dash_duo, "/curves")
+    dash_duo.wait_for_element("#cu-methods-run", timeout=30)
+    set_input(dash_duo, "#cu-methods-k", 8)
+    click(dash_duo, "#cu-methods-run")
+    dash_duo.wait_for_element("#cu-methods-tab", timeout=180)
+    rows = [
+        [td.text for td in tr.find_elements("css selector", "td")]
+        for tr in dash_duo.find_elements("#cu-methods-tab tbody tr")
+    ]
+    shown = {(r[0], r[1]): r[2] for r in rows}
+    assert len(rows) == 8  # 4 methods x (spectra, abundance subset)
+    for m, name in (("rsca", "RSCA (paper)"), ("rca", "RCA"), ("lda", "LDA"), ("nca", "NCA")):
+        assert shown[("spectra", name)] == f"{core['rate'](k=8, method=m).global_rate:.4f}", name
+    n_bars = wait_js(
+        dash_duo,
+        "var g = document.getElementById('cu-methods-fig').getElementsByClassName('js-plotly-plot')[0];"
+        " return g && g.data ? g.data.filter(t => t.type === 'bar').length : 0",
+        lambda n: n == 4,
+    )
+    assert n_bars == 4
+    click(dash_duo, "#cu-methods-csv")
+    csv_file = _wait_file(Path(dash_duo.download_path), ".csv")
+    assert csv_file.name == "rsca-methods-simulated-default.csv"
+    assert "SIMULATED" in csv_file.read_text().splitlines()[0]
     assert not severe(dash_duo.get_logs())
 
 

@@ -10,6 +10,7 @@ import itertools
 import os
 from urllib.parse import parse_qs, urlparse
 
+import numpy as np
 import pytest
 
 from pages import _service as service  # noqa: E402
@@ -265,3 +266,79 @@ def test_state_folder_defaults_to_the_users_home_not_tmp(monkeypatch, tmp_path):
     monkeypatch.setenv("RSCA_ALLOW_BUILD", "maybe")
     with pytest.raises(service.ConfigError, match="RSCA_ALLOW_BUILD"):
         service.config.reload()
+
+
+# ------------------------------------------------------------------------------------------ methods (issue 15)
+def test_method_is_a_url_setting_validated_by_the_parser(monkeypatch):
+    for m in service.METHODS:
+        s = service.Settings(method=m, k=12, cv=False)
+        back, problems = service.settings_from_query(_query(service.settings_to_query(s)))
+        assert problems == [] and back == s
+    assert "method" not in service.settings_to_query(service.Settings())  # the default is not spelled out
+    # a bad method is a message naming the parameter; the rest of the URL still applies
+    s, problems = service.settings_from_query({"method": "pca", "k": "12", "cv": "0"})
+    assert (s.method, s.k, s.cv) == ("rsca", 12, False)
+    assert (
+        len(problems) == 1 and problems[0].startswith("URL parameter method:") and "rsca, rca, lda, nca" in problems[0]
+    )
+    # top-N is RSCA's: with another method it is dropped, with a message
+    s, problems = service.settings_from_query({"method": "RCA", "top": "3"})
+    assert (s.method, s.top_n) == ("rca", None) and "RSCA only" in problems[0]
+    # every cache key names the method
+    monkeypatch.setattr(service.settings_module, "uid", lambda key: "same-bundle")
+    keys = {service.Settings(method=m).key() for m in service.METHODS}
+    assert len(keys) == len(service.METHODS) and all('"method": ' in k for k in keys)
+
+
+@pytest.fixture
+def tiny_default(tmp_path, monkeypatch):
+    """A small bundle as the default dataset, with its K_FIT = 12 compression cached."""
+    from tests.helpers import small_dataset
+
+    monkeypatch.setenv("RSCA_K_FIT", "12")
+    service.config.reload()
+    small_dataset(n_field=300, sizes=(3, 4, 5, 6, 4, 5)).save(tmp_path / "default")
+    ds = service.load("default")
+    ds.compress(12, seed=service.SEED)
+    return ds
+
+
+def _engine_rate(ds, k, method, top_n=None):
+    """The rate of ``method`` straight from rsca_core: the cached K=12 PCA cut to k, the pair filter, every cluster."""
+    from rsca_core import doppelganger_rates
+
+    z = ds.compress(12, seed=0).scores[:, :k]
+    fi, ci = ds.field_index, ds.cluster_index
+    st = ds.stars
+    vh, ak = st["vhelio_avg"].to_numpy(float), st["ak_targ"].to_numpy(float)
+    ids = st["cluster"].to_numpy(dtype=object)[ci]
+    kw = dict(pop_vhelio=vh[fi], pop_ak=ak[fi], clust_vhelio=vh[ci], clust_ak=ak[ci])
+    return doppelganger_rates(z[fi], z[ci], ids, **kw, cv=True, top_n=top_n, method=method, random_state=0)
+
+
+@pytest.mark.parametrize("method", ["rsca", "rca", "lda", "nca"])
+def test_the_app_rate_of_each_method_is_the_engines(tiny_default, method):
+    ds = tiny_default
+    s = service.settings_from_controls("default", "spectra", 8, None, service.ALL, True, "3", method=method)
+    assert s.method == method and s.top_n == (3 if method == "rsca" else None)  # top-N is RSCA's
+    got = service.compute_rates(s)
+    want = _engine_rate(ds, 8, method, s.top_n)
+    assert got["global_rate"] == pytest.approx(want.global_rate, abs=1e-12)
+    assert np.allclose(got["per_cluster"]["rate"], want.per_cluster["rate"], equal_nan=True, atol=1e-12)
+    assert got["description"]["method"] == method
+    if method != "rsca":  # the RSCA map download refuses another method's settings
+        with pytest.raises(service.UserError, match="RSCA"):
+            service.fit_map(s)
+
+
+def test_the_methods_experiment_of_the_curves_page(tiny_default):
+    table, fig = service.run_experiment("methods", "default", {"k": "8", "species": "Fe,Mg,Si"})
+    spectra = table[table["input"] == "spectra"].set_index("method")
+    assert list(spectra.index) == ["rsca", "rca", "lda", "nca"]
+    for m in spectra.index:  # the spectra rows are the engine's rates on the leading 8 of the K_FIT PCA
+        assert spectra.loc[m, "global_rate"] == pytest.approx(_engine_rate(tiny_default, 8, m).global_rate, abs=1e-12)
+    assert set(table["representation"]) == {"spectra", "abundance subset"}
+    assert [t.name for t in fig.data][:4] == ["RSCA (paper)", "RCA", "LDA", "NCA"]
+    assert "SIMULATED" in fig.layout.title.text
+    with pytest.raises(service.UserError, match="K = 99 is out of range"):
+        service.run_experiment("methods", "default", {"k": "99"})

@@ -75,7 +75,16 @@ def compute_rates(s: Settings, allow_compute: bool = False, pca=None) -> dict:
     ri = rate_inputs(s, allow_compute=allow_compute, pca=pca)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = doppelganger_rates(ri.z_pop, ri.z_clust, ri.cluster_ids, **ri.as_kwargs(), cv=s.cv, top_n=s.top_n)
+        res = doppelganger_rates(
+            ri.z_pop,
+            ri.z_clust,
+            ri.cluster_ids,
+            **ri.as_kwargs(),
+            cv=s.cv,
+            top_n=s.top_n,
+            method=s.method,
+            random_state=SEED,
+        )
     per = res.per_cluster.reset_index(drop=True).copy()
     hists = {
         name: distance_histogram(res.intra_distances.get(name, np.empty(0)), res.inter_distances.get(name, np.empty(0)))
@@ -90,7 +99,7 @@ def compute_rates(s: Settings, allow_compute: bool = False, pca=None) -> dict:
         "dims": int(ri.z_pop.shape[1]),
         "label": dataset_label(s.ds),
         "settings": asdict(s),
-        "description": ri.description,
+        "description": ri.description | {"method": s.method},
         "warnings": list(dict.fromkeys(str(w.message) for w in caught)),
     }
 
@@ -106,16 +115,19 @@ def _rates_cached(key: str) -> dict:
 
 
 def fit_map(s: Settings):
-    """The RSCA map fitted (without CV) on the selected clusters, plus its inputs."""
+    """The RSCA map fitted (without CV) on the selected clusters, plus its inputs (RSCA settings only)."""
     from rsca_core import RSCA
 
+    if s.method != "rsca":
+        raise UserError(f"the map download is for RSCA; the settings ask for method {s.method!r}")
     ri = rate_inputs(s)
     model = RSCA(top_n=s.top_n).fit(ri.z_pop, ri.z_clust, ri.cluster_ids)
     return model, ri
 
 
 def features(s: Settings, n_features: int = 3) -> dict:
-    """Top RSCA features vs [Fe/H] and VHELIO (field density + cluster members), cached."""
+    """Top RSCA features (or the first output axes of another method) vs [Fe/H] and VHELIO (field
+    density + cluster members), cached. ``scales`` is None for a method other than RSCA."""
     return _features_cached(s.key(), n_features)
 
 
@@ -139,16 +151,29 @@ def _density(x, y) -> dict | None:
 def _features_cached(key: str, n_features: int) -> dict:
     s = settings_from_key(key)
     ds = load(s.ds)
-    model, ri = fit_map(s)
-    yf = np.asarray(model.transform(ri.z_pop))
-    yc = np.asarray(model.transform(ri.z_clust))
+    if s.method == "rsca":
+        model, ri = fit_map(s)
+        yf = np.asarray(model.transform(ri.z_pop))
+        yc = np.asarray(model.transform(ri.z_clust))
+        scales = np.asarray(model.scales_, float)
+    else:  # the method's linear map fitted on every selected cluster (no CV), as fit_map does for RSCA
+        from rsca_core.learners import linear_map
+
+        ri = rate_inputs(s)
+        M = linear_map(s.method, ri.z_clust, ri.cluster_ids, random_state=SEED)
+        yf, yc, scales = ri.z_pop @ M.T, ri.z_clust @ M.T, None
     nf = min(n_features, yf.shape[1])
     st, fi = ds.stars, ds.field_index
     feh, vh = st["fe_h"].to_numpy(float), st["vhelio_avg"].to_numpy(float)
     cmask = st["cluster"].isin(set(ri.cluster_ids)).to_numpy()  # the cluster rows of rate_inputs, in bundle order
     names = np.asarray(ri.cluster_ids)
     ids = st["apogee_id"].to_numpy(dtype=object)[cmask].astype(str)  # for the click-through to Siblings
-    out = {"label": dataset_label(s.ds), "features": [], "scales": np.asarray(model.scales_, float)[:nf]}
+    out = {
+        "label": dataset_label(s.ds),
+        "features": [],
+        "scales": None if scales is None else scales[:nf],
+        "method": s.method,
+    }
     for i in range(nf):
         out["features"].append(
             {

@@ -11,7 +11,7 @@ from .errors import UserError, short
 from .jobs import UnitProgress
 from .settings import parse_int, parse_int_list, parse_species
 
-EXPERIMENTS = ("k_sweep", "top_n", "data_size", "ablation")
+EXPERIMENTS = ("k_sweep", "top_n", "data_size", "ablation", "methods")
 #: per-job caps, shown beside the Curves form
 CAPS = {"k_values": 12, "seeds": 5, "data_size_ks": 3, "trials": 100}
 
@@ -55,7 +55,27 @@ def _ablation(ds, params, report, experiments, plotting):
     return table, plotting.fig_ablation(table, ds.label)
 
 
-_RUNNERS = {"k_sweep": _k_sweep, "top_n": _top_n, "data_size": _data_size, "ablation": _ablation}
+def _methods(ds, params, report, experiments, plotting):
+    """RSCA vs RCA, LDA and NCA on the spectra (leading K of the K_FIT PCA) and an abundance subset."""
+    from rsca_core.learners import METHODS
+
+    kf = config.k_fit()
+    k = parse_int(params.get("k"), "K", 2, config.k_max())
+    sub = parse_species(params.get("species") or PAPER_SUBSET)
+    bar = UnitProgress(2 * len(METHODS), report, "methods")
+    res = experiments.method_comparison(
+        ds, k=k, subset=sub, methods=METHODS, truncate_from=kf if k <= kf else None, progress=bar
+    )
+    return res["table"], plotting.fig_methods(res["table"], ds.label)
+
+
+_RUNNERS = {
+    "k_sweep": _k_sweep,
+    "top_n": _top_n,
+    "data_size": _data_size,
+    "ablation": _ablation,
+    "methods": _methods,
+}
 
 
 def run_experiment(name: str, key, params: dict, report=None):

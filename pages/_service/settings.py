@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 import numpy as np
 
 from rsca_core.constants import N_PIXELS, PAPER_SUBSET, SPECIES
+from rsca_core.learners import METHODS
 
 from . import config
 from .config import K_MAX, K_MIN
@@ -22,6 +23,7 @@ INPUTS = ("spectra", "abundances", "subset")
 INPUT_LABELS = {"spectra": "spectra (PCA)", "abundances": "all 21 abundances", "subset": "abundance subset"}
 MAX_PARAM_CHARS = 2000
 ALL = "__all__"  # "every cluster" for pages without a cluster selector
+METHOD_LABELS = {"rsca": "RSCA (the paper)", "rca": "RCA", "lda": "LDA", "nca": "NCA"}
 MAX_MASK_RANGES = 40  # extra masked pixel ranges one view may ask for
 
 
@@ -35,6 +37,7 @@ class Settings:
     cv: bool = True
     top_n: int | None = None  # None = all axes
     mask: tuple = ()  # extra [start, stop) pixel ranges (Systematics page)
+    method: str = "rsca"  # rsca_core.learners.METHODS; top_n applies to "rsca" only
 
     def key(self) -> str:
         """Cache key: every setting plus the dataset's uid and the compression size K_FIT."""
@@ -54,9 +57,10 @@ def settings_from_dict(d) -> Settings:
         clusters = ALL if d["clusters"] is None else [str(x) for x in d["clusters"]]
         species = [str(x) for x in d["species"]]
         args = (str(d["ds"]), str(d["input"]), d["k"], species, clusters, bool(d["cv"]), d["top_n"])
-    except (KeyError, TypeError, ValueError):
+        method = str(d.get("method", "rsca"))
+    except (KeyError, TypeError, ValueError, AttributeError):
         raise UserError("the page's stored settings are not valid: reload the page") from None
-    return settings_from_controls(*args, mask=parse_mask(mask))
+    return settings_from_controls(*args, mask=parse_mask(mask), method=method)
 
 
 def settings_from_key(key: str) -> Settings:
@@ -167,6 +171,14 @@ def parse_mask(value) -> tuple:
     return tuple(sorted(set(out)))
 
 
+def parse_method(value) -> str:
+    """One of :data:`rsca_core.learners.METHODS` (case-insensitive), or a UserError naming ``method``."""
+    m = str(value).strip().lower() if isinstance(value, str) else None
+    if m not in METHODS:
+        raise UserError(f"method must be one of {', '.join(METHODS)}, not {short(value)!r}")
+    return m
+
+
 def _raise(msg):
     raise UserError(msg)
 
@@ -184,6 +196,7 @@ _QUERY_PARSERS = (
     ("cv", _parse_cv),
     ("top", lambda v: None if str(v).lower() in ("", "all") else parse_int(v, "top-N", 1, K_MAX)),
     ("mask", parse_mask),
+    ("method", parse_method),
 )
 
 
@@ -218,10 +231,13 @@ def settings_from_query(query: dict, defaults: Settings | None = None) -> tuple[
             s = replace(s, clusters=parse_clusters(s.ds, q["clusters"]))
         except UserError as exc:
             problems.append(f"URL parameter clusters: {exc}; using all clusters")
+    if s.method != "rsca" and s.top_n is not None:
+        problems.append(f"URL parameter top: top-N applies to RSCA only, not {s.method.upper()}; ignored")
+        s = replace(s, top_n=None)
     return s, problems
 
 
-def settings_to_query(s: Settings, keys=("ds", "input", "k", "species", "clusters", "cv", "top")) -> str:
+def settings_to_query(s: Settings, keys=("ds", "input", "k", "species", "clusters", "cv", "top", "method")) -> str:
     """The query string of a view (only values that differ from the defaults)."""
     d = Settings()
     wanted = {
@@ -233,13 +249,16 @@ def settings_to_query(s: Settings, keys=("ds", "input", "k", "species", "cluster
         "cv": (s.cv != d.cv, int(s.cv)),
         "top": (s.top_n is not None, s.top_n),
         "mask": (bool(s.mask), ",".join(f"{a}-{b}" for a, b in s.mask)),
+        "method": (s.method != d.method, s.method),
     }
     q = {name: value for name, (differs, value) in wanted.items() if name in keys and differs}
     return ("?" + urlencode(q, safe=",")) if q else ""
 
 
-def settings_from_controls(ds, input_, k, species, clusters, cv, top_n, mask=()) -> Settings:
-    """Settings from control values; raises UserError with a message for the page."""
+def settings_from_controls(ds, input_, k, species, clusters, cv, top_n, mask=(), method="rsca") -> Settings:
+    """Settings from control values; raises UserError with a message for the page.
+
+    ``top_n`` is ignored (the page disables its control) unless ``method`` is "rsca"."""
     if ds is None:
         raise UserError("choose a dataset")
     dataset_path(ds)
@@ -251,6 +270,10 @@ def settings_from_controls(ds, input_, k, species, clusters, cv, top_n, mask=())
     k = parse_int(k, "K", K_MIN, config.k_max())
     sp = parse_species(species) if input_ == "subset" else PAPER_SUBSET
     dims = {"spectra": k, "abundances": len(SPECIES), "subset": len(sp)}[input_]
-    top = None if top_n in (None, "", "all", 0, "0") else parse_int(top_n, "top-N", 1, dims)
+    method = parse_method(method if method is not None else "rsca")
+    no_top = top_n in (None, "", "all", 0, "0") or method != "rsca"
+    top = None if no_top else parse_int(top_n, "top-N", 1, dims)
     cl = None if clusters == ALL else parse_clusters(ds, clusters if clusters is not None else [])
-    return Settings(ds=ds, input=input_, k=k, species=sp, clusters=cl, cv=bool(cv), top_n=top, mask=tuple(mask))
+    return Settings(
+        ds=ds, input=input_, k=k, species=sp, clusters=cl, cv=bool(cv), top_n=top, mask=tuple(mask), method=method
+    )
