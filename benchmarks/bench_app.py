@@ -196,7 +196,7 @@ def take_screenshots(port, out_dir):
             "/curves",
             "#cu-k_sweep-run",
             2,
-            ["cu-k_sweep-run", "cu-ablation-run", "cu-data_size-run", "cu-top_n-run"],
+            ["cu-k_sweep-run", "cu-ablation-run", "cu-data_size-run", "cu-top_n-run", "cu-methods-run"],
         ),
         ("systematics", "/systematics", "#sy-mask", 150, None),
         ("inside", "/inside?step=4", "#in-explain", 10, None),

@@ -18,6 +18,8 @@ TEMPLATE = "plotly_white"
 PALETTE = pc.qualitative.Alphabet + pc.qualitative.Dark24
 TOP_NOTE = "blank = all axes"
 TOP_OFF_NOTE = "RSCA only: the other methods have no ranked axes to keep"
+WEIGHTS_NOTE = "spectra only; each pixel weighted by 1/σ² (capped); computed once in the background"
+NO_ERRORS_NOTE = "this dataset stores no flux errors (errors.npy)"
 
 
 def cluster_colours(names):
@@ -130,7 +132,16 @@ def _clusters_field(prefix, names, value):
 
 
 def settings_controls(
-    prefix: str, s, *, with_input=True, with_top=True, with_cv=True, with_clusters=True, with_k=True, with_method=False
+    prefix: str,
+    s,
+    *,
+    with_input=True,
+    with_top=True,
+    with_cv=True,
+    with_clusters=True,
+    with_k=True,
+    with_method=False,
+    with_weights=False,
 ):
     """The common controls (dataset, input, K, clusters, CV, method, top-N) with ids ``{prefix}-…``.
 
@@ -187,6 +198,23 @@ def settings_controls(
                 "spectra only; press Enter to apply",
             )
         )
+    if with_weights:
+        try:
+            errors = service.has_errors(s.ds)
+        except Exception:
+            errors = False
+        rows.append(
+            _field(
+                "Compression",
+                dbc.Switch(
+                    id=f"{prefix}-weights",
+                    label="use flux errors (weighted PCA)",
+                    value=s.weights == "ivar",
+                    disabled=not errors,
+                ),
+                html.Span(WEIGHTS_NOTE if errors else NO_ERRORS_NOTE, id=f"{prefix}-weights-note"),
+            )
+        )
     if with_clusters:
         rows.append(_clusters_field(prefix, names, clusters_value))
     if with_cv:
@@ -226,7 +254,14 @@ def settings_controls(
 
 
 def settings_inputs(
-    prefix: str, with_input=True, with_top=True, with_cv=True, with_clusters=True, with_k=True, with_method=False
+    prefix: str,
+    with_input=True,
+    with_top=True,
+    with_cv=True,
+    with_clusters=True,
+    with_k=True,
+    with_method=False,
+    with_weights=False,
 ):
     ids = [
         ("ds", True),
@@ -237,11 +272,14 @@ def settings_inputs(
         ("cv", with_cv),
         ("top", with_top),
         ("method", with_method),
+        ("weights", with_weights),
     ]
     return [Input(f"{prefix}-{name}", "value") for name, on in ids if on]
 
 
-def register_settings_callbacks(prefix: str, with_input=True, with_clusters=True, with_method=False):
+def register_settings_callbacks(
+    prefix: str, with_input=True, with_clusters=True, with_method=False, with_weights=False
+):
     """Wire the helper behaviour of :func:`settings_controls` (cluster list per dataset, all/none,
     top-N off for a method other than RSCA)."""
     from dash import Output, State, callback, ctx, no_update
@@ -256,6 +294,22 @@ def register_settings_callbacks(prefix: str, with_input=True, with_clusters=True
         def _top_for_method(method):
             off = method != "rsca"
             return off, TOP_OFF_NOTE if off else TOP_NOTE
+
+    if with_weights:
+
+        @callback(
+            Output(f"{prefix}-weights", "disabled"),
+            Output(f"{prefix}-weights-note", "children"),
+            Output(f"{prefix}-weights", "value"),
+            Input(f"{prefix}-ds", "value"),
+            prevent_initial_call=True,
+        )
+        def _weights_for_dataset(ds):
+            try:
+                errors = service.has_errors(ds)
+            except Exception:
+                errors = False
+            return not errors, WEIGHTS_NOTE if errors else NO_ERRORS_NOTE, no_update if errors else False
 
     if with_clusters:
 

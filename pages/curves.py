@@ -215,6 +215,9 @@ def _register(name):
         Output(f"{P}-{name}-store", "data"),
         Output(f"{P}-{name}-msg", "children"),
         Input(f"{P}-{name}-run", "n_clicks"),
+        # the card's own id: every card's job function has the same source, so without it two cards
+        # with the same values (ablation and methods: K, subset) would share one cached result
+        State(f"{P}-{name}-run", "id"),
         State(f"{P}-ds", "value"),
         *[State(f"{P}-{name}-{f}", "value") for f in fields],
         background=True,
@@ -228,7 +231,7 @@ def _register(name):
         progress=[Output(f"{P}-{name}-progress", "value"), Output(f"{P}-{name}-progress", "label")],
         cache_args_to_ignore=[0],
     )
-    def run(set_progress, _n, ds, *values):
+    def run(set_progress, _n, _card, ds, *values):
         try:
             service.admit()  # a slot in the job queue, or "busy, try again"
             table, fig = service.run_experiment(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import dash
 import dash_bootstrap_components as dbc
@@ -28,6 +29,8 @@ def layout(**query):
             dcc.Location(id=f"{P}-url", refresh=False),
             dcc.Location(id=f"{P}-goto", refresh="callback-nav"),  # a clicked cluster star -> its siblings
             dcc.Store(id=f"{P}-store"),
+            dcc.Store(id=f"{P}-ivar-need"),
+            dcc.Store(id=f"{P}-ivar-ready"),
             dcc.Download(id=f"{P}-download"),
             html.H3(["Explore the doppelganger rate", ui.kind_badge(None, id=f"{P}-badge")], className="mb-1"),
             html.P(
@@ -38,10 +41,19 @@ def layout(**query):
             ui.messages(problems, id=f"{P}-url-msg"),
             dbc.Row(
                 [
-                    dbc.Col(ui.settings_controls(P, s, with_method=True), md=3),
+                    dbc.Col(ui.settings_controls(P, s, with_method=True, with_weights=True), md=3),
                     dbc.Col(
                         [
                             html.Div(id=f"{P}-msg"),
+                            dbc.Progress(
+                                id=f"{P}-ivar-progress",
+                                value=0,
+                                striped=True,
+                                animated=True,
+                                style={"display": "none"},
+                                class_name="mb-2",
+                            ),
+                            html.Div(id=f"{P}-ivar-msg"),
                             dcc.Loading(html.Div(id=f"{P}-rate"), type="dot", delay_show=400),
                             dbc.Row(
                                 [
@@ -104,16 +116,19 @@ def layout(**query):
     )
 
 
-ui.register_settings_callbacks(P, with_method=True)
+ui.register_settings_callbacks(P, with_method=True, with_weights=True)
 
 
-def rate_card(r, s):
+def rate_card(r, s, pending=False):
+    """The global rate of settings ``s``; ``pending``: ``s`` is the plain-PCA stand-in of a weighted
+    view whose compression is still being computed (said in the card, never beside a second number)."""
     g = r["global_rate"]
     shown = "undefined" if (g is None or (isinstance(g, float) and math.isnan(g))) else f"{g:.4f}"
     per = r["per_cluster"]
     used = int(per["rate"].notna().sum())
+    pca = "flux-error-weighted PCA" if s.weights == "ivar" else "PCA"
     what = (
-        f"spectra, K = {s.k} (leading {s.k} of the K = {service.k_fit()} PCA)"
+        f"spectra, K = {s.k} (leading {s.k} of the K = {service.k_fit()} {pca})"
         if s.input == "spectra"
         else service.INPUT_LABELS[s.input] + ("" if s.input == "abundances" else f" ({', '.join(s.species)})")
     )
@@ -128,6 +143,15 @@ def rate_card(r, s):
                                 id=f"{P}-rate-title",
                                 className="small text-muted",
                             ),
+                            html.Div(
+                                "UNWEIGHTED PCA: the flux-error-weighted compression is being computed in the "
+                                "background; this rate is replaced when it is ready",
+                                id=f"{P}-pending",
+                                className="small fw-semibold text-warning-emphasis",
+                                style={"maxWidth": "22em"},
+                            )
+                            if pending
+                            else None,
                             html.Div(shown, id=f"{P}-global-rate", className="display-6 fw-bold"),
                             ui.kind_badge(r["label"]),
                         ],
@@ -317,16 +341,21 @@ def vhelio_figure(f):
     Output(f"{P}-clusters-link", "href"),
     Output(f"{P}-badge", "children"),
     Output(f"{P}-dl-map", "disabled"),
-    *ui.settings_inputs(P, with_method=True),
+    *ui.settings_inputs(P, with_method=True, with_weights=True),
+    Input(f"{P}-ivar-ready", "data"),
 )
-def update(ds, inp, species, k, clusters, cv, top, method):
+def update(ds, inp, species, k, clusters, cv, top, method, weights, _ivar_ready):
     try:
-        s = service.settings_from_controls(ds, inp, k, species, clusters, cv, top, method=method)
+        w = "ivar" if weights else "none"
+        asked = service.settings_from_controls(ds, inp, k, species, clusters, cv, top, method=method, weights=w)
+        # a weighted view whose compression is not ready yet shows the plain one, labelled as such
+        pending = asked.weights != "none" and not service.compression_ready(asked.ds, asked.mask, asked.weights)
+        s = replace(asked, weights="none") if pending else asked
         r = service.rates(s)
     except Exception as exc:  # a message in the page, never a traceback
         msg = service.describe_error(exc)
         return ui.error_alert(msg), None, ui.empty_figure(msg), None, no_update, no_update, no_update, no_update
-    q = service.settings_to_query(s)
+    q = service.settings_to_query(asked)
     warn = ui.messages(r.get("warnings"), color="warning")
     # the histogram callback draws from the store, so it never recomputes rates on another worker
     per = r["per_cluster"]
@@ -348,7 +377,56 @@ def update(ds, inp, species, k, clusters, cv, top, method):
         .to_dict("records"),
     }
     badge = ui.kind_badge(r["label"])
-    return warn, rate_card(r, s), bars_figure(r, s.method), store, q, "/clusters" + q, badge, s.method != "rsca"
+    # the Clusters page has no compression switch: its link carries everything else
+    cq = service.settings_to_query(asked, keys=("ds", "input", "k", "species", "clusters", "cv", "top", "method"))
+    return (
+        warn,
+        rate_card(r, s, pending),
+        bars_figure(r, s.method),
+        store,
+        q,
+        "/clusters" + cq,
+        badge,
+        s.method != "rsca",
+    )
+
+
+@callback(
+    Output(f"{P}-ivar-need", "data"),
+    Input(f"{P}-ds", "value"),
+    Input(f"{P}-weights", "value"),
+    Input(f"{P}-input", "value"),
+)
+def need_weighted(ds, weights, inp):
+    """The dataset whose flux-error-weighted compression must be computed (starts the job), if any."""
+    try:
+        if not weights or inp != "spectra" or service.compression_ready(ds, (), "ivar"):
+            return no_update
+    except Exception:
+        return no_update
+    return ds
+
+
+@callback(
+    Output(f"{P}-ivar-ready", "data"),
+    Output(f"{P}-ivar-msg", "children"),
+    Input(f"{P}-ivar-need", "data"),
+    background=True,
+    prevent_initial_call=True,
+    running=[(Output(f"{P}-ivar-progress", "style"), {"display": "flex"}, {"display": "none"})],
+    progress=[Output(f"{P}-ivar-progress", "value"), Output(f"{P}-ivar-progress", "label")],
+)
+def prepare_weighted(set_progress, ds):
+    """The weighted compression, through the one bounded job queue (minutes on a big survey)."""
+    if not ds:
+        return no_update, None
+    try:
+        service.admit()  # a slot in the job queue, or "busy, try again"
+        service.prepare_compression(ds, report=service.progress_reporter(set_progress), weights="ivar")
+    except Exception as exc:
+        msg = service.describe_error(exc)
+        return no_update, ui.error_alert(f"Flux-error-weighted compression: {msg} (switch it off and on to retry)")
+    return ds, None
 
 
 def _settings(store):
@@ -405,9 +483,11 @@ def download(_csv, _map, store):
             return no_update
         label = service.dataset_label(s.ds)
         if dash.ctx.triggered_id == f"{P}-dl-csv":
-            name = f"rsca-rates-{label}-{s.ds}{'' if s.method == 'rsca' else '-' + s.method}.csv"
+            tags = ("" if s.method == "rsca" else "-" + s.method) + ("" if s.weights == "none" else "-" + s.weights)
+            name = f"rsca-rates-{label}-{s.ds}{tags}.csv"
             return {"content": service.rates_csv(s), "filename": name, "type": "text/csv"}
-        return dcc.send_bytes(service.map_npz(s), f"rsca-map-{label}-{s.ds}.npz")
+        tag = "" if s.weights == "none" else "-" + s.weights
+        return dcc.send_bytes(service.map_npz(s), f"rsca-map-{label}-{s.ds}{tag}.npz")
     except Exception:
         return no_update
 

@@ -272,6 +272,38 @@ def test_explore_method_selector_shows_the_engines_rate_and_disables_top_n(dash_
     assert not severe(dash_duo.get_logs())
 
 
+def test_explore_flux_errors_switch_computes_the_weighted_pca_in_the_background(dash_duo, dash_app, core):
+    ds = core["ds"]
+    if ds.errors is None:
+        pytest.skip("test survey has no flux errors")
+    dash_duo.start_server(dash_app, port=free_port())
+    open_page(dash_duo, "/?k=8")
+    plain = f"{core['rate'](k=8).global_rate:.4f}"
+    assert shown_rate(dash_duo) == plain
+    assert dash_duo.find_element("#ex-weights").get_attribute("disabled") is None
+    click(dash_duo, "#ex-weights")
+    wait_js(dash_duo, "return window.location.search", lambda q: q and "weights=ivar" in q)
+    # until the job has written the weighted compression, the page shows the plain rate, labelled
+    # (on this small survey the job may finish before a poll sees that state)
+    end = time.time() + 240
+    while time.time() < end:
+        pending, rate, card = dash_duo.driver.execute_script(
+            "var p = document.getElementById('ex-pending'), r = document.getElementById('ex-global-rate'),"
+            " c = document.getElementById('ex-rate');"
+            " return [p ? p.innerText : null, r ? r.innerText : null, c ? c.innerText : '']"
+        )
+        if pending is not None:
+            assert "UNWEIGHTED" in pending and rate in (plain, None)
+        elif "flux-error-weighted PCA" in card:
+            break
+        time.sleep(0.2)
+    comp = ds.compress(K_FIT, seed=0, weights="ivar")  # the app's job cached it beside the bundle
+    want = f"{core['rate'](z=comp.scores[:, :8]).global_rate:.4f}"
+    dash_duo.wait_for_text_to_equal("#ex-global-rate", want, timeout=30)
+    assert "flux-error-weighted PCA" in dash_duo.find_element("#ex-rate").text
+    assert not severe(dash_duo.get_logs())
+
+
 def test_explore_abundance_subset_input(dash_duo, dash_app, core):
     ds = core["ds"]
     z = ds.abundances(["Fe", "Mg", "Si"])

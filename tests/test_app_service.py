@@ -342,3 +342,55 @@ def test_the_methods_experiment_of_the_curves_page(tiny_default):
     assert "SIMULATED" in fig.layout.title.text
     with pytest.raises(service.UserError, match="K = 99 is out of range"):
         service.run_experiment("methods", "default", {"k": "99"})
+
+
+@pytest.fixture
+def tiny_with_errors(tmp_path, monkeypatch):
+    """The small default bundle with flux errors (errors.npy), its plain K_FIT = 12 compression cached."""
+    from tests.helpers import small_dataset
+
+    monkeypatch.setenv("RSCA_K_FIT", "12")
+    service.config.reload()
+    ds = small_dataset(n_field=300, sizes=(3, 4, 5, 6, 4, 5))
+    rng = np.random.default_rng(1)
+    ds.errors = (0.002 + 0.02 * rng.random(ds.spectra.shape) ** 3).astype(np.float32)  # heteroscedastic
+    ds.save(tmp_path / "default")
+    small_dataset(n_field=120, sizes=(3, 4, 5)).save(tmp_path / "noerr")
+    ds = service.load("default")
+    ds.compress(12, seed=service.SEED)
+    return ds
+
+
+def test_use_flux_errors_is_a_setting_computed_once_then_used(tiny_with_errors):
+    from rsca_core import doppelganger_rates
+
+    s, problems = service.settings_from_query({"weights": "ivar", "k": "8"})
+    assert problems == [] and (s.weights, s.k) == ("ivar", 8)
+    assert "weights=ivar" in service.settings_to_query(s)
+    s2, problems = service.settings_from_query({"weights": "ivar", "ds": "noerr", "k": "8"})
+    assert (s2.weights, s2.ds, s2.k) == ("none", "noerr", 8) and "no flux errors" in problems[0]
+    s3, problems = service.settings_from_query({"weights": "heavy"})
+    assert s3.weights == "none" and problems[0].startswith("URL parameter weights:")
+    assert s.key() != service.Settings(k=8).key()
+    # abundance inputs have no compression: the switch does not split their results
+    ab = service.settings_from_controls("default", "abundances", 8, None, service.ALL, True, None, weights="ivar")
+    assert ab.weights == "none"
+    # until the weighted compression exists, asking for it is a message, never the plain number
+    assert not service.compression_ready("default", (), "ivar")
+    with pytest.raises(service.UserError, match="not ready"):
+        service.compute_rates(s)
+    service.prepare_compression("default", weights="ivar")  # what the page's background job runs
+    assert service.compression_ready("default", (), "ivar") and service.compression_ready("default")
+    got = service.compute_rates(s)
+    ds = tiny_with_errors
+    z = ds.compress(12, seed=0, weights="ivar").scores[:, :8]
+    plain = ds.compress(12, seed=0).scores[:, :8]
+    assert not np.allclose(np.abs(z), np.abs(plain))  # the weights changed the compression
+    fi, ci = ds.field_index, ds.cluster_index
+    st = ds.stars
+    vh, ak = st["vhelio_avg"].to_numpy(float), st["ak_targ"].to_numpy(float)
+    ids = st["cluster"].to_numpy(dtype=object)[ci]
+    kw = dict(pop_vhelio=vh[fi], pop_ak=ak[fi], clust_vhelio=vh[ci], clust_ak=ak[ci])
+    want = doppelganger_rates(z[fi], z[ci], ids, **kw, cv=True)
+    assert got["global_rate"] == pytest.approx(want.global_rate, abs=1e-12)
+    assert "ivar-weighted" in got["description"]["pca"]

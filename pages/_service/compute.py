@@ -30,23 +30,27 @@ def init_cache(server) -> None:
 
 
 @functools.lru_cache(maxsize=6)
-def _compression(key: str, uid_: str, kf: int, seed: int, mask: tuple):
-    return load(key).compress(kf, seed=seed, extra_mask_ranges=mask)
+def _compression(key: str, uid_: str, kf: int, seed: int, mask: tuple, weights: str = "none"):
+    options = {} if weights == "none" else {"weights": weights}
+    return load(key).compress(kf, seed=seed, extra_mask_ranges=mask, **options)
 
 
-def compression(key, k: int, mask=(), allow_compute: bool = False):
-    """The leading ``k`` PCA components of the dataset's one K=k_fit compression (seed 0).
+def compression(key, k: int, mask=(), allow_compute: bool = False, weights: str = "none"):
+    """The leading ``k`` PCA components of the dataset's one K=k_fit compression (seed 0), plain or
+    weighted by the flux errors (``weights="ivar"``).
 
     Computing that compression takes minutes on a big survey; unless ``allow_compute`` (background
     jobs, start-up), a missing one is a UserError asking to prepare it on the Data page."""
     kf = config.k_fit()
+    if weights != "none" and not allow_compute and not compression_ready(key, mask, weights):
+        raise UserError(f"the flux-error-weighted compression of dataset {key!r} (K={kf}) is not ready yet")
     if not allow_compute and not compression_ready(key, mask):
         raise UserError(
             f"the spectra of dataset {key!r} are not compressed yet (K={kf}"
             f"{', extra mask ' + str(list(mask)) if mask else ''}); prepare it on the Data page "
             f"or run `python -m rsca_core compress --dataset <folder> --k {kf}`"
         )
-    comp = _compression(key, uid(key), kf, SEED, tuple(mask))
+    comp = _compression(key, uid(key), kf, SEED, tuple(mask), weights)
     return comp.truncate(int(k)) if int(k) < comp.k else comp
 
 
@@ -57,14 +61,20 @@ def rate_inputs(s: Settings, allow_compute: bool = False, pca=None):
     ds = load(s.ds)
     comp = None
     if s.input == "spectra":
-        comp = pca.truncate(s.k) if pca is not None else compression(s.ds, s.k, s.mask, allow_compute=allow_compute)
+        comp = (
+            pca.truncate(s.k)
+            if pca is not None
+            else compression(s.ds, s.k, s.mask, allow_compute=allow_compute, weights=s.weights)
+        )
     try:
         ri = ds.rate_inputs(s.input, k=s.k, seed=SEED, species=s.species, clusters=s.clusters, compression=comp)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     ri.description |= {"dataset": s.ds}
     if s.input == "spectra":
-        ri.description["pca"] = f"leading {s.k} of K={config.k_fit()}"
+        ri.description["pca"] = f"leading {s.k} of K={config.k_fit()}" + (
+            "" if s.weights == "none" else f", {s.weights}-weighted"
+        )
     return ri
 
 
@@ -232,7 +242,7 @@ def axis_vectors(s: Settings, n_axes: int = 5) -> dict:
 def _axes_cached(key: str, n_axes: int) -> dict:
     s = settings_from_key(key)
     model, _ri = fit_map(replace(s, top_n=None))
-    comp = compression(s.ds, s.k, s.mask)
+    comp = compression(s.ds, s.k, s.mask, weights=s.weights)
     vec = model.spectral_components(np.asarray(comp.components, float))
     n = min(n_axes, vec.shape[0])
     return {

@@ -147,9 +147,17 @@ def cluster_names(key) -> list[str]:
     return load(key).cluster_names
 
 
-def compression_ready(key, mask=()) -> bool:
-    """Is the dataset's K=k_fit compression (for this extra mask) cached on disk?"""
-    return load(key).has_compression(config.k_fit(), SEED, mask)
+def has_errors(key) -> bool:
+    """Does the dataset's bundle store flux errors (errors.npy), so a weighted compression is possible?"""
+    return load(key).errors is not None
+
+
+def compression_ready(key, mask=(), weights="none") -> bool:
+    """Is the dataset's K=k_fit compression (for this extra mask and weights) cached on disk?"""
+    if weights in (None, "none"):
+        return load(key).has_compression(config.k_fit(), SEED, mask)
+    ds = load(key)
+    return bool(ds.meta.get("uid")) and ds.compression_path(config.k_fit(), SEED, mask, weights=weights).exists()
 
 
 def ensure_default_dataset(progress: bool = True) -> Path:

@@ -18,7 +18,7 @@ def rates_csv(s: Settings) -> str:
     header = (
         f"# RSCA Lab per-cluster doppelganger rates - {r['label'].upper()} data\n"
         f"# dataset={s.ds} uid={uid(s.ds)} input={s.input} k={s.k if s.input == 'spectra' else ''} "
-        f"cv={int(s.cv)} top_n={s.top_n or 'all'} method={s.method} global_rate={r['global_rate']:.6g}\n"
+        f"cv={int(s.cv)} top_n={s.top_n or 'all'} method={s.method} weights={s.weights} global_rate={r['global_rate']:.6g}\n"
     )
     per.insert(0, "data", r["label"])
     per.insert(1, "method", s.method)
@@ -36,7 +36,7 @@ def map_npz(s: Settings) -> bytes:
             ri.cluster_ids,
             kind,
             settings,
-            compression=compression(s.ds, s.k, s.mask),
+            compression=compression(s.ds, s.k, s.mask, weights=s.weights),
             wavelength=load(s.ds).wavelength,
         )
     else:

@@ -149,17 +149,19 @@ def exclusive(name: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def prepare_compression(key, report=None):
-    """Compute (and cache on disk) the dataset's K=k_fit compression; for a background job.
+def prepare_compression(key, report=None, weights="none"):
+    """Compute (and cache on disk) the dataset's K=k_fit compression, plain or weighted by the flux
+    errors (``weights="ivar"``); for a background job.
 
     One compression of a dataset at a time across all workers. The PCA reports no progress of its
     own (rsca_core's MaskedPCA takes only ``progress=bool``), so the page shows a start and an end."""
     ds = load(key)
     kf = config.k_fit()
+    options = {} if weights in (None, "none") else {"weights": weights}
     if report is not None:
         report(0.02, f"PCA K={kf} of {key}: computing")
-    with exclusive(f"compress:{ds.path}:{kf}:{SEED}"):
-        out = ds.compress(kf, seed=SEED)
+    with exclusive(f"compress:{ds.path}:{kf}:{SEED}" + (f":{weights}" if options else "")):
+        out = ds.compress(kf, seed=SEED, **options)
     if report is not None:
         report(1.0, f"PCA K={kf}: done")
     return out

@@ -23,6 +23,7 @@ INPUTS = ("spectra", "abundances", "subset")
 INPUT_LABELS = {"spectra": "spectra (PCA)", "abundances": "all 21 abundances", "subset": "abundance subset"}
 MAX_PARAM_CHARS = 2000
 ALL = "__all__"  # "every cluster" for pages without a cluster selector
+WEIGHTS = ("none", "ivar")  # compression weights: plain PCA, or each pixel weighted by 1/σ² (capped)
 METHOD_LABELS = {"rsca": "RSCA (the paper)", "rca": "RCA", "lda": "LDA", "nca": "NCA"}
 MAX_MASK_RANGES = 40  # extra masked pixel ranges one view may ask for
 
@@ -38,6 +39,7 @@ class Settings:
     top_n: int | None = None  # None = all axes
     mask: tuple = ()  # extra [start, stop) pixel ranges (Systematics page)
     method: str = "rsca"  # rsca_core.learners.METHODS; top_n applies to "rsca" only
+    weights: str = "none"  # "ivar": the flux-error-weighted PCA (spectra input, bundles with errors.npy)
 
     def key(self) -> str:
         """Cache key: every setting plus the dataset's uid and the compression size K_FIT."""
@@ -57,10 +59,10 @@ def settings_from_dict(d) -> Settings:
         clusters = ALL if d["clusters"] is None else [str(x) for x in d["clusters"]]
         species = [str(x) for x in d["species"]]
         args = (str(d["ds"]), str(d["input"]), d["k"], species, clusters, bool(d["cv"]), d["top_n"])
-        method = str(d.get("method", "rsca"))
+        method, weights = str(d.get("method", "rsca")), str(d.get("weights", "none"))
     except (KeyError, TypeError, ValueError, AttributeError):
         raise UserError("the page's stored settings are not valid: reload the page") from None
-    return settings_from_controls(*args, mask=parse_mask(mask), method=method)
+    return settings_from_controls(*args, mask=parse_mask(mask), method=method, weights=weights)
 
 
 def settings_from_key(key: str) -> Settings:
@@ -179,6 +181,21 @@ def parse_method(value) -> str:
     return m
 
 
+def parse_weights(value) -> str:
+    """ "none" or "ivar" (the flux-error-weighted compression), or a UserError naming ``weights``."""
+    w = str(value).strip().lower() if isinstance(value, str) else None
+    if w not in WEIGHTS:
+        raise UserError(f"weights must be one of {', '.join(WEIGHTS)}, not {short(value)!r}")
+    return w
+
+
+def check_weights(key, weights: str) -> str:
+    """``weights`` if the dataset can use it: "ivar" needs the bundle's flux errors (errors.npy)."""
+    if weights == "ivar" and load(key).errors is None:
+        raise UserError(f"use flux errors: dataset {key!r} stores no flux errors (errors.npy)")
+    return weights
+
+
 def _raise(msg):
     raise UserError(msg)
 
@@ -197,6 +214,7 @@ _QUERY_PARSERS = (
     ("top", lambda v: None if str(v).lower() in ("", "all") else parse_int(v, "top-N", 1, K_MAX)),
     ("mask", parse_mask),
     ("method", parse_method),
+    ("weights", parse_weights),
 )
 
 
@@ -231,13 +249,20 @@ def settings_from_query(query: dict, defaults: Settings | None = None) -> tuple[
             s = replace(s, clusters=parse_clusters(s.ds, q["clusters"]))
         except UserError as exc:
             problems.append(f"URL parameter clusters: {exc}; using all clusters")
+    try:
+        check_weights(s.ds, s.weights)
+    except UserError as exc:
+        problems.append(f"URL parameter weights: {exc}; using the plain compression")
+        s = replace(s, weights="none")
     if s.method != "rsca" and s.top_n is not None:
         problems.append(f"URL parameter top: top-N applies to RSCA only, not {s.method.upper()}; ignored")
         s = replace(s, top_n=None)
     return s, problems
 
 
-def settings_to_query(s: Settings, keys=("ds", "input", "k", "species", "clusters", "cv", "top", "method")) -> str:
+def settings_to_query(
+    s: Settings, keys=("ds", "input", "k", "species", "clusters", "cv", "top", "method", "weights")
+) -> str:
     """The query string of a view (only values that differ from the defaults)."""
     d = Settings()
     wanted = {
@@ -250,15 +275,19 @@ def settings_to_query(s: Settings, keys=("ds", "input", "k", "species", "cluster
         "top": (s.top_n is not None, s.top_n),
         "mask": (bool(s.mask), ",".join(f"{a}-{b}" for a, b in s.mask)),
         "method": (s.method != d.method, s.method),
+        "weights": (s.weights != d.weights, s.weights),
     }
     q = {name: value for name, (differs, value) in wanted.items() if name in keys and differs}
     return ("?" + urlencode(q, safe=",")) if q else ""
 
 
-def settings_from_controls(ds, input_, k, species, clusters, cv, top_n, mask=(), method="rsca") -> Settings:
+def settings_from_controls(
+    ds, input_, k, species, clusters, cv, top_n, mask=(), method="rsca", weights="none"
+) -> Settings:
     """Settings from control values; raises UserError with a message for the page.
 
-    ``top_n`` is ignored (the page disables its control) unless ``method`` is "rsca"."""
+    ``top_n`` is ignored (the page disables its control) unless ``method`` is "rsca"; ``weights``
+    (the compression's) unless the input is spectra."""
     if ds is None:
         raise UserError("choose a dataset")
     dataset_path(ds)
@@ -274,6 +303,16 @@ def settings_from_controls(ds, input_, k, species, clusters, cv, top_n, mask=(),
     no_top = top_n in (None, "", "all", 0, "0") or method != "rsca"
     top = None if no_top else parse_int(top_n, "top-N", 1, dims)
     cl = None if clusters == ALL else parse_clusters(ds, clusters if clusters is not None else [])
+    w = check_weights(ds, parse_weights(weights or "none")) if input_ == "spectra" else "none"
     return Settings(
-        ds=ds, input=input_, k=k, species=sp, clusters=cl, cv=bool(cv), top_n=top, mask=tuple(mask), method=method
+        ds=ds,
+        input=input_,
+        k=k,
+        species=sp,
+        clusters=cl,
+        cv=bool(cv),
+        top_n=top,
+        mask=tuple(mask),
+        method=method,
+        weights=w,
     )
