@@ -17,7 +17,7 @@ SIBLING_COLOUR = "#c0392b"
 CHOSEN_COLOUR = "#1f77b4"
 NEW_COLOUR = "#2e7d32"
 DENSITY_BINS = 70
-DENSITY_SCALE = [[0.0, "rgba(255,255,255,0)"], [0.05, "#e6e6e6"], [1.0, "#333333"]]
+DENSITY_SCALE = ui.DENSITY_SCALE
 #: Axis ranges cover this share of all stars (and every marked star): outliers do not squeeze the view.
 RANGE_PERCENTILES = (0.5, 99.5)
 
@@ -100,7 +100,8 @@ def features_vs_feh(
     )
     for i in range(n):
         fig.update_xaxes(title_text="[Fe/H]", row=1, col=i + 1)
-    fig = ui.label_figure(fig, label, "Siblings among all stars: RSCA features vs [Fe/H]", top=70)
+        fig.update_yaxes(title_text=f"RSCA feature {i + 1}", title_standoff=4, row=1, col=i + 1)
+    fig = ui.label_figure(fig, label, "Siblings among all stars: RSCA features vs [Fe/H]", top=55)
     fig.update_layout(legend={"orientation": "h", "y": -0.25, "font": {"size": 11}})
     out = fig.to_plotly_json()
     layers = _layers(fe_h, coords, star, siblings, chosen, new_points, members, siblings_label)
@@ -151,11 +152,11 @@ def spectrum_pair(wave, star, other, label, lines=()):
     """
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.65, 0.35], vertical_spacing=0.05)
     title = f"Spectrum of {star['name']}" + (f" and {other['name']}" if other else "")
-    fig = ui.label_figure(fig, label, title, top=50)
+    fig = ui.label_figure(fig, label, title, top=50)  # room for the element names above the plot
     fig.update_yaxes(title_text="normalised flux", row=1, col=1)
     fig.update_yaxes(title_text="difference", row=2, col=1)
     fig.update_xaxes(title_text="wavelength (Å)", row=2, col=1)
-    fig.update_layout(legend={"orientation": "h", "y": -0.18, "x": 0}, hovermode="x", margin={"t": 75})
+    fig.update_layout(legend={"orientation": "h", "y": -0.18, "x": 0}, hovermode="x")
     wave = np.asarray(wave, float)
 
     def masked(flux, mask):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dash_bootstrap_components as dbc
-import plotly.colors as pc
 import plotly.graph_objects as go
 from dash import Input, dcc, html
 
@@ -15,7 +14,8 @@ GRAPH_CONFIG = {
     "modeBarButtonsToRemove": ["lasso2d", "select2d"],
 }
 TEMPLATE = "plotly_white"
-PALETTE = pc.qualitative.Alphabet + pc.qualitative.Dark24
+#: Star density maps under marked stars: empty bins transparent, then light to dark grey.
+DENSITY_SCALE = [[0.0, "rgba(255,255,255,0)"], [0.05, "#ececec"], [1.0, "#555555"]]
 TOP_NOTE = "blank = all axes"
 TOP_OFF_NOTE = "RSCA only: the other methods have no ranked axes to keep"
 WEIGHTS_NOTE = "spectra only; each pixel weighted by 1/σ² (capped); computed once in the background"
@@ -23,8 +23,8 @@ NO_ERRORS_NOTE = "this dataset stores no flux errors (errors.npy)"
 
 
 def cluster_colours(names):
-    """A stable colour per cluster name (sorted order)."""
-    return {n: PALETTE[i % len(PALETTE)] for i, n in enumerate(sorted(set(map(str, names))))}
+    """A stable colour per cluster name (sorted order), the same on every page."""
+    return service.cluster_colours(names)
 
 
 def kind_badge(label: str | None, id=None):
@@ -54,16 +54,19 @@ def info_alert(text):
     return dbc.Alert(text, color="info", class_name="py-2")
 
 
-def label_figure(fig: go.Figure, label: str | None, title: str | None = None, top: int = 45) -> go.Figure:
-    """Title a figure and stamp the data kind on it, so that exported PNGs say "simulated"."""
+def label_figure(fig: go.Figure, label: str | None, title: str | None = None, top: int = 40) -> go.Figure:
+    """Title a figure and stamp the data kind on it, so that exported PNGs say "simulated".
+
+    The title starts below the modebar's strip (``service.MODEBAR_ROOM`` pixels); ``top`` is the
+    room left under that strip for the title (and subplot titles) above the plot."""
     tag = ""
     if label:
         colour = "#b8860b" if label == "simulated" else "#2e7d32"
         tag = f" <span style='color:{colour}'>[{label} data]</span>"
     fig.update_layout(
         template=TEMPLATE,
-        margin={"l": 50, "r": 20, "t": top, "b": 45},
-        title={"text": (title or "") + tag, "font": {"size": 14}, "x": 0.01, "xanchor": "left"},
+        margin={"l": 60, "r": 20, "t": service.MODEBAR_ROOM + top, "b": 50},
+        title=service.figure_title((title or "") + tag, font_size=14),
     )
     return fig
 

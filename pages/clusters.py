@@ -23,9 +23,9 @@ def layout(**query):
             dcc.Download(id=f"{P}-download"),
             html.H3(["Clusters: distances inside vs outside", ui.kind_badge(None, id=f"{P}-badge")], className="mb-1"),
             html.P(
-                "For each cluster: distances between its own members (orange) and between its members and "
-                "field stars that pass the pair filter (grey). The rate is the share of grey below the "
-                "dashed line (the median orange distance) - the paper's Fig. 9/10.",
+                "For each cluster: distances between its own members (blue) and between its members and "
+                "field stars that pass the pair filter (green). The rate is the share of green below the "
+                "dashed line (the median blue distance) - the paper's Fig. 9/10.",
                 className="text-muted small",
             ),
             ui.messages(problems),

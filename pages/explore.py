@@ -75,7 +75,7 @@ def layout(**query):
                                 ],
                                 class_name="g-3 mb-3",
                             ),
-                            dbc.Card(dbc.CardBody([ui.graph(f"{P}-features", height=380)]), class_name="mb-3"),
+                            dbc.Card(dbc.CardBody([ui.graph(f"{P}-features", height=500)]), class_name="mb-3"),
                             dbc.Card(dbc.CardBody([ui.graph(f"{P}-vhelio", height=330)]), class_name="mb-3"),
                             html.Div(
                                 [
@@ -208,15 +208,25 @@ def bars_figure(r, method="rsca"):
         )
     )
     if r["global_rate"] == r["global_rate"]:
+        # labelled in the right margin, at the line's height: never over the y tick labels or a bar
         fig.add_hline(
             y=r["global_rate"],
             line_dash="dash",
             line_color="#c0392b",
-            annotation_text=f"global {r['global_rate']:.4f}",
-            annotation_position="top left",
+            annotation_text=f"global<br>{r['global_rate']:.4f}",
+            annotation_position="right",
+            annotation_font_color="#c0392b",
         )
-    fig.update_layout(yaxis_title="doppelganger rate", xaxis_tickangle=-45, clickmode="event", yaxis_rangemode="tozero")
-    return ui.label_figure(fig, r["label"], f"Per-cluster doppelganger rates ({method.upper()})")
+    fig.update_layout(
+        xaxis_title="cluster",
+        yaxis_title="doppelganger rate",
+        xaxis_tickangle=-45,
+        clickmode="event",
+        yaxis_rangemode="tozero",
+    )
+    fig = ui.label_figure(fig, r["label"], f"Per-cluster doppelganger rates ({method.upper()})")
+    fig.update_layout(margin_r=70)
+    return fig
 
 
 def hist_figure(r, name):
@@ -242,12 +252,16 @@ def hist_figure(r, name):
     rate = "n/a" if row["rate"] != row["rate"] else f"{row['rate']:.4f}"
     fig.update_layout(
         barmode="overlay",
-        xaxis_title="distance in RSCA space",
+        xaxis_title=service.DISTANCE_TITLE,
         yaxis_title="density",
         legend={"orientation": "h", "y": -0.25},
-        modebar={"orientation": "v"},
-    )  # a narrow panel: keep the buttons off the title
+    )
     return ui.label_figure(fig, r["label"], f"{name}: rate {rate} ({int(row['n_stars'])} stars)")
+
+
+def axis_name(method, i):
+    """Name of the ``i``-th (from 0) axis of a map: "feature 1" for RSCA, "RCA axis 1" otherwise."""
+    return f"feature {i + 1}" if method == "rsca" else f"{method.upper()} axis {i + 1}"
 
 
 def features_figure(f):
@@ -255,16 +269,18 @@ def features_figure(f):
     n = len(f["features"])
     method = f.get("method", "rsca")
     titles = (
-        [f"feature {i + 1} (σ = {f['scales'][i]:.3g})" for i in range(n)]
+        [f"{axis_name(method, i)} (σ = {f['scales'][i]:.3g})" for i in range(n)]
         if f.get("scales") is not None
-        else [f"{method.upper()} axis {i + 1}" for i in range(n)]
+        else [axis_name(method, i) for i in range(n)]
     )
     fig = make_subplots(rows=1, cols=max(n, 1), horizontal_spacing=0.07, subplot_titles=titles)
     for i in range(n):
         fig.update_xaxes(title_text="[Fe/H]", row=1, col=i + 1)
-    fig.update_layout(legend={"font": {"size": 10}})
+        fig.update_yaxes(title_text=axis_name(method, i), title_standoff=4, row=1, col=i + 1)
+    # every cluster's legend entry visible: rows under the panels, not a scrolling column
+    fig.update_layout(legend={"font": {"size": 10}, "orientation": "h", "yanchor": "top", "y": -0.2, "x": 0})
     what = "Top RSCA features" if method == "rsca" else f"First {method.upper()} axes (unranked, no CV)"
-    fig = ui.label_figure(fig, f["label"], f"{what} vs [Fe/H] (field density, cluster members coloured)", top=70)
+    fig = ui.label_figure(fig, f["label"], f"{what} vs [Fe/H] (field density, cluster members coloured)", top=55)
     fig.update_annotations(yshift=4)
     out = fig.to_plotly_json()
     out["data"] = [t for i, feat in enumerate(f["features"]) for t in _density_traces(feat, i + 1, i == 0)]
@@ -283,7 +299,7 @@ def _density_traces(feat, col, showlegend):
                 "x": np.asarray(d["x"]).tolist(),
                 "y": np.asarray(d["y"]).tolist(),
                 "z": np.round(np.log10(1 + np.asarray(d["counts"])), 4).tolist(),
-                "colorscale": "Greys",
+                "colorscale": ui.DENSITY_SCALE,
                 "showscale": False,
                 "hoverinfo": "skip",
                 "name": "field",
@@ -321,8 +337,7 @@ def _density_traces(feat, col, showlegend):
 def vhelio_figure(f):
     fig = go.Figure()
     fig.update_xaxes(title_text="VHELIO_AVG (km/s)")
-    method = f.get("method", "rsca")
-    name = "feature 1" if method == "rsca" else f"{method.upper()} axis 1"
+    name = axis_name(f.get("method", "rsca"), 0)
     fig.update_yaxes(title_text=name)
     fig = ui.label_figure(
         fig, f["label"], f"{name[0].upper() + name[1:]} vs VHELIO_AVG (a good feature does not follow the velocity)"

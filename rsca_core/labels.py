@@ -20,6 +20,50 @@ LABEL_NAMES = {
 #: One colour per method of ``doppelganger_rates`` (RSCA red, as the transformed bars of Fig. 4).
 METHOD_COLOURS = {"rsca": "#d62728", "rca": "#0072B2", "lda": "#E69F00", "nca": "#009E73"}
 
+#: One colour per open cluster, for every page that colours clusters (22 = the paper's sample).
+#: Chosen by a farthest-point search in CIELAB over an sRGB grid, kept to lightness 32-75 and at
+#: least 18 CIEDE2000 from every grey (so each shows on white and on the grey field-density maps):
+#: every pair differs by at least 21 CIEDE2000 (plotly's Alphabet, used before: 11, with near-white
+#: entries). Listed farthest-first, so the first few colours of a small survey are far apart too.
+CLUSTER_PALETTE = (
+    "#ff0f00",
+    "#00d200",
+    "#2dc3ff",
+    "#0f00ff",
+    "#005a3c",
+    "#c3a5e1",
+    "#ff9600",
+    "#783c00",
+    "#ff1e87",
+    "#960078",
+    "#5ac3b4",
+    "#a50f2d",
+    "#5a87ff",
+    "#d200ff",
+    "#786996",
+    "#f0a5a5",
+    "#5a5a00",
+    "#c3b478",
+    "#a5785a",
+    "#008796",
+    "#005a96",
+    "#0f8700",
+)
+
+
+def cluster_colours(names) -> dict[str, str]:
+    """{cluster name: colour} from :data:`CLUSTER_PALETTE`, assigned in sorted-name order, so a
+    cluster keeps its colour on every page; past 22 clusters the colours repeat.
+
+    Examples
+    --------
+    >>> c = cluster_colours(["NGC_188", "Berkeley_17", "NGC_188"])
+    >>> list(c), c["Berkeley_17"] == CLUSTER_PALETTE[0]
+    (['Berkeley_17', 'NGC_188'], True)
+    """
+    ordered = sorted(set(map(str, names)))
+    return {n: CLUSTER_PALETTE[i % len(CLUSTER_PALETTE)] for i, n in enumerate(ordered)}
+
 
 def label_name(column: str) -> str:
     """Display name of a star-table column.

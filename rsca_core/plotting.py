@@ -23,14 +23,35 @@ from .labels import METHOD_COLOURS, data_label, label_name, require_columns, tab
 #: transformed red (Fig. 4); cluster stars orange (Fig. 3).
 BLUE, GREEN, RED, ORANGE, GREY = "#1f77b4", "#2ca02c", "#d62728", "#ff7f0e", "#7f7f7f"
 VARIANT_COLOURS = {"raw": BLUE, "scaled": GREEN, "transformed": RED}
+#: x-axis title of every distance histogram (Explore's and the Clusters grid)
+DISTANCE_TITLE = "distance in RSCA space"
 K_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
 PAPER_MARKER = dict(symbol="diamond-open", size=11, color="black", line=dict(width=2))
+
+
+#: Pixels at the top of a figure kept free for plotly's modebar (the toolbar drawn over the top
+#: right corner of an interactive figure): titles start below it and no legend goes there.
+MODEBAR_ROOM = 32
+
+
+def figure_title(text: str, font_size: int | None = None) -> dict:
+    """A Plotly title dict: left-aligned, its top :data:`MODEBAR_ROOM` pixels below the figure's top
+    edge, so the modebar never covers it (the figure's top margin must leave room for it).
+
+    Examples
+    --------
+    >>> figure_title("Rate vs K")["pad"]
+    {'t': 32}
+    """
+    title = dict(text=text, x=0.01, xanchor="left", xref="container")
+    title |= dict(y=1.0, yref="container", yanchor="top", pad=dict(t=MODEBAR_ROOM))
+    return title | (dict(font=dict(size=font_size)) if font_size else {})
 
 
 def _title(text, label, seed=None):
     tag = "SIMULATED data" if label == "simulated" else f"{label} data"
     extra = "" if seed is None else f", seed {seed}"
-    return dict(text=f"{text} <span style='font-size:0.8em;color:#555'>({tag}{extra})</span>", x=0.01, xanchor="left")
+    return figure_title(f"{text} <span style='font-size:0.8em;color:#555'>({tag}{extra})</span>")
 
 
 def _layout(fig, title, height=420, width=None, **kw):
@@ -39,7 +60,7 @@ def _layout(fig, title, height=420, width=None, **kw):
         template="plotly_white",
         height=height,
         width=width,
-        margin=dict(l=60, r=20, t=60, b=50),
+        margin=dict(l=60, r=20, t=MODEBAR_ROOM + 50, b=50),
         legend=dict(orientation="h", y=-0.18),
         **kw,
     )
@@ -146,6 +167,7 @@ def fig_ablation(table: pd.DataFrame, label: str | None = None) -> go.Figure:
             )
         )
     fig.update_layout(barmode="group")
+    fig.update_xaxes(title="input representation")
     fig.update_yaxes(title="global doppelganger rate", rangemode="tozero")
     return _layout(fig, _title("Doppelganger rate by representation and method", label, table_seed(table)))
 
@@ -195,6 +217,7 @@ def fig_methods(table: pd.DataFrame, label: str | None = None) -> go.Figure:
             )
         )
     fig.update_layout(barmode="group")
+    fig.update_xaxes(title="input representation")
     fig.update_yaxes(title="global doppelganger rate", rangemode="tozero")
     title = "RSCA against the metric learners it cites (leave-one-cluster-out)"
     return _layout(fig, _title(title, label, table_seed(table)))
@@ -321,6 +344,7 @@ def fig_feature_correlations(table: pd.DataFrame, label: str | None = None) -> g
             hovertemplate="feature %{y}<br>%{x}<br>r = %{z:.2f}<extra></extra>",
         )
     )
+    fig.update_xaxes(title="observed label")
     fig.update_yaxes(autorange="reversed", title="RSCA feature (most discriminative first)")
     return _layout(
         fig, _title("Correlation of RSCA features with observed labels", label, table_seed(table)), height=440
@@ -386,6 +410,8 @@ def fig_distance_histograms(
         subplot_titles=titles or None,
         horizontal_spacing=0.04,
         vertical_spacing=min(0.08, 0.35 / nrows),
+        x_title=DISTANCE_TITLE,
+        y_title="density (each histogram normalised to area 1)",
     )
     for n, (c, i) in enumerate(panels):
         med = info.loc[(i, c), "median_intra"] if (i, c) in info.index else np.nan
@@ -404,10 +430,13 @@ def fig_distance_histograms(
         height=130 + panel_height * nrows,
         width=panel_width * ncols,
     )
+    # the legend on its own line under the title, left: clear of the modebar and of the title
+    top = MODEBAR_ROOM + 80
     fig.update_layout(
-        legend=dict(orientation="h", yanchor="bottom", y=1.0 + 40 / fig.layout.height, x=1.0, xanchor="right"),
-        margin=dict(t=100, b=30),
+        legend=dict(orientation="h", yanchor="top", y=1.0 + (top - MODEBAR_ROOM - 24) / (fig.layout.height - top - 60)),
+        margin=dict(t=top, b=60, l=50),
     )
+    fig.update_layout(legend_x=0.0, legend_xanchor="left")
     return fig
 
 

@@ -18,6 +18,8 @@ The names below are the pages' whole vocabulary.
 """
 
 from rsca_core.constants import PAPER_SUBSET, SPECIES
+from rsca_core.labels import CLUSTER_PALETTE, cluster_colours
+from rsca_core.plotting import DISTANCE_TITLE, MODEBAR_ROOM, figure_title
 
 from . import config, siblings
 from . import settings as settings_module
@@ -85,6 +87,11 @@ from .systematics import check_residuals, paper_mask_ranges, rate_with_mask, res
 from .web import BOOTSTRAP_CSS_URL, SECURITY_HEADERS, health, init_app, install_request_checks, on_callback_error
 
 __all__ = [
+    "DISTANCE_TITLE",
+    "MODEBAR_ROOM",
+    "figure_title",
+    "CLUSTER_PALETTE",
+    "cluster_colours",
     "BUILDS_OFF",
     "Busy",
     "SECURITY_HEADERS",
