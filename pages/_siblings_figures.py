@@ -95,13 +95,11 @@ def features_vs_feh(
     """
     n = min(n_features, coords.shape[1])
     fe_h = np.asarray(fe_h, float)
-    fig = make_subplots(
-        rows=1, cols=n, horizontal_spacing=0.07, subplot_titles=[f"RSCA feature {i + 1}" for i in range(n)]
-    )
+    fig = make_subplots(rows=1, cols=n, horizontal_spacing=0.07)
     for i in range(n):
         fig.update_xaxes(title_text="[Fe/H]", row=1, col=i + 1)
         fig.update_yaxes(title_text=f"RSCA feature {i + 1}", title_standoff=4, row=1, col=i + 1)
-    fig = ui.label_figure(fig, label, "Siblings among all stars: RSCA features vs [Fe/H]", top=55)
+    fig = ui.label_figure(fig, label, "Siblings among all stars: RSCA features vs [Fe/H]")
     fig.update_layout(legend={"orientation": "h", "y": -0.25, "font": {"size": 11}})
     out = fig.to_plotly_json()
     layers = _layers(fe_h, coords, star, siblings, chosen, new_points, members, siblings_label)

@@ -27,6 +27,17 @@ def cluster_colours(names):
     return service.cluster_colours(names)
 
 
+def _top_note(inp, k, species) -> str:
+    """The top-N help text with its range (the one the URL and the controls check), or the plain
+    note while K or the subset is not valid (their own messages say why)."""
+    try:
+        k = service.parse_int(k, "K", service.K_MIN, service.k_max())
+        sp = service.parse_species(species) if inp == "subset" else service.PAPER_SUBSET
+        return service.top_note(inp, k, sp)
+    except (service.UserError, KeyError):
+        return TOP_NOTE
+
+
 def kind_badge(label: str | None, id=None):
     """The "simulated" / "real" badge shown next to everything derived from a dataset."""
     kw = {"id": id} if id else {}
@@ -250,7 +261,7 @@ def settings_controls(
                     size="sm",
                     disabled=off,
                 ),
-                html.Span(TOP_OFF_NOTE if off else TOP_NOTE, id=f"{prefix}-top-note"),
+                html.Span(TOP_OFF_NOTE if off else _top_note(s.input, s.k, s.species), id=f"{prefix}-top-note"),
             )
         )
     return dbc.Card(dbc.CardBody(rows), class_name="shadow-sm")
@@ -293,10 +304,13 @@ def register_settings_callbacks(
             Output(f"{prefix}-top", "disabled"),
             Output(f"{prefix}-top-note", "children"),
             Input(f"{prefix}-method", "value"),
+            Input(f"{prefix}-input", "value"),
+            Input(f"{prefix}-k", "value"),
+            Input(f"{prefix}-species", "value"),
         )
-        def _top_for_method(method):
+        def _top_for_method(method, inp, k, species):
             off = method != "rsca"
-            return off, TOP_OFF_NOTE if off else TOP_NOTE
+            return off, TOP_OFF_NOTE if off else _top_note(inp, k, species)
 
     if with_weights:
 

@@ -47,6 +47,7 @@ def layout(**query):
                                 color="secondary",
                                 size="sm",
                                 class_name="me-2",
+                                disabled=True,  # until a rate is shown
                             ),
                             dcc.Link("Same settings on Explore →", id=f"{P}-explore-link", href="/", className="small"),
                         ],
@@ -76,6 +77,7 @@ def grid_figure(r):
     Output(f"{P}-url", "search"),
     Output(f"{P}-explore-link", "href"),
     Output(f"{P}-badge", "children"),
+    Output(f"{P}-dl-csv", "disabled"),
     *ui.settings_inputs(P, with_method=True),
 )
 def update(ds, inp, species, k, clusters, cv, top, method):
@@ -84,7 +86,7 @@ def update(ds, inp, species, k, clusters, cv, top, method):
         r = service.rates(s)
     except Exception as exc:
         msg = service.describe_error(exc)
-        return ui.error_alert(msg), None, ui.empty_figure(msg), None, no_update, no_update, no_update
+        return ui.error_alert(msg), None, ui.empty_figure(msg), None, no_update, no_update, no_update, True
     g = r["global_rate"]
     summary = html.Div(
         [
@@ -103,6 +105,7 @@ def update(ds, inp, species, k, clusters, cv, top, method):
         q,
         "/" + q,
         ui.kind_badge(r["label"]),
+        False,
     )
 
 
@@ -117,10 +120,7 @@ def download(_n, store):
         return no_update
     try:
         s = service.settings_from_dict(store["settings"])
-        return {
-            "content": service.rates_csv(s),
-            "type": "text/csv",
-            "filename": f"rsca-rates-{service.dataset_label(s.ds)}-{s.ds}{'' if s.method == 'rsca' else '-' + s.method}.csv",
-        }
+        name = service.download_name("clusters", "rates", s.ds, service.settings_name(s), "csv")
+        return {"content": service.rates_csv(s), "type": "text/csv", "filename": name}
     except Exception:
         return no_update

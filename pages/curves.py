@@ -7,6 +7,8 @@ finished result is cached on disk and shared by every user and worker (same data
 
 from __future__ import annotations
 
+import re
+
 import dash
 import dash_bootstrap_components as dbc
 import pandas as pd
@@ -61,6 +63,9 @@ CAPS_TEXT = {
 }
 
 
+NOTHING_YET = "Nothing to download yet: press Run first (the CSV holds the run's table)."
+
+
 def _default(name, field, value):
     if field in ("k",):
         return str(min(int(value), service.k_max()))
@@ -112,7 +117,12 @@ def card(name, query):
                                     disabled=True,
                                     class_name="me-2",
                                 ),
-                                dbc.Button("CSV", id=f"{P}-{name}-csv", size="sm", color="light"),
+                                html.Span(  # a disabled button shows no tooltip: its wrapper does
+                                    dbc.Button("CSV", id=f"{P}-{name}-csv", size="sm", color="light", disabled=True),
+                                    id=f"{P}-{name}-csv-tip",
+                                    title=NOTHING_YET,
+                                    className="d-inline-block",
+                                ),
                             ],
                             width="auto",
                         )
@@ -128,6 +138,7 @@ def card(name, query):
                     class_name="mb-2",
                 ),
                 html.Div(id=f"{P}-{name}-msg"),
+                html.Div(id=f"{P}-{name}-csv-msg"),
                 dcc.Graph(
                     id=f"{P}-{name}-fig", figure=ui.empty_figure("press Run", height=260), config=ui.GRAPH_CONFIG
                 ),
@@ -242,23 +253,47 @@ def _register(name):
             return ui.empty_figure(msg, height=260), None, None, ui.error_alert(msg)
         fig.update_layout(height=380, width=None, template=ui.TEMPLATE)
         label = service.dataset_label(ds)
-        return (fig, _table_view(name, table), {"csv": table.to_csv(index=False), "label": label, "ds": ds}, None)
+        params = {f: str(v) for f, v in zip(fields, values)}
+        meta = {"experiment": name, "dataset": ds} | ({} if "label" in table.columns else {"data": label})
+        csv = service.with_columns(table, meta | params).to_csv(index=False)
+        return fig, _table_view(name, table), {"csv": csv, "label": label, "ds": ds, "params": params}, None
+
+    @callback(
+        Output(f"{P}-{name}-csv", "disabled"),
+        Output(f"{P}-{name}-csv-tip", "title"),
+        Input(f"{P}-{name}-store", "data"),
+    )
+    def csv_ready(store):
+        ok = _valid(store)
+        return not ok, "" if ok else NOTHING_YET
 
     @callback(
         Output(f"{P}-{name}-download", "data"),
+        Output(f"{P}-{name}-csv-msg", "children"),
         Input(f"{P}-{name}-csv", "n_clicks"),
         State(f"{P}-{name}-store", "data"),
         prevent_initial_call=True,
     )
     def download(_n, store):
-        if not isinstance(store, dict) or not all(isinstance(store.get(k), str) for k in ("csv", "label", "ds")):
-            return no_update
-        head = f"# RSCA Lab {name} - {store['label'].upper()} data (dataset {store['ds']})\n"
-        return {
-            "content": head + store["csv"],
-            "filename": f"rsca-{name}-{store['label']}-{store['ds']}.csv",
-            "type": "text/csv",
-        }
+        if not _valid(store):
+            return no_update, ui.info_alert(NOTHING_YET)
+        rest = "_".join(f"{service.name_part(f)}-{_value_part(v)}" for f, v in store["params"].items())
+        filename = service.download_name("curves", name, store["ds"], rest, "csv")
+        return {"content": store["csv"], "filename": filename, "type": "text/csv"}, None
+
+
+def _valid(store) -> bool:
+    """Whether a card's store holds a finished run (a browser store may hold anything)."""
+    return (
+        isinstance(store, dict)
+        and all(isinstance(store.get(k), str) for k in ("csv", "label", "ds"))
+        and isinstance(store.get("params"), dict)
+    )
+
+
+def _value_part(value) -> str:
+    """A typed parameter for a file name: a list "5, 10,15" as "5.10.15"."""
+    return service.name_part(".".join(p for p in re.split(r"[,; ]+", str(value)) if p), 40)
 
 
 for _name in CARDS:

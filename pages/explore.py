@@ -20,6 +20,7 @@ dash.register_page(__name__, path="/", name="Explore", title="RSCA Lab - Explore
 
 P = "ex"
 cluster_colours = ui.cluster_colours
+MAP_RSCA_ONLY = "the map file holds an RSCA map"
 
 
 def layout(**query):
@@ -85,6 +86,7 @@ def layout(**query):
                                         color="secondary",
                                         size="sm",
                                         class_name="me-2",
+                                        disabled=True,  # until a rate is shown
                                     ),
                                     dbc.Button(
                                         "Fitted map (.npz)",
@@ -92,8 +94,8 @@ def layout(**query):
                                         color="secondary",
                                         size="sm",
                                         class_name="me-2",
-                                        disabled=s.method != "rsca",
-                                        title="" if s.method == "rsca" else "the map file holds an RSCA map",
+                                        disabled=True,
+                                        title="" if s.method == "rsca" else MAP_RSCA_ONLY,
                                     ),
                                     dcc.Link(
                                         "Same settings on the Clusters page →",
@@ -355,7 +357,9 @@ def vhelio_figure(f):
     Output(f"{P}-url", "search"),
     Output(f"{P}-clusters-link", "href"),
     Output(f"{P}-badge", "children"),
+    Output(f"{P}-dl-csv", "disabled"),
     Output(f"{P}-dl-map", "disabled"),
+    Output(f"{P}-dl-map", "title"),
     *ui.settings_inputs(P, with_method=True, with_weights=True),
     Input(f"{P}-ivar-ready", "data"),
 )
@@ -369,7 +373,9 @@ def update(ds, inp, species, k, clusters, cv, top, method, weights, _ivar_ready)
         r = service.rates(s)
     except Exception as exc:  # a message in the page, never a traceback
         msg = service.describe_error(exc)
-        return ui.error_alert(msg), None, ui.empty_figure(msg), None, no_update, no_update, no_update, no_update
+        none = "nothing to download: the view has no result"
+        fig = ui.empty_figure(msg)
+        return ui.error_alert(msg), None, fig, None, no_update, no_update, no_update, True, True, none
     q = service.settings_to_query(asked)
     warn = ui.messages(r.get("warnings"), color="warning")
     # the histogram callback draws from the store, so it never recomputes rates on another worker
@@ -402,7 +408,9 @@ def update(ds, inp, species, k, clusters, cv, top, method, weights, _ivar_ready)
         q,
         "/clusters" + cq,
         badge,
+        False,
         s.method != "rsca",
+        "" if s.method == "rsca" else MAP_RSCA_ONLY,
     )
 
 
@@ -496,13 +504,12 @@ def download(_csv, _map, store):
         s = _settings(store)
         if s is None:
             return no_update
-        label = service.dataset_label(s.ds)
         if dash.ctx.triggered_id == f"{P}-dl-csv":
-            tags = ("" if s.method == "rsca" else "-" + s.method) + ("" if s.weights == "none" else "-" + s.weights)
-            name = f"rsca-rates-{label}-{s.ds}{tags}.csv"
+            name = service.download_name("explore", "rates", s.ds, service.settings_name(s), "csv")
             return {"content": service.rates_csv(s), "filename": name, "type": "text/csv"}
-        tag = "" if s.weights == "none" else "-" + s.weights
-        return dcc.send_bytes(service.map_npz(s), f"rsca-map-{label}-{s.ds}{tag}.npz")
+        # the map is RSCA's, fitted once on the chosen clusters (no CV): its name says no method or CV
+        rest = service.settings_name(s, keys=("input", "k", "top", "clusters", "mask", "weights"))
+        return dcc.send_bytes(service.map_npz(s), service.download_name("explore", "rsca-map", s.ds, rest, "npz"))
     except Exception:
         return no_update
 

@@ -168,7 +168,9 @@ def layout(**query):
                                 style_cell={"fontSize": "0.8rem", "padding": "2px 6px"},
                             ),
                             html.Div(
-                                dbc.Button("Table (CSV)", id=f"{P}-dl-csv", color="secondary", size="sm"),
+                                dbc.Button(
+                                    "Table (CSV)", id=f"{P}-dl-csv", color="secondary", size="sm", disabled=True
+                                ),
                                 className="mt-2 mb-3",
                             ),
                             html.Div(id=f"{P}-uploads", className="mb-3"),
@@ -364,7 +366,7 @@ def _star_view(s, emb, star, n, pf, want):
     )
     other = None if chosen_row is None else data.spectrum(s, chosen_row)
     spec = figs.spectrum_pair(data.wavelength(s), data.spectrum(s, info["row"]), other, emb.label, data.element_lines())
-    csv = data.siblings_csv(table, s, info["apogee_id"], emb.label)
+    csv = data.siblings_download(table, s, "star", info["apogee_id"], emb.label, pf, n)
     return table, pos, summary, None, feat, spec, csv, None if other is None else other["name"]
 
 
@@ -420,7 +422,7 @@ def _cluster_view(s, emb, cluster, pf, want):
     spec = figs.spectrum_pair(
         data.wavelength(s), data.spectrum(s, centre_member), other, emb.label, data.element_lines()
     )
-    csv = data.siblings_csv(table, s, f"cluster {res.cluster} (candidates)", emb.label)
+    csv = data.siblings_download(table, s, "cluster", f"{res.cluster}-candidates", emb.label, pf)
     return table, pos, summary, None, feat, spec, csv, None if other is None else other["name"]
 
 
@@ -484,7 +486,7 @@ def _upload_view(s, emb, contents, filenames, n, want):
     )
     other = None if chosen_row is None else data.spectrum(s, chosen_row)
     spec = figs.spectrum_pair(data.wavelength(s), first["spectrum"], other, emb.label, data.element_lines())
-    csv = data.siblings_csv(table, s, first["name"], emb.label)
+    csv = data.siblings_download(table, s, "upload", first["name"], emb.label, False, n)
     return (
         table,
         pos,
@@ -497,14 +499,23 @@ def _upload_view(s, emb, contents, filenames, n, want):
     )
 
 
+def _download_ready(store) -> bool:
+    return isinstance(store, dict) and all(isinstance(store.get(k), str) for k in ("content", "filename"))
+
+
+@callback(Output(f"{P}-dl-csv", "disabled"), Input(f"{P}-csv", "data"))
+def csv_ready(store):
+    """The CSV button is off while there is no table to download."""
+    return not _download_ready(store)
+
+
 @callback(
     Output(f"{P}-download", "data"),
     Input(f"{P}-dl-csv", "n_clicks"),
     State(f"{P}-csv", "data"),
-    State(f"{P}-ds", "value"),
     prevent_initial_call=True,
 )
-def download(_n, csv, ds):
-    if not csv:
+def download(_n, store):
+    if not _download_ready(store):
         return no_update
-    return {"content": csv, "filename": f"rsca-siblings-{ds}.csv", "type": "text/csv"}
+    return {"content": store["content"], "filename": service.name_part(store["filename"], 200), "type": "text/csv"}

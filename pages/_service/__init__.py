@@ -54,7 +54,7 @@ from .datasets import (
     uid,
 )
 from .errors import UserError, describe_error, hide_paths, short
-from .exports import map_npz, rates_csv
+from .exports import download_name, map_npz, name_part, rates_csv, settings_columns, settings_name, with_columns
 from .jobqueue import Busy, admit
 from .jobs import UnitProgress, background_manager, ensure_state_dir, prepare_compression, progress_reporter
 from .settings import (
@@ -75,18 +75,29 @@ from .settings import (
     parse_mask,
     parse_method,
     parse_species,
+    parse_top,
     parse_weights,
     settings_from_controls,
     settings_from_dict,
     settings_from_query,
     settings_to_dict,
     settings_to_query,
+    top_n_range,
+    top_note,
 )
 from .simulator import BUILDS_OFF, build_policy, build_simulated, cleanup_interrupted_builds, simulate_options
 from .systematics import check_residuals, paper_mask_ranges, rate_with_mask, residual_diagnostics, visit_comparison
 from .web import BOOTSTRAP_CSS_URL, SECURITY_HEADERS, health, init_app, install_request_checks, on_callback_error
 
 __all__ = [
+    "parse_top",
+    "top_n_range",
+    "top_note",
+    "download_name",
+    "name_part",
+    "settings_columns",
+    "settings_name",
+    "with_columns",
     "DISTANCE_TITLE",
     "MODEBAR_ROOM",
     "figure_title",

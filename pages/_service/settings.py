@@ -14,7 +14,7 @@ from rsca_core.constants import N_PIXELS, PAPER_SUBSET, SPECIES
 from rsca_core.learners import METHODS
 
 from . import config
-from .config import K_MAX, K_MIN
+from .config import K_MIN
 from .datasets import cluster_names, dataset_path, load, uid
 from .errors import UserError, short
 
@@ -173,6 +173,32 @@ def parse_mask(value) -> tuple:
     return tuple(sorted(set(out)))
 
 
+def input_dims(input_: str, k: int, species=PAPER_SUBSET) -> int:
+    """Number of axes of an input: K for spectra, 21 abundances, or the subset's species."""
+    return {"spectra": int(k), "abundances": len(SPECIES), "subset": len(species)}[input_]
+
+
+def top_n_range(input_: str, k: int, species=PAPER_SUBSET) -> tuple[int, int]:
+    """The one valid range of top-N (axes kept), for the controls, their help text and the URL: 1 to
+    the input's number of axes; "all" (blank) keeps every axis."""
+    return 1, input_dims(input_, k, species)
+
+
+def parse_top(value, input_: str, k: int, species=PAPER_SUBSET) -> int | None:
+    """top-N from a control or a URL: None (every axis) for blank or "all"; else a whole number in
+    :func:`top_n_range`, or a UserError naming that range (so 0 is refused as -1 is)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "all")):
+        return None
+    lo, hi = top_n_range(input_, k, species)
+    return parse_int(value, "top-N", lo, hi)
+
+
+def top_note(input_: str, k: int, species=PAPER_SUBSET) -> str:
+    """The help text under the top-N box, with its range."""
+    lo, hi = top_n_range(input_, k, species)
+    return f"{lo}–{hi}; blank = all axes"
+
+
 def parse_method(value) -> str:
     """One of :data:`rsca_core.learners.METHODS` (case-insensitive), or a UserError naming ``method``."""
     m = str(value).strip().lower() if isinstance(value, str) else None
@@ -211,7 +237,6 @@ _QUERY_PARSERS = (
     ("k", lambda v: parse_int(v, "K", K_MIN, config.k_max())),
     ("species", parse_species),
     ("cv", _parse_cv),
-    ("top", lambda v: None if str(v).lower() in ("", "all") else parse_int(v, "top-N", 1, K_MAX)),
     ("mask", parse_mask),
     ("method", parse_method),
     ("weights", parse_weights),
@@ -244,6 +269,11 @@ def settings_from_query(query: dict, defaults: Settings | None = None) -> tuple[
             s = replace(s, **{"top_n" if name == "top" else name: fn(q[name])})
         except UserError as exc:
             problems.append(f"URL parameter {name}: {exc}; using the default")
+    if q.get("top") is not None:  # after input, K and species: its range is the input's axes
+        try:
+            s = replace(s, top_n=parse_top(q["top"], s.input, s.k, s.species))
+        except UserError as exc:
+            problems.append(f"URL parameter top: {exc}; using all axes")
     if q.get("clusters") is not None:
         try:
             s = replace(s, clusters=parse_clusters(s.ds, q["clusters"]))
@@ -298,10 +328,8 @@ def settings_from_controls(
         raise UserError(f"K must be a whole number between {K_MIN} and {config.k_max()}")
     k = parse_int(k, "K", K_MIN, config.k_max())
     sp = parse_species(species) if input_ == "subset" else PAPER_SUBSET
-    dims = {"spectra": k, "abundances": len(SPECIES), "subset": len(sp)}[input_]
     method = parse_method(method if method is not None else "rsca")
-    no_top = top_n in (None, "", "all", 0, "0") or method != "rsca"
-    top = None if no_top else parse_int(top_n, "top-N", 1, dims)
+    top = parse_top(top_n, input_, k, sp) if method == "rsca" else None
     cl = None if clusters == ALL else parse_clusters(ds, clusters if clusters is not None else [])
     w = check_weights(ds, parse_weights(weights or "none")) if input_ == "spectra" else "none"
     return Settings(

@@ -20,6 +20,7 @@ from . import config
 from .compute import compression
 from .datasets import load, uid
 from .errors import UserError
+from .exports import download_name, name_part, settings_columns, settings_name, with_columns
 
 #: Uploads: at most this many files per upload, each at most this many bytes (an aspcapStar file
 #: of DR16 is ~0.4 MB).
@@ -138,10 +139,18 @@ def element_lines() -> tuple:
     return tuple(sorted(out))
 
 
-def siblings_csv(table: pd.DataFrame, s, star: str, label: str) -> str:
-    """The siblings table as CSV, with a header line saying what it is (and that it is simulated)."""
-    head = f"# siblings of {star} in {s.ds} ({label} data), input {s.input}, K {s.k}\n"
-    return head + table.reset_index().to_csv(index=False)
+def siblings_download(
+    table: pd.DataFrame, s, what: str, query: str, label: str, pair_filter: bool = False, n: int | None = None
+) -> dict:
+    """The siblings (or candidates) table as a CSV download: no comment lines, the query and its
+    settings as columns (``query``, ``data`` = simulated/real, dataset, input, K, pair filter), and
+    a file name saying them (``what``: "star", "cluster" or "upload"; ``n``: siblings asked for)."""
+    keep = ("data", "dataset", "dataset_uid", "input", "k", "species")
+    meta = {"query": f"{what} {query}"} | {k: v for k, v in settings_columns(s, label).items() if k in keep}
+    csv = with_columns(table.reset_index(), meta | {"pair_filter": int(bool(pair_filter))}).to_csv(index=False)
+    rest = settings_name(s, keys=("input", "k")) + ("" if n is None else f"_n{n}") + ("_pf" if pair_filter else "_nopf")
+    name = download_name("siblings", f"{what}-{name_part(query, 40)}", s.ds, rest, "csv")
+    return {"content": csv, "filename": name, "type": "text/csv"}
 
 
 def decode_uploads(contents, names) -> tuple[list[tuple[str, bytes]], list[str]]:
