@@ -64,6 +64,7 @@ CAPS_TEXT = {
 
 
 NOTHING_YET = "Nothing to download yet: press Run first (the CSV holds the run's table)."
+NOT_YET_NOTE = "(after a run)"  # beside the CSV button while it is off
 
 
 def _default(name, field, value):
@@ -117,8 +118,20 @@ def card(name, query):
                                     disabled=True,
                                     class_name="me-2",
                                 ),
-                                html.Span(  # a disabled button shows no tooltip: its wrapper does
-                                    dbc.Button("CSV", id=f"{P}-{name}-csv", size="sm", color="light", disabled=True),
+                                html.Span(  # the wrapper's tooltip too: some browsers show none on a disabled button
+                                    [
+                                        dbc.Button(
+                                            "CSV",
+                                            id=f"{P}-{name}-csv",
+                                            size="sm",
+                                            color="light",
+                                            disabled=True,
+                                            title=NOTHING_YET,
+                                        ),
+                                        html.Span(
+                                            NOT_YET_NOTE, id=f"{P}-{name}-csv-note", className="small text-muted ms-1"
+                                        ),
+                                    ],
                                     id=f"{P}-{name}-csv-tip",
                                     title=NOTHING_YET,
                                     className="d-inline-block",
@@ -140,7 +153,9 @@ def card(name, query):
                 html.Div(id=f"{P}-{name}-msg"),
                 html.Div(id=f"{P}-{name}-csv-msg"),
                 dcc.Graph(
-                    id=f"{P}-{name}-fig", figure=ui.empty_figure("press Run", height=260), config=ui.GRAPH_CONFIG
+                    id=f"{P}-{name}-fig",
+                    figure=ui.empty_figure("press Run: the figure, its table and the CSV come here", height=260),
+                    config=ui.GRAPH_CONFIG,
                 ),
                 html.Div(id=f"{P}-{name}-table"),
                 dcc.Store(id=f"{P}-{name}-store"),
@@ -260,12 +275,15 @@ def _register(name):
 
     @callback(
         Output(f"{P}-{name}-csv", "disabled"),
+        Output(f"{P}-{name}-csv", "title"),
         Output(f"{P}-{name}-csv-tip", "title"),
+        Output(f"{P}-{name}-csv-note", "children"),
         Input(f"{P}-{name}-store", "data"),
     )
     def csv_ready(store):
         ok = _valid(store)
-        return not ok, "" if ok else NOTHING_YET
+        tip = "the run's table as CSV" if ok else NOTHING_YET
+        return not ok, tip, tip, None if ok else NOT_YET_NOTE
 
     @callback(
         Output(f"{P}-{name}-download", "data"),

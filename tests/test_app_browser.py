@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 pytest.importorskip("dash.testing")
@@ -256,11 +257,11 @@ def test_explore_method_selector_shows_the_engines_rate_and_disables_top_n(dash_
     assert dash_duo.find_element("#ex-top").get_attribute("disabled") is not None
     assert "RSCA only" in dash_duo.find_element("#ex-top-note").text
     assert dash_duo.find_element("#ex-dl-map").get_attribute("disabled") is not None
-    # the CSV download names the method, in its file name and its header
+    # the CSV download names the method, in its file name and its method column
     click(dash_duo, "#ex-dl-csv")
     csv_file = _wait_file(Path(dash_duo.download_path), ".csv")
-    assert csv_file.name.endswith("-rca.csv")
-    assert "method=rca" in csv_file.read_text().splitlines()[1]
+    assert "_rca_" in csv_file.name
+    assert set(pd.read_csv(csv_file)["method"]) == {"rca"}
     # a shared URL restores the method; a bad one is a message and the rest still applies
     open_page(dash_duo, "/?method=lda&k=8")
     want_lda = core["rate"](k=8, method="lda").global_rate
@@ -369,8 +370,8 @@ def test_downloads_say_simulated_and_match(dash_duo, dash_app, core):
     target = Path(dash_duo.download_path)
     csv_file = _wait_file(target, ".csv")
     text = csv_file.read_text()
-    assert "SIMULATED" in text.splitlines()[0]
-    rows = list(csv.DictReader(io.StringIO("\n".join(ln for ln in text.splitlines() if not ln.startswith("#")))))
+    assert "_simulated_" in csv_file.name and not any(ln.startswith("#") for ln in text.splitlines())
+    rows = list(csv.DictReader(io.StringIO(text)))
     got = {r["cluster"]: r["rate"] for r in rows}
     for row in want.per_cluster.itertuples():
         if not np.isnan(row.rate):
@@ -487,6 +488,7 @@ def test_curves_methods_experiment_runs_in_the_background_and_matches_the_engine
     dash_duo.start_server(dash_app, port=free_port())
     open_page(dash_duo, "/curves")
     dash_duo.wait_for_element("#cu-methods-run", timeout=30)
+    assert wait_js(dash_duo, "return document.getElementById('cu-methods-csv').disabled", bool)  # before a run
     set_input(dash_duo, "#cu-methods-k", 8)
     click(dash_duo, "#cu-methods-run")
     dash_duo.wait_for_element("#cu-methods-tab", timeout=180)
@@ -505,10 +507,18 @@ def test_curves_methods_experiment_runs_in_the_background_and_matches_the_engine
         lambda n: n == 4,
     )
     assert n_bars == 4
+    check_layout(dash_duo, ["cu-methods-fig"])
+    assert wait_js(dash_duo, "return !document.getElementById('cu-methods-csv').disabled", bool)
+    assert dash_duo.find_element("#cu-methods-csv-note").text == ""
     click(dash_duo, "#cu-methods-csv")
     csv_file = _wait_file(Path(dash_duo.download_path), ".csv")
-    assert csv_file.name == "rsca-methods-simulated-default.csv"
-    assert "SIMULATED" in csv_file.read_text().splitlines()[0]
+    assert csv_file.name == "rsca-curves-methods_simulated_default_k-8_species-Fe.Mg.Ni.Si.Al.C.N.csv"
+    table = pd.read_csv(csv_file)  # no comment lines: it reads as it is
+    assert set(table["label"]) == {"simulated"} and set(table["experiment"]) == {"methods"}
+    spectra = table[table["representation"] == "spectra"].set_index("method")["global_rate"]
+    assert spectra.map(lambda v: f"{v:.4f}").to_dict() == {
+        m: shown[("spectra", n)] for m, n in (("rsca", "RSCA (paper)"), ("rca", "RCA"), ("lda", "LDA"), ("nca", "NCA"))
+    }
     assert not severe(dash_duo.get_logs())
 
 
@@ -554,4 +564,233 @@ def test_data_page_builds_a_simulated_survey_in_the_background(dash_duo, dash_ap
     # it is offered in the dataset menus from now on
     open_page(dash_duo, "/data?ds=tiny")
     dash_duo.wait_for_contains_text("#dt-facts", "field stars 120", timeout=30)
+    assert not severe(dash_duo.get_logs())
+
+
+# ------------------------------------------------------------------------------------------ what a newcomer tripped on
+# (issue 11 part 3 on Explore, Clusters, Curves and Siblings: downloads, disabled buttons, top-N 0,
+# axis titles, legends and the modebar)
+
+#: Geometry of every drawn figure in the given graph containers, measured in the page.
+LAYOUT_JS = """
+var out = [];
+for (var id of arguments[0]) {
+  var root = document.getElementById(id);
+  var gd = root && root.getElementsByClassName('js-plotly-plot')[0];
+  if (!gd || !gd._fullLayout || !gd.data || !gd.data.length) { out.push({id: id, missing: true}); continue; }
+  var box = function (e) { var b = e.getBoundingClientRect(); return [b.left, b.top, b.right, b.bottom]; };
+  var all = function (sel) {
+    return Array.from(gd.querySelectorAll(sel)).map(box).filter(function (b) { return b[2] > b[0] && b[3] > b[1]; });
+  };
+  var fl = gd._fullLayout, axes = [];
+  Object.keys(fl).forEach(function (key) {
+    var ax = fl[key];
+    if (/^[xy]axis[0-9]*$/.test(key) && ax && ax.visible !== false) {
+      axes.push({name: key, id: ax._id, title: (ax.title && ax.title.text) || '', matches: ax.matches || null});
+    }
+  });
+  out.push({
+    id: id, graph: box(gd), modebar: all('.modebar'), titles: all('.gtitle'), legends: all('g.legend'),
+    annotations: Array.from(gd.querySelectorAll('g.annotation')).map(function (e) {
+      return {text: e.textContent, box: box(e)}; }),
+    ticks: all('.xtick text, .ytick text'), axes: axes,
+    legend_items: gd.querySelectorAll('g.legend .traces').length,
+    legend_scrolls: Array.from(gd.querySelectorAll('g.legend .scrollbar')).some(function (e) {
+      return e.getBoundingClientRect().height > 0; })
+  });
+}
+return out;
+"""
+
+
+def _overlap(a, b):
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _inside(inner, outer, slack=1.0):
+    return (
+        inner[0] >= outer[0] - slack
+        and inner[1] >= outer[1] - slack
+        and inner[2] <= outer[2] + slack
+        and (inner[3] <= outer[3] + slack)
+    )
+
+
+def check_layout(dash_duo, ids, shared_titles=None, timeout=60):
+    """Every figure in ``ids``: each axis titled (or matching a titled axis; a grid may use
+    ``shared_titles`` instead), no title, subplot title or legend under the modebar, every legend
+    whole inside its figure without a scroll bar. Returns the measured figures by id."""
+    figs = wait_js(
+        dash_duo,
+        LAYOUT_JS.replace("arguments[0]", json.dumps(list(ids))),
+        lambda v: v and not any(f.get("missing") for f in v),
+        timeout=timeout,
+    )
+    assert figs and not any(f.get("missing") for f in figs), f"figures not drawn: {figs}"
+    out = {}
+    for f in figs:
+        name = f["id"]
+        texts = [a["text"] for a in f["annotations"]]
+        if name in (shared_titles or {}):
+            for title in shared_titles[name]:
+                assert any(title in t for t in texts), (name, title, texts)
+        else:
+            titled = {a["id"] for a in f["axes"] if a["title"].strip()}
+            untitled = [a["name"] for a in f["axes"] if not a["title"].strip() and a["matches"] not in titled]
+            assert not untitled, f"{name}: axes without a title: {untitled}"
+        assert f["modebar"], f"{name}: no modebar measured"
+        covered = f["titles"] + f["legends"] + [a["box"] for a in f["annotations"]]
+        for bar in f["modebar"]:
+            for b in covered:
+                assert not _overlap(bar, b), f"{name}: the modebar {bar} covers {b}"
+        for leg in f["legends"]:
+            assert _inside(leg, f["graph"]), f"{name}: legend {leg} outside the figure {f['graph']}"
+        assert not f["legend_scrolls"], f"{name}: the legend scrolls (part of it is hidden)"
+        out[name] = f
+    return out
+
+
+def _wait_new_file(folder: Path, suffix: str, known=(), timeout=20) -> Path:
+    end = time.time() + timeout
+    while time.time() < end:
+        found = [p for p in folder.glob(f"*{suffix}") if p.name not in known and p.stat().st_size > 0]
+        if found:
+            time.sleep(0.3)
+            return found[0]
+        time.sleep(0.2)
+    raise AssertionError(f"no new {suffix} file downloaded into {folder}")
+
+
+def test_explore_and_clusters_downloads_are_named_by_page_and_settings_and_read_back(dash_duo, dash_app, core):
+    want = core["rate"](k=10, cv=False, top_n=3)
+    dash_duo.start_server(dash_app, port=free_port())
+    folder = Path(dash_duo.download_path)
+    open_page(dash_duo, "/?k=10&cv=0&top=3")
+    shown = shown_rate(dash_duo)
+    assert shown == f"{want.global_rate:.4f}"
+    bars = wait_js(
+        dash_duo,
+        "var g = document.getElementById('ex-bars').getElementsByClassName('js-plotly-plot')[0];"
+        " return g && g.data && g.data.length ? g.data[0] : null",
+        lambda v: v is not None,
+    )
+    click(dash_duo, "#ex-dl-csv")
+    explore = _wait_new_file(folder, ".csv")
+    assert explore.name == "rsca-explore-rates_simulated_default_spectra_K10_rsca_top-3_nocv_mask-none_weights-none.csv"
+    text = explore.read_text()
+    assert not any(line.startswith("#") for line in text.splitlines())
+    table = pd.read_csv(io.StringIO(text)).set_index("cluster")
+    # the file holds the numbers the page shows: each bar, the global rate, the settings
+    for name, y in zip(bars["x"], bars["y"]):
+        rate = table.loc[name, "rate"]
+        assert y == 0.0 if np.isnan(rate) else abs(rate - y) < 1e-12, name
+    for row in want.per_cluster.itertuples():
+        assert np.isnan(row.rate) == np.isnan(table.loc[row.cluster, "rate"])
+        if not np.isnan(row.rate):
+            assert abs(table.loc[row.cluster, "rate"] - row.rate) < 1e-12
+    assert {f"{v:.4f}" for v in table["global_rate"]} == {shown}
+    assert (set(table["k"]), set(table["top_n"]), set(table["cv"]), set(table["data"])) == (
+        {10},
+        {3},
+        {0},
+        {"simulated"},
+    )
+
+    # the same view on the Clusters page: another file, the first one kept
+    open_page(dash_duo, "/clusters?k=10&cv=0&top=3")
+    assert shown_rate(dash_duo, "#cl-global-rate") == shown
+    click(dash_duo, "#cl-dl-csv")
+    clusters = _wait_new_file(folder, ".csv", known={explore.name})
+    assert clusters.name == explore.name.replace("rsca-explore-", "rsca-clusters-")
+    assert explore.read_text() == text
+    other = pd.read_csv(clusters).set_index("cluster")
+    assert np.allclose(other["rate"], table.loc[other.index, "rate"], atol=1e-12, equal_nan=True)
+
+    # another setting, another name
+    open_page(dash_duo, "/?k=8")
+    dash_duo.wait_for_text_to_equal("#ex-global-rate", f"{core['rate'](k=8).global_rate:.4f}", timeout=30)
+    click(dash_duo, "#ex-dl-csv")
+    k8 = _wait_new_file(folder, ".csv", known={explore.name, clusters.name})
+    assert "_K8_rsca_top-all_cv_" in k8.name
+    assert not severe(dash_duo.get_logs())
+
+
+def test_download_buttons_are_off_while_there_is_nothing_to_download(dash_duo, dash_app, core):
+    dash_duo.start_server(dash_app, port=free_port())
+    for page, prefix, buttons in (("/", "ex", ("ex-dl-csv", "ex-dl-map")), ("/clusters", "cl", ("cl-dl-csv",))):
+        open_page(dash_duo, page)
+        shown_rate(dash_duo, f"#{prefix}-global-rate")
+        assert wait_js(dash_duo, f"return !document.getElementById('{buttons[0]}').disabled", bool), page
+        click(dash_duo, f"#{prefix}-clusters-none")  # no training clusters: no result
+        dash_duo.wait_for_contains_text(f"#{prefix}-msg", "select at least two clusters", timeout=30)
+        for b in buttons:
+            assert wait_js(dash_duo, f"return document.getElementById('{b}').disabled", bool), b
+        click(dash_duo, f"#{prefix}-clusters-all")
+        for b in buttons:
+            assert wait_js(dash_duo, f"return !document.getElementById('{b}').disabled", bool), b
+    # Curves: nothing to download before a run, and the page says so (also to a click that gets through)
+    open_page(dash_duo, "/curves")
+    dash_duo.wait_for_element("#cu-k_sweep-csv", timeout=30)
+    assert wait_js(dash_duo, "return document.getElementById('cu-k_sweep-csv').disabled", bool)
+    for tip in ("#cu-k_sweep-csv", "#cu-k_sweep-csv-tip"):  # hovering the button says why
+        assert "Nothing to download yet: press Run first" in dash_duo.find_element(tip).get_attribute("title")
+    assert dash_duo.find_element("#cu-k_sweep-csv-note").text == "(after a run)"
+    click(dash_duo, "#cu-k_sweep-csv")  # a click on the off button downloads nothing
+    time.sleep(1.0)
+    assert not list(Path(dash_duo.download_path).glob("*.csv"))
+    assert not severe(dash_duo.get_logs())
+
+
+def test_top_n_zero_is_answered_like_minus_one_with_one_range(dash_duo, dash_app, core):
+    dash_duo.start_server(dash_app, port=free_port())
+    messages = {}
+    for top in ("0", "-1"):
+        open_page(dash_duo, f"/?k=8&top={top}")
+        dash_duo.wait_for_contains_text("#ex-url-msg", "URL parameter top", timeout=30)
+        messages[top] = dash_duo.find_element("#ex-url-msg").text
+        # the view falls back to all axes, and the help text gives the same range as the message
+        assert shown_rate(dash_duo) == f"{core['rate'](k=8).global_rate:.4f}"
+        dash_duo.wait_for_text_to_equal("#ex-top-note", "1–8; blank = all axes", timeout=30)
+    assert messages["0"] == "URL parameter top: top-N = 0 is out of range: choose 1…8; using all axes"
+    assert messages["-1"] == messages["0"].replace("= 0 ", "= -1 ")
+    for typed in ("0", "-1"):  # typed in the box: the same words
+        set_input(dash_duo, "#ex-top", typed)
+        dash_duo.wait_for_contains_text("#ex-msg", f"top-N = {typed} is out of range: choose 1…8", timeout=30)
+    set_input(dash_duo, "#ex-k", 5)  # the range follows K
+    dash_duo.wait_for_text_to_equal("#ex-top-note", "1–5; blank = all axes", timeout=30)
+    assert not severe(dash_duo.get_logs())
+
+
+def test_every_panel_has_axis_titles_and_nothing_hides_under_the_modebar(dash_duo, dash_app, core):
+    names = core["names"]
+    dash_duo.start_server(dash_app, port=free_port())
+    open_page(dash_duo, "/?k=8")
+    shown_rate(dash_duo)
+    wait_js(  # the features figure: 3 panels x (field density + one trace per cluster)
+        dash_duo,
+        "var g = document.getElementById('ex-features').getElementsByClassName('js-plotly-plot')[0];"
+        " return g && g.data ? g.data.length : 0",
+        lambda n: n == 3 * (1 + len(names)),
+    )
+    figs = check_layout(dash_duo, ["ex-bars", "ex-hist", "ex-features", "ex-vhelio"])
+    # every cluster has its own colour and its legend entry, all shown at once
+    assert figs["ex-features"]["legend_items"] == len(names)
+    colours = dash_duo.driver.execute_script(
+        "return document.getElementById('ex-features').getElementsByClassName('js-plotly-plot')[0]"
+        ".data.filter(t => t.type === 'scatter' && t.showlegend).map(t => t.marker.color)"
+    )
+    assert len(colours) == len(names) and len(set(colours)) == min(len(names), 22)
+    # the global-rate label is clear of the tick labels
+    bars = figs["ex-bars"]
+    label = [a["box"] for a in bars["annotations"] if a["text"].startswith("global")]
+    assert label, bars["annotations"]
+    assert not any(_overlap(label[0], t) for t in bars["ticks"]), "the global-rate label covers a tick label"
+
+    open_page(dash_duo, "/clusters?k=8")
+    shown_rate(dash_duo, "#cl-global-rate")
+    check_layout(dash_duo, ["cl-grid"], shared_titles={"cl-grid": ("distance in RSCA space", "density")})
+
+    open_page(dash_duo, "/siblings")
+    dash_duo.wait_for_element("#sb-star-id", timeout=60)
+    check_layout(dash_duo, ["sb-features", "sb-spectrum"])
     assert not severe(dash_duo.get_logs())

@@ -178,9 +178,13 @@ def test_upload_places_good_files_and_names_bad_ones(dash_duo, dash_app, emb, tm
     dash_duo.start_server(dash_app, port=free_port())
     open_page(dash_duo, "/siblings?mode=upload")
     dash_duo.wait_for_element("#sb-upload input[type='file']", timeout=60)
+    dash_duo.wait_for_contains_text("#sb-uploads", "upload aspcapStar files", timeout=60)
+    assert dash_duo.find_element("#sb-dl-csv").get_attribute("disabled") is not None  # no table yet
     upload = dash_duo.find_element("#sb-upload input[type='file']")
     upload.send_keys("\n".join(str(p) for p in [*paths, bad]))
     dash_duo.wait_for_element("#sb-upload-list", timeout=60)
+    csv_on = "return !document.getElementById('sb-dl-csv').disabled"
+    assert wait_js(dash_duo, csv_on, bool), "the CSV button stayed off with a table shown"
     listed = dash_duo.find_element("#sb-upload-list").text
     for p, r in zip(paths, rows):
         # a bundle star's own file lands on that star: its nearest neighbour, at a tiny distance
@@ -209,10 +213,14 @@ def test_csv_download_matches_the_table(dash_duo, dash_app, emb):
         time.sleep(0.3)
     assert files, "no CSV downloaded"
     text = files[0].read_text()
-    assert text.startswith("#") and "simulated" in text.splitlines()[0]
-    body = pd.read_csv(io.StringIO(text), comment="#", dtype={"apogee_id": str})
+    assert not any(line.startswith("#") for line in text.splitlines())  # reads as it is
+    # named by the query and its settings, which are also columns
+    assert files[0].name == f"rsca-siblings-star-{star}_simulated_default_spectra_K{K_FIT}_n30_pf.csv"
+    body = pd.read_csv(io.StringIO(text), dtype={"apogee_id": str})
     assert body["apogee_id"].tolist() == ref["apogee_id"].tolist()
     assert np.allclose(body["distance"], ref["distance"])
+    assert set(body["data"]) == {"simulated"} and set(body["query"]) == {f"star {star}"}
+    assert set(body["pair_filter"]) == {1} and set(body["k"]) == {K_FIT}
 
 
 def test_bad_url_values_give_messages(dash_duo, dash_app):
