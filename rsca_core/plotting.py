@@ -30,27 +30,34 @@ PAPER_MARKER = dict(symbol="diamond-open", size=11, color="black", line=dict(wid
 
 
 #: Pixels at the top of a figure kept free for plotly's modebar (the toolbar drawn over the top
-#: right corner of an interactive figure): titles start below it and no legend goes there.
-MODEBAR_ROOM = 32
+#: right corner of an interactive figure, 25 px tall): titles start below it and no legend goes there.
+MODEBAR_ROOM = 34
 
 
-def figure_title(text: str, font_size: int | None = None) -> dict:
+def figure_title(text: str, font_size: int | None = None, subtitle: str | None = None) -> dict:
     """A Plotly title dict: left-aligned, its top :data:`MODEBAR_ROOM` pixels below the figure's top
-    edge, so the modebar never covers it (the figure's top margin must leave room for it).
+    edge, so the modebar never covers it (the figure's top margin must leave room for it), with an
+    optional second line ``subtitle`` (a ``<br>`` in the title would move its first line up).
 
     Examples
     --------
     >>> figure_title("Rate vs K")["pad"]
-    {'t': 32}
+    {'t': 34}
     """
     title = dict(text=text, x=0.01, xanchor="left", xref="container")
     title |= dict(y=1.0, yref="container", yanchor="top", pad=dict(t=MODEBAR_ROOM))
+    if subtitle:
+        title["subtitle"] = dict(text=subtitle)
     return title | (dict(font=dict(size=font_size)) if font_size else {})
 
 
-def _title(text, label, seed=None):
+def _title(text, label, seed=None, wrap=None):
+    """The title with its data tag; ``wrap`` (default: for a title over 55 characters) puts the tag
+    on a second line, so that a long title is not cut at a narrow figure's edge."""
     tag = "SIMULATED data" if label == "simulated" else f"{label} data"
     extra = "" if seed is None else f", seed {seed}"
+    if len(text) > 55 if wrap is None else wrap:
+        return figure_title(text, subtitle=f"({tag}{extra})")
     return figure_title(f"{text} <span style='font-size:0.8em;color:#555'>({tag}{extra})</span>")
 
 
@@ -60,7 +67,7 @@ def _layout(fig, title, height=420, width=None, **kw):
         template="plotly_white",
         height=height,
         width=width,
-        margin=dict(l=60, r=20, t=MODEBAR_ROOM + 50, b=50),
+        margin=dict(l=60, r=20, t=MODEBAR_ROOM + 54, b=50),
         legend=dict(orientation="h", y=-0.18),
         **kw,
     )
@@ -425,7 +432,10 @@ def fig_distance_histograms(
     fig = _layout(
         fig,
         _title(
-            f"Intra- vs inter-cluster distances (global rate: {glob}; dashed = median intra)", label, table_seed(summ)
+            f"Intra- vs inter-cluster distances (global rate: {glob}; dashed = median intra)",
+            label,
+            table_seed(summ),
+            wrap=False,  # one line: the legend sits under it
         ),
         height=130 + panel_height * nrows,
         width=panel_width * ncols,

@@ -12,7 +12,8 @@ from rsca_core import plotting as P
 
 
 def _title(fig):
-    return fig.layout.title.text
+    """The title as shown: its text and, for a long one, the second line (the data tag)."""
+    return fig.layout.title.text + " " + (fig.layout.title.subtitle.text or "")
 
 
 def k_table(label="simulated"):
@@ -215,3 +216,12 @@ def test_engine_modules_do_not_import_dash():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=P.__file__.rsplit("/", 2)[0])
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_long_title_keeps_its_data_tag_on_a_second_line():
+    t = pd.DataFrame(
+        {"representation": ["spectra"], "method": ["rsca"], "global_rate": [0.02], "k": [30], "label": "simulated"}
+    )
+    title = P.fig_methods(t).layout.title
+    assert "SIMULATED" not in title.text and "SIMULATED data" in title.subtitle.text
+    assert "<br>" not in title.text  # a line break would lift the title under the modebar
