@@ -345,7 +345,7 @@ def test_the_methods_experiment_of_the_curves_page(tiny_default):
         assert spectra.loc[m, "global_rate"] == pytest.approx(_engine_rate(tiny_default, 8, m).global_rate, abs=1e-12)
     assert set(table["representation"]) == {"spectra", "abundance subset"}
     assert [t.name for t in fig.data][:4] == ["RSCA (paper)", "RCA", "LDA", "NCA"]
-    assert "SIMULATED" in fig.layout.title.text
+    assert "SIMULATED" in fig.layout.title.text + str(fig.layout.title.subtitle.text)  # a long title's 2nd line
     with pytest.raises(service.UserError, match="K = 99 is out of range"):
         service.run_experiment("methods", "default", {"k": "99"})
 

@@ -178,7 +178,7 @@ def test_upload_places_good_files_and_names_bad_ones(dash_duo, dash_app, emb, tm
     dash_duo.start_server(dash_app, port=free_port())
     open_page(dash_duo, "/siblings?mode=upload")
     dash_duo.wait_for_element("#sb-upload input[type='file']", timeout=60)
-    dash_duo.wait_for_contains_text("#sb-uploads", "upload aspcapStar files", timeout=60)
+    dash_duo.wait_for_contains_text("#sb-summary", "upload aspcapStar files", timeout=60)
     assert dash_duo.find_element("#sb-dl-csv").get_attribute("disabled") is not None  # no table yet
     upload = dash_duo.find_element("#sb-upload input[type='file']")
     upload.send_keys("\n".join(str(p) for p in [*paths, bad]))
