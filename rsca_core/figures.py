@@ -22,27 +22,21 @@ from matplotlib.figure import Figure
 
 from .constants import PAPER_RESULTS
 from .fileio import atomic_write
-from .labels import METHOD_COLOURS, data_label, label_name, require_columns, table_seed
+from .labels import (
+    CLUSTER_PALETTE,
+    METHOD_COLOURS,
+    cluster_colours,
+    data_label,
+    label_name,
+    require_columns,
+    table_seed,
+)
 
 #: Colours of the paper's figures: CV blue / no-CV green (Fig. 2); raw blue, scaled green,
 #: transformed red (Fig. 4); intra-cluster blue, inter-cluster green (Fig. 9/10).
 BLUE, GREEN, RED, ORANGE, GREY = "#1f77b4", "#2ca02c", "#d62728", "#ff7f0e", "#7f7f7f"
 VARIANT_COLOURS = {"raw": BLUE, "scaled": GREEN, "transformed": RED}
-#: Colour-blind-safe qualitative colours (Okabe & Ito, plus four darker tones); with the markers
-#: below they give 33 distinguishable cluster styles (the paper has 22 clusters).
-CLUSTER_COLOURS = (
-    "#0072B2",
-    "#E69F00",
-    "#009E73",
-    "#CC79A7",
-    "#D55E00",
-    "#56B4E9",
-    "#000000",
-    "#8C6D31",
-    "#6A3D9A",
-    "#B15928",
-    "#1B7837",
-)
+#: Markers cycled with the shared cluster colours, so clusters stay apart in print and in grey.
 CLUSTER_MARKERS = ("o", "s", "^")
 PAPER_STYLE = dict(marker="D", markerfacecolor="none", markeredgecolor="black", markersize=8, markeredgewidth=1.5)
 FORMATS = ("png", "pdf")
@@ -50,7 +44,8 @@ DPI = 150
 
 
 def cluster_styles(names) -> dict[str, dict]:
-    """{cluster: matplotlib style (color, marker)}, distinct for up to 33 clusters, stable by name.
+    """{cluster: matplotlib style (color, marker)}, stable by name: the colour is the cluster's colour on
+    every dashboard page (:func:`rsca_core.labels.cluster_colours`), the marker cycles o, s, ^.
 
     Examples
     --------
@@ -58,12 +53,11 @@ def cluster_styles(names) -> dict[str, dict]:
     >>> len({(v["color"], v["marker"]) for v in s.values()})
     22
     """
-    out = {}
-    for i, name in enumerate(sorted(dict.fromkeys(str(n) for n in names))):
-        out[name] = dict(
-            color=CLUSTER_COLOURS[i % len(CLUSTER_COLOURS)], marker=CLUSTER_MARKERS[i // len(CLUSTER_COLOURS) % 3]
-        )
-    return out
+    colours = cluster_colours(names)
+    return {
+        name: dict(color=c, marker=CLUSTER_MARKERS[i % len(CLUSTER_MARKERS)])
+        for i, (name, c) in enumerate(colours.items())
+    }
 
 
 def _figure(title: str, label: str, seed, figsize) -> Figure:
@@ -210,7 +204,7 @@ def fig_data_size(table: pd.DataFrame, label: str | None = None) -> Figure:
             yerr=err,
             fmt="o-",
             capsize=3,
-            color=CLUSTER_COLOURS[i % len(CLUSTER_COLOURS)],
+            color=CLUSTER_PALETTE[i % len(CLUSTER_PALETTE)],
             label=f"K = {k}",
         )
     ax.set_xlabel("number of training clusters")
