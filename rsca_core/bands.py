@@ -60,7 +60,7 @@ class BandResult:
     """
 
     name: str
-    value: float
+    value: float | int
     band: str
     ok: bool | None
     note: str = ""
@@ -152,7 +152,7 @@ def best_k(ks, rates, band=BEST_K) -> BandResult:
     Examples
     --------
     >>> best_k([10, 20, 30, 40, 60], [0.03, 0.02, 0.018, 0.022, 0.05]).value
-    30.0
+    30
     """
     name, text = "best K (CV sweep)", f"{band[0]}–{band[1]}"
     ks, rates = _sweep(ks, rates)
@@ -161,8 +161,8 @@ def best_k(ks, rates, band=BEST_K) -> BandResult:
     k = int(ks[np.argmin(rates)])
     note = f"K = {', '.join(map(str, ks))}"
     if ks.max() <= band[1]:
-        return BandResult(name, float(k), text, None, note + f": the sweep stops at K = {ks.max()}")
-    return BandResult(name, float(k), text, bool(band[0] <= k <= band[1]), note)
+        return BandResult(name, k, text, None, note + f": the sweep stops at K = {ks.max()}")
+    return BandResult(name, k, text, bool(band[0] <= k <= band[1]), note)
 
 
 def k60_overfit(ks, rates, k: int = OVERFIT_K, excess: float = OVERFIT_EXCESS) -> BandResult:
@@ -276,7 +276,7 @@ def bands_table(bands: list[BandResult]) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "band_name": [b.name for b in bands],
-            "value": [b.value for b in bands],
+            "value": pd.Series([b.value for b in bands], dtype=object),  # best K stays an integer
             "band": [b.band for b in bands],
             "ok": ["not checked" if b.ok is None else ("yes" if b.ok else "NO") for b in bands],
             "note": [b.note for b in bands],
