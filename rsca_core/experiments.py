@@ -870,7 +870,8 @@ def feature_relations(
     * ``"stars"``: one row per star (field and cluster): ``apogee_id, cluster, is_cluster, fe_h,
       vhelio_avg, feature_1 … feature_m`` (m = max(n_features, vhelio_feature)), ``label, seed``;
     * ``"correlations"``: for features 1 … ``n_correlated``: Pearson r over the field stars with
-      each observed label (Teff, logg, [Fe/H], the 21 [X/H], AK_TARG, VHELIO_AVG, SNR), plus
+      each observed label (Teff, logg, [Fe/H], the 21 [X/H], AK_TARG, VHELIO_AVG, SNR, and
+      ``mg_fe`` = [Mg/H] − [Fe/H]), plus
       ``r2_all_labels`` (R² of a linear fit of the feature on all those labels together) and the
       feature's scale σ_i;
     * ``"settings"``: k, seed, n_features, vhelio_feature, label.
@@ -946,6 +947,9 @@ def _label_correlations(Yf, field_stars, scales, n_corr):
     rows = []
     complete = np.isfinite(L).all(axis=1)
     design = np.column_stack([np.ones(complete.sum()), L[complete]])
+    if "x_h_mg" in labels and "fe_h" in labels:  # [Mg/Fe], the α tracer of the paper's feature 2
+        L = np.column_stack([L, L[:, labels.index("x_h_mg")] - L[:, labels.index("fe_h")]])
+        labels = labels + ["mg_fe"]
     for i in range(n_corr):
         row = {"feature": f"feature_{i + 1}", "axis": i + 1, "scale": float(scales[i])}
         for j, lab in enumerate(labels):

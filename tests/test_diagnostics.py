@@ -297,12 +297,9 @@ def test_simulated_dibs_found_at_their_wavelengths_and_only_when_on(dib_runs):
     assert np.nanmax(np.abs(r_off.residual[near])) < 0.1 * np.nanmax(np.abs(r_on.residual[near]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known confound (issue 3 note): with DIBs off, the residual of the "
-    "high-extinction stars still anti-correlates (r ≈ -0.2 to -0.25) with the DIB pattern",
-)
 def test_extinction_residual_without_dibs_is_uncorrelated_with_the_dib_pattern(dib_runs):
+    # Was a strict xfail (issue 3 note: r ≈ -0.2 to -0.25) until the calibrated defaults of issue 11
+    # (smaller independent element scatter and rest-frame shift error; docs/simulator.md).
     _, _, r_off, planted, ok = dib_runs
     assert abs(_corr(r_off.residual, planted, ok)) < 0.2
 
@@ -341,7 +338,12 @@ def test_simulated_visit_pairs_separate_only_with_plate_systematics(plates):
     if plates:
         assert s["median_ratio"] < 0.8 and s["mannwhitney_p"] < 1e-4
     else:
-        assert 0.9 < s["median_ratio"] < 1.1 and s["mannwhitney_p"] > 0.05
+        # Pairs share stars, so the Mann-Whitney p treats dependent pairs as independent and is
+        # anti-conservative (visit_similarity's docstring): under no shared systematic it falls
+        # below 0.05 far more often than 5 %. Measured with plates off on seeds 0-4 of this survey:
+        # ratio 0.913, 1.093, 1.005, 0.979, 1.012 and p 0.0035, 0.98, 0.51, 0.62, 0.79 (seed 0 has
+        # only 81 separate pairs). So "off" is judged against "on" (p < 1e-4): no such evidence.
+        assert 0.9 < s["median_ratio"] < 1.1 and s["mannwhitney_p"] > 1e-3
 
 
 def test_pixels_unobserved_in_reference_set_are_left_out():

@@ -331,6 +331,7 @@ def test_reproduce_quick_writes_every_figure_without_plotly_or_a_browser(tmp_pat
     # every experiment but the error-weighted compression (slow here; its files are checked below on a smaller survey)
     names = [n for n in EXPERIMENTS if n != "weights"]
     argv = ["reproduce", "--dataset", str(bundle), "--out", str(out), "--quick", "--k", "8", "--seed", "3", "--quiet"]
+    argv += ["--ks", "4,8"]  # the quick sweep's K = 10 ... 60 compressions are slow here (test_bands checks them)
     argv += ["--experiments", ",".join(names)]
     code = (
         "import sys; sys.modules['plotly'] = sys.modules['kaleido'] = None; "  # importing either now fails
@@ -371,6 +372,7 @@ def test_figure_failure_still_writes_tables_and_report(ds, tmp_path, monkeypatch
 
     monkeypatch.setattr(X, "save_figure", broken)
     settings = X.settings_for(quick=True, seed=0, k=4)
+    settings["k_sweep"]["ks"] = (2, 4)  # not the quick K = 10 ... 60: this test is about a failing figure
     results = X.run_experiments(ds, settings, ["k_sweep"], progress=False)
     doc = X.write_outputs(ds, results, settings, tmp_path)
     assert "disk says no" in doc["figure_warning"]

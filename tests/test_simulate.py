@@ -478,3 +478,28 @@ def test_fibre_lsf_scales_line_optical_depths_per_star():
     spread = np.array([np.ptp(np.log(f_on[k, deep[k]]) / np.log(f_off[k, deep[k]])) for k in rows])
     assert spread.max() < 1e-3
     assert 0.02 < scale.std() < 0.07 and abs(scale.mean() - 1) < 0.03
+
+
+def test_clusters_are_the_catalogues_clusters_at_every_seed():
+    """[Fe/H], age, mean RV and A_K of each cluster are its literature values (simulate.clusters),
+    whatever the seed; only the members and the small chemical offsets change with the seed."""
+    from rsca_core.simulate.clusters import AK_PER_AV, CLUSTER_FACTS
+
+    assert tuple(CLUSTER_FACTS) == sim.CLUSTER_NAMES
+    # hand-checked rows: M67 (Donor+2020 [Fe/H] 0.01, RV 33.9; Cantat-Gaudin+2020 log age 9.63, A_V 0.07)
+    m67 = CLUSTER_FACTS["NGC_2682"]
+    assert (m67.feh, m67.vhelio) == (0.01, 33.9) and m67.age_gyr == pytest.approx(4.266, abs=1e-3)
+    assert m67.a_k == pytest.approx(0.07 * 0.302 / 3.1) and abs(AK_PER_AV - 0.0974) < 1e-4
+    seen = []
+    for seed in (0, 1):
+        t = sim.generate_survey(sim.SimulationConfig(), n_field=50, seed=seed).stars_all
+        members = t[(t.CLUSTER != "") & (t.CG_PROB > 0.8)]
+        g = members.groupby("CLUSTER")
+        for name, grp in g:
+            f = CLUSTER_FACTS[name]
+            assert np.allclose(grp.true_fe_h, f.feh) and np.allclose(grp.age, f.age_gyr)
+            assert abs(grp.VHELIO_AVG.mean() - f.vhelio) < 3 * 0.8 / np.sqrt(len(grp)) + 0.05
+            assert abs(grp.AK_TARG.mean() - f.a_k) < 3 * 0.025 / np.sqrt(len(grp)) + 0.01
+        seen.append(g["true_x_h_mg"].mean())
+    # the chemical offsets (here [Mg/H] beyond [Fe/H]) are drawn per seed
+    assert not np.allclose(seen[0], seen[1].reindex(seen[0].index), atol=1e-6)

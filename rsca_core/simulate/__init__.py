@@ -32,9 +32,9 @@ Modules
 -------
 ``config`` (:class:`SimulationConfig`, :data:`SWITCH_TABLE`), ``chemistry`` (latent chemistry,
 isochrones), ``labels`` (ASPCAP-like labels), ``linelist`` (lines and profiles), ``instrument``
-(chips, telluric/sky/flat-field templates, interstellar bands), ``stars`` (drawing the
-populations and clusters), ``survey`` (:func:`generate_survey`: fields, plates, visits, the
-table and the cuts), ``spectra`` (:class:`SimulatedSurvey`), ``writers`` (:func:`simulate`,
+(chips, telluric/sky/flat-field templates, interstellar bands), ``clusters`` (the clusters'
+literature values), ``stars`` (drawing the populations and clusters), ``survey``
+(:func:`generate_survey`: fields, plates, visits, the table and the cuts), ``spectra`` (:class:`SimulatedSurvey`), ``writers`` (:func:`simulate`,
 :func:`ensure_default_dataset`), ``cli`` (the ``simulate`` command).
 
 The generator API (used by ``apogee.write_dr16``)
@@ -65,8 +65,10 @@ Physics (each effect a :class:`SimulationConfig` switch; see the field comments 
   tip giants, subgiants, dwarfs) are generated too: they exist in the DR16 files and are cut.
 * Field chemistry is low-dimensional: [Fe/H], a two-sequence [α/Fe] (low-α thin disc, high-α
   thick disc, a little halo), age (→ giant mass → first-dredge-up [C/N]) and a small independent
-  scatter per element. Clusters are drawn from the same model and are homogeneous to
-  ``cluster_spread`` (0.01 dex).
+  scatter per element. Clusters are the OCCAM clusters with their catalogue [Fe/H], age, mean RV,
+  A_K and position (:data:`~.clusters.CLUSTER_FACTS`, the same at every seed), [α/Fe] on the low-α
+  sequence and per-element offsets drawn from the field's model, homogeneous to ``cluster_spread``
+  (0.01 dex).
 * Spectra: pseudo-continuum-normalised flux on the APOGEE log-λ grid. Atomic lines of each
   species at the SPEC's wavelengths plus weak lines (Fe dominating), OH (O), CN (C, N, O) and CO
   (C) molecular lines and CO band heads; pseudo-Voigt profiles at R = 22,500 plus macro-

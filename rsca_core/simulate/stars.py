@@ -8,6 +8,7 @@ import numpy as np
 from ..constants import ALLSTAR_ELEMENTS, ANOMALOUS_STAR, SPECIES
 from ..selection import star_cuts
 from .chemistry import draw_giants, element_scatter, elements_from_latent, isochrone_teff, mass_from_age
+from .clusters import CLUSTER_FACTS
 from .config import CLUSTER_NAMES, SimulationConfig
 from .labels import f32, observe_labels
 
@@ -125,13 +126,20 @@ class StarDrawer:
 
     # -------------------------------------------------------------- survey blocks
     def clusters(self) -> list[dict]:
-        """The survey's clusters: name, age, [Fe/H], [α/Fe], mass, chemical offsets, RV, A_K, telescope."""
+        """The survey's clusters: name, age, [Fe/H], [α/Fe], mass, chemical offsets, RV, A_K, position,
+        telescope.
+
+        [Fe/H], age, mean RV, A_K and position are the cluster's literature values
+        (:data:`~.clusters.CLUSTER_FACTS`), the same for every seed. Drawn per seed: [α/Fe] (the
+        low-α sequence at that [Fe/H] and age plus its 0.025 dex scatter), the per-element chemical
+        offsets (``element_scatter``), the isochrone point of a non-spread cluster and the telescope.
+        """
         rng_c, cfg = self.rng["cluster"], self.cfg
         names = list(CLUSTER_NAMES[: len(cfg.cluster_sizes) + cfg.singleton_clusters])
         clusters = []
         for name in names:
-            age = float(np.clip(rng_c.lognormal(np.log(2.0), 0.7), 0.4, 8.0))
-            feh = float(np.clip(rng_c.normal(-0.05, 0.2), -0.6, 0.4))
+            facts = CLUSTER_FACTS[name]
+            age, feh = facts.age_gyr, facts.feh
             seq = np.array(["low"])
             alpha = float(self.alpha_of(rng_c, np.array([feh]), np.array([age]), seq)[0])
             cl = dict(
@@ -142,8 +150,10 @@ class StarDrawer:
                 mass=float(mass_from_age(age, feh)),
                 offset={el: float(v[0]) for el, v in element_scatter(rng_c, 1, cfg.element_scatter).items()},
                 logg0=float(rng_c.uniform(2.0, 2.7)),
-                vhelio=float(rng_c.normal(0, 35)),
-                ak=float(np.clip(rng_c.lognormal(np.log(0.12), 0.8), 0.005, 0.9)),
+                vhelio=facts.vhelio,
+                ak=facts.a_k,
+                ra=facts.ra,
+                dec=facts.dec,
                 telescope="lco25m" if rng_c.random() < 0.2 else "apo25m",
             )
             clusters.append(cl)

@@ -155,15 +155,15 @@ def _sky_fields(rng_o, n_sky_fields: int) -> dict:
 
 
 def _cluster_fields(clusters: list) -> dict:
-    """The field name, telescope, A_K, RV and position of each cluster."""
+    """The field name, telescope, A_K, RV and position (its literature values) of each cluster."""
     names = [c["name"] for c in clusters]
     return dict(
         names=np.array([("N" + n[4:] if n.startswith("NGC_") else n.replace("_", "")) for n in names], dtype=object),
         tel=np.array([c["telescope"] for c in clusters], dtype=object),
         ak=np.array([c["ak"] for c in clusters]),
         v=np.array([c["vhelio"] for c in clusters]),
-        ra=(37.0 * np.arange(len(clusters))) % 360,
-        dec=((23.0 * np.arange(len(clusters))) % 120) - 40,
+        ra=np.array([c["ra"] for c in clusters]),
+        dec=np.array([c["dec"] for c in clusters]),
     )
 
 
