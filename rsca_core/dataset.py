@@ -385,11 +385,18 @@ class Dataset:
         return d
 
     def compression_path(self, k: int, seed: int = 0, extra_mask_ranges=(), **pca_options) -> Path:
-        """Where the compression for this K, seed, mask (and non-default MaskedPCA options) is cached."""
+        """Where the compression for this K, seed, mask (and non-default MaskedPCA options) is cached.
+
+        The name ends with the fitting algorithm's version (``compress.ALGORITHM_VERSION``): a
+        compression cached by an older algorithm is not served (it is recomputed beside it).
+        """
+        from .compress import ALGORITHM_VERSION
+
         opts = ""
         if pca_options:
             opts = "-" + hashlib.sha1(json.dumps(sorted(pca_options.items()), default=str).encode()).hexdigest()[:8]
-        return self.cache_dir() / f"pca-k{int(k)}-seed{int(seed)}-{self.mask_key(extra_mask_ranges)}{opts}.npz"
+        key = f"{self.mask_key(extra_mask_ranges)}{opts}-a{ALGORITHM_VERSION}"
+        return self.cache_dir() / f"pca-k{int(k)}-seed{int(seed)}-{key}.npz"
 
     def has_compression(self, k: int, seed: int = 0, extra_mask_ranges=()) -> bool:
         return bool(self.meta.get("uid")) and self.compression_path(k, seed, extra_mask_ranges).exists()

@@ -154,3 +154,24 @@ def test_a_cached_compression_scores_new_spectra_like_the_fit():
     got = comp.transform(np.asarray(ds.spectra)[rows], np.asarray(ds.mask)[rows])
     # components are stored as float32: rows with many missing pixels differ at the 1e-3 level
     np.testing.assert_allclose(got, comp.scores[rows], atol=1e-2 * np.abs(comp.scores).max())
+
+
+def test_a_compression_cached_by_another_algorithm_version_is_not_served(tmp_path, monkeypatch):
+    """The cache file name carries compress.ALGORITHM_VERSION: after an algorithm change the stored
+    result of the old one is left alone and a fresh fit is made (and cached beside it)."""
+    import rsca_core.compress as compress
+    from tests.helpers import small_dataset
+
+    ds = small_dataset(n_field=120, n_pixels=80, seed=2)
+    ds.cache_root, ds.meta["uid"] = tmp_path, "version-test"  # cached only with a uid
+    first = ds.compress(3, seed=0)
+    assert first.path.name.endswith(f"-a{compress.ALGORITHM_VERSION}.npz")
+    # poison the cached file: if it were served after the version change, the scores would be zeros
+    with np.load(first.path) as z:
+        arrays = dict(z)
+    np.savez(first.path, **(arrays | {"scores": np.zeros_like(arrays["scores"])}))
+    assert np.all(ds.compress(3, seed=0).scores == 0), "same version: the cached file is served"
+    monkeypatch.setattr(compress, "ALGORITHM_VERSION", compress.ALGORITHM_VERSION + 1)
+    fresh = ds.compress(3, seed=0)
+    assert fresh.path != first.path and fresh.path.exists() and first.path.exists()
+    np.testing.assert_allclose(np.abs(fresh.scores), np.abs(first.scores), atol=1e-9)
