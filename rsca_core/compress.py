@@ -367,9 +367,11 @@ class MaskedPCA(TransformerMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (N, P)
-            Data (may be a memory map; read in row chunks). Masked entries may hold anything.
+            Data (may be a memory map or a Zarr array, read in row chunks, or a dask array: then every
+            pass is one dask computation on the current scheduler, see :mod:`rsca_core.scale`).
+            Masked entries may hold anything.
         mask : bool array-like of shape (N, P), optional
-            True where an entry is missing.
+            True where an entry is missing (a dask array when ``X`` is one, chunked alike by rows).
         errors : array-like of shape (N, P), optional
             1-σ errors of ``X`` (may be a memory map); needed by ``weights="ivar"``, ignored otherwise.
             A non-finite error makes its entry missing.
@@ -765,6 +767,10 @@ class MaskedPCA(TransformerMixin, BaseEstimator):
         if X.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {X.shape[1]} pixels, the model was fitted on {self.n_features_in_}")
         mask = _check_mask(mask, X.shape)
+        if is_dask_array(X) or is_dask_array(mask):
+            from .scale import transform
+
+            return transform(self, X, mask)  # block by block on the executor, this method on each block
         W = self.components_.T  # (P, K)
         eye = np.eye(W.shape[1])
         out = np.empty((X.shape[0], W.shape[1]))
