@@ -27,6 +27,8 @@ code, so both give the same fit.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
@@ -79,11 +81,18 @@ class _Columns:
         self.dtype = arr.dtype
 
     def __getitem__(self, rows):
-        src = self.arr[rows]
-        out = np.empty((src.shape[0], self.shape[1]), dtype=self.dtype)
+        return self.select(self.arr[rows])
+
+    def select(self, src, out=None, center=None):
+        """The kept columns of full-width rows ``src`` (minus ``center``), into ``out`` if given."""
+        if out is None:
+            out = np.empty((src.shape[0], self.shape[1]), dtype=self.dtype)
         o = 0
         for a, b in self.runs:
-            out[:, o : o + b - a] = src[:, a:b]
+            if center is None:
+                out[:, o : o + b - a] = src[:, a:b]
+            else:
+                np.subtract(src[:, a:b], center[o : o + b - a], out=out[:, o : o + b - a])
             o += b - a
         return out
 
@@ -169,6 +178,40 @@ def block_pass(c, miss, V, Wt=None, Zb=None, rbuf=None):
     return colsum, sq, Y, c.T @ Y
 
 
+class _FileRows:
+    """Rows of a ``.npy`` memory map read from its file (``readinto``) instead of through the mapping:
+    the pages then stay in the OS's page cache and do not count as this process's memory."""
+
+    def __init__(self, arr):
+        self.filename, self.offset, self.shape, self.dtype = arr.filename, arr.offset, arr.shape, arr.dtype
+        self.row_bytes = arr.shape[1] * arr.dtype.itemsize
+
+    @classmethod
+    def of(cls, arr):
+        """A reader for ``arr`` when it is a whole-file C-ordered memory map, else None."""
+        if not (isinstance(arr, np.memmap) and arr.ndim == 2 and arr.flags.c_contiguous and arr.filename):
+            return None
+        try:
+            whole = os.path.getsize(arr.filename) == arr.offset + arr.nbytes  # not a slice of a larger map
+        except (OSError, TypeError):
+            return None
+        return cls(arr) if whole else None
+
+    def read(self, a, b, out=None):
+        if out is None or out.dtype != self.dtype or out.shape != (b - a, self.shape[1]):
+            out = np.empty((b - a, self.shape[1]), dtype=self.dtype)
+        view = memoryview(out).cast("B")
+        with open(self.filename, "rb", buffering=0) as fh:
+            fh.seek(self.offset + a * self.row_bytes)
+            got = 0
+            while got < len(view):
+                k = fh.readinto(view[got:])
+                if not k:
+                    raise ValueError(f"{self.filename}: truncated (rows {a}:{b} cannot be read)")
+                got += k
+        return out
+
+
 class _ChunkedPasses:
     """The passes over an in-memory / memory-mapped / Zarr matrix: row chunks read into reused
     buffers; the missing positions of every chunk are found once (pass 0) and kept while they take
@@ -176,6 +219,9 @@ class _ChunkedPasses:
 
     def __init__(self, X, mask, dtype, step, keep_fraction=0.15):
         self.X, self.mask, self.dtype, self.step = X, mask, np.dtype(dtype), int(step)
+        self.xfile = _FileRows.of(X.arr if isinstance(X, _Columns) else X)
+        self.mfile = _FileRows.of(mask.arr if isinstance(mask, _Columns) else mask)
+        self.raw = None  # full-width rows of a column selection read from the file
         n, p = X.shape
         self.bounds = [(a, min(n, a + self.step)) for a in range(0, n, self.step)]
         self.buf = np.empty((min(n, self.step), p), dtype=self.dtype)
@@ -184,7 +230,31 @@ class _ChunkedPasses:
         self.miss = None
 
     def _mask(self, a, b):
-        return None if self.mask is None else np.asarray(self.mask[a:b], dtype=bool)
+        if self.mfile is None:
+            return None if self.mask is None else np.asarray(self.mask[a:b], dtype=bool)
+        m = self.mfile.read(a, b)
+        return self.mask.select(m) if isinstance(self.mask, _Columns) else m
+
+    def _rows(self, a, b, center=None):
+        """Rows a:b in the reused buffer (minus ``center`` when given)."""
+        out = self.buf[: b - a]
+        if self.xfile is None:
+            if center is None:
+                np.copyto(out, self.X[a:b], casting="unsafe")
+                return out
+            return read_centred(self.X, a, b, center, out)
+        if isinstance(self.X, _Columns):
+            if self.raw is None:
+                self.raw = np.empty((self.buf.shape[0], self.X.arr.shape[1]), dtype=self.xfile.dtype)
+            src = self.xfile.read(a, b, self.raw[: b - a])
+            self.X.select(src, out, center)
+            return out
+        src = self.xfile.read(a, b, out)
+        if center is not None:
+            np.subtract(src, center, out=out)
+        elif src is not out:
+            np.copyto(out, src, casting="unsafe")
+        return out
 
     def _keep_positions(self, kept, used, m):
         if kept is None or self.mask is None:
@@ -198,8 +268,7 @@ class _ChunkedPasses:
         p = self.X.shape[1]
         colsum, nobs, n_missing, kept, used = np.zeros(p), np.zeros(p, np.int64), 0, [], 0
         for a, b in self.bounds:
-            x = self.buf[: b - a]
-            np.copyto(x, self.X[a:b], casting="unsafe")
+            x = self._rows(a, b)
             m = self._mask(a, b)
             cs, nb, nm, bad = block_stats(x, m)
             if bad is not None:
@@ -231,7 +300,7 @@ class _ChunkedPasses:
             self.rbuf = np.empty_like(self.buf)
         colsum, sq, B = np.zeros(p), 0.0, np.zeros((p, kb))
         for i, (a, b) in enumerate(self.bounds):
-            c = read_centred(self.X, a, b, mu_c, self.buf[: b - a])
+            c = self._rows(a, b, mu_c)
             miss = self.miss[i] if self.miss is not None else missing_positions(self._mask(a, b))
             cs, e, y, bb = block_pass(c, miss, V, Wt, None if Z is None else Z[a:b], self.rbuf)
             colsum += cs
