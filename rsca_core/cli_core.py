@@ -34,7 +34,15 @@ def _load(path):
 def cmd_compress(args) -> int:
     ds = _load(args.dataset)
     t0 = time.perf_counter()
-    comp = ds.compress(args.k, seed=args.seed, progress=not args.quiet)
+    if args.scheduler is None:
+        comp = ds.compress(args.k, seed=args.seed, progress=not args.quiet)
+    else:
+        try:
+            from .scale import dask_arrays, scheduler
+        except ImportError as exc:
+            raise ValueError(f"--scheduler needs the [scale] extra (pip install rsca-lab[scale]): {exc}") from None
+        with scheduler(args.scheduler):
+            comp = ds.compress(args.k, seed=args.seed, progress=not args.quiet, arrays=dask_arrays(ds))
     dt = time.perf_counter() - t0
     ev = comp.explained_variance
     print(
@@ -116,6 +124,13 @@ def add_cli(sub):
     p.add_argument("--k", type=positive_int, default=30, help="number of components (default 30)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the fit (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="run every pass as a dask computation: 'threads', 'synchronous', 'local' (a LocalCluster) or the "
+        "address of a distributed scheduler (tcp://host:8786); needs the [scale] extra. Default: in memory",
+    )
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser(

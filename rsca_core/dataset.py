@@ -11,6 +11,8 @@ A bundle is a directory::
     spectra.npy      (N, 8575) float32 pseudo-continuum-normalised flux (memory-mapped on load)
     mask.npy         (N, 8575) bool, True = missing / untrustworthy pixel (memory-mapped)
     errors.npy       optional (N, 8575) float32 flux errors (memory-mapped)
+                     any of the three may instead be stored as ``<name>.zarr`` (chunked by rows,
+                     compressed; ``rsca_core.scale.write_zarr``), read when the .npy file is absent
     wavelength.npy   (8575,) float64, Å
     cache/           cached compressions (``pca-*.npz``), reused for the same K, mask and seed
 
@@ -293,6 +295,9 @@ class Dataset:
         arrays = {}
         for key, (fname, dtype) in ARRAY_FILES.items():
             fpath = path / fname
+            if not fpath.exists() and (path / f"{key}.zarr").exists():
+                arrays[key] = _open_zarr(path / f"{key}.zarr", (n, p), dtype)
+                continue
             if key == "errors" and not fpath.exists():
                 arrays[key] = None
                 continue
@@ -385,21 +390,38 @@ class Dataset:
         return d
 
     def compression_path(self, k: int, seed: int = 0, extra_mask_ranges=(), **pca_options) -> Path:
-        """Where the compression for this K, seed, mask (and non-default MaskedPCA options) is cached."""
+        """Where the compression for this K, seed, mask (and non-default MaskedPCA options) is cached.
+
+        The name ends with the fitting algorithm's version (``compress.ALGORITHM_VERSION``): a
+        compression cached by an older algorithm is not served (it is recomputed beside it).
+        """
+        from .compress import ALGORITHM_VERSION
+
         opts = ""
         if pca_options:
             opts = "-" + hashlib.sha1(json.dumps(sorted(pca_options.items()), default=str).encode()).hexdigest()[:8]
-        return self.cache_dir() / f"pca-k{int(k)}-seed{int(seed)}-{self.mask_key(extra_mask_ranges)}{opts}.npz"
+        key = f"{self.mask_key(extra_mask_ranges)}{opts}-a{ALGORITHM_VERSION}"
+        return self.cache_dir() / f"pca-k{int(k)}-seed{int(seed)}-{key}.npz"
 
     def has_compression(self, k: int, seed: int = 0, extra_mask_ranges=()) -> bool:
         return bool(self.meta.get("uid")) and self.compression_path(k, seed, extra_mask_ranges).exists()
 
     def compress(
-        self, k: int, seed: int = 0, extra_mask_ranges=(), progress: bool = False, use_cache: bool = True, **pca_options
+        self,
+        k: int,
+        seed: int = 0,
+        extra_mask_ranges=(),
+        progress: bool = False,
+        use_cache: bool = True,
+        *,
+        arrays=None,
+        **pca_options,
     ) -> Compression:
         """PCA-with-missing-values compression of all spectra, cached on disk beside the bundle.
 
         A cached result is reused when the same ``k``, effective mask and ``seed`` are asked again.
+        ``arrays``: the same spectra and effective mask in another form to fit from, e.g. the dask
+        arrays of ``rsca_core.scale.dask_arrays`` (the fit then runs on the current dask scheduler).
         """
         from .compress import MaskedPCA
 
@@ -422,8 +444,8 @@ class Dataset:
                 f"{self.name}: weights={pca_options['weights']!r} needs the flux errors (errors.npy); this bundle has none"
             )
         pca = MaskedPCA(k, random_state=seed, progress=progress, **pca_options)
-        mask = self.effective_mask(extra_mask_ranges)
-        scores = pca.fit_transform(self.spectra, mask, errors=self.errors if weighted else None)
+        spectra, mask = arrays if arrays is not None else (self.spectra, self.effective_mask(extra_mask_ranges))
+        scores = pca.fit_transform(spectra, mask, errors=self.errors if weighted else None)
         comp = Compression(
             k, int(seed), pca.components_.astype(np.float32), pca.mean_, pca.explained_variance_, scores, key, None
         )
@@ -527,6 +549,25 @@ class Dataset:
             clust_ak=ak[ci],
             description=desc | {"dataset": self.name, "kind": self.kind},
         )
+
+
+def _open_zarr(zpath: Path, shape, dtype):
+    """A bundle array stored as Zarr (read-only, rows read on access), checked against meta.json."""
+    try:
+        import zarr
+    except ImportError:
+        raise BundleError(
+            f"{zpath}: reading Zarr bundles needs the [scale] extra (pip install rsca-lab[scale])"
+        ) from None
+    try:
+        arr = zarr.open_array(str(zpath), mode="r")
+    except Exception as exc:
+        raise BundleError(f"{zpath}: not a readable Zarr array ({exc})") from None
+    if tuple(arr.shape) != tuple(shape):
+        raise BundleError(f"{zpath}: shape {tuple(arr.shape)}, expected {tuple(shape)} from meta.json")
+    if np.dtype(arr.dtype) != np.dtype(dtype):
+        raise BundleError(f"{zpath}: dtype {arr.dtype}, expected {np.dtype(dtype)}")
+    return arr
 
 
 class _OredMask:

@@ -154,3 +154,42 @@ def test_a_cached_compression_scores_new_spectra_like_the_fit():
     got = comp.transform(np.asarray(ds.spectra)[rows], np.asarray(ds.mask)[rows])
     # components are stored as float32: rows with many missing pixels differ at the 1e-3 level
     np.testing.assert_allclose(got, comp.scores[rows], atol=1e-2 * np.abs(comp.scores).max())
+
+
+def test_a_compression_cached_by_another_algorithm_version_is_not_served(tmp_path, monkeypatch):
+    """The cache file name carries compress.ALGORITHM_VERSION: after an algorithm change the stored
+    result of the old one is left alone and a fresh fit is made (and cached beside it)."""
+    import rsca_core.compress as compress
+    from tests.helpers import small_dataset
+
+    ds = small_dataset(n_field=120, n_pixels=80, seed=2)
+    ds.cache_root, ds.meta["uid"] = tmp_path, "version-test"  # cached only with a uid
+    first = ds.compress(3, seed=0)
+    assert first.path.name.endswith(f"-a{compress.ALGORITHM_VERSION}.npz")
+    # poison the cached file: if it were served after the version change, the scores would be zeros
+    with np.load(first.path) as z:
+        arrays = dict(z)
+    np.savez(first.path, **(arrays | {"scores": np.zeros_like(arrays["scores"])}))
+    assert np.all(ds.compress(3, seed=0).scores == 0), "same version: the cached file is served"
+    monkeypatch.setattr(compress, "ALGORITHM_VERSION", compress.ALGORITHM_VERSION + 1)
+    fresh = ds.compress(3, seed=0)
+    assert fresh.path != first.path and fresh.path.exists() and first.path.exists()
+    np.testing.assert_allclose(np.abs(fresh.scores), np.abs(first.scores), atol=1e-9)
+
+
+def test_memory_mapped_bundle_with_a_masked_band_reads_the_same_rows(tmp_path):
+    """Whole-file .npy memory maps are read from the file (not through the mapping), also when a
+    band missing for every star is left out: the fit is the in-memory one, bit for bit."""
+    X = low_rank(n=300, p=1200, seed=9, dtype=np.float32)
+    rng = np.random.default_rng(9)
+    mask = rng.random(X.shape) < 0.05
+    mask[:, 500:560] = True
+    np.save(tmp_path / "x.npy", X)
+    np.save(tmp_path / "m.npy", mask)
+    mx, mm = np.load(tmp_path / "x.npy", mmap_mode="r"), np.load(tmp_path / "m.npy", mmap_mode="r")
+    a = MaskedPCA(4, random_state=1, chunk_rows=70).fit(mx, mm)
+    b = MaskedPCA(4, random_state=1, chunk_rows=70).fit(X.copy(), mask.copy())
+    assert np.array_equal(a.components_, b.components_) and np.array_equal(a.mean_, b.mean_)
+    c = MaskedPCA(4, random_state=1, chunk_rows=70).fit(mx[10:], mm[10:])  # a slice of the map: read through it
+    d = MaskedPCA(4, random_state=1, chunk_rows=70).fit(X[10:].copy(), mask[10:].copy())
+    assert np.array_equal(c.components_, d.components_)

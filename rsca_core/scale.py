@@ -1,0 +1,253 @@
+"""Scale: the compression on Dask (threads, a ``LocalCluster`` or a ``distributed`` cluster) and
+bundles stored as Zarr.
+
+Needs the optional extra ``pip install rsca-lab[scale]`` (dask, distributed, zarr); the rest of
+RSCA Lab does not import this module.
+
+* :class:`DaskPasses` runs every pass of :class:`~rsca_core.compress.MaskedPCA` over dask arrays
+  (spectra and mask chunked by rows) as one dask computation: each row block goes through the
+  same chunk function as the in-memory fit (:func:`rsca_core.compress.block_pass`), the column sums,
+  squared errors and ``Cᵀ C V`` products are summed in a tree, and only the (N × kb) products
+  ``C V`` come back to the caller. ``MaskedPCA.fit`` uses it when given dask arrays.
+* :func:`dask_arrays` gives a bundle's spectra and mask as dask arrays that read their rows on the
+  workers (from Zarr, or from the ``.npy`` files by memory map), never shipping data in the graph.
+* :func:`write_zarr` stores a bundle's arrays as Zarr beside the ``.npy`` files; ``Dataset.load``
+  reads either.
+* :func:`scheduler` opens the executor named on the command line (``compress --scheduler``).
+
+Examples
+--------
+>>> import numpy as np, dask.array as da
+>>> from rsca_core import MaskedPCA
+>>> rng = np.random.default_rng(0)
+>>> X = (rng.normal(size=(400, 4)) @ rng.normal(size=(4, 50))).astype(np.float32)
+>>> mask = rng.random(X.shape) < 0.05
+>>> a = MaskedPCA(4, random_state=0, chunk_rows=100).fit(X, mask)
+>>> b = MaskedPCA(4, random_state=0).fit(da.from_array(X, chunks=(100, 50)), da.from_array(mask, chunks=(100, 50)))
+>>> bool(np.linalg.svd(a.components_ @ b.components_.T, compute_uv=False).min() > 1 - 1e-6)
+True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .compress import block_pass, block_stats, is_dask_array, missing_positions
+
+__all__ = ["DaskPasses", "dask_arrays", "scheduler", "write_zarr", "ZARR_ARRAYS"]
+
+#: The bundle arrays that may be stored as Zarr (``<name>.zarr`` beside ``<name>.npy``).
+ZARR_ARRAYS = ("spectra", "mask", "errors")
+
+
+def _stats(x, m, dtype):
+    x = np.array(x, dtype=dtype, copy=True)
+    return block_stats(x, None if m is None else np.asarray(m, dtype=bool))
+
+
+def _pass(x, m, mu, V, Wt, Zb):
+    c = np.subtract(x, mu, dtype=mu.dtype)
+    colsum, sq, Y, B = block_pass(c, missing_positions(None if m is None else np.asarray(m, bool)), V, Wt, Zb)
+    return Y, (colsum, sq, np.asarray(B, dtype=np.float64))
+
+
+def _add(parts):
+    colsum, sq, B = parts[0]
+    colsum, B = colsum.copy(), B.copy()
+    for c, s, b in parts[1:]:
+        colsum += c
+        sq += s
+        B += b
+    return colsum, sq, B
+
+
+def _tree_sum(items, fan_in=8):
+    from dask import delayed
+
+    while len(items) > 1:
+        items = [delayed(_add)(items[i : i + fan_in]) for i in range(0, len(items), fan_in)]
+    return items[0]
+
+
+class DaskPasses:
+    """The passes of ``MaskedPCA`` over dask arrays ``X`` (N × P) and ``mask`` (bool or None),
+    chunked by rows (columns are joined into one chunk)."""
+
+    def __init__(self, X, mask, dtype):
+        import dask.array as da
+
+        X = X if is_dask_array(X) else da.from_array(X, chunks=(max(1, min(len(X), 4096)), -1))
+        self.X = X.rechunk({1: -1})
+        rows = self.X.chunks[0]
+        if mask is not None:
+            mask = mask if is_dask_array(mask) else da.from_array(np.asarray(mask), chunks=(rows, -1))
+            mask = mask.rechunk((rows, -1))
+        self.mask, self.dtype = mask, np.dtype(dtype)
+        edges = np.concatenate([[0], np.cumsum(rows)]).astype(int)
+        self.bounds = list(zip(edges[:-1], edges[1:]))
+
+    def _blocks(self):
+        xb = list(self.X.to_delayed().ravel())
+        mb = [None] * len(xb) if self.mask is None else list(self.mask.to_delayed().ravel())
+        return list(zip(xb, mb))
+
+    def stats(self):
+        """Pass 0: observed column sums and counts, number missing (validates the data)."""
+        import dask
+        from dask import delayed
+
+        parts = dask.compute(*[delayed(_stats)(x, m, self.dtype) for x, m in self._blocks()])
+        for (a, _), (_, _, _, bad) in zip(self.bounds, parts):
+            if bad is not None:
+                raise ValueError(
+                    f"non-finite value at observed entry (row {a + bad[0]}, column {bad[1]}); mask it or fix the data"
+                )
+        return sum(p[0] for p in parts), sum(p[1] for p in parts), int(sum(p[2] for p in parts))
+
+    def columns(self, keep):
+        """The same passes restricted to the columns ``keep``."""
+        keep = np.flatnonzero(keep)
+        return DaskPasses(self.X[:, keep], None if self.mask is None else self.mask[:, keep], self.dtype)
+
+    def run(self, mu_c, V, Wt, Z, Y):
+        """One pass as one dask computation: fills ``Y`` (N × kb) and returns the column sums, the
+        squared error of the previous model and B = Cᵀ C V."""
+        import dask
+        from dask import delayed
+
+        mu_d, V_d = delayed(mu_c, pure=True), delayed(V, pure=True)
+        Wt_d = None if Wt is None else delayed(Wt, pure=True)
+        outs = []
+        for (x, m), (a, b) in zip(self._blocks(), self.bounds):
+            Zb = None if Z is None else Z[a:b].astype(self.dtype)
+            outs.append(delayed(_pass, nout=2)(x, m, mu_d, V_d, Wt_d, Zb))
+        *ys, (colsum, sq, B) = dask.compute(*[o[0] for o in outs], _tree_sum([o[1] for o in outs]))
+        for y, (a, b) in zip(ys, self.bounds):
+            Y[a:b] = y
+        return colsum, sq, B
+
+    def sample(self, rows):
+        X = np.asarray(self.X[rows].compute(), dtype=np.float64)
+        return X, None if self.mask is None else np.asarray(self.mask[rows].compute(), dtype=bool)
+
+
+def transform(pca, X, mask=None) -> np.ndarray:
+    """``pca.transform`` of dask arrays, block by block on the executor; returns the (N, K) scores."""
+    import dask.array as da
+
+    X = (X if is_dask_array(X) else da.from_array(X, chunks=(4096, -1))).rechunk({1: -1})
+    K = pca.components_.shape[0]
+    if mask is None:
+        out = X.map_blocks(lambda x: pca.transform(x), chunks=(X.chunks[0], (K,)), dtype=np.float64)
+    else:
+        mask = (mask if is_dask_array(mask) else da.from_array(np.asarray(mask), chunks=(X.chunks[0], -1))).rechunk(
+            (X.chunks[0], -1)
+        )
+        out = da.map_blocks(lambda x, m: pca.transform(x, m), X, mask, chunks=(X.chunks[0], (K,)), dtype=np.float64)
+    return np.asarray(out.compute())
+
+
+def _npy_rows(path, a, b):
+    return np.array(np.load(path, mmap_mode="r")[a:b])
+
+
+def dask_arrays(ds, chunk_rows: int | None = None, extra_mask_ranges=()):
+    """A bundle's spectra and (effective) mask as dask arrays chunked by rows.
+
+    Read from ``<name>.zarr`` when the bundle has it, else from ``<name>.npy`` (memory-mapped on the
+    worker, so the data never travels in the task graph; workers must see the bundle's path).
+    In-memory datasets are wrapped as they are.
+    """
+    import dask.array as da
+    from dask import delayed
+
+    from .constants import ranges_to_mask
+
+    n, p = ds.spectra.shape
+    step = int(chunk_rows or max(256, min(n, (64 << 20) // (4 * p))))
+
+    def load(name, dtype):
+        arr = getattr(ds, name)
+        zpath = None if ds.path is None else ds.path / f"{name}.zarr"
+        if zpath is not None and zpath.exists():
+            return da.from_zarr(str(zpath)).rechunk((step, -1))
+        npath = None if ds.path is None else ds.path / f"{name}.npy"
+        if npath is not None and npath.exists() and isinstance(arr, np.memmap):
+            blocks = [
+                da.from_delayed(delayed(_npy_rows)(str(npath), a, min(n, a + step)), (min(n, a + step) - a, p), dtype)
+                for a in range(0, n, step)
+            ]
+            return da.concatenate(blocks, axis=0)
+        return da.from_array(arr, chunks=(step, -1))
+
+    X, M = load("spectra", np.float32), load("mask", np.bool_)
+    if extra_mask_ranges:
+        M = M | ranges_to_mask(extra_mask_ranges, p)[None, :]
+    return X, M
+
+
+def write_zarr(path, names=ZARR_ARRAYS, chunk_rows: int = 2048, overwrite: bool = False) -> list[Path]:
+    """Store a bundle's ``.npy`` arrays as Zarr (chunked by rows, compressed) beside them.
+
+    Each array is written to a temporary folder and renamed into place, so an interrupted write
+    leaves no half array. Returns the written paths. ``Dataset.load`` then reads the Zarr copy when
+    the ``.npy`` file is removed (it prefers ``.npy`` when both are present).
+    """
+    import zarr
+
+    path = Path(path)
+    out = []
+    for name in names:
+        src = path / f"{name}.npy"
+        if not src.exists():
+            continue
+        dst = path / f"{name}.zarr"
+        if dst.exists() and not overwrite:
+            raise FileExistsError(f"{dst}: already exists (pass overwrite=True to replace it)")
+        arr = np.load(src, mmap_mode="r")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.zarr.tmp-", dir=path))
+        try:
+            z = zarr.create_array(
+                str(tmp), shape=arr.shape, dtype=arr.dtype, chunks=(min(chunk_rows, arr.shape[0]), arr.shape[1])
+            )
+            for a in range(0, arr.shape[0], chunk_rows):
+                z[a : a + chunk_rows] = arr[a : a + chunk_rows]
+            if dst.exists():
+                shutil.rmtree(dst)
+            os.replace(tmp, dst)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        out.append(dst)
+    return out
+
+
+@contextlib.contextmanager
+def scheduler(address: str | None, timeout: str = "10s"):
+    """The executor of ``compress --scheduler``: None or ``"threads"`` (dask's threads),
+    ``"synchronous"``, ``"local"`` (a ``LocalCluster`` on this machine) or the address of a running
+    ``distributed`` scheduler (``tcp://host:8786``)."""
+    import dask
+
+    if address in (None, "threads", "synchronous"):
+        with dask.config.set(scheduler=address or "threads"):
+            yield None
+        return
+    from distributed import Client, LocalCluster
+
+    if address == "local":
+        with LocalCluster(processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
+            yield client
+        return
+    try:
+        client = Client(address, timeout=timeout)
+    except (OSError, TimeoutError) as exc:
+        raise ValueError(f"cannot reach the dask scheduler at {address} ({type(exc).__name__})") from None
+    with client:
+        yield client
