@@ -161,11 +161,13 @@ def compression_ready(key, mask=(), weights="none") -> bool:
 
 
 def ensure_default_dataset(progress: bool = True) -> Path:
-    """Build the default simulated bundle if missing (``python app.py``), then the PCA it needs."""
+    """Build the default simulated bundle if missing or built by an older simulator (``python app.py``),
+    then the PCA it needs. A bundle named by RSCA_DATASET is the operator's: never rebuilt."""
     path = default_dataset_path()
-    if not (path / "meta.json").exists():
-        if config.get().dataset is not None:
+    if config.get().dataset is not None:
+        if not (path / "meta.json").exists():
             raise UserError(f"{path}: no dataset there (RSCA_DATASET)")
+    else:
         from rsca_core import simulate
 
         simulate.ensure_default_dataset(path, progress=progress)

@@ -105,6 +105,7 @@ from .config import (
     CLUSTER_NAMES,
     DEFAULT_N_FIELD,
     PAPER_CLUSTER_SIZES,
+    SIMULATOR_VERSION,
     SWITCH_TABLE,
     SWITCHES,
     SimulationConfig,
@@ -124,7 +125,7 @@ from .labels import (
 from .linelist import CO_BANDHEADS, LINE_LIST_SEED, LINE_SPECIES, LineList, line_list
 from .spectra import Observation, SimulatedSurvey
 from .survey import generate_survey, occam_members
-from .writers import FORMATS, bundle_mask, ensure_default_dataset, simulate
+from .writers import FORMATS, bundle_mask, default_is_current, ensure_default_dataset, simulate
 
 __all__ = [
     "add_cli",
@@ -139,7 +140,9 @@ __all__ = [
     "DIBS",
     "draw_giants",
     "elements_from_latent",
+    "default_is_current",
     "ensure_default_dataset",
+    "SIMULATOR_VERSION",
     "FAILURE_RATE",
     "FORMATS",
     "generate_survey",

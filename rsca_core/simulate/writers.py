@@ -9,7 +9,7 @@ from pathlib import Path
 from ..constants import N_PIXELS, apogee_wavelength
 from ..progress import ProgressArg, reporter
 from ..selection import pixel_mask
-from .config import DEFAULT_N_FIELD, SimulationConfig
+from .config import DEFAULT_N_FIELD, SIMULATOR_VERSION, SimulationConfig
 from .survey import generate_survey
 
 #: Output formats of :func:`simulate`: the bundle, or a release's file layout.
@@ -103,6 +103,7 @@ def _write_bundle(survey, out: Path, rep, overwrite: bool, name, chunk_size: int
             "source": "rsca_core.simulate",
             "provenance": {
                 "generator": "rsca_core.simulate.simulate",
+                "simulator_version": SIMULATOR_VERSION,
                 "seed": int(seed),
                 "n_field": int(survey.n_field),
                 "config": cfg.to_dict(),
@@ -118,8 +119,33 @@ def _write_bundle(survey, out: Path, rep, overwrite: bool, name, chunk_size: int
     return out
 
 
+def default_is_current(path, n_field: int = DEFAULT_N_FIELD) -> bool:
+    """Was the bundle at ``path`` built as today's default survey (this simulator version, the default
+    config, seed 0, ``n_field``)? False for a missing or unreadable bundle.
+
+    Examples
+    --------
+    >>> default_is_current("/nonexistent")
+    False
+    """
+    import json
+
+    try:
+        prov = json.loads((Path(path) / "meta.json").read_text()).get("provenance") or {}
+    except (OSError, ValueError):
+        return False
+    return (
+        prov.get("simulator_version") == SIMULATOR_VERSION
+        and prov.get("config") == SimulationConfig().to_dict()
+        and prov.get("seed") == 0
+        and prov.get("n_field") == int(n_field)
+    )
+
+
 def ensure_default_dataset(path, progress: ProgressArg = True, *, n_field: int = DEFAULT_N_FIELD) -> Path:
-    """Return the app's embedded default bundle at ``path``, building it first if missing (~30-60 s).
+    """Return the app's embedded default bundle at ``path``, building it first if missing (~30-60 s),
+    or rebuilding it if an older simulator or other defaults built it (:func:`default_is_current`),
+    so the default survey always matches the code and its documentation.
 
     Safe against concurrent callers (a lock file next to the bundle): only one process builds,
     the others wait and then return the finished bundle. ``progress`` as in :func:`simulate`.
@@ -136,7 +162,7 @@ def ensure_default_dataset(path, progress: ProgressArg = True, *, n_field: int =
     import sys
 
     path = Path(path)
-    if (path / "meta.json").exists():
+    if default_is_current(path, n_field):
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     lock_path = path.parent / f".{path.name}.lock"
@@ -149,9 +175,10 @@ def ensure_default_dataset(path, progress: ProgressArg = True, *, n_field: int =
             fcntl.flock(lock, fcntl.LOCK_EX)
         except ImportError:  # pragma: no cover - non-POSIX
             pass
-        if not (path / "meta.json").exists():
+        if not default_is_current(path, n_field):
             if rep.mode == "tqdm":
-                print(f"building the default simulated survey in {path} (once)...", file=sys.stderr)
+                why = "rebuilding: an older simulator built it" if (path / "meta.json").exists() else "once"
+                print(f"building the default simulated survey in {path} ({why})...", file=sys.stderr)
             simulate(
                 path,
                 n_field=n_field,
