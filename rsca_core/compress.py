@@ -231,7 +231,7 @@ class MaskedPCA(TransformerMixin, BaseEstimator):
         self._validate_params(n, p)
         errors = self._check_errors(errors, X.shape)
         K = int(self.n_components)
-        on_pass = ConvergenceBar(self.progress, f"MaskedPCA K={K}")
+        on_pass = ConvergenceBar(self.progress, f"compressing K={K}")
         try:
             on_pass(0, np.inf, float(self.tol))
             return self._fit_passes(X, mask, errors, K, on_pass)

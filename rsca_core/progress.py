@@ -232,14 +232,15 @@ class ConvergenceBar:
         if not self._tqdm_wanted:
             return
         total = max(1, round(-math.log10(tol) * self._STEPS_PER_DECADE)) if 0 < tol < 1 else 1
+        text = convergence_text(self.what, pass_index, rel_change, tol)
         if self._tqdm is None:
             from tqdm.auto import tqdm
 
             self._tqdm = tqdm(
-                total=total, desc=self.what, file=sys.stderr, leave=False, bar_format="{desc} |{bar}| {postfix}"
+                total=total, desc=text, file=sys.stderr, leave=False, bar_format="{desc} |{bar}| {elapsed}"
             )
         self._tqdm.n = round(convergence_fraction(rel_change, tol) * total)
-        self._tqdm.set_postfix_str(convergence_text("", pass_index, rel_change, tol).lstrip(": "), refresh=True)
+        self._tqdm.set_description_str(text, refresh=True)
 
     def close(self) -> None:
         """Remove the bar (if any)."""
