@@ -338,7 +338,7 @@ def vhelio_figure(f):
     return out
 
 
-@callback(
+_UPDATE_OUTPUTS = (
     Output(f"{P}-msg", "children"),
     Output(f"{P}-rate", "children"),
     Output(f"{P}-bars", "figure"),
@@ -347,10 +347,11 @@ def vhelio_figure(f):
     Output(f"{P}-clusters-link", "href"),
     Output(f"{P}-badge", "children"),
     Output(f"{P}-dl-map", "disabled"),
-    *ui.settings_inputs(P, with_method=True, with_weights=True),
-    Input(f"{P}-ivar-ready", "data"),
 )
-def update(ds, inp, species, k, clusters, cv, top, method, weights, _ivar_ready):
+
+
+@callback(*_UPDATE_OUTPUTS, *ui.settings_inputs(P, with_method=True, with_weights=True))
+def update(ds, inp, species, k, clusters, cv, top, method, weights):
     try:
         w = "ivar" if weights else "none"
         s = service.settings_from_controls(ds, inp, k, species, clusters, cv, top, method=method, weights=w)
@@ -443,6 +444,19 @@ def prepare_exact(set_progress, need):
         msg = service.describe_error(exc)
         return no_update, ui.error_alert(f"Exact compression: {msg} (change K or reload to retry)")
     return need, None
+
+
+@callback(
+    *[Output(o.component_id, o.component_property, allow_duplicate=True) for o in _UPDATE_OUTPUTS],
+    Input(f"{P}-ivar-ready", "data"),
+    *[State(i.component_id, i.component_property) for i in ui.settings_inputs(P, with_method=True, with_weights=True)],
+    prevent_initial_call=True,
+)
+def refresh_when_ready(_ready, *controls):
+    """The exact result once the background job has written the compression. A callback of its own:
+    were the job's output an input of :func:`update`, Dash would hold ``update`` (and the preview)
+    back until the job had finished."""
+    return update(*controls)
 
 
 def _settings(store):

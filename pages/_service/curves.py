@@ -6,7 +6,7 @@ from rsca_core.constants import PAPER_SUBSET
 
 from . import config
 from .config import K_MIN
-from .datasets import SEED, compression_ready, load
+from .datasets import SEED, load
 from .errors import UserError, short
 from .jobs import UnitProgress, compression_progress, exclusive
 from .settings import parse_int, parse_int_list, parse_species
@@ -101,6 +101,4 @@ def run_experiment(name: str, key, params: dict, report=None):
     if not isinstance(params, dict):
         raise UserError("the experiment's parameters are not valid: reload the page")
     ds = load(key)
-    if not compression_ready(key):
-        raise UserError(f"the spectra of dataset {key!r} are not compressed yet: prepare it on the Data page")
     return _RUNNERS[name](ds, params, report or (lambda f, t: None), experiments, plotting)
