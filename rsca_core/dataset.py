@@ -477,9 +477,11 @@ class Dataset:
         if not comp.converged:
             from sklearn.exceptions import ConvergenceWarning
 
-            what = f"{pca_options['weights']}-weighted " if weighted else ""
+            note = comp.convergence_note()
+            if weighted:
+                note = note.replace(f"the K={k} ", f"the {pca_options['weights']}-weighted K={k} ", 1)
             warnings.warn(
-                f"{self.name}: {what}{comp.convergence_note()} (tol={pca.tol:g}, max_iter={pca.max_iter})",
+                f"{self.name}: {note} (tol={pca.tol:g}, max_iter={pca.max_iter})",
                 ConvergenceWarning,
                 stacklevel=2,
             )

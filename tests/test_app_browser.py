@@ -133,12 +133,16 @@ def severe(logs):
     return [e for e in logs if e.get("level") == "SEVERE"]
 
 
-def shown_rate(dash_duo, selector="#ex-global-rate", previous=None, timeout=30):
-    """Wait for the rate element and return its number (waiting until it differs from ``previous``)."""
+def shown_rate(dash_duo, selector="#ex-global-rate", previous=None, timeout=90):
+    """Wait for the rate element and return its number (waiting until it differs from ``previous``);
+    a labelled preview (``data-preview="1"``, while the exact compression is computed) does not count."""
     end = time.time() + timeout
     while True:
         try:
-            text = dash_duo.find_element(selector).text.strip()
+            el = dash_duo.find_element(selector)
+            text = el.text.strip()
+            if el.get_attribute("data-preview") == "1":
+                text = ""
         except Exception:
             text = ""
         if text and text != previous:

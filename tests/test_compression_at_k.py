@@ -76,7 +76,7 @@ def test_a_fit_stopped_before_tol_warns_once_and_its_cache_file_says_so(survey):
 def test_a_weighted_fit_stopped_before_tol_warns_too(survey):
     if survey.errors is None:
         pytest.skip("the simulated survey has no flux errors")
-    with pytest.warns(ConvergenceWarning, match="ivar-weighted the K=4 compression stopped"):
+    with pytest.warns(ConvergenceWarning, match="the ivar-weighted K=4 compression stopped after 2 passes"):
         comp = survey.compress(4, seed=0, max_iter=2, weights="ivar", use_cache=False)
     assert comp.converged is False
 
