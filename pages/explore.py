@@ -130,6 +130,13 @@ def rate_card(r, s):
     pca = "flux-error-weighted PCA" if s.weights == "ivar" else "PCA"
     what = (
         f"spectra, K = {s.k} ({pca} fitted at K = {s.k})"
+        if s.input == "spectra" and not preview
+        else f"spectra, K = {s.k} (preview: "
+        + (
+            f"unweighted PCA fitted at K = {s.k})"
+            if preview["k_from"] == s.k
+            else f"leading {s.k} axes of the K = {preview['k_from']} fit)"
+        )
         if s.input == "spectra"
         else service.INPUT_LABELS[s.input] + ("" if s.input == "abundances" else f" ({', '.join(s.species)})")
     )
