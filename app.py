@@ -125,7 +125,8 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--prepare-only",
         action="store_true",
-        help="build the default dataset and its PCA compression if missing, then exit (used at Docker build time)",
+        help="build the default dataset and its PCA compressions (K = 2, 30, RSCA_K_FIT) if missing, then exit "
+        "(used at Docker build time)",
     )
     args = parser.parse_args(argv)
     if args.prepare_only:

@@ -119,7 +119,8 @@ def start_gunicorn(port, workers, threads, env):
 
 
 def in_process_floor(ds_path, ks, k_fit):
-    """doppelganger_rates on the same inputs, in this process (what the callback cannot beat)."""
+    """doppelganger_rates on the same inputs, in this process (what the callback cannot beat): the
+    exact K compression where it is on disk, else the K_FIT one's leading K axes (the page's preview)."""
     import numpy as np
 
     from rsca_core import Dataset, doppelganger_rates
@@ -132,7 +133,7 @@ def in_process_floor(ds_path, ks, k_fit):
     vh, ak = st["vhelio_avg"].to_numpy(float), st["ak_targ"].to_numpy(float)
     times = []
     for k in ks:
-        z = np.asarray(comp.scores[:, :k], float)
+        z = np.asarray((ds.compress(k, seed=0) if ds.has_compression(k, 0) else comp).scores[:, :k], float)
         t0 = time.perf_counter()
         doppelganger_rates(
             z[fi], z[ci], ids, pop_vhelio=vh[fi], pop_ak=ak[fi], clust_vhelio=vh[ci], clust_ak=ak[ci], cv=True
@@ -359,7 +360,7 @@ def main(argv=None) -> int:
     if not args.dataset:
         service.ensure_default_dataset(progress=True)
     elif not service.compression_ready("default"):
-        print(f"computing the K={service.k_fit()} compression of {ds_path} once...", file=sys.stderr)
+        print(f"computing the K={service.prepared_ks()} compressions of {ds_path} once...", file=sys.stderr)
         service.prepare_compression("default")
     ds = service.load("default")
     names = ds.cluster_names
@@ -371,7 +372,8 @@ def main(argv=None) -> int:
     port = args.port or free_port()
     print(
         f"dataset {ds_path}: {len(ds.field_index):,} field stars, {len(ds.cluster_index)} cluster stars in "
-        f"{len(names)} clusters ({ds.label}); K = 2…{k_max} cut from the K = {service.k_fit()} PCA"
+        f"{len(names)} clusters ({ds.label}); K = 2…{k_max}: the exact K compression where prepared, else the "
+        f"labelled preview cut from the K = {service.k_fit()} PCA while a job computes it"
     )
     proc, cmd = start_gunicorn(port, args.workers, args.threads, env)
     print("server: " + " ".join(cmd[2:]) + f"  (pid {proc.pid}, cache {env['RSCA_CACHE_TYPE']})")

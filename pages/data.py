@@ -229,10 +229,12 @@ def update(ds, _done):
         msg = service.describe_error(exc)
         return ui.error_alert(msg), None, "no dataset", no_update, no_update
     status = (
-        f"Ready: the K = {o['k_fit']} PCA of the spectra is cached; every K ≤ {o['k_fit']} is cut from it."
+        f"Ready: the exact PCA compressions at K = {', '.join(map(str, o['prepared_ks']))} are cached "
+        f"({len(o['ready_ks'])} K values in all); any other K is computed in the background when a page asks for it."
         if o["compression_ready"]
-        else f"Not computed yet: the spectra pages need the K = {o['k_fit']} PCA of this dataset (one-off; "
-        "minutes on a large survey). Abundance inputs work without it."
+        else f"Not computed yet: the spectra pages need the PCA compressions at K = "
+        f"{', '.join(map(str, o['prepared_ks']))} of this dataset (one-off; minutes on a large survey). "
+        "Abundance inputs work without them."
     )
     q = "" if ds == "default" else "?ds=" + ds
     return None, info_view(o), status, q, ui.kind_badge(o["label"])

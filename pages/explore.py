@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import dash
 import dash_bootstrap_components as dbc
@@ -121,16 +120,25 @@ def layout(**query):
 ui.register_settings_callbacks(P, with_method=True, with_weights=True)
 
 
-def rate_card(r, s, pending=False):
-    """The global rate of settings ``s``; ``pending``: ``s`` is the plain-PCA stand-in of a weighted
-    view whose compression is still being computed (said in the card, never beside a second number)."""
+def rate_card(r, s):
+    """The global rate of settings ``s``. When ``r["preview"]`` is set, the rate comes from a stand-in
+    compression while the exact one is computed in the background: said in the card, never beside a
+    second number. The full-precision rate is in the number's ``data-rate`` attribute."""
     g = r["global_rate"]
     shown = "undefined" if (g is None or (isinstance(g, float) and math.isnan(g))) else f"{g:.4f}"
+    preview = r.get("preview")
     per = r["per_cluster"]
     used = int(per["rate"].notna().sum())
     pca = "flux-error-weighted PCA" if s.weights == "ivar" else "PCA"
     what = (
-        f"spectra, K = {s.k} (leading {s.k} of the K = {service.k_fit()} {pca})"
+        f"spectra, K = {s.k} ({pca} fitted at K = {s.k})"
+        if s.input == "spectra" and not preview
+        else f"spectra, K = {s.k} (preview: "
+        + (
+            f"unweighted PCA fitted at K = {s.k})"
+            if preview["k_from"] == s.k
+            else f"leading {s.k} axes of the K = {preview['k_from']} fit)"
+        )
         if s.input == "spectra"
         else service.INPUT_LABELS[s.input] + ("" if s.input == "abundances" else f" ({', '.join(s.species)})")
     )
@@ -146,15 +154,20 @@ def rate_card(r, s, pending=False):
                                 className="small text-muted",
                             ),
                             html.Div(
-                                "UNWEIGHTED PCA: the flux-error-weighted compression is being computed in the "
-                                "background; this rate is replaced when it is ready",
+                                preview["text"],
                                 id=f"{P}-pending",
                                 className="small fw-semibold text-warning-emphasis",
                                 style={"maxWidth": "22em"},
                             )
-                            if pending
+                            if preview
                             else None,
-                            html.Div(shown, id=f"{P}-global-rate", className="display-6 fw-bold"),
+                            html.Div(
+                                shown,
+                                id=f"{P}-global-rate",
+                                className="display-6 fw-bold",
+                                **{"data-rate": repr(float(g)) if g is not None else "nan"},
+                                **{"data-preview": "1" if preview else "0"},
+                            ),
                             ui.kind_badge(r["label"]),
                         ],
                         width="auto",
@@ -349,7 +362,7 @@ def vhelio_figure(f):
     return out
 
 
-@callback(
+_UPDATE_OUTPUTS = (
     Output(f"{P}-msg", "children"),
     Output(f"{P}-rate", "children"),
     Output(f"{P}-bars", "figure"),
@@ -360,23 +373,24 @@ def vhelio_figure(f):
     Output(f"{P}-dl-csv", "disabled"),
     Output(f"{P}-dl-map", "disabled"),
     Output(f"{P}-dl-map", "title"),
-    *ui.settings_inputs(P, with_method=True, with_weights=True),
-    Input(f"{P}-ivar-ready", "data"),
 )
-def update(ds, inp, species, k, clusters, cv, top, method, weights, _ivar_ready):
+
+
+@callback(*_UPDATE_OUTPUTS, *ui.settings_inputs(P, with_method=True, with_weights=True))
+def update(ds, inp, species, k, clusters, cv, top, method, weights):
     try:
         w = "ivar" if weights else "none"
-        asked = service.settings_from_controls(ds, inp, k, species, clusters, cv, top, method=method, weights=w)
-        # a weighted view whose compression is not ready yet shows the plain one, labelled as such
-        pending = asked.weights != "none" and not service.compression_ready(asked.ds, asked.mask, asked.weights)
-        s = replace(asked, weights="none") if pending else asked
-        r = service.rates(s)
+        s = service.settings_from_controls(ds, inp, k, species, clusters, cv, top, method=method, weights=w)
+        # a K (or weighting) whose exact compression is not ready yet: a labelled preview meanwhile,
+        # while the background job (prepare_exact) computes it
+        pending = s.input == "spectra" and not service.compression_ready(s.ds, s.mask, s.weights, k=s.k)
+        r = service.preview_rates(s) if pending else service.rates(s)
     except Exception as exc:  # a message in the page, never a traceback
         msg = service.describe_error(exc)
         none = "nothing to download: the view has no result"
         fig = ui.empty_figure(msg)
         return ui.error_alert(msg), None, fig, None, no_update, no_update, no_update, True, True, none
-    q = service.settings_to_query(asked)
+    q = service.settings_to_query(s)
     warn = ui.messages(r.get("warnings"), color="warning")
     # the histogram callback draws from the store, so it never recomputes rates on another worker
     per = r["per_cluster"]
@@ -399,10 +413,10 @@ def update(ds, inp, species, k, clusters, cv, top, method, weights, _ivar_ready)
     }
     badge = ui.kind_badge(r["label"])
     # the Clusters page has no compression switch: its link carries everything else
-    cq = service.settings_to_query(asked, keys=("ds", "input", "k", "species", "clusters", "cv", "top", "method"))
+    cq = service.settings_to_query(s, keys=("ds", "input", "k", "species", "clusters", "cv", "top", "method"))
     return (
         warn,
-        rate_card(r, s, pending),
+        rate_card(r, s),
         bars_figure(r, s.method),
         store,
         q,
@@ -417,17 +431,24 @@ def update(ds, inp, species, k, clusters, cv, top, method, weights, _ivar_ready)
 @callback(
     Output(f"{P}-ivar-need", "data"),
     Input(f"{P}-ds", "value"),
-    Input(f"{P}-weights", "value"),
     Input(f"{P}-input", "value"),
+    Input(f"{P}-k", "value"),
+    Input(f"{P}-weights", "value"),
 )
-def need_weighted(ds, weights, inp):
-    """The dataset whose flux-error-weighted compression must be computed (starts the job), if any."""
+def need_compression(ds, inp, k, weights):
+    """The exact compression the view needs and that is not on disk yet ({"ds", "k", "weights"}),
+    which starts the background job; nothing when it is ready or the controls are not valid. Only
+    the controls that decide the compression are inputs, so other changes leave a running job alone."""
     try:
-        if not weights or inp != "spectra" or service.compression_ready(ds, (), "ivar"):
+        w = "ivar" if weights else "none"
+        if inp != "spectra":
+            return no_update
+        k = service.parse_int(k, "K", service.K_MIN, service.k_max())
+        if service.compression_ready(ds, (), w, k=k) or (w != "none" and not service.has_errors(ds)):
             return no_update
     except Exception:
         return no_update
-    return ds
+    return {"ds": ds, "k": int(k), "weights": w}
 
 
 @callback(
@@ -439,17 +460,33 @@ def need_weighted(ds, weights, inp):
     running=[(Output(f"{P}-ivar-progress", "style"), {"display": "flex"}, {"display": "none"})],
     progress=[Output(f"{P}-ivar-progress", "value"), Output(f"{P}-ivar-progress", "label")],
 )
-def prepare_weighted(set_progress, ds):
-    """The weighted compression, through the one bounded job queue (minutes on a big survey)."""
-    if not ds:
+def prepare_exact(set_progress, need):
+    """The exact K compression (plain or flux-error-weighted), through the one bounded job queue
+    (seconds to minutes); its progress bar names the phase and the EM pass."""
+    if not isinstance(need, dict) or not need.get("ds"):
         return no_update, None
     try:
         service.admit()  # a slot in the job queue, or "busy, try again"
-        service.prepare_compression(ds, report=service.progress_reporter(set_progress), weights="ivar")
+        k = service.parse_int(need.get("k"), "K", service.K_MIN, service.k_max())
+        w = service.parse_weights(need.get("weights"))
+        service.prepare_compression(need["ds"], report=service.progress_reporter(set_progress), weights=w, k=k)
     except Exception as exc:
         msg = service.describe_error(exc)
-        return no_update, ui.error_alert(f"Flux-error-weighted compression: {msg} (switch it off and on to retry)")
-    return ds, None
+        return no_update, ui.error_alert(f"Exact compression: {msg} (change K or reload to retry)")
+    return need, None
+
+
+@callback(
+    *[Output(o.component_id, o.component_property, allow_duplicate=True) for o in _UPDATE_OUTPUTS],
+    Input(f"{P}-ivar-ready", "data"),
+    *[State(i.component_id, i.component_property) for i in ui.settings_inputs(P, with_method=True, with_weights=True)],
+    prevent_initial_call=True,
+)
+def refresh_when_ready(_ready, *controls):
+    """The exact result once the background job has written the compression. A callback of its own:
+    were the job's output an input of :func:`update`, Dash would hold ``update`` (and the preview)
+    back until the job had finished."""
+    return update(*controls)
 
 
 def _settings(store):

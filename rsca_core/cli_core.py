@@ -64,13 +64,26 @@ def cmd_evaluate(args) -> int:
 
     if args.method != "rsca" and (args.top_n is not None or args.variant != "transformed"):
         raise ValueError("--top-n and --variant apply to --method rsca only")
+    show = not args.quiet and not args.json
+    say = (lambda text: print(text, file=sys.stderr, flush=True)) if show else (lambda text: None)
+    say(f"loading {args.dataset}")
     ds = _load(args.dataset)
     species = _species_list(args.species) if args.species else None
-    inputs = ds.rate_inputs(
-        args.input, k=args.k, seed=args.seed, species=species, progress=not args.quiet and not args.json
-    )
+    if args.input == "spectra":
+        cached = ds.has_compression(args.k, args.seed)
+        say(
+            f"compressing K={args.k}"
+            + (" (cached)" if cached else f" ({ds.n_stars} spectra; a bar follows the EM passes)")
+        )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        inputs = ds.rate_inputs(args.input, k=args.k, seed=args.seed, species=species, progress=show)
+        n_cl = len(set(inputs.cluster_ids))
+        say(
+            f"fitting {args.method.upper()} and counting doppelgangers ({n_cl} clusters, "
+            + ("no CV" if args.no_cv else f"leave-one-cluster-out: {n_cl} fits")
+            + ")"
+        )
         res = doppelganger_rates(
             inputs.z_pop,
             inputs.z_clust,

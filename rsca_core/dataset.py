@@ -27,6 +27,8 @@ import os
 import shutil
 import tempfile
 import uuid
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,6 +105,19 @@ class Compression:
     scores: np.ndarray  # (N, K), one row per star of the bundle
     mask_key: str = ""
     path: Path | None = None
+    #: Did the fit meet its stopping rule (None: not recorded, a cache file written before it was)?
+    converged: bool | None = None
+    n_iter: int | None = None  # passes the fit made
+    last_change: float | None = None  # the change its stopping rule compared with tol, after the last pass
+
+    def convergence_note(self) -> str | None:
+        """A one-line warning when the fit stopped before its stopping rule was met, else None."""
+        if self.converged is not False:
+            return None
+        return (
+            f"the K={self.k} compression stopped after {self.n_iter} passes before converging "
+            f"(last relative change {self.last_change:.1e}); its rates may still move"
+        )
 
     def transform(self, spectra, mask=None) -> np.ndarray:
         """Scores of spectra that are not in the bundle, with this compression's components.
@@ -127,6 +142,9 @@ class Compression:
             self.scores[:, :k],
             self.mask_key,
             self.path,
+            self.converged,
+            self.n_iter,
+            self.last_change,
         )
 
 
@@ -403,15 +421,16 @@ class Dataset:
         key = f"{self.mask_key(extra_mask_ranges)}{opts}-a{ALGORITHM_VERSION}"
         return self.cache_dir() / f"pca-k{int(k)}-seed{int(seed)}-{key}.npz"
 
-    def has_compression(self, k: int, seed: int = 0, extra_mask_ranges=()) -> bool:
-        return bool(self.meta.get("uid")) and self.compression_path(k, seed, extra_mask_ranges).exists()
+    def has_compression(self, k: int, seed: int = 0, extra_mask_ranges=(), **pca_options) -> bool:
+        """Is :meth:`compress` with these arguments cached on disk (so it returns at once)?"""
+        return bool(self.meta.get("uid")) and self.compression_path(k, seed, extra_mask_ranges, **pca_options).exists()
 
     def compress(
         self,
         k: int,
         seed: int = 0,
         extra_mask_ranges=(),
-        progress: bool = False,
+        progress: bool | Callable[[int, float, float], None] = False,
         use_cache: bool = True,
         *,
         arrays=None,
@@ -419,7 +438,17 @@ class Dataset:
     ) -> Compression:
         """PCA-with-missing-values compression of all spectra, cached on disk beside the bundle.
 
-        A cached result is reused when the same ``k``, effective mask and ``seed`` are asked again.
+        This is *the* compression at K: the CLI, the experiments, the reports, the siblings and the
+        dashboard all take their K-dimensional scores from here (an exact K = k fit, never the leading
+        k axes of a larger fit). A cached result is reused when the same ``k``, effective mask, ``seed``
+        and MaskedPCA options are asked again.
+
+        ``progress``: ``True`` for a bar on stderr, or a callable ``progress(pass_index, rel_change,
+        tol)`` called as the fit starts and after each EM pass (see ``MaskedPCA``); not called when the
+        result comes from the cache. When a fit stops at ``max_iter`` before its stopping rule is met,
+        one ``sklearn.exceptions.ConvergenceWarning`` is given (weighted or not), and the cache file
+        records it (``Compression.converged``), so a later reader can say so too.
+
         ``arrays``: the same spectra and effective mask in another form to fit from, e.g. the dask
         arrays of ``rsca_core.scale.dask_arrays`` (the fit then runs on the current dask scheduler).
         """
@@ -434,6 +463,9 @@ class Dataset:
                     comp = Compression(
                         k, int(seed), z["components"], z["mean"], z["explained_variance"], z["scores"], key, fpath
                     )
+                    if "converged" in z.files:
+                        comp.converged = bool(z["converged"])
+                        comp.n_iter, comp.last_change = int(z["n_iter"]), float(z["last_change"])
                 if comp.scores.shape == (self.n_stars, k):
                     return comp
             except Exception:
@@ -447,8 +479,29 @@ class Dataset:
         spectra, mask = arrays if arrays is not None else (self.spectra, self.effective_mask(extra_mask_ranges))
         scores = pca.fit_transform(spectra, mask, errors=self.errors if weighted else None)
         comp = Compression(
-            k, int(seed), pca.components_.astype(np.float32), pca.mean_, pca.explained_variance_, scores, key, None
+            k,
+            int(seed),
+            pca.components_.astype(np.float32),
+            pca.mean_,
+            pca.explained_variance_,
+            scores,
+            key,
+            None,
+            bool(pca.converged_),
+            int(pca.n_iter_),
+            float(pca.last_change_),
         )
+        if not comp.converged:
+            from sklearn.exceptions import ConvergenceWarning
+
+            note = comp.convergence_note()
+            if weighted:
+                note = note.replace(f"the K={k} ", f"the {pca_options['weights']}-weighted K={k} ", 1)
+            warnings.warn(
+                f"{self.name}: {note} (tol={pca.tol:g}, max_iter={pca.max_iter})",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
         if use_cache and self.meta.get("uid"):
             try:
                 with atomic_open(fpath, "wb") as fh:
@@ -458,6 +511,9 @@ class Dataset:
                         mean=comp.mean,
                         explained_variance=comp.explained_variance,
                         scores=comp.scores,
+                        converged=comp.converged,
+                        n_iter=comp.n_iter,
+                        last_change=comp.last_change,
                     )
                 comp.path = fpath
             except OSError:

@@ -27,13 +27,22 @@ Examples
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable
 
 ProgressArg = bool | None | Callable[[float, str], None]
 
-__all__ = ["ProgressArg", "Reporter", "reporter"]
+__all__ = [
+    "ConvergenceBar",
+    "PassCallback",
+    "ProgressArg",
+    "Reporter",
+    "convergence_fraction",
+    "convergence_text",
+    "reporter",
+]
 
 
 class _Bar:
@@ -150,3 +159,91 @@ def reporter(progress: ProgressArg | Reporter) -> Reporter:
     if isinstance(progress, Reporter):
         return progress
     return Reporter(progress)
+
+
+# ---------------------------------------------------------------- iterative fits (EM passes)
+PassCallback = Callable[[int, float, float], None]
+
+
+def convergence_fraction(rel_change: float, tol: float) -> float:
+    """How far an iterative fit is towards its stopping rule, on a log scale (0 … 1).
+
+    0 while no change has been measured (or it is ≥ 1), 1 when ``rel_change ≤ tol``; in between,
+    ``log10(rel_change) / log10(tol)``, so each decade of improvement moves the bar the same amount.
+
+    Examples
+    --------
+    >>> convergence_fraction(float("inf"), 1e-4), convergence_fraction(1e-2, 1e-4), convergence_fraction(1e-5, 1e-4)
+    (0.0, 0.5, 1.0)
+    """
+    rel, tol = float(rel_change), float(tol)
+    if not (0 < tol < 1) or not rel < 1:
+        return 0.0
+    if rel <= tol:
+        return 1.0
+    return max(0.0, min(1.0, float(math.log10(rel) / math.log10(tol))))
+
+
+def convergence_text(what: str, pass_index: int, rel_change: float, tol: float) -> str:
+    """The one wording of an iterative fit's state, e.g. ``"compressing K=30: pass 7, change 3.1e-03 → target 1e-04"``.
+
+    Examples
+    --------
+    >>> convergence_text("compressing K=30", 7, 3.1e-3, 1e-4)
+    'compressing K=30: pass 7, change 3.1e-03 → target 1e-04'
+    >>> convergence_text("compressing K=30", 0, float("inf"), 1e-4)
+    'compressing K=30: reading the spectra'
+    """
+    if pass_index <= 0:
+        return f"{what}: reading the spectra"
+    change = "not measured yet" if not math.isfinite(rel_change) else f"{rel_change:.1e}"
+    return f"{what}: pass {pass_index}, change {change} → target {tol:.0e}"
+
+
+class ConvergenceBar:
+    """Shows an iterative fit converging: called as ``bar(pass_index, rel_change, tol)`` after each pass.
+
+    ``progress=True``: a tqdm bar on stderr over −log10(change) towards −log10(tol) (the bar is full
+    when the stopping rule is met), with the pass number, the change and the target beside it — not a
+    bar over ``max_iter`` that stops part-way when the fit converges. A callable
+    ``progress(pass_index, rel_change, tol)`` is called as is; False/None: silent.
+
+    Examples
+    --------
+    >>> seen = []
+    >>> bar = ConvergenceBar(lambda i, r, t: seen.append(i), "fit")
+    >>> bar(0, float("inf"), 1e-4); bar(1, 0.01, 1e-4); bar.close()
+    >>> seen
+    [0, 1]
+    """
+
+    _STEPS_PER_DECADE = 10
+
+    def __init__(self, progress: bool | PassCallback | None, what: str):
+        self.what = what
+        self.fn = progress if callable(progress) else None
+        self._tqdm = None
+        self._tqdm_wanted = bool(progress) and self.fn is None
+
+    def __call__(self, pass_index: int, rel_change: float, tol: float) -> None:
+        if self.fn is not None:
+            self.fn(int(pass_index), float(rel_change), float(tol))
+            return
+        if not self._tqdm_wanted:
+            return
+        total = max(1, round(-math.log10(tol) * self._STEPS_PER_DECADE)) if 0 < tol < 1 else 1
+        text = convergence_text(self.what, pass_index, rel_change, tol)
+        if self._tqdm is None:
+            from tqdm.auto import tqdm
+
+            self._tqdm = tqdm(
+                total=total, desc=text, file=sys.stderr, leave=False, bar_format="{desc} |{bar}| {elapsed}"
+            )
+        self._tqdm.n = round(convergence_fraction(rel_change, tol) * total)
+        self._tqdm.set_description_str(text, refresh=True)
+
+    def close(self) -> None:
+        """Remove the bar (if any)."""
+        if self._tqdm is not None:
+            self._tqdm.close()
+            self._tqdm = None

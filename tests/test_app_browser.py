@@ -36,14 +36,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-K_FIT = 12  # the app cuts every K from one K_FIT compression (RSCA_K_FIT)
+K_FIT = 12  # the largest K offered (RSCA_K_FIT); the app prepares K = 2, 30 (here 12) and K_FIT
 N_FIELD = 300
 
 
 # ------------------------------------------------------------------------------------------ set-up
 @pytest.fixture(scope="session")
 def bundle(tmp_path_factory):
-    """A small simulated survey with its K_FIT compression cached."""
+    """A small simulated survey with the compressions the app prepares (K = 2 and K_FIT) cached."""
     from rsca_core import Dataset
 
     given = os.environ.get("RSCA_TEST_DATASET")
@@ -69,7 +69,8 @@ def bundle(tmp_path_factory):
             stdout=subprocess.DEVNULL,
         )
     ds = Dataset.load(path)
-    ds.compress(K_FIT, seed=0)  # cached beside the bundle: the app and the checks below read this file
+    for k in (2, K_FIT):  # cached beside the bundle: the app and the checks below read these files
+        ds.compress(k, seed=0)
     return path
 
 
@@ -103,14 +104,13 @@ def core(bundle):
     from rsca_core import Dataset, doppelganger_rates
 
     ds = Dataset.load(bundle)
-    comp = ds.compress(K_FIT, seed=0)
     st = ds.stars
     fi, ci = ds.field_index, ds.cluster_index
     ids = st["cluster"].to_numpy(dtype=object)[ci]
     vh, ak = st["vhelio_avg"].to_numpy(float), st["ak_targ"].to_numpy(float)
 
     def rate(k=K_FIT, cv=True, clusters=None, top_n=None, z=None, method="rsca"):
-        z = comp.scores[:, :k] if z is None else z
+        z = ds.compress(k, seed=0).scores if z is None else z  # the exact K = k compression, as evaluate
         keep = np.ones(len(ci), bool) if clusters is None else np.isin(ids, clusters)
         c = ci[keep]
         return doppelganger_rates(
@@ -134,12 +134,16 @@ def severe(logs):
     return [e for e in logs if e.get("level") == "SEVERE"]
 
 
-def shown_rate(dash_duo, selector="#ex-global-rate", previous=None, timeout=30):
-    """Wait for the rate element and return its number (waiting until it differs from ``previous``)."""
+def shown_rate(dash_duo, selector="#ex-global-rate", previous=None, timeout=90):
+    """Wait for the rate element and return its number (waiting until it differs from ``previous``);
+    a labelled preview (``data-preview="1"``, while the exact compression is computed) does not count."""
     end = time.time() + timeout
     while True:
         try:
-            text = dash_duo.find_element(selector).text.strip()
+            el = dash_duo.find_element(selector)
+            text = el.text.strip()
+            if el.get_attribute("data-preview") == "1":
+                text = ""
         except Exception:
             text = ""
         if text and text != previous:
@@ -284,8 +288,8 @@ def test_explore_flux_errors_switch_computes_the_weighted_pca_in_the_background(
     assert dash_duo.find_element("#ex-weights").get_attribute("disabled") is None
     click(dash_duo, "#ex-weights")
     wait_js(dash_duo, "return window.location.search", lambda q: q and "weights=ivar" in q)
-    # until the job has written the weighted compression, the page shows the plain rate, labelled
-    # (on this small survey the job may finish before a poll sees that state)
+    # until the job has written the weighted compression, the page shows a preview from the plain
+    # compression, labelled (on this small survey the job may finish before a poll sees that state)
     end = time.time() + 240
     while time.time() < end:
         pending, rate, card = dash_duo.driver.execute_script(
@@ -294,14 +298,93 @@ def test_explore_flux_errors_switch_computes_the_weighted_pca_in_the_background(
             " return [p ? p.innerText : null, r ? r.innerText : null, c ? c.innerText : '']"
         )
         if pending is not None:
-            assert "UNWEIGHTED" in pending and rate in (plain, None)
+            assert "PREVIEW — UNWEIGHTED PCA (K = 8)" in pending and rate in (plain, None)
         elif "flux-error-weighted PCA" in card:
             break
         time.sleep(0.2)
-    comp = ds.compress(K_FIT, seed=0, weights="ivar")  # the app's job cached it beside the bundle
-    want = f"{core['rate'](z=comp.scores[:, :8]).global_rate:.4f}"
+    comp = ds.compress(8, seed=0, weights="ivar")  # the app's job cached it beside the bundle
+    want = f"{core['rate'](z=comp.scores).global_rate:.4f}"
     dash_duo.wait_for_text_to_equal("#ex-global-rate", want, timeout=30)
     assert "flux-error-weighted PCA" in dash_duo.find_element("#ex-rate").text
+    assert not severe(dash_duo.get_logs())
+
+
+def _shown_exact_rate(dash_duo, k, timeout=120):
+    """The full-precision rate (``data-rate``) once the page shows the exact K = ``k`` result (not a
+    preview); checks any preview seen on the way says what it is cut from."""
+    end = time.time() + timeout
+    script = (
+        "var r = document.getElementById('ex-global-rate'), p = document.getElementById('ex-pending');"
+        " return [r ? r.getAttribute('data-rate') : null, r ? r.getAttribute('data-preview') : null,"
+        " p ? p.innerText : null, (document.getElementById('ex-k') || {}).value]"
+    )
+    seen_preview = False
+    while time.time() < end:
+        rate, preview, label, k_shown = dash_duo.driver.execute_script(script)
+        if rate is not None and k_shown == str(k):
+            if preview == "0" and label is None:
+                return float(rate), seen_preview
+            if preview == "1" and label:  # (the label may be drawn a moment after the number)
+                assert label.startswith("PREVIEW — leading ") and f"the exact K = {k} compression" in label
+                seen_preview = True
+        time.sleep(0.1)
+    raise AssertionError(f"the page never showed the exact K = {k} rate")
+
+
+@pytest.mark.parametrize(
+    "k,top,cv",
+    [(5, None, True), (9, 2, False), (K_FIT, None, False), (7, 3, True)],
+    ids=["k5-cv", "k9-top2-nocv", "kfit-nocv", "k7-top3-cv"],
+)
+def test_the_app_rate_equals_evaluate_to_1e12(dash_duo, dash_app, bundle, k, top, cv):
+    """One truth (issue 11): for a K whose compression is not ready the page computes it in the
+    background (a labelled preview meanwhile), then shows the rate ``rsca evaluate`` gives for the
+    same setting, read here with full precision and compared to 1e-12."""
+    dash_duo.start_server(dash_app, port=free_port())
+    open_page(dash_duo, f"/?k={k}&cv={int(cv)}" + ("" if top is None else f"&top={top}"))
+    got, _seen_preview = _shown_exact_rate(dash_duo, k)  # (the preview itself: the test below)
+    cmd = [sys.executable, "-m", "rsca_core", "evaluate", "--dataset", str(bundle), "--k", str(k), "--json"]
+    cmd += ([] if top is None else ["--top-n", str(top)]) + ([] if cv else ["--no-cv"])
+    out = subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True).stdout
+    want = json.loads(out)["global_rate"]
+    assert abs(got - want) <= 1e-12, (got, want)
+    assert f"{want:.4f}" == dash_duo.find_element("#ex-global-rate").text
+    assert not severe(dash_duo.get_logs())
+
+
+def test_a_k_not_ready_shows_a_labelled_preview_then_the_exact_rate(dash_duo, dash_app, bundle, core):
+    """While the exact K = 11 fit is held up (the test holds the job's compression lock), the page
+    shows the leading 11 axes of the K = 12 fit, labelled PREVIEW, with the job's phase in its bar;
+    then the exact rate, equal to ``rsca evaluate``'s."""
+    from pages._service.jobs import exclusive
+    from rsca_core import Dataset
+
+    ds = Dataset.load(bundle)
+    assert not ds.has_compression(11, 0)
+    dash_duo.start_server(dash_app, port=free_port())
+    with exclusive(f"compress:{ds.path}:11:0"):
+        open_page(dash_duo, "/?k=11")
+        label = wait_js(
+            dash_duo,
+            "var p = document.getElementById('ex-pending'); return p ? p.innerText : null",
+            lambda t: bool(t),
+            timeout=60,
+        )
+        assert label.startswith("PREVIEW — leading 11 axes of the K = 12 fit")
+        assert "the exact K = 11 compression is being computed" in label
+        preview = float(dash_duo.find_element("#ex-global-rate").get_attribute("data-rate"))
+        want = core["rate"](z=ds.compress(12, seed=0).scores[:, :11]).global_rate
+        assert abs(preview - want) <= 1e-12
+        bar = wait_js(
+            dash_duo,
+            "var b = document.querySelector('#ex-ivar-progress .progress-bar'); return b ? b.innerText : null",
+            lambda t: bool(t),
+        )
+        assert "loading the spectra" in bar or "compressing K=11" in bar
+    got, _ = _shown_exact_rate(dash_duo, 11)
+    cmd = [sys.executable, "-m", "rsca_core", "evaluate", "--dataset", str(bundle), "--k", "11", "--json"]
+    want = json.loads(subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True).stdout)["global_rate"]
+    assert abs(got - want) <= 1e-12
     assert not severe(dash_duo.get_logs())
 
 
@@ -386,7 +469,7 @@ def test_downloads_say_simulated_and_match(dash_duo, dash_app, core):
         from rsca_core import RSCA
 
         ds = core["ds"]
-        comp = ds.compress(K_FIT, seed=0).truncate(10)
+        comp = ds.compress(10, seed=0)
         st = ds.stars
         fi, ci = ds.field_index, ds.cluster_index
         model = RSCA().fit(comp.scores[fi], comp.scores[ci], st["cluster"].to_numpy(dtype=object)[ci])

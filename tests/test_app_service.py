@@ -310,10 +310,10 @@ def tiny_default(tmp_path, monkeypatch):
 
 
 def _engine_rate(ds, k, method, top_n=None):
-    """The rate of ``method`` straight from rsca_core: the cached K=12 PCA cut to k, the pair filter, every cluster."""
+    """The rate of ``method`` straight from rsca_core: the exact K = k compression, the pair filter, every cluster."""
     from rsca_core import doppelganger_rates
 
-    z = ds.compress(12, seed=0).scores[:, :k]
+    z = ds.compress(k, seed=0).scores
     fi, ci = ds.field_index, ds.cluster_index
     st = ds.stars
     vh, ak = st["vhelio_avg"].to_numpy(float), st["ak_targ"].to_numpy(float)
@@ -327,6 +327,7 @@ def test_the_app_rate_of_each_method_is_the_engines(tiny_default, method):
     ds = tiny_default
     s = service.settings_from_controls("default", "spectra", 8, None, service.ALL, True, "3", method=method)
     assert s.method == method and s.top_n == (3 if method == "rsca" else None)  # top-N is RSCA's
+    service.prepare_compression("default", k=8)  # what Explore's background job runs for a K not ready
     got = service.compute_rates(s)
     want = _engine_rate(ds, 8, method, s.top_n)
     assert got["global_rate"] == pytest.approx(want.global_rate, abs=1e-12)
@@ -341,7 +342,7 @@ def test_the_methods_experiment_of_the_curves_page(tiny_default):
     table, fig = service.run_experiment("methods", "default", {"k": "8", "species": "Fe,Mg,Si"})
     spectra = table[table["input"] == "spectra"].set_index("method")
     assert list(spectra.index) == ["rsca", "rca", "lda", "nca"]
-    for m in spectra.index:  # the spectra rows are the engine's rates on the leading 8 of the K_FIT PCA
+    for m in spectra.index:  # the spectra rows are the engine's rates on the exact K = 8 compression
         assert spectra.loc[m, "global_rate"] == pytest.approx(_engine_rate(tiny_default, 8, m).global_rate, abs=1e-12)
     assert set(table["representation"]) == {"spectra", "abundance subset"}
     assert [t.name for t in fig.data][:4] == ["RSCA (paper)", "RCA", "LDA", "NCA"]
@@ -383,14 +384,14 @@ def test_use_flux_errors_is_a_setting_computed_once_then_used(tiny_with_errors):
     assert ab.weights == "none"
     # until the weighted compression exists, asking for it is a message, never the plain number
     assert not service.compression_ready("default", (), "ivar")
-    with pytest.raises(service.UserError, match="not ready"):
+    with pytest.raises(service.CompressionNotReady, match="not computed yet"):
         service.compute_rates(s)
-    service.prepare_compression("default", weights="ivar")  # what the page's background job runs
-    assert service.compression_ready("default", (), "ivar") and service.compression_ready("default")
+    service.prepare_compression("default", weights="ivar", k=8)  # what the page's background job runs
+    assert service.compression_ready("default", (), "ivar", k=8) and service.compression_ready("default", k=12)
     got = service.compute_rates(s)
     ds = tiny_with_errors
-    z = ds.compress(12, seed=0, weights="ivar").scores[:, :8]
-    plain = ds.compress(12, seed=0).scores[:, :8]
+    z = ds.compress(8, seed=0, weights="ivar").scores
+    plain = ds.compress(8, seed=0).scores
     assert not np.allclose(np.abs(z), np.abs(plain))  # the weights changed the compression
     fi, ci = ds.field_index, ds.cluster_index
     st = ds.stars
@@ -400,3 +401,41 @@ def test_use_flux_errors_is_a_setting_computed_once_then_used(tiny_with_errors):
     want = doppelganger_rates(z[fi], z[ci], ids, **kw, cv=True)
     assert got["global_rate"] == pytest.approx(want.global_rate, abs=1e-12)
     assert "ivar-weighted" in got["description"]["pca"]
+
+
+def test_a_k_not_ready_is_a_labelled_preview_until_its_exact_compression_is_computed(tiny_default):
+    """One number per setting: before the K = 8 fit exists the page gets the leading 8 axes of the
+    K = 12 fit, labelled PREVIEW; after the job, the exact rate, equal to the engine's to 1e-12."""
+    from flask import Flask
+
+    app = Flask("preview-test")
+    service.init_app(app)  # rates and previews are memoised in the app's cache
+    with app.app_context():
+        _preview_then_exact(tiny_default)
+
+
+def _preview_then_exact(ds):
+    from rsca_core import doppelganger_rates
+
+    s = service.settings_from_controls("default", "spectra", 8, None, service.ALL, True, None)
+    assert not service.compression_ready("default", k=8)
+    with pytest.raises(service.CompressionNotReady, match="K = 8"):
+        service.rates(s)
+    prev = service.preview_rates(s)
+    assert prev["preview"]["k_from"] == 12 and "PREVIEW — leading 8 axes of the K = 12 fit" in prev["preview"]["text"]
+    z = ds.compress(12, seed=0).scores[:, :8]  # the truncation, computed here
+    fi, ci = ds.field_index, ds.cluster_index
+    st = ds.stars
+    vh, ak = st["vhelio_avg"].to_numpy(float), st["ak_targ"].to_numpy(float)
+    ids = st["cluster"].to_numpy(dtype=object)[ci]
+    kw = dict(pop_vhelio=vh[fi], pop_ak=ak[fi], clust_vhelio=vh[ci], clust_ak=ak[ci])
+    assert prev["global_rate"] == pytest.approx(doppelganger_rates(z[fi], z[ci], ids, **kw).global_rate, abs=1e-12)
+    seen = []
+    service.prepare_compression("default", k=8, report=lambda f, t: seen.append((f, t)))
+    # the job names its phase from the start and shows the EM passes with their change and target
+    assert seen[0] == (0.0, "loading the spectra of default")
+    assert any(t.startswith("compressing K=8: pass ") and "→ target 1e-04" in t for _f, t in seen)
+    assert [f for f, _t in seen] == sorted(f for f, _t in seen) and seen[-1] == (1.0, "compressing K=8: done")
+    got = service.rates(s)
+    assert "preview" not in got
+    assert got["global_rate"] == pytest.approx(_engine_rate(ds, 8, "rsca").global_rate, abs=1e-12)

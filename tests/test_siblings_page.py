@@ -1,7 +1,7 @@
 """Browser tests of the Siblings page (headless Chromium through dash[testing]'s ``dash_duo``).
 
 The page's tables are checked against ``rsca_core.siblings`` computed here on the same compression
-(the app cuts every K from one K_FIT compression); uploads are aspcapStar files written here from the
+(the exact K compression, as ``rsca siblings``); uploads are aspcapStar files written here from the
 bundle's own spectra (a star's own file must land on that star) and a corrupt file (a message naming it).
 """
 
@@ -25,7 +25,7 @@ pytest.importorskip("dash.testing")
 from test_app_browser import click, free_port, open_page, severe, wait_js  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-K_FIT = 12  # the app's one compression; the page's default K is min(30, K_FIT)
+K_FIT = 12  # the largest K offered; the page's default K is min(30, K_FIT), prepared here
 
 
 @pytest.fixture(scope="module")

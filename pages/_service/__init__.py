@@ -25,6 +25,7 @@ from . import config, siblings
 from . import settings as settings_module
 from .compute import (
     STEP_NAMES,
+    CompressionNotReady,
     axis_vectors,
     cache,
     compression,
@@ -34,6 +35,7 @@ from .compute import (
     fit_map,
     inside_steps,
     paper_value,
+    preview_rates,
     rate_inputs,
     rates,
 )
@@ -51,6 +53,8 @@ from .datasets import (
     ensure_default_dataset,
     has_errors,
     load,
+    prepared_ks,
+    ready_ks,
     uid,
 )
 from .errors import UserError, describe_error, hide_paths, short
@@ -114,6 +118,7 @@ __all__ = [
     "on_callback_error",
     "ALL",
     "AppConfig",
+    "CompressionNotReady",
     "BOOTSTRAP_CSS_URL",
     "CAPS",
     "ConfigError",
@@ -178,6 +183,9 @@ __all__ = [
     "parse_weights",
     "parse_species",
     "prepare_compression",
+    "prepared_ks",
+    "preview_rates",
+    "ready_ks",
     "progress_reporter",
     "rate_inputs",
     "rate_with_mask",

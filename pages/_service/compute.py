@@ -1,7 +1,8 @@
 """The expensive computations of the pages, through ``rsca_core``, cached with flask-caching.
 
 Every cached result is keyed by :meth:`Settings.key` (every setting, the dataset's uid and K_FIT),
-so a rebuilt bundle or another compression size never serves a stale result. The cache backend is
+so a rebuilt bundle never serves a stale result. The compression at K is always the exact K fit
+(``Dataset.compress``); a preview cut from another one is keyed and labelled as such. The cache backend is
 chosen by RSCA_CACHE_TYPE (see :mod:`.config`); :func:`init_cache` attaches it to the server.
 """
 
@@ -17,7 +18,7 @@ from flask_caching import Cache
 from rsca_core.metrics import distance_histogram
 
 from . import config
-from .datasets import SEED, compression_ready, dataset_label, load, uid
+from .datasets import SEED, compression_ready, dataset_label, load, pca_options, ready_ks, uid
 from .errors import UserError
 from .settings import Settings, settings_from_key
 
@@ -29,42 +30,93 @@ def init_cache(server) -> None:
     cache.init_app(server, config=config.cache_config())
 
 
+class CompressionNotReady(UserError):
+    """The exact compression a setting needs is not on disk yet (a page computes it in the background)."""
+
+
 @functools.lru_cache(maxsize=6)
-def _compression(key: str, uid_: str, kf: int, seed: int, mask: tuple, weights: str = "none"):
-    options = {} if weights == "none" else {"weights": weights}
-    return load(key).compress(kf, seed=seed, extra_mask_ranges=mask, **options)
+def _compression(key: str, uid_: str, k: int, seed: int, mask: tuple, weights: str = "none"):
+    return load(key).compress(k, seed=seed, extra_mask_ranges=mask, **pca_options(weights))
 
 
 def compression(key, k: int, mask=(), allow_compute: bool = False, weights: str = "none"):
-    """The leading ``k`` PCA components of the dataset's one K=k_fit compression (seed 0), plain or
-    weighted by the flux errors (``weights="ivar"``).
+    """The dataset's exact K = ``k`` compression (seed 0; plain, or weighted by the flux errors with
+    ``weights="ivar"``): ``Dataset.compress``, the one definition of "the compression at K" that
+    ``evaluate``, the experiments and the reports use, so a page's rate equals the CLI's.
 
-    Computing that compression takes minutes on a big survey; unless ``allow_compute`` (background
-    jobs, start-up), a missing one is a UserError asking to prepare it on the Data page."""
-    kf = config.k_fit()
-    if weights != "none" and not allow_compute and not compression_ready(key, mask, weights):
-        raise UserError(f"the flux-error-weighted compression of dataset {key!r} (K={kf}) is not ready yet")
-    if not allow_compute and not compression_ready(key, mask):
-        raise UserError(
-            f"the spectra of dataset {key!r} are not compressed yet (K={kf}"
-            f"{', extra mask ' + str(list(mask)) if mask else ''}); prepare it on the Data page "
-            f"or run `python -m rsca_core compress --dataset <folder> --k {kf}`"
+    Computing one takes up to minutes on a big survey; unless ``allow_compute`` (background jobs,
+    start-up), a missing one raises :class:`CompressionNotReady` (pages then compute it in the
+    background through the job queue and show a labelled preview meanwhile, see :func:`preview_rates`)."""
+    k = int(k)
+    if not allow_compute and not compression_ready(key, mask, weights, k=k):
+        what = "flux-error-weighted " if weights != "none" else ""
+        raise CompressionNotReady(
+            f"the exact {what}K = {k} compression of dataset {key!r}"
+            f"{' with extra mask ' + str(list(mask)) if mask else ''} is not computed yet: Explore computes it "
+            f"in the background when you choose this K, or run `rsca compress --dataset <folder> --k {k}`"
         )
-    comp = _compression(key, uid(key), kf, SEED, tuple(mask), weights)
-    return comp.truncate(int(k)) if int(k) < comp.k else comp
+    return _compression(key, uid(key), k, SEED, tuple(mask), weights)
+
+
+def preview_source(key, k: int, mask=(), weights: str = "none") -> tuple[int, str] | None:
+    """The ready compression a labelled preview of (``k``, ``weights``) is cut from while its exact
+    one is computed, as (K, weights): the same weights at the smallest ready K > k, else the plain
+    exact K = k, else the plain one at the smallest ready K > k; None if there is none."""
+    k = int(k)
+    for w in dict.fromkeys((weights, "none")):
+        if w != weights and compression_ready(key, mask, w, k=k):
+            return k, w
+        above = [kk for kk in ready_ks(key, mask, w) if kk > k]
+        if above:
+            return above[0], w
+    return None
+
+
+def preview_text(k: int, k_from: int, w_from: str, weights: str) -> str:
+    """The label of a preview: what it is cut from, and that the exact compression is coming."""
+    exact = f"the exact {'flux-error-weighted ' if weights != 'none' else ''}K = {k} compression is being computed"
+    if k_from == k:  # the plain exact K stands in for the weighted one
+        return f"PREVIEW — UNWEIGHTED PCA (K = {k}); {exact}; this rate is replaced when it is ready"
+    w = "flux-error-weighted " if w_from != "none" else ("unweighted " if weights != "none" else "")
+    return f"PREVIEW — leading {k} axes of the {w}K = {k_from} fit; {exact}; this rate is replaced when it is ready"
+
+
+def preview_rates(s: Settings) -> dict:
+    """Rates of ``s`` from the best ready stand-in compression (:func:`preview_source`), labelled:
+    ``result["preview"]`` holds the source and the label. UserError when nothing is ready at all."""
+    src = preview_source(s.ds, s.k, s.mask, s.weights)
+    if src is None:
+        raise CompressionNotReady(
+            f"the K = {s.k} compression of dataset {s.ds!r} is being computed (no other compression of "
+            "this dataset is ready to preview from)"
+        )
+    return _preview_cached(s.key(), *src)
+
+
+@cache.memoize()
+def _preview_cached(key: str, k_from: int, w_from: str) -> dict:
+    s = settings_from_key(key)
+    comp = compression(s.ds, k_from, s.mask, weights=w_from)
+    r = compute_rates(replace(s, weights=w_from), pca=comp)
+    r["preview"] = {"k_from": int(k_from), "weights_from": w_from, "text": preview_text(s.k, k_from, w_from, s.weights)}
+    r["description"]["pca"] = f"preview: leading {s.k} of K={k_from}" + (
+        "" if w_from == "none" else f", {w_from}-weighted"
+    )
+    return r
 
 
 def rate_inputs(s: Settings, allow_compute: bool = False, pca=None):
     """RateInputs of the settings (rsca_core's one builder), restricted to the selected clusters.
 
-    ``pca``: a K=k_fit Compression to use instead of the cached one (e.g. one with extra bands masked)."""
+    ``pca``: a Compression to use instead of the exact K one (e.g. one with extra bands masked, or
+    the source of a labelled preview); its leading K axes are used."""
     ds = load(s.ds)
     comp = None
     if s.input == "spectra":
         comp = (
-            pca.truncate(s.k)
-            if pca is not None
-            else compression(s.ds, s.k, s.mask, allow_compute=allow_compute, weights=s.weights)
+            compression(s.ds, s.k, s.mask, allow_compute=allow_compute, weights=s.weights)
+            if pca is None
+            else (pca if pca.k == s.k else pca.truncate(s.k))
         )
     try:
         ri = ds.rate_inputs(s.input, k=s.k, seed=SEED, species=s.species, clusters=s.clusters, compression=comp)
@@ -72,9 +124,10 @@ def rate_inputs(s: Settings, allow_compute: bool = False, pca=None):
         raise UserError(str(exc)) from None
     ri.description |= {"dataset": s.ds}
     if s.input == "spectra":
-        ri.description["pca"] = f"leading {s.k} of K={config.k_fit()}" + (
-            "" if s.weights == "none" else f", {s.weights}-weighted"
-        )
+        ri.description["pca"] = f"exact K={s.k}" + ("" if s.weights == "none" else f", {s.weights}-weighted")
+        note = comp.convergence_note()
+        if note:
+            ri.description["convergence"] = note
     return ri
 
 
@@ -84,6 +137,8 @@ def compute_rates(s: Settings, allow_compute: bool = False, pca=None) -> dict:
 
     ri = rate_inputs(s, allow_compute=allow_compute, pca=pca)
     with warnings.catch_warnings(record=True) as caught:
+        if ri.description.get("convergence"):
+            warnings.warn(ri.description["convergence"], stacklevel=1)
         warnings.simplefilter("always")
         res = doppelganger_rates(
             ri.z_pop,

@@ -163,7 +163,8 @@ def reload(env=None) -> AppConfig:
 
 
 def k_fit() -> int:
-    """Size of the one compression per dataset that every K <= k_fit() is cut from."""
+    """The largest K offered; its compression is prepared with a dataset and is the source of the
+    labelled previews shown while the exact compression of another K is computed."""
     return get().k_fit
 
 

@@ -152,17 +152,40 @@ def has_errors(key) -> bool:
     return load(key).errors is not None
 
 
-def compression_ready(key, mask=(), weights="none") -> bool:
-    """Is the dataset's K=k_fit compression (for this extra mask and weights) cached on disk?"""
-    if weights in (None, "none"):
-        return load(key).has_compression(config.k_fit(), SEED, mask)
+def prepared_ks() -> tuple[int, ...]:
+    """The K values whose compressions are prepared with a dataset (at start-up, in the Docker build,
+    by the Data page's "Prepare"): K = 2 (Inside RSCA), the pages' default K = 30 and K_FIT, the
+    largest K offered, from which a preview of any other K is cut while its own fit is computed."""
+    from .settings import DEFAULT_K
+
+    kf = config.k_fit()
+    return tuple(sorted({2, min(DEFAULT_K, kf), kf}))
+
+
+def pca_options(weights="none") -> dict:
+    """The MaskedPCA options of the app's compressions: {} (plain) or {"weights": "ivar"}."""
+    return {} if weights in (None, "none") else {"weights": weights}
+
+
+def compression_ready(key, mask=(), weights="none", k=None) -> bool:
+    """Is the dataset's exact K = ``k`` compression (seed 0, this extra mask and weights) cached on
+    disk? ``k=None``: every K of :func:`prepared_ks`."""
     ds = load(key)
-    return bool(ds.meta.get("uid")) and ds.compression_path(config.k_fit(), SEED, mask, weights=weights).exists()
+    ks = prepared_ks() if k is None else (int(k),)
+    return all(ds.has_compression(kk, SEED, tuple(mask), **pca_options(weights)) for kk in ks)
+
+
+def ready_ks(key, mask=(), weights="none") -> list[int]:
+    """The K values (2 … K_FIT) whose exact compression is on disk, ascending."""
+    ds = load(key)
+    opts = pca_options(weights)
+    return [k for k in range(2, config.k_fit() + 1) if ds.has_compression(k, SEED, tuple(mask), **opts)]
 
 
 def ensure_default_dataset(progress: bool = True) -> Path:
     """Build the default simulated bundle if missing or built by an older simulator (``python app.py``),
-    then the PCA it needs. A bundle named by RSCA_DATASET is the operator's: never rebuilt."""
+    then the compressions of :func:`prepared_ks` (any other K is computed in the background when a page
+    asks for it). A bundle named by RSCA_DATASET is the operator's: never rebuilt."""
     path = default_dataset_path()
     if config.get().dataset is not None:
         if not (path / "meta.json").exists():
@@ -172,9 +195,10 @@ def ensure_default_dataset(progress: bool = True) -> Path:
 
         simulate.ensure_default_dataset(path, progress=progress)
     ds = load("default")
-    if not compression_ready("default"):
-        log.info("computing the K=%d PCA compression of %s once (cached on disk)", config.k_fit(), path)
-        ds.compress(config.k_fit(), seed=SEED, progress=progress)
+    for k in prepared_ks():
+        if not ds.has_compression(k, SEED):
+            log.info("computing the K=%d PCA compression of %s once (cached on disk)", k, path)
+            ds.compress(k, seed=SEED, progress=progress)
     return path
 
 
@@ -194,4 +218,6 @@ def dataset_overview(key) -> dict:
         "label": ds.label,
         "compression_ready": compression_ready(key),
         "k_fit": config.k_fit(),
+        "prepared_ks": list(prepared_ks()),
+        "ready_ks": ready_ks(key),
     }

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from . import config
-from .datasets import SEED, dataset_paths, load, read_meta
+from .datasets import SEED, dataset_paths, load, pca_options, prepared_ks, read_meta
 
 log = logging.getLogger("rsca_lab")
 
@@ -105,13 +105,14 @@ def progress_reporter(set_progress):
 
 
 def registry_fingerprint() -> str:
-    """Changes whenever a dataset bundle is rebuilt (its uid changes) or its compression appears,
+    """Changes whenever a dataset bundle is rebuilt (its uid changes) or its prepared compressions appear,
     so cached job results (including "not compressed yet" messages) go stale."""
     kf = config.k_fit()
     parts = [f"kfit={kf}"]
+    ds_ks = prepared_ks()
     for key, path in dataset_paths().items():
         try:
-            ready = load(key).has_compression(kf, SEED)
+            ready = all(load(key).has_compression(k, SEED) for k in ds_ks)
             parts.append(f"{key}:{read_meta(path).get('uid', '')}:{int(ready)}")
         except Exception:
             parts.append(key)
@@ -149,19 +150,40 @@ def exclusive(name: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def prepare_compression(key, report=None, weights="none"):
-    """Compute (and cache on disk) the dataset's K=k_fit compression, plain or weighted by the flux
-    errors (``weights="ivar"``); for a background job.
+def compression_progress(report, what: str, start: float = 0.0, end: float = 1.0):
+    """A MaskedPCA ``progress(pass_index, rel_change, tol)`` callable that reports through
+    ``report(fraction, text)``: the phase and pass with the change and its target (rsca_core's one
+    wording), the fraction on a log scale of the change towards the target over [start, end]."""
+    from rsca_core.progress import convergence_fraction, convergence_text
 
-    One compression of a dataset at a time across all workers. The PCA reports no progress of its
-    own (rsca_core's MaskedPCA takes only ``progress=bool``), so the page shows a start and an end."""
+    def on_pass(pass_index, rel_change, tol):
+        report(
+            start + (end - start) * convergence_fraction(rel_change, tol),
+            convergence_text(what, pass_index, rel_change, tol),
+        )
+
+    return on_pass
+
+
+def prepare_compression(key, report=None, weights="none", k=None):
+    """Compute (and cache on disk) the dataset's exact K = ``k`` compression (``k=None``: every K of
+    :func:`.datasets.prepared_ks`), plain or weighted by the flux errors (``weights="ivar"``); for a
+    background job. Returns the (last) Compression.
+
+    One compression of a dataset and K at a time across all workers (a second caller waits, then
+    reads the first one's file). ``report(fraction, text)`` is told the phase from the start:
+    "loading the spectra", then each EM pass ("compressing K=30: pass 7, change 3.1e-03 → target 1e-04")."""
+    report = report or (lambda f, t: None)
+    report(0.0, f"loading the spectra of {key}")
     ds = load(key)
-    kf = config.k_fit()
-    options = {} if weights in (None, "none") else {"weights": weights}
-    if report is not None:
-        report(0.02, f"PCA K={kf} of {key}: computing")
-    with exclusive(f"compress:{ds.path}:{kf}:{SEED}" + (f":{weights}" if options else "")):
-        out = ds.compress(kf, seed=SEED, **options)
-    if report is not None:
-        report(1.0, f"PCA K={kf}: done")
+    options = pca_options(weights)
+    ks = prepared_ks() if k is None else (int(k),)
+    label = "" if not options else f" ({weights}-weighted)"
+    out = None
+    for i, kk in enumerate(ks):
+        what = f"compressing K={kk}{label}" + (f" ({i + 1}/{len(ks)})" if len(ks) > 1 else "")
+        a, b = i / len(ks), (i + 1) / len(ks)
+        with exclusive(f"compress:{ds.path}:{kk}:{SEED}" + (f":{weights}" if options else "")):
+            out = ds.compress(kk, seed=SEED, progress=compression_progress(report, what, a, b), **options)
+        report(b, f"{what}: done")
     return out

@@ -1,7 +1,7 @@
 """The Siblings page's data: ``rsca_core.siblings`` on the app's datasets and compression.
 
-The embedding of a dataset (the RSCA map fitted on every cluster, on the leading K of the app's one
-K_FIT compression, as on the other pages) is cached per process, a few at most: one of the
+The embedding of a dataset (the RSCA map fitted on every cluster, on the exact K compression, the
+one ``rsca siblings``/``evaluate`` use, as on the other pages) is cached per process, a few at most: one of the
 paper-sized survey holds ~80 MB and would cost more to pickle into a shared cache than to rebuild.
 Uploaded aspcapStar files are read, masked with the bundle's rule and projected by ``rsca_core``.
 """

@@ -9,11 +9,10 @@ import numpy as np
 from rsca_core.constants import SPECIES
 from rsca_core.fileio import jsonable
 
-from . import config
 from .compute import compression, compute_rates, fit_map
 from .datasets import SEED, compression_ready, load
 from .errors import UserError
-from .jobs import prepare_compression
+from .jobs import compression_progress, prepare_compression
 from .settings import N_PIXELS, Settings
 
 
@@ -80,16 +79,22 @@ def rate_with_mask(s: Settings, mask: tuple, report=None) -> dict:
     would otherwise leave a compression behind for good); the job's result is what is kept."""
     if not mask:
         raise UserError("enter at least one pixel range to mask")
-    if not compression_ready(s.ds):
-        prepare_compression(s.ds, report=report)
+    report = report or (lambda f, t: None)
+    if s.input == "spectra" and not compression_ready(s.ds, k=s.k):
+        prepare_compression(s.ds, report=lambda f, t: report(0.4 * f, t), k=s.k)
+    report(0.4, "rates without the extra mask")
     base = compute_rates(replace(s, mask=()))["global_rate"]
-    kf = config.k_fit()
-    if report:
-        report(0.1, f"PCA K={kf} with {len(mask)} extra masked range(s): computing")
-    pca = load(s.ds).compress(kf, seed=SEED, extra_mask_ranges=tuple(mask), use_cache=False)
+    what = f"compressing K={s.k} with {len(mask)} extra masked range(s)"
+    pca = load(s.ds).compress(
+        s.k,
+        seed=SEED,
+        extra_mask_ranges=tuple(mask),
+        use_cache=False,
+        progress=compression_progress(report, what, 0.45, 0.95),
+    )
+    report(0.95, "rates with the extra mask")
     masked = compute_rates(replace(s, mask=tuple(mask)), pca=pca)["global_rate"]
-    if report:
-        report(1.0, "done")
+    report(1.0, "done")
     return {"without": base, "with": masked, "mask": [list(m) for m in mask]}
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from . import config
 from .compute import init_cache
-from .datasets import compression_ready, default_dataset_path, load, read_meta
+from .datasets import compression_ready, default_dataset_path, load, prepared_ks, read_meta
 from .errors import UserError, hide_paths
 from .jobs import background_manager, ensure_state_dir, job_store_problem
 
@@ -160,7 +160,8 @@ def health() -> tuple[dict, int]:
         load("default")
         out["dataset"] = {"kind": meta.get("kind"), "uid": meta.get("uid"), "n_stars": meta.get("n_stars")}
         if not compression_ready("default"):
-            problems["compression"] = f"the default dataset's K={cfg.k_fit} compression is not prepared"
+            ks = ", ".join(map(str, prepared_ks()))
+            problems["compression"] = f"the default dataset's compressions (K = {ks}) are not prepared"
     except UserError as exc:
         problems["default dataset"] = hide_paths(str(exc))
     store = cfg.state_dir / "jobs"
