@@ -213,8 +213,8 @@ def info_view(o):
     return parts
 
 
-def _explore_link(ds):
-    return html.A("Explore it →", href="/" if ds == "default" else f"/?ds={ds}", id=f"{P}-explore")
+def _explore_link(ds, id):
+    return html.A("Explore it →", href="/" if ds == "default" else f"/?ds={ds}", id=id)
 
 
 @callback(
@@ -235,7 +235,7 @@ def update(ds, _done):
     status = (
         [
             f"Ready: the K = {o['k_fit']} PCA of the spectra is cached; every K ≤ {o['k_fit']} is cut from it. ",
-            _explore_link(ds),
+            _explore_link(ds, f"{P}-explore"),
         ]
         if o["compression_ready"]
         else f"Not computed yet: the spectra pages need the K = {o['k_fit']} PCA of this dataset (one-off; "
@@ -266,7 +266,11 @@ def prepare(set_progress, _n, ds):
         service.prepare_compression(ds, report=service.progress_reporter(set_progress))
     except Exception as exc:
         return ui.error_alert(service.describe_error(exc))
-    return dbc.Alert([f"Compression of {ds} ready. ", _explore_link(ds)], color="success", class_name="py-1 mb-0")
+    return dbc.Alert(
+        [f"Compression of {ds} ready. ", _explore_link(ds, f"{P}-explore-ready")],
+        color="success",
+        class_name="py-1 mb-0",
+    )
 
 
 # The button under a finished build presses "Prepare compression" (the build selected the new survey)

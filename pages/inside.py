@@ -184,8 +184,8 @@ def steps_figure(d, step):
         m = names == name
         fig.add_trace(
             go.Scatter(
-                x=c[m, 0],
-                y=c[m, 1],
+                x=c[m, 0].tolist(),
+                y=c[m, 1].tolist(),
                 mode="markers",
                 name=name,
                 marker={"size": 7, "color": colours[name], "line": {"width": 0.6, "color": "white"}},

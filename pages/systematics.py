@@ -287,7 +287,7 @@ def fill_mask(_p, _s, unit, resid, text, ds):
     Input(f"{P}-resid", "data"),
     Input(f"{P}-mask", "value"),
     Input(f"{P}-ds", "value"),
-    State(f"{P}-mask-unit", "value"),
+    Input(f"{P}-mask-unit", "value"),
     State(f"{P}-k", "value"),
 )
 def draw(resid, mask_text, ds, unit, k):
@@ -296,6 +296,8 @@ def draw(resid, mask_text, ds, unit, k):
     except Exception as exc:
         msg = service.describe_error(exc)
         return ui.error_alert(msg), ui.empty_figure(msg), ui.empty_figure(msg), None, None, no_update, no_update
+    if dash.ctx.triggered_id == f"{P}-mask-unit" and _reads_as(ds, mask_text, "px" if unit == "A" else "A"):
+        return (no_update,) * 7  # fill_mask rewrites the text in the new unit, which draws again
     mask_msg, mask, pixels = None, (), None
     try:
         mask = service.parse_mask_text(ds, mask_text, unit)
@@ -318,6 +320,14 @@ def draw(resid, mask_text, ds, unit, k):
         search,
         ui.kind_badge(label),
     )
+
+
+def _reads_as(ds, text, unit) -> bool:
+    try:
+        service.parse_mask_text(ds, text, unit)
+        return True
+    except Exception:
+        return False
 
 
 def _k(k):
