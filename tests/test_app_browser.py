@@ -556,10 +556,14 @@ def _masked_rate(dash_duo, unit, text, timeout=300):
     if unit != "A":
         Select(dash_duo.find_element("#sy-mask-unit")).select_by_value(unit)
     set_input(dash_duo, "#sy-mask", text)
+    if unit == "A":  # the conversion is shown under the box
+        dash_duo.wait_for_contains_text("#sy-mask-pixels", "= pixels", timeout=60)
+    wait_js(dash_duo, "return window.location.search", lambda q: q and "mask=" in q)  # the URL keeps pixels
+    pixels = dash_duo.find_element("#sy-mask-pixels").text
     click(dash_duo, "#sy-rate-run")
     answer = wait_js(dash_duo, "return document.getElementById('sy-rate-result').innerText", bool, timeout=timeout)
     assert dash_duo.find_elements("#sy-rate-with"), f"no masked rate; the page says {answer!r}"
-    return dash_duo.find_element("#sy-rate-with").text.strip()
+    return dash_duo.find_element("#sy-rate-with").text.strip(), pixels, dash_duo.driver.current_url
 
 
 def test_systematics_mask_in_angstrom_is_the_same_as_the_pixel_mask(dash_duo, dash_app, core):
@@ -574,13 +578,11 @@ def test_systematics_mask_in_angstrom_is_the_same_as_the_pixel_mask(dash_duo, da
     as_pixels = ", ".join(f"{a}-{b}" for a, b in pixels)
     dash_duo.start_server(dash_app, port=free_port())
 
-    rate_px = _masked_rate(dash_duo, "px", as_pixels)
-    rate_a = _masked_rate(dash_duo, "A", "15300-15320, 16100.5-16110.25")
-    # the conversion is shown under the box, and the URL keeps the pixels (drawn once the App. A/B job is done)
-    dash_duo.wait_for_contains_text("#sy-mask-pixels", f"= pixels {as_pixels}", timeout=180)
+    rate_px, _, url_px = _masked_rate(dash_duo, "px", as_pixels)
+    rate_a, shown, url_a = _masked_rate(dash_duo, "A", "15300-15320, 16100.5-16110.25")
+    assert shown.startswith(f"= pixels {as_pixels}")  # the conversion shown under the box
     in_url = "mask=" + ",".join(f"{a}-{b}" for a, b in pixels)
-    wait_js(dash_duo, "return window.location.search", lambda q: q and in_url in q)
-    assert in_url in dash_duo.driver.current_url
+    assert in_url in url_a and in_url in url_px  # the URL keeps the pixels, whichever unit was typed
     # and both are the engine's rate with those pixels masked in the compression
     pca = ds.compress(K_FIT, seed=0, extra_mask_ranges=tuple(pixels), use_cache=False)
     want = core["rate"](z=pca.scores[:, : min(30, K_FIT)]).global_rate
