@@ -7,12 +7,13 @@ follows the simulator without a copy of its parameter list.
 from __future__ import annotations
 
 import dash_bootstrap_components as dbc
-from dash import ALL, Input, Output, State, callback, html
+from dash import ALL, Input, Output, State, callback, html, no_update
 
 from . import _service as service
 from . import _ui as ui
 
 P = "sim"
+PREPARE_ID = f"{P}-prepare"  # the button under a finished build (pressed through the Data page)
 
 
 def _notice_card(text):
@@ -83,13 +84,33 @@ def simulate_card():
     )
 
 
-def register_simulate_callbacks():
-    """The build job (only when the operator allows builds: otherwise there is nothing to call)."""
+def built_alert(name: str):
+    """What a finished build says: the new survey, and (its spectra are not compressed yet) a button
+    that prepares the compression Explore needs, instead of a link to a page that cannot show it yet."""
+    parts = [f"Built {name} (now selected above). "]
+    if service.compression_ready(name):
+        parts.append(html.A("Explore it →", href=f"/?ds={name}", id=f"{P}-explore"))
+    else:
+        parts += [
+            "Explore needs its spectra compressed first (a one-off job in the background; progress in the "
+            "Spectra compression card above): ",
+            dbc.Button("Prepare the compression, then explore →", id=PREPARE_ID, size="sm", color="success"),
+        ]
+    parts += [" ", html.A("(Data page)", href=f"/data?ds={name}")]
+    return dbc.Alert(parts, color="success", class_name="py-1 mb-0")
+
+
+def register_simulate_callbacks(dataset_select: str):
+    """The build job (only when the operator allows builds: otherwise there is nothing to call).
+
+    A finished build is offered in ``dataset_select`` (the page's dataset menu) and selected there."""
     if not service.build_policy()["allowed"]:
         return
 
     @callback(
         Output(f"{P}-result", "children"),
+        Output(dataset_select, "options"),
+        Output(dataset_select, "value"),
         Input(f"{P}-run", "n_clicks"),
         State(f"{P}-name", "value"),
         State(f"{P}-nfield", "value"),
@@ -113,15 +134,7 @@ def register_simulate_callbacks():
             flags = {str(i["flag"]): bool(v) for i, v in zip(flag_ids or [], flag_values or [])}
             path = service.build_simulated(name, n_field, seed, flags, report=service.progress_reporter(set_progress))
         except Exception as exc:
-            return ui.error_alert(service.describe_error(exc))
+            return ui.error_alert(service.describe_error(exc)), no_update, no_update
         name = path.name
-        return dbc.Alert(
-            [
-                f"Built {name}. ",
-                html.A("Explore it →", href=f"/?ds={name}"),
-                " ",
-                html.A("(Data page)", href=f"/data?ds={name}"),
-            ],
-            color="success",
-            class_name="py-1 mb-0",
-        )
+        choices = [{"label": c["label"], "value": c["value"]} for c in service.dataset_choices()]
+        return built_alert(name), choices, name

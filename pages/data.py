@@ -6,11 +6,11 @@ import json
 
 import dash
 import dash_bootstrap_components as dbc
-from dash import Input, Output, State, callback, dcc, html, no_update
+from dash import Input, Output, State, callback, clientside_callback, dcc, html, no_update
 
 from . import _service as service
 from . import _ui as ui
-from ._simulate_form import register_simulate_callbacks, simulate_card
+from ._simulate_form import PREPARE_ID, register_simulate_callbacks, simulate_card
 
 dash.register_page(__name__, path="/data", name="Data", title="RSCA Lab - Data", order=5)
 
@@ -213,6 +213,10 @@ def info_view(o):
     return parts
 
 
+def _explore_link(ds, id):
+    return html.A("Explore it →", href="/" if ds == "default" else f"/?ds={ds}", id=id)
+
+
 @callback(
     Output(f"{P}-msg", "children"),
     Output(f"{P}-info", "children"),
@@ -229,8 +233,12 @@ def update(ds, _done):
         msg = service.describe_error(exc)
         return ui.error_alert(msg), None, "no dataset", no_update, no_update
     status = (
-        f"Ready: the exact PCA compressions at K = {', '.join(map(str, o['prepared_ks']))} are cached "
-        f"({len(o['ready_ks'])} K values in all); any other K is computed in the background when a page asks for it."
+        [
+            f"Ready: the exact PCA compressions at K = {', '.join(map(str, o['prepared_ks']))} are cached "
+            f"({len(o['ready_ks'])} K values in all); any other K is computed in the background when a page "
+            "asks for it. ",
+            _explore_link(ds, f"{P}-explore"),
+        ]
         if o["compression_ready"]
         else f"Not computed yet: the spectra pages need the PCA compressions at K = "
         f"{', '.join(map(str, o['prepared_ks']))} of this dataset (one-off; minutes on a large survey). "
@@ -261,7 +269,28 @@ def prepare(set_progress, _n, ds):
         service.prepare_compression(ds, report=service.progress_reporter(set_progress))
     except Exception as exc:
         return ui.error_alert(service.describe_error(exc))
-    return dbc.Alert("Compression ready.", color="success", class_name="py-1 mb-0")
+    return dbc.Alert(
+        [f"Compression of {ds} ready. ", _explore_link(ds, f"{P}-explore-ready")],
+        color="success",
+        class_name="py-1 mb-0",
+    )
 
 
-register_simulate_callbacks()
+# The button under a finished build presses "Prepare compression" (the build selected the new survey)
+# and scrolls to that card, where the job's progress and then the "Explore it →" link appear.
+clientside_callback(
+    """
+    function(n, current) {
+        if (!n) { return window.dash_clientside.no_update; }
+        var card = document.getElementById("dt-pca-run");  // show the job's progress where it is drawn
+        if (card) { card.scrollIntoView({block: "center"}); }
+        return (current || 0) + 1;
+    }
+    """,
+    Output(f"{P}-pca-run", "n_clicks"),
+    Input(PREPARE_ID, "n_clicks"),
+    State(f"{P}-pca-run", "n_clicks"),
+    prevent_initial_call=True,
+)
+
+register_simulate_callbacks(dataset_select=f"{P}-ds")

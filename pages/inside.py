@@ -6,7 +6,7 @@ import dash
 import dash_bootstrap_components as dbc
 import numpy as np
 import plotly.graph_objects as go
-from dash import Input, Output, callback, dcc, html, no_update
+from dash import Input, Output, callback, clientside_callback, dcc, html, no_update
 
 from . import _service as service
 from . import _ui as ui
@@ -17,14 +17,30 @@ P = "in"
 
 EXPLAIN = (
     "Compress: every spectrum (8575 pixels, some missing) becomes its first K principal-component scores. "
-    "Here K = 2 so we can draw it. Grey: field stars; colours: open-cluster members.",
-    "Sphere: subtract the field mean and whiten with the field covariance. The field cloud becomes round "
-    "(unit variance in every direction): distances no longer favour the directions where stars vary most.",
+    "Here K = 2 so we can draw it. Grey: field stars; colours: open-cluster members. PCA is linear and the "
+    "spectra are not linear in the stars' labels, so the field cloud is curved.",
+    "Sphere: subtract the field mean and whiten with the field covariance. Whitening is a linear map, so it "
+    "cannot straighten the curved cloud of step 1: the cloud keeps its shape, sheared and rescaled until the "
+    "field has variance 1 along every direction and no correlation between the axes (its covariance is the "
+    "identity, below). Distances no longer favour the directions where stars vary most.",
     "Reparametrize: subtract from each cluster star its cluster's mean and find the principal axes of these "
     "residuals. Rotating into them lines the axes up with the directions along which cluster members scatter.",
-    "Rescale: divide each axis by σ_i = sqrt(σc²/(1−σc²)), where σc is the pooled robust spread of cluster "
-    "members along it. Axes where siblings are tight relative to the field get stretched; axes where they "
-    "are as spread as the field (σc ≥ 1) get weight 0. Clusters are now compact, the field wide.",
+    "Rescale: divide each residual axis by σ = sqrt(σc²/(1−σc²)), where σc is the pooled robust spread of "
+    "cluster members along it (the field's spread is 1), then order the axes by σ, smallest first: RSCA axis 1 "
+    "is the direction in which siblings are tightest relative to the field. Axes where siblings are as spread "
+    "as the field (σc ≥ 1) get weight 0. Clusters are now compact, the field wide.",
+)
+
+#: Height of the step plot (px), also in its layout: drawn first at another height, Plotly would widen the
+#: fixed ranges to keep one unit the same length on both axes, and keep the wider ranges after a resize.
+STEPS_HEIGHT = 520
+
+#: The plotted axes of each step, x then y (the numbers under the text use the same order).
+AXIS_TITLES = (
+    ("PC 1", "PC 2"),
+    ("sphered axis 1", "sphered axis 2"),
+    ("residual axis 1", "residual axis 2"),
+    ("RSCA axis 1 (most informative)", "RSCA axis 2"),
 )
 
 #: Strong lines in the APOGEE window (Å), SPEC §5: shown as markers on the axis vectors.
@@ -73,6 +89,7 @@ def layout(**query):
     return html.Div(
         [
             dcc.Location(id=f"{P}-url", refresh=False),
+            dcc.Store(id=f"{P}-data"),  # the four steps' figures and texts of the current settings
             html.H3(["Inside RSCA", ui.kind_badge(None, id=f"{P}-badge")], className="mb-1"),
             html.P(
                 "The four steps of the method (the paper's Fig. 1), run on the first two principal components of "
@@ -104,7 +121,9 @@ def layout(**query):
                                         ),
                                         html.P(id=f"{P}-explain", className="mt-3 mb-1"),
                                         html.Div(id=f"{P}-numbers", className="small text-muted"),
-                                        dcc.Loading(ui.graph(f"{P}-steps", height=520), type="dot", delay_show=400),
+                                        dcc.Loading(
+                                            ui.graph(f"{P}-steps", height=STEPS_HEIGHT), type="dot", delay_show=400
+                                        ),
                                     ]
                                 ),
                                 class_name="mb-3",
@@ -165,26 +184,21 @@ def steps_figure(d, step):
         m = names == name
         fig.add_trace(
             go.Scatter(
-                x=c[m, 0],
-                y=c[m, 1],
+                x=c[m, 0].tolist(),
+                y=c[m, 1].tolist(),
                 mode="markers",
                 name=name,
                 marker={"size": 7, "color": colours[name], "line": {"width": 0.6, "color": "white"}},
                 hovertemplate=name + "<extra></extra>",
             )
         )
-    axes = (
-        ("PC 1", "PC 2"),
-        ("sphered 1", "sphered 2"),
-        ("residual axis 1", "residual axis 2"),
-        ("RSCA axis 1 (most informative)", "RSCA axis 2"),
-    )[step]
+    axes = AXIS_TITLES[step]
     lim = np.nanpercentile(np.abs(np.concatenate([f, c])), 99) * 1.2 if step else None
     fig.update_xaxes(title_text=axes[0], range=[-lim, lim] if lim else None, zeroline=True)
     fig.update_yaxes(
         title_text=axes[1], range=[-lim, lim] if lim else None, zeroline=True, scaleanchor="x", scaleratio=1
     )
-    fig.update_layout(legend={"font": {"size": 10}})
+    fig.update_layout(legend={"font": {"size": 10}}, height=STEPS_HEIGHT)
     return ui.label_figure(fig, d["label"], service.STEP_NAMES[step])
 
 
@@ -221,46 +235,101 @@ def vectors_figure(v, axis):
     )
 
 
+def _num(x) -> str:
+    return "∞" if not np.isfinite(x) else f"{x:.3f}"
+
+
+def step_numbers(d, step) -> str:
+    """The numbers under a step's text, axis by axis in the order of its plot (x, then y)."""
+    if step == 0:
+        sd = np.sqrt(np.diag(d["field_cov"][0]))
+        return (
+            f"x: PC 1, field standard deviation {sd[0]:.3g}; y: PC 2, field standard deviation {sd[1]:.3g}. "
+            f"{d['n_field']:,} field stars in all (a sample of {len(d['field'][0]):,} drawn)."
+        )
+    if step == 1:
+        c = d["field_cov"][1]
+        return (
+            f"Field covariance after sphering (all {d['n_field']:,} field stars): variance along x {c[0, 0]:.3f}, "
+            f"along y {c[1, 1]:.3f}, covariance {c[0, 1]:+.3f}."
+        )
+    sc = d["sigma_c"]
+    if step == 2:
+        return (
+            f"Pooled robust spread of cluster members σc: x: residual axis 1, σc = {_num(sc[0])}; "
+            f"y: residual axis 2, σc = {_num(sc[1])}."
+        )
+    parts = []
+    for i, name in enumerate(("x", "y")):
+        j = int(d["order"][i])
+        sigma = d["scales"][i]
+        weight = "0" if not np.isfinite(sigma) else f"{1 / sigma:.3g}"
+        parts.append(
+            f"{name}: RSCA axis {i + 1} = residual axis {j + 1}, σc = {_num(sc[j])}, σ = {_num(sigma)} "
+            f"(multiplied by 1/σ = {weight})"
+        )
+    return "; ".join(parts) + "."
+
+
+def steps_store(s) -> dict:
+    """Everything the step slider shows, for every step, so that moving it only redraws (in the browser)."""
+    d = service.inside_steps(s)
+    return {
+        "figs": [steps_figure(d, i).to_plotly_json() for i in range(4)],
+        "numbers": [step_numbers(d, i) for i in range(4)],
+        "explain": list(EXPLAIN),
+        "query": service.settings_to_query(s, keys=("ds", "k", "clusters")),
+    }
+
+
 @callback(
     Output(f"{P}-msg", "children"),
+    Output(f"{P}-data", "data"),
+    Output(f"{P}-badge", "children"),
+    *ui.settings_inputs(P, with_input=False, with_top=False, with_cv=False),
+)
+def update(ds, k, clusters):
+    try:
+        s = service.settings_from_controls(ds, "spectra", k, None, clusters, True, None)
+        return None, steps_store(s), ui.kind_badge(service.dataset_label(s.ds))
+    except Exception as exc:
+        msg = service.describe_error(exc)
+        empty = ui.empty_figure(msg).to_plotly_json()
+        return ui.error_alert(msg), {"figs": [empty] * 4, "numbers": [None] * 4, "explain": list(EXPLAIN)}, no_update
+
+
+# Moving the slider picks the step from the store in the browser: no round trip to the server.
+clientside_callback(
+    """
+    function(step, data) {
+        var nu = window.dash_clientside.no_update;
+        var i = (step >= 1 && step <= 4) ? step - 1 : 0;
+        if (!data || !data.figs) { return [nu, nu, nu, nu]; }
+        var q = data.query === undefined ? nu : (data.query ? data.query + "&" : "?") + "step=" + (i + 1);
+        // a copy: Plotly writes the ranges it draws back into the figure, and the store's is drawn again
+        var fig = JSON.parse(JSON.stringify(data.figs[i]));
+        return [fig, data.explain[i], data.numbers[i], q];
+    }
+    """,
     Output(f"{P}-steps", "figure"),
     Output(f"{P}-explain", "children"),
     Output(f"{P}-numbers", "children"),
-    Output(f"{P}-vectors", "figure"),
     Output(f"{P}-url", "search"),
-    Output(f"{P}-badge", "children"),
     Input(f"{P}-step", "value"),
+    Input(f"{P}-data", "data"),
+)
+
+
+@callback(
+    Output(f"{P}-vectors", "figure"),
     Input(f"{P}-axis", "value"),
     *ui.settings_inputs(P, with_input=False, with_top=False, with_cv=False),
 )
-def update(step, axis, ds, k, clusters):
-    step = int(step) - 1 if str(step).isdigit() and 1 <= int(step) <= 4 else 0
+def update_vectors(axis, ds, k, clusters):
     try:
         s = service.settings_from_controls(ds, "spectra", k, None, clusters, True, None)
-        d = service.inside_steps(s)
-    except Exception as exc:
-        msg = service.describe_error(exc)
-        return (
-            ui.error_alert(msg),
-            ui.empty_figure(msg),
-            EXPLAIN[step],
-            None,
-            ui.empty_figure(msg),
-            no_update,
-            no_update,
-        )
-    numbers = (
-        f"Pooled robust intra-cluster spread σc per reparametrized axis: "
-        f"{', '.join(f'{x:.3f}' for x in d['sigma_c'])}; rescaling σ per output axis: "
-        f"{', '.join('∞' if not np.isfinite(x) else f'{x:.3f}' for x in d['scales'])}. "
-        f"{d['n_field']:,} field stars in all."
-    )
-    try:
         v = service.axis_vectors(s)
         axis = int(axis) if axis is not None and 0 <= int(axis) < len(v["vectors"]) else 0
-        vfig = vectors_figure(v, axis)
+        return vectors_figure(v, axis)
     except Exception as exc:
-        vfig = ui.empty_figure(service.describe_error(exc))
-    q = service.settings_to_query(s, keys=("ds", "k", "clusters"))
-    q = (q + "&" if q else "?") + f"step={step + 1}"
-    return None, steps_figure(d, step), EXPLAIN[step], numbers, vfig, q, ui.kind_badge(d["label"])
+        return ui.empty_figure(service.describe_error(exc))

@@ -18,7 +18,11 @@ P = "sy"
 
 def layout(**query):
     s, problems = service.settings_from_query(query)
-    mask_text = ", ".join(f"{a}-{b}" for a, b in s.mask)
+    unit = "A"
+    try:
+        mask_text = service.mask_text(s.ds, s.mask, unit)
+    except Exception:  # no usable wavelength grid: show the ranges in pixels
+        unit, mask_text = "px", service.mask_text(s.ds, s.mask, "px")
     return html.Div(
         [
             dcc.Location(id=f"{P}-url", refresh=False),
@@ -34,7 +38,9 @@ def layout(**query):
             dbc.Row(
                 [
                     dbc.Col(_controls(s), md=3),
-                    dbc.Col([html.Div(id=f"{P}-msg"), _residuals_card(), _mask_card(mask_text), _visits_card()], md=9),
+                    dbc.Col(
+                        [html.Div(id=f"{P}-msg"), _residuals_card(), _mask_card(mask_text, unit), _visits_card()], md=9
+                    ),
                 ]
             ),
         ]
@@ -71,19 +77,29 @@ def _residuals_card():
         dbc.CardBody(
             [
                 html.Div(running, id=f"{P}-running", style={"display": "none"}),
-                ui.graph(f"{P}-ext", height=330),
-                ui.graph(f"{P}-rv", height=330),
+                ui.graph(f"{P}-ext", height=400),
+                ui.graph(f"{P}-rv", height=400),
             ]
         ),
         class_name="mb-3",
     )
 
 
-def _mask_card(mask_text):
+MASK_PLACEHOLDER = {"A": "e.g. 15267-15280, 15640-15660", "px": "e.g. 720-910, 2370-2470"}
+
+
+def _mask_card(mask_text, unit):
     ranges = dbc.InputGroup(
         [
-            dbc.InputGroupText("extra masked pixels", class_name="small"),
-            dbc.Input(id=f"{P}-mask", value=mask_text, placeholder="e.g. 720-910, 2370-2470", debounce=True, size="sm"),
+            dbc.InputGroupText("extra masked ranges", class_name="small"),
+            dbc.Input(id=f"{P}-mask", value=mask_text, placeholder=MASK_PLACEHOLDER[unit], debounce=True, size="sm"),
+            dbc.Select(
+                id=f"{P}-mask-unit",
+                options=[{"label": label, "value": u} for u, label in service.MASK_UNITS.items()],
+                value=unit,
+                size="sm",
+                style={"maxWidth": "6.5rem"},
+            ),
             dbc.Button("paper's bands", id=f"{P}-mask-paper", size="sm", color="light"),
             dbc.Button("suggested (App. A)", id=f"{P}-mask-suggested", size="sm", color="light"),
         ],
@@ -95,13 +111,15 @@ def _mask_card(mask_text):
             [
                 html.Div("Masked bands and the rate", className="fw-semibold mb-1"),
                 html.P(
-                    "Shaded above: the pixel ranges below (grey) and the bands App. A suggests (pink). "
-                    "Edit the ranges and compute the rate with them masked (a new compression of the "
-                    f"spectra: runs in the background; at most {service.MAX_MASK_RANGES} ranges).",
+                    "Shaded above: the ranges below (grey) and the bands App. A and B suggest (pink). Enter "
+                    "wavelength ranges in Å (every pixel whose wavelength lies in a range is masked) or switch "
+                    "to pixel indices, and compute the rate with them masked (a new compression of the spectra: "
+                    f"runs in the background; at most {service.MAX_MASK_RANGES} ranges).",
                     className="small",
                 ),
                 ranges,
                 html.Div(id=f"{P}-mask-msg"),
+                html.Div(id=f"{P}-mask-pixels", className="small text-muted mb-2"),
                 dbc.Button(
                     "Compute the rate with these bands masked",
                     id=f"{P}-rate-run",
@@ -127,32 +145,54 @@ def _mask_card(mask_text):
 
 def _visits_card():
     return dbc.Card(
-        dbc.CardBody([html.Div(id=f"{P}-visits-summary", className="small mb-1"), ui.graph(f"{P}-visits", height=330)])
+        dbc.CardBody([html.Div(id=f"{P}-visits-summary", className="small mb-1"), ui.graph(f"{P}-visits", height=380)])
     )
 
 
+USER_BAND = "rgba(90, 100, 110, 0.35)"  # the ranges typed below the panels
+SUGGESTED_BAND = "rgba(232, 67, 147, 0.40)"  # the bands App. A/B suggest
+MIN_BAND_FRACTION = 0.0015  # a band is drawn at least this fraction of the axis wide, so one pixel shows
+
+
 def _band(w, a, b, colour):
-    """A shaded wavelength band over pixels [a, b) (clipped to the spectrum)."""
+    """A shaded wavelength band over pixels [a, b) (clipped to the spectrum), at least
+    MIN_BAND_FRACTION of the axis wide (centred on the band) so that a band of one pixel is visible."""
     a, b = min(a, len(w) - 1), min(b, len(w)) - 1
+    x0, x1 = float(w[a]), float(w[max(a, b)])
+    room = MIN_BAND_FRACTION * float(w[-1] - w[0])
+    if x1 - x0 < room:
+        mid = 0.5 * (x0 + x1)
+        x0, x1 = mid - room / 2, mid + room / 2
     return {
         "type": "rect",
         "xref": "x",
         "yref": "paper",
-        "x0": float(w[a]),
-        "x1": float(w[max(a, b)]),
+        "x0": x0,
+        "x1": x1,
         "y0": 0,
         "y1": 1,
         "fillcolor": colour,
-        "opacity": 0.25,
         "line": {"width": 0},
         "layer": "below",
     }
 
 
+def _legend_entry(name, colour):
+    """A legend line for the shaded bands (shapes have no legend entries of their own)."""
+    return go.Scatter(
+        x=[None],
+        y=[None],
+        mode="markers",
+        name=name,
+        marker={"symbol": "square", "size": 12, "color": colour},
+        hoverinfo="skip",
+    )
+
+
 def residual_figure(d, kind, user_mask, label):
-    title = {
-        "extinction": "App. A: high-extinction residuals (AK_TARG > 0.5 vs < 0.005)",
-        "rv": "App. B: radial-velocity residuals (VHELIO_AVG > 80 vs |VHELIO_AVG| < 5 km/s)",
+    title, selection = {
+        "extinction": ("App. A: residuals of high-extinction stars", "AK_TARG > 0.5 against AK_TARG < 0.005"),
+        "rv": ("App. B: residuals of high-velocity stars", "VHELIO_AVG > 80 km/s against |VHELIO_AVG| < 5 km/s"),
     }[kind]
     if d is None:
         return ui.empty_figure("not computed yet")
@@ -169,16 +209,23 @@ def residual_figure(d, kind, user_mask, label):
             hovertemplate="%{x:.1f} Å: %{y:.4f}<extra></extra>",
         )
     )
+    n_bands = len(d["bands"])
+    fig.add_trace(_legend_entry(f"suggested band ({n_bands})", SUGGESTED_BAND))
+    if user_mask:
+        fig.add_trace(_legend_entry(f"your masked range ({len(user_mask)})", USER_BAND))
     # one list of shapes set once: adding them one by one costs the square of their number
-    shapes = [_band(w, a, b, "#7f8c8d") for a, b in user_mask] + [_band(w, a, b, "#e84393") for a, b in d["bands"]]
-    fig.update_layout(shapes=shapes)
+    shapes = [_band(w, a, b, USER_BAND) for a, b in user_mask] + [_band(w, a, b, SUGGESTED_BAND) for a, b in d["bands"]]
     sm = d["summary"]
-    fig.update_layout(xaxis_title="wavelength (Å)", yaxis_title="mean residual flux", showlegend=False)
-    return ui.label_figure(
-        fig,
-        label,
-        f"{title} - {sm.get('n_high', '?')} vs {sm.get('n_low', '?')} stars, {len(d['bands'])} suggested band(s)",
+    fig.update_layout(
+        shapes=shapes,
+        xaxis_title="wavelength (Å)",
+        yaxis_title="mean residual flux",
+        legend={"orientation": "h", "x": 0, "y": -0.32, "xanchor": "left", "yanchor": "top", "font": {"size": 11}},
     )
+    subtitle = f"{selection}: {sm.get('n_high', '?')} against {sm.get('n_low', '?')} stars"
+    fig = ui.label_figure(fig, label, f"{title}<br><span style='font-size:11px'>{subtitle}</span>", top=60)
+    fig.update_layout(margin={"b": 95})
+    return fig
 
 
 @callback(
@@ -201,20 +248,32 @@ def run_residuals(set_progress, ds, ncomp):
 
 @callback(
     Output(f"{P}-mask", "value"),
+    Output(f"{P}-mask", "placeholder"),
     Input(f"{P}-mask-paper", "n_clicks"),
     Input(f"{P}-mask-suggested", "n_clicks"),
+    Input(f"{P}-mask-unit", "value"),
     State(f"{P}-resid", "data"),
+    State(f"{P}-mask", "value"),
+    State(f"{P}-ds", "value"),
     prevent_initial_call=True,
 )
-def fill_mask(_p, _s, resid):
-    if dash.ctx.triggered_id == f"{P}-mask-paper":
-        ranges = service.paper_mask_ranges()
-    else:
-        try:
-            ranges = service.check_residuals(resid).get("extinction", {}).get("bands") or []
-        except service.UserError:
-            ranges = []
-    return ", ".join(f"{a}-{b}" for a, b in ranges)
+def fill_mask(_p, _s, unit, resid, text, ds):
+    unit = unit if unit in service.MASK_UNITS else "A"
+    placeholder = MASK_PLACEHOLDER[unit]
+    trigger = dash.ctx.triggered_id
+    try:
+        if trigger == f"{P}-mask-paper":
+            ranges = service.paper_mask_ranges()
+        elif trigger == f"{P}-mask-suggested":
+            try:
+                ranges = service.check_residuals(resid).get("extinction", {}).get("bands") or []
+            except service.UserError:
+                ranges = []
+        else:  # the unit was switched: the text is in the other unit; rewrite it in this one
+            ranges = service.parse_mask_text(ds, text, "px" if unit == "A" else "A")
+        return service.mask_text(ds, ranges, unit), placeholder
+    except Exception:  # unreadable text: leave it for the message under the box
+        return no_update, placeholder
 
 
 @callback(
@@ -222,24 +281,30 @@ def fill_mask(_p, _s, resid):
     Output(f"{P}-ext", "figure"),
     Output(f"{P}-rv", "figure"),
     Output(f"{P}-mask-msg", "children"),
+    Output(f"{P}-mask-pixels", "children"),
     Output(f"{P}-url", "search"),
     Output(f"{P}-badge", "children"),
     Input(f"{P}-resid", "data"),
     Input(f"{P}-mask", "value"),
     Input(f"{P}-ds", "value"),
+    Input(f"{P}-mask-unit", "value"),
     State(f"{P}-k", "value"),
 )
-def draw(resid, mask_text, ds, k):
+def draw(resid, mask_text, ds, unit, k):
     try:
         label = service.dataset_label(ds)
     except Exception as exc:
         msg = service.describe_error(exc)
-        return ui.error_alert(msg), ui.empty_figure(msg), ui.empty_figure(msg), None, no_update, no_update
-    mask_msg, mask = None, ()
+        return ui.error_alert(msg), ui.empty_figure(msg), ui.empty_figure(msg), None, None, no_update, no_update
+    if dash.ctx.triggered_id == f"{P}-mask-unit" and _reads_as(ds, mask_text, "px" if unit == "A" else "A"):
+        return (no_update,) * 7  # fill_mask rewrites the text in the new unit, which draws again
+    mask_msg, mask, pixels = None, (), None
     try:
-        mask = service.parse_mask(mask_text)
+        mask = service.parse_mask_text(ds, mask_text, unit)
     except service.UserError as exc:
         mask_msg = ui.error_alert(str(exc))
+    if mask and unit == "A":
+        pixels = "= pixels " + ", ".join(f"{a}-{b}" for a, b in mask) + " (start included, stop excluded)"
     msg = None
     try:
         resid = service.check_residuals(resid)
@@ -251,9 +316,18 @@ def draw(resid, mask_text, ds, k):
         residual_figure(resid.get("extinction"), "extinction", mask, label),
         residual_figure(resid.get("rv"), "rv", mask, label),
         mask_msg,
+        pixels,
         search,
         ui.kind_badge(label),
     )
+
+
+def _reads_as(ds, text, unit) -> bool:
+    try:
+        service.parse_mask_text(ds, text, unit)
+        return True
+    except Exception:
+        return False
 
 
 def _k(k):
@@ -269,6 +343,7 @@ def _k(k):
     State(f"{P}-ds", "value"),
     State(f"{P}-k", "value"),
     State(f"{P}-mask", "value"),
+    State(f"{P}-mask-unit", "value"),
     background=True,
     prevent_initial_call=True,
     running=[
@@ -280,13 +355,13 @@ def _k(k):
     cache_args_to_ignore=[0],  # the click count: repeated clicks join one job
     progress=[Output(f"{P}-rate-progress", "value"), Output(f"{P}-rate-progress", "label")],
 )
-def rate_with_mask(set_progress, _n, ds, k, mask_text):
+def rate_with_mask(set_progress, _n, ds, k, mask_text, unit):
     try:
         service.admit()  # a slot in the job queue, or "busy, try again"
         s = service.settings_from_controls(ds, "spectra", k, None, service.ALL, True, None)
-        mask = service.parse_mask(mask_text)
+        mask = service.parse_mask_text(ds, mask_text, unit)
         if not mask:
-            raise service.UserError("enter at least one pixel range to mask")
+            raise service.UserError("enter at least one range to mask")
         r = service.rate_with_mask(s, mask, report=service.progress_reporter(set_progress))
     except Exception as exc:
         return ui.error_alert(service.describe_error(exc))
@@ -329,22 +404,23 @@ def visits(ds, k):
         )
     fig.update_layout(
         barmode="overlay",
-        xaxis_title="pair distance / mean pair distance (RSCA space)",
-        yaxis_title="density",
-        legend={"orientation": "h", "y": -0.3},
+        xaxis_title="pair distance / median pair distance of its cluster (RSCA space; smaller = more alike)",
+        yaxis_title="probability density",
+        legend={"orientation": "h", "x": 0, "y": -0.3, "xanchor": "left", "yanchor": "top"},
     )
     sm = v["summary"]
     mt, ms = sm.get("median_together"), sm.get("median_separate")
     p = sm.get("mannwhitney_p") or sm.get("p_mannwhitney") or sm.get("p_value")
     text = (
-        f"Median similarity: together {mt:.3f}, separate {ms:.3f}"
+        f"Median normalised pair distance: together {mt:.3f}, separate {ms:.3f}"
         if mt is not None and ms is not None
         else "Not enough pairs in one of the groups"
-    ) + (f"; one-sided Mann-Whitney p = {p:.3g}" if p else "")
-    return (
-        ui.label_figure(fig, v["label"], f"App. C: intra-cluster pairs observed together vs separately (K = {s.k})"),
-        text,
+    ) + (f"; one-sided Mann-Whitney p = {p:.3g} (together closer)" if p else "")
+    fig = ui.label_figure(
+        fig, v["label"], f"App. C: distances between siblings observed together vs separately (K = {s.k})"
     )
+    fig.update_layout(margin={"b": 90})
+    return fig, text
 
 
 ui.register_settings_callbacks(P, with_input=False, with_clusters=False)

@@ -540,6 +540,57 @@ def test_inside_rsca_steps_follow_the_slider(dash_duo, dash_app, core):
     assert not severe(dash_duo.get_logs())
 
 
+def _inside_clusters(dash_duo):
+    """The cluster members' (x, y) drawn in the Inside RSCA step plot, and the axis titles."""
+    got = dash_duo.driver.execute_script(
+        "var p = document.getElementById('in-steps').getElementsByClassName('js-plotly-plot')[0];"
+        " return [p.data.slice(1).map(t => [t.x, t.y]), p.layout.xaxis.title.text, p.layout.yaxis.title.text]"
+    )
+    xy = np.vstack([np.c_[np.asarray(x, float), np.asarray(y, float)] for x, y in got[0]])
+    return xy, got[1], got[2]
+
+
+def test_inside_rsca_numbers_follow_the_plots_axis_order(dash_duo, dash_app):
+    import re
+
+    from selenium.webdriver.common.keys import Keys
+
+    dash_duo.start_server(dash_app, port=free_port())
+    open_page(dash_duo, "/inside?step=3")
+    dash_duo.wait_for_contains_text("#in-explain", "Reparametrize", timeout=60)
+    dash_duo.wait_for_contains_text("#in-numbers", "residual axis", timeout=30)
+    wait_js(dash_duo, "return document.querySelector('#in-steps .js-plotly-plot').data.length", lambda n: n and n > 2)
+    s3, x3, y3 = _inside_clusters(dash_duo)
+    text3 = dash_duo.find_element("#in-numbers").text
+    assert (x3, y3) == ("residual axis 1", "residual axis 2")
+    dash_duo.find_element("#in-step [role=slider]").send_keys(Keys.ARROW_RIGHT)
+    dash_duo.wait_for_contains_text("#in-explain", "Rescale", timeout=30)
+    s4, x4, y4 = _inside_clusters(dash_duo)
+    text4 = dash_duo.find_element("#in-numbers").text
+    assert x4.startswith("RSCA axis 1") and y4.startswith("RSCA axis 2")
+    assert text4.index("x: RSCA axis 1") < text4.index("y: RSCA axis 2")  # x first, as in the plot
+    sigmas = []
+    for i, name in enumerate("xy"):
+        # from the plotted points alone: RSCA axis i is residual axis j divided by σ
+        fits = []
+        for j in range(2):
+            a = float(s3[:, j] @ s4[:, i] / (s3[:, j] @ s3[:, j]))
+            fits.append((np.linalg.norm(s4[:, i] - a * s3[:, j]) / np.linalg.norm(s4[:, i]), j, a))
+        err, j, a = min(fits)
+        assert err < 1e-6 and a > 0
+        m = re.search(rf"{name}: RSCA axis {i + 1} = residual axis (\d+), σc = ([\d.]+), σ = ([\d.]+)", text4)
+        assert m, text4
+        assert int(m.group(1)) == j + 1
+        sigma_c, sigma = float(m.group(2)), float(m.group(3))
+        assert abs(sigma - 1 / a) < 1e-3
+        assert abs(np.sqrt(sigma_c**2 / (1 - sigma_c**2)) - sigma) < 5e-3  # Eq. 4
+        # step 3 named the same σc for that residual axis, under the plot axis that shows it
+        assert f"{'xy'[j]}: residual axis {j + 1}, σc = {m.group(2)}" in text3
+        sigmas.append(sigma)
+    assert sigmas[0] <= sigmas[1]  # RSCA axis 1 is the tightest, as the text says
+    assert not severe(dash_duo.get_logs())
+
+
 def test_data_page_counts(dash_duo, dash_app, core):
     ds = core["ds"]
     dash_duo.start_server(dash_app, port=free_port())
@@ -554,16 +605,78 @@ def test_data_page_counts(dash_duo, dash_app, core):
     assert not severe(dash_duo.get_logs())
 
 
-def test_systematics_page_loads_and_rejects_bad_bands(dash_duo, dash_app):
+def test_systematics_page_loads_and_rejects_bad_bands(dash_duo, dash_app, core):
+    import math
+
+    from selenium.webdriver.support.select import Select
+
+    w = np.asarray(core["ds"].wavelength, float)
     dash_duo.start_server(dash_app, port=free_port())
     open_page(dash_duo, "/systematics?mask=720-910")
     dash_duo.wait_for_element("#sy-mask", timeout=30)
-    assert dash_duo.find_element("#sy-mask").get_attribute("value") == "720-910"
+    # the URL's pixels are shown in Å: from pixel 720's wavelength to pixel 909's (the stop is excluded)
+    shown = f"{math.floor(w[720] * 100) / 100:.2f}-{math.ceil(w[909] * 100) / 100:.2f}"
+    assert dash_duo.find_element("#sy-mask").get_attribute("value") == shown
     set_input(dash_duo, "#sy-mask", "banana")
     # the message comes from the drawing callback, which waits for the App. A/B job the page started
-    dash_duo.wait_for_contains_text("#sy-mask-msg", "START-STOP", timeout=120)
+    dash_duo.wait_for_contains_text("#sy-mask-msg", "START-STOP in Å", timeout=120)
+    set_input(dash_duo, "#sy-mask", "9000-9100")
+    dash_duo.wait_for_contains_text("#sy-mask-msg", "holds no pixel", timeout=30)
+    Select(dash_duo.find_element("#sy-mask-unit")).select_by_value("px")  # the same numbers as pixels
     set_input(dash_duo, "#sy-mask", "9000-9100")
     dash_duo.wait_for_contains_text("#sy-mask-msg", "0 ≤ start < stop ≤ 8575", timeout=30)
+    assert not severe(dash_duo.get_logs())
+
+
+def _masked_rate(dash_duo, unit, text, timeout=300):
+    """Open Systematics, type ``text`` in ``unit``, run "rate with these bands masked"; the shown rate."""
+    from selenium.webdriver.support.select import Select
+
+    open_page(dash_duo, "/systematics")
+    dash_duo.wait_for_element("#sy-mask", timeout=30)
+    # the page's own App. A/B job first (it holds a job slot until it is done)
+    drawn = "var g = document.querySelector('#sy-ext .js-plotly-plot'); return g && g.data ? g.data.length : 0"
+    wait_js(dash_duo, drawn, lambda n: n and n > 0, timeout=timeout)
+    if unit != "A":
+        Select(dash_duo.find_element("#sy-mask-unit")).select_by_value(unit)
+    set_input(dash_duo, "#sy-mask", text)
+    if unit == "A":  # the conversion is shown under the box
+        dash_duo.wait_for_contains_text("#sy-mask-pixels", "= pixels", timeout=60)
+    wait_js(dash_duo, "return window.location.search", lambda q: q and "mask=" in q)  # the URL keeps pixels
+    pixels = dash_duo.find_element("#sy-mask-pixels").text
+    click(dash_duo, "#sy-rate-run")
+    answer = wait_js(dash_duo, "return document.getElementById('sy-rate-result').innerText", bool, timeout=timeout)
+    assert dash_duo.find_elements("#sy-rate-with"), f"no masked rate; the page says {answer!r}"
+    return dash_duo.find_element("#sy-rate-with").text.strip(), pixels, dash_duo.driver.current_url
+
+
+def test_systematics_mask_in_angstrom_is_the_same_as_the_pixel_mask(dash_duo, dash_app, core):
+    ds = core["ds"]
+    w = np.asarray(ds.wavelength, float)
+    ranges = [(15300.0, 15320.0), (16100.5, 16110.25)]
+    pixels = []
+    for a, b in ranges:  # every pixel whose wavelength lies in the range, straight from the grid
+        idx = np.flatnonzero((w >= a) & (w <= b))
+        assert idx.size > 10 and np.all(np.diff(idx) == 1)
+        pixels.append((int(idx[0]), int(idx[-1]) + 1))
+    as_pixels = ", ".join(f"{a}-{b}" for a, b in pixels)
+    dash_duo.start_server(dash_app, port=free_port())
+
+    rate_px, _, url_px = _masked_rate(dash_duo, "px", as_pixels)
+    rate_a, shown, url_a = _masked_rate(dash_duo, "A", "15300-15320, 16100.5-16110.25")
+    assert shown.startswith(f"= pixels {as_pixels}")  # the conversion shown under the box
+    in_url = "mask=" + ",".join(f"{a}-{b}" for a, b in pixels)
+    assert in_url in url_a and in_url in url_px  # the URL keeps the pixels, whichever unit was typed
+    # and both are the engine's rate with those pixels masked in the compression
+    pca = ds.compress(K_FIT, seed=0, extra_mask_ranges=tuple(pixels), use_cache=False)
+    want = core["rate"](z=pca.scores[:, : min(30, K_FIT)]).global_rate
+    assert rate_a == rate_px == f"{want:.4f}"
+    assert rate_a != f"{core['rate'](k=min(30, K_FIT)).global_rate:.4f}", "masking changed nothing: test too weak"
+    # switching the unit rewrites the box in the other unit, the same pixels
+    from selenium.webdriver.support.select import Select
+
+    Select(dash_duo.find_element("#sy-mask-unit")).select_by_value("px")
+    dash_duo.wait_for_text_to_equal("#sy-mask", as_pixels, timeout=30)
     assert not severe(dash_duo.get_logs())
 
 
@@ -629,7 +742,7 @@ def test_every_page_opens_without_console_errors(dash_duo, dash_app):
 
 
 def test_data_page_builds_a_simulated_survey_in_the_background(dash_duo, dash_app):
-    from rsca_core import Dataset
+    from rsca_core import Dataset, doppelganger_rates
 
     dash_duo.start_server(dash_app, port=free_port())
     open_page(dash_duo, "/data")
@@ -644,6 +757,33 @@ def test_data_page_builds_a_simulated_survey_in_the_background(dash_duo, dash_ap
     built = Path(os.environ["RSCA_DATA_DIR"]) / "tiny"
     ds = Dataset.load(built)
     assert ds.label == "simulated" and len(ds.field_index) == 120
+    # the page now shows it, and offers to prepare the compression Explore needs
+    dash_duo.wait_for_contains_text("#dt-facts", "field stars 120", timeout=30)
+    dash_duo.wait_for_contains_text("#dt-pca-status", "Not computed yet", timeout=30)
+    assert not ds.has_compression(K_FIT, 0)
+    click(dash_duo, "#sim-prepare")  # queues prepare_compression in the job queue
+    dash_duo.wait_for_contains_text("#dt-pca-result", "Compression of tiny ready", timeout=240)
+    assert ds.has_compression(K_FIT, 0)
+    dash_duo.wait_for_contains_text("#dt-pca-status", "Ready", timeout=30)
+    click(dash_duo, "#dt-explore-ready")
+    comp = ds.compress(K_FIT, seed=0)  # the job's compression, read back from its cache
+    fi, ci = ds.field_index, ds.cluster_index
+    st = ds.stars
+    z = comp.scores[:, : min(30, K_FIT)]
+    vh, ak = st["vhelio_avg"].to_numpy(float), st["ak_targ"].to_numpy(float)
+    want = doppelganger_rates(
+        z[fi],
+        z[ci],
+        st["cluster"].to_numpy(dtype=object)[ci],
+        pop_vhelio=vh[fi],
+        pop_ak=ak[fi],
+        clust_vhelio=vh[ci],
+        clust_ak=ak[ci],
+        cv=True,
+        random_state=0,
+    ).global_rate
+    assert shown_rate(dash_duo, timeout=60) == f"{want:.4f}"
+    assert "ds=tiny" in dash_duo.driver.current_url
     # it is offered in the dataset menus from now on
     open_page(dash_duo, "/data?ds=tiny")
     dash_duo.wait_for_contains_text("#dt-facts", "field stars 120", timeout=30)

@@ -90,7 +90,16 @@ from .settings import (
     top_note,
 )
 from .simulator import BUILDS_OFF, build_policy, build_simulated, cleanup_interrupted_builds, simulate_options
-from .systematics import check_residuals, paper_mask_ranges, rate_with_mask, residual_diagnostics, visit_comparison
+from .systematics import (
+    MASK_UNITS,
+    check_residuals,
+    mask_text,
+    paper_mask_ranges,
+    parse_mask_text,
+    rate_with_mask,
+    residual_diagnostics,
+    visit_comparison,
+)
 from .web import BOOTSTRAP_CSS_URL, SECURITY_HEADERS, health, init_app, install_request_checks, on_callback_error
 
 __all__ = [
@@ -204,4 +213,7 @@ __all__ = [
     "state_dir",
     "uid",
     "visit_comparison",
+    "MASK_UNITS",
+    "mask_text",
+    "parse_mask_text",
 ]

@@ -263,7 +263,9 @@ def paper_value(s: Settings) -> str:
 
 
 def inside_steps(s: Settings, max_field: int = 3000) -> dict:
-    """The four steps of Fig. 1 on the first two PCA components of the dataset (cached)."""
+    """The four steps of Fig. 1 on the first two PCA components of the dataset (cached): each step's
+    coordinates of a sample of ``max_field`` field stars and of every cluster star, the whole field's
+    covariance after each step, and the fitted σc (reparametrized order), σ and order (output order)."""
     return _inside_cached(s.key(), max_field)
 
 
@@ -276,8 +278,10 @@ def _inside_cached(key: str, max_field: int) -> dict:
     model = RSCA().fit(ri.z_pop, ri.z_clust, ri.cluster_ids)
     rng = np.random.default_rng(0)
     sub = np.sort(rng.choice(len(ri.z_pop), size=min(max_field, len(ri.z_pop)), replace=False))
+    whole = model.transform_steps(ri.z_pop)  # the whole field: its covariance after each step
     return {
-        "field": [np.asarray(z, float) for z in model.transform_steps(ri.z_pop[sub])],
+        "field": [np.asarray(z, float)[sub] for z in whole],
+        "field_cov": [np.cov(np.asarray(z, float).T) for z in whole],
         "clusters": [np.asarray(z, float) for z in model.transform_steps(ri.z_clust)],
         "names": np.asarray(ri.cluster_ids),
         "sigma_c": np.asarray(model.sigma_c_, float),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -11,15 +13,74 @@ from rsca_core.fileio import jsonable
 
 from .compute import compression, compute_rates, fit_map
 from .datasets import SEED, compression_ready, load
-from .errors import UserError
+from .errors import UserError, short
 from .jobs import compression_progress, prepare_compression
-from .settings import N_PIXELS, Settings
+from .settings import MAX_MASK_RANGES, N_PIXELS, Settings, parse_mask
+
+#: Units of the Systematics page's masked ranges: wavelength in Å (the default) or pixel indices.
+MASK_UNITS = {"A": "Å", "px": "pixels"}
+_WAVE_RANGE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*[-–]\s*(\d+(?:\.\d*)?)\s*$")
 
 
 def paper_mask_ranges() -> tuple:
     from rsca_core import PAPER_MASK_RANGES
 
     return tuple(tuple(r) for r in PAPER_MASK_RANGES)
+
+
+def _wavelength_grid(key) -> np.ndarray:
+    w = np.asarray(load(key).wavelength, float)
+    if w.ndim != 1 or len(w) < 2 or not np.all(np.diff(w) > 0):
+        raise UserError(f"dataset {key!r}: its wavelength grid is not increasing; enter the masked ranges in pixels")
+    return w
+
+
+def parse_mask_text(key, text, unit="A") -> tuple:
+    """Masked ranges as typed on the Systematics page, as pixel ranges ``((start, stop), …)`` (stop
+    excluded), sorted and without duplicates; UserError naming the bad range.
+
+    ``unit="A"``: wavelength ranges "15267-15280.5, …" in Å, inclusive: every pixel of the dataset's
+    wavelength grid with start ≤ λ ≤ stop (a range reaching past the grid is cut at its ends; one
+    holding no pixel is an error). ``unit="px"``: pixel ranges, as :func:`.settings.parse_mask`."""
+    if unit == "px":
+        return parse_mask(text)
+    if unit != "A":
+        raise UserError(f"masked ranges: unit must be one of {', '.join(MASK_UNITS.values())}")
+    if text in (None, ""):
+        return ()
+    parts = [p for p in str(text).replace(";", ",").split(",") if p.strip()]
+    if len(parts) > MAX_MASK_RANGES:
+        raise UserError(f"at most {MAX_MASK_RANGES} wavelength ranges, not {len(parts)}")
+    w = _wavelength_grid(key)
+    out = []
+    for p in parts:
+        m = _WAVE_RANGE.match(p)
+        if m is None:
+            raise UserError(f"wavelength range {short(p, 24)!r} must look like START-STOP in Å (e.g. 15267-15280)")
+        a, b = float(m.group(1)), float(m.group(2))
+        if not a < b:
+            raise UserError(f"wavelength range {a:g}-{b:g} Å: start must be below stop")
+        start, stop = int(np.searchsorted(w, a, side="left")), int(np.searchsorted(w, b, side="right"))
+        if stop <= start:
+            raise UserError(
+                f"wavelength range {a:g}-{b:g} Å holds no pixel of this dataset (grid {w[0]:.2f}-{w[-1]:.2f} Å)"
+            )
+        out.append((start, stop))
+    return tuple(sorted(set(out)))
+
+
+def mask_text(key, ranges, unit="A") -> str:
+    """Pixel ranges written in ``unit`` for the page's text box: in Å, from the first pixel's
+    wavelength (rounded down to 0.01 Å) to the last one's (rounded up), so that
+    :func:`parse_mask_text` gives back exactly these pixels."""
+    if unit == "px" or not ranges:
+        return ", ".join(f"{a}-{b}" for a, b in ranges)
+    w = _wavelength_grid(key)
+    out = []
+    for a, b in ranges:
+        a, b = max(0, min(int(a), len(w) - 1)), max(1, min(int(b), len(w)))
+        out.append(f"{math.floor(w[a] * 100) / 100:.2f}-{math.ceil(w[b - 1] * 100) / 100:.2f}")
+    return ", ".join(out)
 
 
 def residual_diagnostics(key, n_components: int = 30, max_stars: int = 3000, report=None) -> dict:
@@ -51,8 +112,9 @@ def residual_diagnostics(key, n_components: int = 30, max_stars: int = 3000, rep
 
 
 def visit_comparison(s: Settings) -> dict:
-    """App. C: intra-cluster similarity of siblings observed together vs separately, in the RSCA space
-    of the settings (fitted without CV on the selected clusters)."""
+    """App. C: distances between siblings observed together vs separately, in the RSCA space of the
+    settings (fitted without CV on the selected clusters), each divided by the median pair distance
+    of its cluster; only the clusters with pairs of both kinds, as in the summary's test."""
     from rsca_core import diagnostics
 
     ds = load(s.ds)
@@ -64,6 +126,8 @@ def visit_comparison(s: Settings) -> dict:
     rep = np.asarray(model.transform(np.asarray(z, float)))
     vs = diagnostics.visit_similarity(ds, rep, k=s.k)
     pairs = vs.pairs
+    if "compared" in pairs:  # the pairs the summary compares (clusters with both kinds of pairs)
+        pairs = pairs[pairs["compared"].to_numpy(bool)]
     return {
         "label": ds.label,
         "summary": jsonable(vs.summary),
