@@ -164,3 +164,11 @@ def test_quick_reproduce_sweeps_separate_compressions_up_to_k60():
     s = X.settings_for(quick=True, seed=0, k=30)
     assert s["k_sweep"] == {"ks": (10, 20, 30, 40, 60), "truncate_from": None}
     assert X.settings_for(quick=True, k=8)["k_sweep"]["ks"] == (8, 10, 20, 30, 40, 60)
+    # one compression at K in every experiment: none of them cuts a smaller K from a larger fit
+    for quick in (True, False):
+        cut = {
+            n: e["truncate_from"]
+            for n, e in X.settings_for(quick=quick).items()
+            if isinstance(e, dict) and "truncate_from" in e
+        }
+        assert len(cut) >= 3 and {n: v for n, v in cut.items() if v is not None} == {}
