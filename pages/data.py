@@ -270,7 +270,7 @@ def prepare(set_progress, _n, ds):
     except Exception as exc:
         return ui.error_alert(service.describe_error(exc))
     return dbc.Alert(
-        [f"Compression of {ds} ready. ", _explore_link(ds, f"{P}-explore-ready")],
+        [f"Compression ready for {ds}. ", _explore_link(ds, f"{P}-explore-ready")],
         color="success",
         class_name="py-1 mb-0",
     )

@@ -762,7 +762,7 @@ def test_data_page_builds_a_simulated_survey_in_the_background(dash_duo, dash_ap
     dash_duo.wait_for_contains_text("#dt-pca-status", "Not computed yet", timeout=30)
     assert not ds.has_compression(K_FIT, 0)
     click(dash_duo, "#sim-prepare")  # queues prepare_compression in the job queue
-    dash_duo.wait_for_contains_text("#dt-pca-result", "Compression of tiny ready", timeout=240)
+    dash_duo.wait_for_contains_text("#dt-pca-result", "Compression ready for tiny", timeout=240)
     assert ds.has_compression(K_FIT, 0)
     dash_duo.wait_for_contains_text("#dt-pca-status", "Ready", timeout=30)
     click(dash_duo, "#dt-explore-ready")

@@ -216,6 +216,7 @@ def test_a_masked_rate_leaves_no_compression_behind(main, place):
     cache = place / "survey" / "cache"
     before = sorted(p.name for p in cache.iterdir())
     values = {"sy-rate-run.n_clicks": 1, "sy-ds.value": "default", "sy-k.value": "6", "sy-mask.value": "100-200"}
+    values["sy-mask-unit.value"] = "px"  # pixel ranges (the page offers Å first)
     status, ans, _ = main.cbs.call(dh.Client(main.port), "sy-rate-result.children", values, ["sy-rate-run.n_clicks"])
     assert status == 200 and "sy-rate-with" in text_of(ans), text_of(ans)[:300]
     assert sorted(p.name for p in cache.iterdir()) == before
@@ -226,6 +227,7 @@ def test_systematics_cost_is_linear_in_bands_and_urls_are_capped(main):
     c = dh.Client(main.port, timeout=30)  # the old code took 93 s for 263 ranges, 373 s for 400 bands
     ranges = ",".join(f"{10 * i}-{10 * i + 5}" for i in range(263))
     draw = {"sy-resid.data": None, "sy-mask.value": ranges, "sy-ds.value": "default", "sy-k.value": "6"}
+    draw["sy-mask-unit.value"] = "px"
     status, ans, _ = main.cbs.call(c, "sy-ext.figure", draw, ["sy-mask.value"])
     assert status == 200 and "at most 40 pixel ranges" in text_of(ans)
     short = ",".join(f"{i}-{i + 1}" for i in range(100, 400, 3))  # 100 ranges in a shareable link
@@ -241,6 +243,7 @@ def test_systematics_cost_is_linear_in_bands_and_urls_are_capped(main):
     }
     mask = ",".join(f"{20 * i + 11}-{20 * i + 15}" for i in range(40))
     draw = {"sy-resid.data": {"extinction": panel}, "sy-mask.value": mask, "sy-ds.value": "default", "sy-k.value": "6"}
+    draw["sy-mask-unit.value"] = "px"
     status, ans, _ = main.cbs.call(c, "sy-ext.figure", draw, ["sy-resid.data"])
     assert status == 200
     assert len(ans["response"]["sy-ext"]["figure"]["layout"]["shapes"]) == 440
