@@ -671,52 +671,57 @@ class MaskedPCA(TransformerMixin, BaseEstimator):
             if np.any(delta != 0):
                 Yd = Y.astype(np.float64) - dv[None, :]
                 B -= n * np.outer(delta, dv)
-            H = V.T @ B
-            H = (H + H.T) / 2
-            lam, E = np.linalg.eigh(H)
-            idx = np.argsort(lam)[::-1]
-            lam, E = lam[idx], E[:, idx]
-            W = V @ E[:, :K]
-            Z = np.asarray(Yd, dtype=np.float64) @ E[:, :K]
-            # Deterministic signs: the largest |loading| of each component is positive.
-            sign = np.sign(W[np.argmax(np.abs(W), axis=0), np.arange(K)])
-            sign[sign == 0] = 1
-            W *= sign
-            Z *= sign
-            # Convergence bookkeeping.
-            moved = 0.0
-            if W_prev is not None:
-                s = np.linalg.svd(W_prev.T @ W, compute_uv=False)
-                moved = float(np.sqrt(max(0.0, 1.0 - min(1.0, s.min() ** 2))))
-            if Z_prev is not None:
-                self.objective_.append(sq_err)
+            lam, E, W = self._ritz(V, B, K)
+            Z = np.asarray(Yd, dtype=np.float64) @ E
+            stop = self._pass_done(it, W_prev, W, sq_err, has_missing, kb == p, on_pass)
             mu_center = mu_new
             W_prev, Z_prev = W, Z
             V, _ = np.linalg.qr(B) if kb < p else (V, None)
-            if len(self.objective_) >= 2:
-                o0, o1 = self.objective_[-2], self.objective_[-1]
-                rel = (o0 - o1) / max(o0, np.finfo(float).tiny)
-            else:
-                rel = np.inf
-            # the quantity the stopping rule below compares with tol (complete data: the subspace's move)
-            self.last_change_ = float(rel if has_missing or it == 0 else moved)
-            if on_pass is not None:
-                on_pass(it + 1, self.last_change_, self.tol)
-            exact_basis = kb == p
-            # With missing pixels the EM objective decides (the subspace may keep turning inside a
-            # near-degenerate pair of eigenvalues at the K-th axis without changing the fit);
-            # on complete data the subspace itself must settle (or the fit to ~tol²).
-            if not has_missing and (exact_basis or (it > 0 and (moved < self.tol or rel < self.tol**2))):
-                self.converged_ = True
-                break
-            if has_missing and rel < self.tol:
-                self.converged_ = True
+            if stop:
                 break
         self.n_iter_ = it + 1
         self.components_ = W.T.copy()
         self.mean_ = mu_center
         self.explained_variance_ = lam[:K] / max(n - 1, 1)
         return Z
+
+    @staticmethod
+    def _ritz(V, B, K):
+        """The Rayleigh–Ritz step of a pass: the eigenpairs of the projected ``Vᵀ Cᵀ C V`` (largest
+        first; ``B = Cᵀ C V``), the K new axes ``W = V E`` and their coefficients ``E``, with
+        deterministic signs (the largest |loading| of each axis is positive)."""
+        lam, E = np.linalg.eigh((V.T @ B + B.T @ V) / 2)
+        idx = np.argsort(lam)[::-1]
+        lam, E = lam[idx], E[:, idx[:K]]
+        W = V @ E
+        sign = np.sign(W[np.argmax(np.abs(W), axis=0), np.arange(K)])
+        sign[sign == 0] = 1
+        return lam, E * sign, W * sign
+
+    def _pass_done(self, it, W_prev, W, sq_err, has_missing, exact_basis, on_pass) -> bool:
+        """After pass ``it`` (0-based): record the objective, report the change the stopping rule
+        compares with ``tol`` through ``on_pass``, and say whether to stop (``converged_``).
+
+        With missing pixels the EM objective decides (the subspace may keep turning inside a
+        near-degenerate pair of eigenvalues at the K-th axis without changing the fit); on complete
+        data the subspace itself must settle (or the fit to ~tol²)."""
+        moved = 0.0
+        if W_prev is not None:
+            s = np.linalg.svd(W_prev.T @ W, compute_uv=False)
+            moved = float(np.sqrt(max(0.0, 1.0 - min(1.0, s.min() ** 2))))
+            self.objective_.append(sq_err)
+        rel = np.inf
+        if len(self.objective_) >= 2:
+            o0, o1 = self.objective_[-2], self.objective_[-1]
+            rel = (o0 - o1) / max(o0, np.finfo(float).tiny)
+        self.last_change_ = float(rel if has_missing or it == 0 else moved)
+        if on_pass is not None:
+            on_pass(it + 1, self.last_change_, self.tol)
+        if has_missing:
+            self.converged_ = bool(rel < self.tol)
+        else:
+            self.converged_ = bool(exact_basis or (it > 0 and (moved < self.tol or rel < self.tol**2)))
+        return self.converged_
 
     def _em_fast(self, passes, n, p, mu_fill, has_missing, K, dtype, rng, on_pass):
         """The unweighted EM passes (see the module docstring) over ``passes``: in-memory chunks
@@ -749,40 +754,14 @@ class MaskedPCA(TransformerMixin, BaseEstimator):
             delta = mu_new - mu_center
             dv = delta @ V
             B -= n * np.outer(delta, dv)
-            lam, E = np.linalg.eigh((V.T @ B + B.T @ V) / 2)
-            idx = np.argsort(lam)[::-1]
-            lam, E = lam[idx], E[:, idx]
-            W = V @ E[:, :K]
-            Z = Y @ E[:, :K] - (dv @ E[:, :K])[None, :]  # float64 scores at the new mean
-            # Deterministic signs: the largest |loading| of each component is positive.
-            sign = np.sign(W[np.argmax(np.abs(W), axis=0), np.arange(K)])
-            sign[sign == 0] = 1
-            W *= sign
-            Z *= sign
-            moved = 0.0
-            if W_prev is not None:
-                s = np.linalg.svd(W_prev.T @ W, compute_uv=False)
-                moved = float(np.sqrt(max(0.0, 1.0 - min(1.0, s.min() ** 2))))
-            if W_prev is not None:
-                self.objective_.append(sq_err)
+            lam, E, W = self._ritz(V, B, K)
+            Z = Y @ E - (dv @ E)[None, :]  # float64 scores at the new mean
+            stop = self._pass_done(it, W_prev, W, sq_err, has_missing, kb == p, on_pass)
             mu_center = mu_new
             W_prev, Z_prev = W, Z
             if kb < p:
                 V = np.linalg.qr(B)[0]
-            rel = np.inf
-            if len(self.objective_) >= 2:
-                o0, o1 = self.objective_[-2], self.objective_[-1]
-                rel = (o0 - o1) / max(o0, np.finfo(float).tiny)
-            self.last_change_ = float(rel if has_missing or it == 0 else moved)
-            on_pass(it + 1, self.last_change_, self.tol)
-            # With missing pixels the EM objective decides (the subspace may keep turning inside a
-            # near-degenerate pair of eigenvalues at the K-th axis without changing the fit);
-            # on complete data the subspace itself must settle (or the fit to ~tol²).
-            if not has_missing and (kb == p or (it > 0 and (moved < self.tol or rel < self.tol**2))):
-                self.converged_ = True
-                break
-            if has_missing and rel < self.tol:
-                self.converged_ = True
+            if stop:
                 break
         self.n_iter_ = it + 1
         self.components_ = W.T.copy()
