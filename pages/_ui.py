@@ -83,6 +83,10 @@ def label_figure(fig: go.Figure, label: str | None, title: str | None = None, to
 
 
 def empty_figure(text: str = "", height: int = 300) -> go.Figure:
+    """A blank panel saying ``text`` (wrapped: an annotation does not wrap by itself)."""
+    import textwrap
+
+    text = "<br>".join(textwrap.wrap(text, 90))
     fig = go.Figure()
     fig.update_layout(
         template=TEMPLATE,

@@ -522,6 +522,9 @@ def update_features(store):
         s = _settings(store)
         if s is None:
             return ui.empty_figure("no result"), ui.empty_figure("no result")
+        if s.input == "spectra" and not service.compression_ready(s.ds, s.mask, s.weights, k=s.k):
+            msg = f"The features appear when the exact K = {s.k} compression is ready (being computed: see the bar above)."
+            return ui.empty_figure(msg), ui.empty_figure(msg)
         f = service.features(s)
         return features_figure(f), vhelio_figure(f)
     except Exception as exc:

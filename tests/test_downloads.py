@@ -21,7 +21,7 @@ from pages import _service as service
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A small simulated bundle as the default dataset, its K_FIT = 12 compression cached."""
+    """A small simulated bundle as the default dataset, its exact K = 8 and K_FIT = 12 compressions cached."""
     from flask import Flask
 
     from tests.helpers import small_dataset
@@ -37,7 +37,8 @@ def tiny(tmp_path_factory):
         service.config.reload()
         small_dataset(n_field=300, sizes=(3, 4, 5, 6, 4, 5)).save(tmp_path / "default")
         ds = service.load("default")
-        ds.compress(12, seed=service.SEED)
+        for k in (8, 12):  # the K of the CSV test, and K_FIT
+            ds.compress(k, seed=service.SEED)
         app = Flask("downloads-test")  # the result cache the downloads read through
         service.init_app(app)
         with app.app_context():
