@@ -439,3 +439,22 @@ def _preview_then_exact(ds):
     got = service.rates(s)
     assert "preview" not in got
     assert got["global_rate"] == pytest.approx(_engine_rate(ds, 8, "rsca").global_rate, abs=1e-12)
+
+
+def test_the_web_process_computes_with_one_blas_thread_and_jobs_get_theirs_back():
+    """Forking a job while another request thread is inside a multi-threaded BLAS call deadlocked
+    the worker (seen in the browser tests: the fork's OpenBLAS handler waited for the busy pool)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from pages._service import jobqueue, jobs
+
+    def blas():
+        return max([i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] or [1])
+
+    jobs.reset_background_manager()
+    manager = service.background_manager()
+    assert blas() == 1
+    assert manager.job_blas_threads == jobqueue._blas_threads() >= 1
+    assert jobqueue._with_blas_threads(blas, 2)() == 2  # what a job process runs with
+    threadpool_limits(limits=1, user_api="blas")
+    jobs.reset_background_manager()

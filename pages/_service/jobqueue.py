@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import fcntl
+import functools
 import logging
 from pathlib import Path
 
@@ -48,13 +49,44 @@ def _manager_base():
     return DiskcacheManager
 
 
+@functools.lru_cache(maxsize=1)
+def _blas_threads() -> int:
+    """Threads the BLAS library used when first asked, i.e. before this module limited them
+    (1 if there is no BLAS threadpoolctl can see)."""
+    from threadpoolctl import threadpool_info
+
+    return max([int(i.get("num_threads") or 1) for i in threadpool_info() if i.get("user_api") == "blas"] or [1])
+
+
+def _with_blas_threads(job_fn, n: int):
+    """``job_fn`` run with ``n`` BLAS threads: a job process gets back the threads the web process gave up."""
+
+    def run(*args):
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=n, user_api="blas")
+        return job_fn(*args)
+
+    return run
+
+
 class BoundedManager(_manager_base()):
-    """DiskcacheManager with a cap on running jobs, joining of identical jobs and a busy answer."""
+    """DiskcacheManager with a cap on running jobs, joining of identical jobs and a busy answer.
+
+    Jobs are forked from the web process. Forking while another request thread is inside a
+    multi-threaded BLAS call deadlocks the worker (OpenBLAS's fork handler waits for its busy thread
+    pool; seen with gunicorn ``--threads 2`` and in the browser tests). So the web process computes
+    with one BLAS thread, and each job process takes back the threads the process had at start.
+    """
 
     def __init__(self, handle, lock_path: Path, max_jobs: int, cache_by, expire: int):
+        from threadpoolctl import threadpool_limits
+
         super().__init__(handle, cache_by=cache_by, expire=expire)
         self.lock_path = Path(lock_path)
         self.max_jobs = int(max_jobs)
+        self.job_blas_threads = _blas_threads()
+        threadpool_limits(limits=1, user_api="blas")  # for the life of the process (see above)
 
     # ------------------------------------------------------------------ registry of running jobs
     @contextlib.contextmanager
@@ -103,7 +135,7 @@ class BoundedManager(_manager_base()):
             if self.result_ready(key):  # finished before: served from the store, no process
                 return 0
             if len(reg) < self.max_jobs:
-                pid = super().call_job_fn(key, job_fn, args, context)
+                pid = super().call_job_fn(key, _with_blas_threads(job_fn, self.job_blas_threads), args, context)
                 with contextlib.suppress(psutil.Error):
                     reg[key] = {"pid": pid, "created": psutil.Process(pid).create_time(), "refs": 1}
                 self.handle.set(REGISTRY, reg)
