@@ -679,11 +679,15 @@ class MaskedPCA(TransformerMixin, BaseEstimator):
             V, _ = np.linalg.qr(B) if kb < p else (V, None)
             if stop:
                 break
-        self.n_iter_ = it + 1
-        self.components_ = W.T.copy()
-        self.mean_ = mu_center
-        self.explained_variance_ = lam[:K] / max(n - 1, 1)
+        self._set_fitted(W, mu_center, lam[:K], n, it + 1)
         return Z
+
+    def _set_fitted(self, W, mean, lam, n, n_iter):
+        """The fitted attributes from the last pass: axes ``W`` (P × K), mean, eigenvalues, passes."""
+        self.n_iter_ = n_iter
+        self.components_ = W.T.copy()
+        self.mean_ = mean
+        self.explained_variance_ = lam / max(n - 1, 1)
 
     @staticmethod
     def _ritz(V, B, K):
@@ -763,10 +767,7 @@ class MaskedPCA(TransformerMixin, BaseEstimator):
                 V = np.linalg.qr(B)[0]
             if stop:
                 break
-        self.n_iter_ = it + 1
-        self.components_ = W.T.copy()
-        self.mean_ = mu_center
-        self.explained_variance_ = lam[:K] / max(n - 1, 1)
+        self._set_fitted(W, mu_center, lam[:K], n, it + 1)
         return Z
 
     def _initial_basis(self, take_rows, n, p, kb, mu_fill, rng, n_sample=None):
