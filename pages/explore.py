@@ -522,11 +522,11 @@ def update_features(store):
         s = _settings(store)
         if s is None:
             return ui.empty_figure("no result"), ui.empty_figure("no result")
-        if s.input == "spectra" and not service.compression_ready(s.ds, s.mask, s.weights, k=s.k):
-            msg = f"The features appear when the exact K = {s.k} compression is ready (being computed: see the bar above)."
-            return ui.empty_figure(msg), ui.empty_figure(msg)
         f = service.features(s)
         return features_figure(f), vhelio_figure(f)
+    except service.CompressionNotReady:  # a preview is shown: the features wait for the exact fit
+        msg = f"The features appear when the exact K = {s.k} compression is ready (being computed: see the bar above)."
+        return ui.empty_figure(msg), ui.empty_figure(msg)
     except Exception as exc:
         msg = service.describe_error(exc)
         return ui.empty_figure(msg), ui.empty_figure(msg)
