@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .compress import block_pass, block_stats, is_dask_array, missing_positions
+from .compress import block_first, block_pass, is_dask_array, missing_positions, raise_non_finite
 
 __all__ = ["DaskPasses", "dask_arrays", "scheduler", "write_zarr", "ZARR_ARRAYS"]
 
@@ -46,9 +46,12 @@ __all__ = ["DaskPasses", "dask_arrays", "scheduler", "write_zarr", "ZARR_ARRAYS"
 ZARR_ARRAYS = ("spectra", "mask", "errors")
 
 
-def _stats(x, m, dtype):
-    x = np.array(x, dtype=dtype, copy=True)
-    return block_stats(x, None if m is None else np.asarray(m, dtype=bool))
+def _first(x, m, mu, V, a):
+    c = np.subtract(x, mu, dtype=mu.dtype)
+    colsum, nobs, n_missing, bad, Y, B = block_first(c, None if m is None else np.asarray(m, bool), V)
+    if bad is not None:
+        return None, (colsum, nobs, n_missing, 0.0, [(a + bad[0], bad[1])])
+    return Y, (colsum, nobs, n_missing, np.asarray(B, dtype=np.float64), [])
 
 
 def _pass(x, m, mu, V, Wt, Zb):
@@ -58,13 +61,11 @@ def _pass(x, m, mu, V, Wt, Zb):
 
 
 def _add(parts):
-    colsum, sq, B = parts[0]
-    colsum, B = colsum.copy(), B.copy()
-    for c, s, b in parts[1:]:
-        colsum += c
-        sq += s
-        B += b
-    return colsum, sq, B
+    """The element-wise sum of the parts' tuples (arrays, numbers; lists are joined)."""
+    out = parts[0]
+    for part in parts[1:]:
+        out = tuple(o + q for o, q in zip(out, part))
+    return out
 
 
 def _tree_sum(items, fan_in=8):
@@ -97,18 +98,20 @@ class DaskPasses:
         mb = [None] * len(xb) if self.mask is None else list(self.mask.to_delayed().ravel())
         return list(zip(xb, mb))
 
-    def stats(self):
-        """Pass 0: observed column sums and counts, number missing (validates the data)."""
+    def first(self, mu_c, V, Y):
+        """The first pass as one dask computation (``block_first``): fills ``Y`` and returns the column
+        sums, observed counts, number missing and B = Cᵀ C V; a non-finite observed entry raises."""
         import dask
         from dask import delayed
 
-        parts = dask.compute(*[delayed(_stats)(x, m, self.dtype) for x, m in self._blocks()])
-        for (a, _), (_, _, _, bad) in zip(self.bounds, parts):
-            if bad is not None:
-                raise ValueError(
-                    f"non-finite value at observed entry (row {a + bad[0]}, column {bad[1]}); mask it or fix the data"
-                )
-        return sum(p[0] for p in parts), sum(p[1] for p in parts), int(sum(p[2] for p in parts))
+        mu_d, V_d = delayed(mu_c, pure=True), delayed(V, pure=True)
+        outs = [delayed(_first, nout=2)(x, m, mu_d, V_d, a) for (x, m), (a, _) in zip(self._blocks(), self.bounds)]
+        *ys, (colsum, nobs, n_missing, B, bad) = dask.compute(*[o[0] for o in outs], _tree_sum([o[1] for o in outs]))
+        if bad:
+            raise_non_finite(*min(bad))
+        for y, (a, b) in zip(ys, self.bounds):
+            Y[a:b] = y
+        return colsum, nobs, int(n_missing), B
 
     def columns(self, keep):
         """The same passes restricted to the columns ``keep``."""
