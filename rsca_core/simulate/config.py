@@ -73,7 +73,7 @@ class SimulationConfig:
     two_alpha_sequences: bool = True  #: a high-α thick-disc sequence besides the low-α thin disc
     thick_fraction: float = 0.2  #: fraction of field giants on the high-α sequence
     dredge_up: bool = True  #: first dredge-up: [C/Fe] down, [N/Fe] up with giant mass
-    element_scatter: float = 0.012  #: independent per-element scatter of field chemistry (dex, typical)
+    element_scatter: float = 0.02  #: independent per-element scatter of field chemistry (dex, typical)
     cluster_spread: float = 0.01  #: intrinsic abundance spread inside a cluster (dex)
     # --- spectra
     atomic_lines: bool = True  #: atomic lines of the 21 species
@@ -90,7 +90,8 @@ class SimulationConfig:
     dib_depth_per_ak: float = 0.2  #: central depth of the 15273 Å band per magnitude of A_K
     rv_systematics: bool = True  #: telluric/sky residuals at observed wavelengths + RV shift error
     rv_strength: float = 1.0  #: amplitude of the telluric/sky residuals (× the star's own draw)
-    rv_shift_fraction: float = 0.002  #: rest-frame velocity error (template mismatch) as a fraction of VHELIO_AVG
+    rv_shift_fraction: float = 0.004  #: rest-frame velocity error (template mismatch) as a fraction of VHELIO_AVG
+    rv_mismatch_spread: float = 0.5  #: star-to-star spread of that error: × (1 + spread · z), z ~ N(0, 1) per star
     plate_systematics: bool = True  #: residuals shared by stars observed on the same visits
     plate_strength: float = 0.5  #: per-visit flat-field pattern left after continuum normalisation (× 0.25 % per term)
     noise: bool = True  #: per-pixel Gaussian noise from the SNR

@@ -13,8 +13,8 @@ from ..constants import ALLSTAR_ELEMENTS, MISSING_VALUE, STAR_BAD_BIT
 #: for open clusters, is larger than its formal errors; with the lower end the abundance-based
 #: doppelganger rate of the default survey falls to ~0.008, with these it is ~0.02 like the paper's.)
 LABEL_PRECISION = {
-    "Fe": 0.02,
-    "Mg": 0.028,
+    "Fe": 0.03,
+    "Mg": 0.03,
     "Si": 0.03,
     "Ni": 0.03,
     "C": 0.05,
