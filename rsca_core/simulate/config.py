@@ -10,7 +10,9 @@ from ..constants import PAPER_MASK_RANGES, ranges_to_mask
 #: Version of the simulator's physics, recorded in every simulated bundle. Raise it whenever a change
 #: makes the same seed and config give other stars or spectra (the app then rebuilds its default
 #: survey instead of showing numbers from an older model). 2: clusters carry catalogue values.
-SIMULATOR_VERSION = 2
+#: 3: per-star template-mismatch factor of the rest-frame shift error; calibrated defaults of
+#: session 5 (docs/simulator.md).
+SIMULATOR_VERSION = 3
 #: Default number of field stars of the embedded default survey.
 DEFAULT_N_FIELD = 20000
 #: Cluster sizes (after the cuts) of the default: 22 clusters, 185 stars, like the paper.
