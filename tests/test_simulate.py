@@ -456,6 +456,8 @@ def test_bad_config_is_a_clear_error():
         sim.generate_survey(sim.SimulationConfig(), n_field=0)
     with pytest.raises(ValueError, match="unknown simulation setting"):
         sim.SimulationConfig.from_dict({"dibz": False})
+    with pytest.raises(ValueError, match="rv_mismatch_spread must be >= 0"):
+        sim.SimulationConfig(rv_mismatch_spread=-0.5)
 
 
 def test_ensure_default_dataset_builds_once(tmp_path):

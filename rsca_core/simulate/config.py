@@ -125,6 +125,7 @@ class SimulationConfig:
             "thick_fraction",
             "element_scatter",
             "cluster_spread",
+            "rv_mismatch_spread",
             "bad_pixel_fraction",
             "error_floor",
         ):
