@@ -7,7 +7,7 @@ follows the simulator without a copy of its parameter list.
 from __future__ import annotations
 
 import dash_bootstrap_components as dbc
-from dash import ALL, Input, Output, State, callback, html, no_update
+from dash import ALL, Input, Output, State, callback, clientside_callback, dcc, html, no_update
 
 from . import _service as service
 from . import _ui as ui
@@ -68,6 +68,7 @@ def simulate_card():
                 if switches
                 else None,
                 dbc.Button("Build", id=f"{P}-run", color="primary", size="sm", class_name="me-2 mt-2"),
+                dcc.Store(id=f"{P}-request"),  # one token per click: each click is a new build (see below)
                 dbc.Button("Cancel", id=f"{P}-cancel", color="secondary", size="sm", class_name="mt-2", disabled=True),
                 dbc.Progress(
                     id=f"{P}-progress",
@@ -107,11 +108,22 @@ def register_simulate_callbacks(dataset_select: str):
     if not service.build_policy()["allowed"]:
         return
 
+    # Each click becomes a request token of its own (the click count and the browser's clock), which
+    # the build job takes as its input: the job store never answers a click with an earlier build's
+    # result (a survey deleted and built again under the same name and settings was reported "Built"
+    # without being built). A second click while a build runs cannot happen: the button is disabled.
+    clientside_callback(
+        "function(n) { return n ? {n: n, t: Date.now()} : window.dash_clientside.no_update; }",
+        Output(f"{P}-request", "data"),
+        Input(f"{P}-run", "n_clicks"),
+        prevent_initial_call=True,
+    )
+
     @callback(
         Output(f"{P}-result", "children"),
         Output(dataset_select, "options"),
         Output(dataset_select, "value"),
-        Input(f"{P}-run", "n_clicks"),
+        Input(f"{P}-request", "data"),
         State(f"{P}-name", "value"),
         State(f"{P}-nfield", "value"),
         State(f"{P}-seed", "value"),
@@ -125,7 +137,6 @@ def register_simulate_callbacks(dataset_select: str):
             (Output(f"{P}-progress", "style"), {"display": "flex"}, {"display": "none"}),
         ],
         cancel=[Input(f"{P}-cancel", "n_clicks")],
-        cache_args_to_ignore=[0],  # the click count: repeated clicks join one job
         progress=[Output(f"{P}-progress", "value"), Output(f"{P}-progress", "label")],
     )
     def build(set_progress, _n, name, n_field, seed, flag_values, flag_ids):

@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -787,6 +788,16 @@ def test_data_page_builds_a_simulated_survey_in_the_background(dash_duo, dash_ap
     # it is offered in the dataset menus from now on
     open_page(dash_duo, "/data?ds=tiny")
     dash_duo.wait_for_contains_text("#dt-facts", "field stars 120", timeout=30)
+    # deleted outside the app and built again with the same name and settings: really built again
+    # (the job store once answered with the first build's "Built" and wrote nothing)
+    shutil.rmtree(built)
+    open_page(dash_duo, "/data")
+    dash_duo.wait_for_element("#sim-run", timeout=30)
+    set_input(dash_duo, "#sim-name", "tiny")
+    set_input(dash_duo, "#sim-nfield", "120")
+    click(dash_duo, "#sim-run")
+    dash_duo.wait_for_contains_text("#sim-result", "Built", timeout=180)
+    assert (built / "meta.json").is_file() and len(Dataset.load(built).field_index) == 120
     assert not severe(dash_duo.get_logs())
 
 
