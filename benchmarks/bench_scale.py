@@ -17,8 +17,9 @@
 Prints times and peak memory (ru_maxrss of this process; the workers are threads in it), and a
 projection to 5,000,000 stars on W workers from the measured per-chunk cost of a pass.
 The simulator of rsca_core (physical spectra) is not used: it takes ~20 ms a star on one core.
-``--save-scores DIR`` keeps the K = 30 scores and the metadata (for ``bench_app_survey.py``);
-``--delete`` removes the simulated Zarr survey after measuring.
+The survey is a dataset bundle (spectra and mask in Zarr, random star labels) and its compression
+is cached in it, so ``bench_first_view.py`` can open it in the dashboard; ``--delete`` removes it
+after measuring.
 
     python benchmarks/bench_scale.py [--n N] [--k 30] [--workers 2] [--chunk-rows 4096] [--project 5000000]
 """
@@ -106,8 +107,48 @@ def simulate_zarr(n, chunk_rows, n_clusters=22, per_cluster=10, seed=0):
     ak[:n_cl] = ca[cluster_ids] + rng.normal(0, 0.02, n_cl)
     meta = {"vhelio": vh, "ak": ak, "ids": np.array([f"OC{c:02d}" for c in cluster_ids], dtype=object)}
     np.savez(out / "meta.npz", **meta)
+    write_bundle_files(out, n, meta, rng)
     (out / "done").write_text("ok")
     return out, meta
+
+
+def write_bundle_files(out, n, meta, rng):
+    """Make the Zarr survey a dataset bundle (stars.csv, wavelength.npy, meta.json last), so that
+    ``Dataset.load``, ``compress`` and the dashboard open it. The star labels are random draws in
+    APOGEE-like ranges (this survey's spectra are not made from them): the bundle is for timing."""
+    import pandas as pd
+
+    from rsca_core.constants import ABUNDANCE_COLUMNS, apogee_wavelength
+    from rsca_core.dataset import FORMAT_VERSION
+    from rsca_core.fileio import atomic_write_text
+
+    n_cl = len(meta["ids"])
+    stars = pd.DataFrame(
+        {
+            "apogee_id": [f"2M{i:08d}" for i in range(n)],
+            "cluster": np.concatenate([meta["ids"].astype(str), np.full(n - n_cl, "")]),
+            "teff": rng.normal(4700, 400, n).round(1),
+            "logg": rng.normal(2.5, 0.6, n).round(3),
+            "fe_h": rng.normal(-0.2, 0.3, n).round(4),
+            **{c: rng.normal(-0.2, 0.3, n).round(4) for c in ABUNDANCE_COLUMNS},
+            "ak_targ": meta["ak"].round(5),
+            "vhelio_avg": meta["vhelio"].round(4),
+            "snr": rng.gamma(4, 40, n).round(1),
+            "visits": np.full(n, "1"),
+        }
+    )
+    stars.to_csv(out / "stars.csv", index=False)
+    np.save(out / "wavelength.npy", apogee_wavelength(P))
+    info = {
+        "format": "rsca-bundle",
+        "version": FORMAT_VERSION,
+        "n_stars": n,
+        "n_pixels": P,
+        "kind": "simulated",
+        "uid": f"bench-scale-{n}",
+        "provenance": {"benchmark": "bench_scale.py: low-rank + noise spectra, random labels (timing only)"},
+    }
+    atomic_write_text(out / "meta.json", json.dumps(info, indent=2))
 
 
 def disk_bytes(path):
@@ -156,7 +197,7 @@ def compress_on_cluster(path, args):
     import dask.array as da
     from distributed import Client, LocalCluster
 
-    from rsca_core import MaskedPCA
+    from rsca_core import Dataset
 
     with (
         LocalCluster(
@@ -179,13 +220,14 @@ def compress_on_cluster(path, args):
                 log(f"pass {i}: {times[-1] - times[-2]:.1f} s (change {rel:.2e}, tol {tol:.0e})")
 
         t = time.perf_counter()
-        pca = MaskedPCA(args.k, random_state=0, progress=progress)
-        Z = pca.fit_transform(X, M)
+        comp = Dataset.load(path).compress(args.k, arrays=(X, M), progress=progress)  # cached in the bundle
         t_pca = time.perf_counter() - t
+        Z = comp.scores
     passes = np.diff(times[1:])  # times[1] is the start (pass 0 of the callback), then one per pass
     return {
         "Z": Z,
-        "pca": pca,
+        "n_iter": comp.n_iter,
+        "converged": comp.converged,
         "t_pca": t_pca,
         "t_floor": t_floor,
         "n_chunks": X.npartitions,
@@ -232,7 +274,6 @@ def main():
     ap.add_argument("--threads", type=int, default=1, help="threads per worker")
     ap.add_argument("--chunk-rows", type=int, default=4096)
     ap.add_argument("--project", type=int, default=5_000_000)
-    ap.add_argument("--save-scores", help="folder to keep the scores and metadata in (scores.npy, meta.npz)")
     ap.add_argument("--delete", action="store_true", help="delete the simulated survey after measuring")
     args = ap.parse_args()
 
@@ -251,11 +292,10 @@ def main():
         + ", ".join(f"{k} {v:.3f} s" for k, v in costs.items() if k != "rows")
     )
     r = compress_on_cluster(path, args)
-    pca = r["pca"]
     n_chunks = r["n_chunks"]
     log(
         f"compress K={args.k} on a LocalCluster ({args.workers} workers × {args.threads} thread(s), {n_chunks} chunks "
-        f"of {args.chunk_rows} rows): {r['t_pca']:.0f} s, {pca.n_iter_} passes (converged: {pca.converged_}), "
+        f"of {args.chunk_rows} rows): {r['t_pca']:.0f} s, {r['n_iter']} passes (converged: {r['converged']}), "
         f"{r['per_pass']:.1f} s a pass (median; pass 1 {r['first_pass']:.1f} s)"
     )
     log(
@@ -270,14 +310,6 @@ def main():
         f"{costs['read spectra']:.2f} s"
     )
     Z = r["Z"]
-    if args.save_scores:
-        from pathlib import Path
-
-        keep = Path(args.save_scores)
-        keep.mkdir(parents=True, exist_ok=True)
-        np.save(keep / "scores.npy", Z)
-        np.savez(keep / "meta.npz", **meta)
-        np.savez(keep / "pca.npz", components=pca.components_, mean=pca.mean_, var=pca.explained_variance_)
     t_rates, g, t_index, t_query = rates_and_siblings(Z, meta, args.n)
     log(
         f"siblings: RSCA map + k-d tree of {len(Z):,} stars {t_index:.1f} s; the 10 nearest of one star {t_query * 1e3:.1f} ms"
@@ -289,9 +321,9 @@ def main():
     chunk_cost = r["per_pass"] * args.workers * args.threads / n_chunks
     print(f"\nprojection to {args.project:,} stars (measured cost of a chunk-pass: {chunk_cost:.2f} s of one core):")
     for w in (args.workers * args.threads, 16, 64):
-        t_comp = (pca.n_iter_ + 1) * (args.project / args.chunk_rows) * chunk_cost / w
+        t_comp = (r["n_iter"] + 1) * (args.project / args.chunk_rows) * chunk_cost / w
         print(
-            f"  {w:>3} workers: compress ≈ {t_comp / 60:.0f} min ({pca.n_iter_} passes + pass 0), rates ≈ "
+            f"  {w:>3} workers: compress ≈ {t_comp / 60:.0f} min ({r['n_iter']} passes + pass 0), rates ≈ "
             f"{t_rates * f / 60:.1f} min, tree ≈ {t_index * f * np.log(args.project) / np.log(args.n):.0f} s, "
             f"scores {args.project * args.k * 8 / 2**30:.1f} GiB"
         )
