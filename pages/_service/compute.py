@@ -149,12 +149,11 @@ def compute_rates(s: Settings, allow_compute: bool = False, pca=None) -> dict:
             top_n=s.top_n,
             method=s.method,
             random_state=SEED,
+            keep_distances="histogram",  # each cluster's counts, not its distances: memory flat in the field size
         )
     per = res.per_cluster.reset_index(drop=True).copy()
-    hists = {
-        name: distance_histogram(res.intra_distances.get(name, np.empty(0)), res.inter_distances.get(name, np.empty(0)))
-        for name in per["cluster"]
-    }
+    empty = np.empty(0)
+    hists = {name: res.histograms.get(name) or distance_histogram(empty, empty) for name in per["cluster"]}
     return {
         "global_rate": float(res.global_rate),
         "per_cluster": per,
