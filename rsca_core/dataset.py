@@ -601,7 +601,7 @@ class Dataset:
             "n_left_out": int(self.n_stars - keep.sum()),
         }
         return RateInputs(
-            z_pop=np.asarray(z[fi], dtype=float),
+            z_pop=np.asarray(_take_rows(z, fi), dtype=float),
             z_clust=np.asarray(z[ci], dtype=float),
             cluster_ids=cid[ci],
             pop_vhelio=vh[fi],
@@ -610,6 +610,14 @@ class Dataset:
             clust_ak=ak[ci],
             description=desc | {"dataset": self.name, "kind": self.kind},
         )
+
+
+def _take_rows(z: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``z[rows]``, as a view when the rows are one contiguous run (the field of most bundles: a
+    million stars' scores are then not copied for every rate)."""
+    if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
+        return z[rows[0] : rows[-1] + 1]
+    return z[rows]
 
 
 def _open_zarr(zpath: Path, shape, dtype):

@@ -342,14 +342,13 @@ def _fold_loop(groups, fold_geom, pop, members, top_ns, results, keep_distances,
         if flt is not None:
             pfilter, cvh, ca = flt
             cand, pair_ok = pfilter.candidates(cvh[idx], ca[idx])
-        else:
-            cand = slice(None)
-            pair_ok = np.ones((len(idx), len(Z_pop)), dtype=bool)
-        Zf = np.take(Z_pop, cand, axis=0) if flt is not None else Z_pop.copy()
-        Zf -= mean
+            Zf, center = np.take(Z_pop, cand, axis=0), None
+            Zf -= mean
+        else:  # every field star: centred chunk by chunk inside the fold, not copied whole
+            Zf, center, pair_ok = Z_pop, mean, None
         for n in top_ns:
             rate, med, n_pairs, intra, dist = fold_rate(
-                geom.matrix(n), members[idx], Zf, sphere, pair_ok, bool(keep_distances)
+                geom.matrix(n), members[idx], Zf, sphere, pair_ok, bool(keep_distances), center
             )
             results[n]["rows"].append((name, len(idx), rate, med, n_pairs))
             if keep_distances == "histogram":  # this cluster's counts only: its distances are dropped here

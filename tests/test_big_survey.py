@@ -60,3 +60,37 @@ def test_normalising_leaves_the_callers_frame_alone():
     pd.testing.assert_frame_equal(df, before)
     assert out["apogee_id"].tolist() == ["a", ""] and out["cluster"].tolist() == ["", "X"]
     assert list(out.index) == [0, 1] and np.array_equal(out["teff"], [1.0, 2.0])
+
+
+@pytest.mark.parametrize("with_filter", [True, False])
+def test_rates_scored_in_field_chunks_equal_one_whole_field_pass(monkeypatch, with_filter):
+    """A fold scores the field in chunks (bounded memory); tiny chunks give the rates, medians,
+    pair counts and every kept distance of the one-block pass, and match distances computed pair by pair."""
+    from rsca_core import RSCA, _folds, doppelganger_rates
+    from tests.helpers import planted
+
+    Z_pop, Z_clust, ids, meta = planted(seed=11, spread=0.9)
+    kw = meta if with_filter else {}
+    whole = doppelganger_rates(Z_pop, Z_clust, ids, **kw)
+    monkeypatch.setattr(_folds, "FOLD_BLOCK", 7)  # a few field stars per chunk
+    chunked = doppelganger_rates(Z_pop, Z_clust, ids, **kw)
+    pd.testing.assert_frame_equal(chunked.per_cluster, whole.per_cluster)
+    assert chunked.global_rate == whole.global_rate
+    for c, d in whole.inter_distances.items():
+        np.testing.assert_allclose(chunked.inter_distances[c], d, rtol=1e-12)
+    # one cluster's distances, pair by pair, in member-major order
+    c = sorted(set(ids))[1]
+    members = np.flatnonzero(ids == c)
+    est = RSCA().fit(Z_pop, Z_clust[ids != c], ids[ids != c])
+    Ym, Yp = est.transform(Z_clust[members]), est.transform(Z_pop)
+    want = [
+        np.linalg.norm(Ym[a] - Yp[f])
+        for a, i in enumerate(members)
+        for f in np.argsort(meta["pop_vhelio"], kind="stable")
+        if not with_filter
+        or (
+            abs(meta["pop_vhelio"][f] - meta["clust_vhelio"][i]) < 5.0
+            and abs(meta["pop_ak"][f] - meta["clust_ak"][i]) < 0.05
+        )
+    ]
+    np.testing.assert_allclose(np.sort(chunked.inter_distances[c]), np.sort(want), rtol=1e-9)

@@ -208,7 +208,13 @@ def _density(x, y) -> dict | None:
         yr = yr + np.array([-0.5, 0.5])
     nb = int(np.clip(np.sqrt(x.size) / 1.5, 15, 70))
     h, xe, ye = np.histogram2d(x, y, bins=(nb, max(10, int(nb * 0.7))), range=(xr, yr))
-    return {"counts": h.T, "x": 0.5 * (xe[1:] + xe[:-1]), "y": 0.5 * (ye[1:] + ye[:-1])}
+    return {
+        "counts": h.T,
+        "x": 0.5 * (xe[1:] + xe[:-1]),
+        "y": 0.5 * (ye[1:] + ye[:-1]),
+        "n": int(x.size),  # field stars with both values; the bins hold those in the central 99 %
+        "n_binned": int(h.sum()),
+    }
 
 
 @cache.memoize()
