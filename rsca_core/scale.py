@@ -186,11 +186,15 @@ class DaskPasses:
 
         mu_d, V_d = delayed(mu_c, pure=True), delayed(V, pure=True)
         Wt_d = None if Wt is None else delayed(Wt, pure=True)
+        zbs = [None if Z is None else Z[a:b].astype(self.dtype) for a, b in self.bounds]
+        client = _distributed_client()
+        if client is not None and Z is not None:
+            # the previous scores go to the workers directly, not inside the task graph (N × K a pass)
+            zbs = client.scatter(zbs)
         outs = []
-        for i, ((x, m), (a, b)) in enumerate(zip(self._blocks(), self.bounds)):
-            Zb = None if Z is None else Z[a:b].astype(self.dtype)
+        for i, ((x, m), zb) in enumerate(zip(self._blocks(), zbs)):
             miss = m if self.kept is None else self.kept[i]
-            outs.append(delayed(_pass, nout=2)(x, miss, mu_d, V_d, Wt_d, Zb))
+            outs.append(delayed(_pass, nout=2)(x, miss, mu_d, V_d, Wt_d, zb))
         *ys, (colsum, sq, B) = dask.compute(*[o[0] for o in outs], _tree_sum([o[1] for o in outs]))
         for y, (a, b) in zip(ys, self.bounds):
             Y[a:b] = y
@@ -199,6 +203,20 @@ class DaskPasses:
     def sample(self, rows):
         X = np.asarray(self.X[rows].compute(), dtype=np.float64)
         return X, None if self.mask is None else np.asarray(self.mask[rows].compute(), dtype=bool)
+
+
+def _distributed_client():
+    """The ``distributed`` client that ``dask.compute`` will use now, or None (threads, synchronous)."""
+    try:
+        from dask.base import get_scheduler
+        from distributed import default_client
+    except ImportError:
+        return None
+    try:
+        client = default_client()
+    except ValueError:  # no client
+        return None
+    return client if get_scheduler() == client.get else None
 
 
 def transform(pca, X, mask=None) -> np.ndarray:
