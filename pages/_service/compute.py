@@ -221,17 +221,19 @@ def _density(x, y) -> dict | None:
 def _features_cached(key: str, n_features: int) -> dict:
     s = settings_from_key(key)
     ds = load(s.ds)
+    # only the n_features leading axes are drawn: the field (a million stars on a big survey) is
+    # projected on those alone
     if s.method == "rsca":
         model, ri = fit_map(s)
-        yf = np.asarray(model.transform(ri.z_pop))
         yc = np.asarray(model.transform(ri.z_clust))
+        yf = np.asarray(model.transform(ri.z_pop, top_n=min(n_features, yc.shape[1])))
         scales = np.asarray(model.scales_, float)
     else:  # the method's linear map fitted on every selected cluster (no CV), as fit_map does for RSCA
         from rsca_core.learners import linear_map
 
         ri = rate_inputs(s)
         M = linear_map(s.method, ri.z_clust, ri.cluster_ids, random_state=SEED)
-        yf, yc, scales = ri.z_pop @ M.T, ri.z_clust @ M.T, None
+        yf, yc, scales = ri.z_pop @ M[:n_features].T, ri.z_clust @ M.T, None
     nf = min(n_features, yf.shape[1])
     st, fi = ds.stars, ds.field_index
     feh, vh = st["fe_h"].to_numpy(float), st["vhelio_avg"].to_numpy(float)
