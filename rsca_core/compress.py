@@ -19,8 +19,10 @@ The fixed point with missing data is the least-squares rank-K fit of the observe
 Without weights (the default) one pass is three products per row chunk — the previous model's
 reconstruction (to impute the missing pixels and measure the error of the observed ones), ``C V`` and
 ``Cᵀ (C V)`` — into reused buffers, with the missing positions of each chunk found once (pass 0) and
-kept as flat indices (5 % of the matrix in int32 when 5 % is missing). The chunk work is one function
-(:func:`_block_pass`): the in-memory loop and the Dask graph (:mod:`rsca_core.scale`; a dask array
+kept as flat indices (5 % of the matrix in int32 when 5 % is missing). The first pass has no model yet:
+it centres on the mean of the starting row sample, fills the missing entries with it, and counts the
+observed entries and checks them for NaN/inf on the way (no separate pass for the mean). The chunk work
+is one function per pass kind (:func:`block_first`, :func:`block_pass`): the in-memory loop and the Dask graph (:mod:`rsca_core.scale`; a dask array
 ``X`` runs every pass as one dask computation, on threads or a ``distributed`` cluster) call the same
 code, so both give the same fit.
 """
@@ -38,7 +40,9 @@ from .progress import ConvergenceBar
 #: Version of the fitting algorithm: part of the file name of cached compressions
 #: (``Dataset.compression_path``), so that a compression fitted by an older algorithm is never served.
 #: 2: one-pass imputation into reused buffers, missing positions kept as indices, dask passes.
-ALGORITHM_VERSION = 2
+#: 3: no pass of its own for the mean (the first pass centres on a row sample's mean and counts the
+#: observed entries); the sample is read from the file instead of through the memory map.
+ALGORITHM_VERSION = 3
 
 #: Default cap of the inverse-variance weights: errors below 0.005 (SNR 200 per pixel) count as 0.005.
 IVAR_CAP = 1.0 / 0.005**2
@@ -133,12 +137,14 @@ def missing_positions(m):
     return idx.astype(np.int32) if m.size < 2**31 else idx
 
 
-def block_stats(x, m):
+def block_stats(x, m, miss=None):
     """Pass 0 on one row block: observed column sums (float64), observed counts, missing count and
     the first non-finite observed entry (row, column) or None. ``x`` is modified (missing entries → 0).
+    ``miss``: the block's missing positions when already found (``missing_positions(m)``).
     """
     m = None if m is None else np.asarray(m, dtype=bool)
-    miss = missing_positions(m)
+    if miss is None:
+        miss = missing_positions(m)
     if miss is not None:
         np.put(x, miss, 0)
     nobs = np.full(x.shape[1], x.shape[0], dtype=np.int64)
@@ -152,6 +158,22 @@ def block_stats(x, m):
             bad = (int(r), int(c))
         colsum = x.sum(axis=0, dtype=np.float64)
     return np.asarray(colsum, dtype=np.float64), nobs, 0 if miss is None else int(miss.size), bad
+
+
+def block_first(c, m, V, miss=None):
+    """The first pass over a row block ``c`` of the data, centred on the sample's centre (overwritten):
+    ``block_stats`` (missing entries take the centre, observed counts, the first non-finite observed
+    entry) and the products ``Y = C V``, ``B = Cᵀ Y``. Returns ``(colsum, nobs, n_missing, bad, Y, B)``."""
+    colsum, nobs, n_missing, bad = block_stats(c, m, miss)
+    if bad is not None:
+        return colsum, nobs, n_missing, bad, None, None
+    Y = c @ V
+    return colsum, nobs, n_missing, bad, Y, c.T @ Y
+
+
+def raise_non_finite(row, column):
+    """The one error for a NaN or inf at an observed entry."""
+    raise ValueError(f"non-finite value at observed entry (row {row}, column {column}); mask it or fix the data")
 
 
 def block_pass(c, miss, V, Wt=None, Zb=None, rbuf=None):
@@ -197,6 +219,21 @@ class _FileRows:
         except (OSError, TypeError):
             return None
         return cls(arr) if whole else None
+
+    def take(self, rows):
+        """The rows ``rows`` (sorted indices), read one by one from the file."""
+        out = np.empty((len(rows), self.shape[1]), dtype=self.dtype)
+        with open(self.filename, "rb", buffering=0) as fh:
+            for i, r in enumerate(rows):
+                view = memoryview(out[i]).cast("B")
+                fh.seek(self.offset + int(r) * self.row_bytes)
+                got = 0
+                while got < len(view):
+                    k = fh.readinto(view[got:])
+                    if not k:
+                        raise ValueError(f"{self.filename}: truncated (row {r} cannot be read)")
+                    got += k
+        return out
 
     def read(self, a, b, out=None):
         if out is None or out.dtype != self.dtype or out.shape != (b - a, self.shape[1]):
@@ -264,24 +301,29 @@ class _ChunkedPasses:
         used += 0 if pos is None else pos.nbytes
         return (kept + [pos], used) if used <= self.budget else (None, used)
 
-    def stats(self):
-        """Pass 0: observed column sums and counts, number missing (validates the data)."""
-        p = self.X.shape[1]
-        colsum, nobs, n_missing, kept, used = np.zeros(p), np.zeros(p, np.int64), 0, [], 0
+    def first(self, mu_c, V, Y):
+        """The first pass (``block_first``): Y (N × kb, filled in place), column sums of the data
+        completed with the centre, observed counts, number missing and B = Cᵀ C V; the missing positions
+        are kept for the next passes and a non-finite observed entry raises."""
+        p, kb = self.X.shape[1], V.shape[1]
+        colsum, nobs, n_missing, B, kept, used = np.zeros(p), np.zeros(p, np.int64), 0, np.zeros((p, kb)), [], 0
         for a, b in self.bounds:
-            x = self._rows(a, b)
+            c = self._rows(a, b, mu_c)
             m = self._mask(a, b)
-            cs, nb, nm, bad = block_stats(x, m)
+            miss = missing_positions(m)
+            cs, nb, nm, bad, y, bb = block_first(c, m, V, miss)
             if bad is not None:
-                raise ValueError(
-                    f"non-finite value at observed entry (row {a + bad[0]}, column {bad[1]}); mask it or fix the data"
-                )
+                raise_non_finite(a + bad[0], bad[1])
             colsum += cs
             nobs += nb
             n_missing += nm
-            kept, used = self._keep_positions(kept, used, m)
-        self.miss = kept
-        return colsum, nobs, n_missing
+            Y[a:b] = y
+            B += bb
+            if kept is not None and m is not None:
+                used += 0 if miss is None else miss.nbytes
+                kept = kept + [miss] if used <= self.budget else None
+        self.miss = kept if self.mask is not None else None
+        return colsum, nobs, n_missing, B
 
     def columns(self, keep):
         """The same passes restricted to the columns ``keep`` (missing positions found again)."""
@@ -311,8 +353,13 @@ class _ChunkedPasses:
         return colsum, sq, B
 
     def sample(self, rows):
-        X = np.asarray(self.X[rows], dtype=np.float64)
-        return X, None if self.mask is None else np.asarray(self.mask[rows], dtype=bool)
+        """Rows ``rows`` (sorted) of the data (float64) and of the mask; read from the files when they
+        are memory maps, so the sample does not map (and count as resident) the pages around them."""
+        X = self.xfile.take(rows) if self.xfile is not None and not isinstance(self.X, _Columns) else self.X[rows]
+        if self.mask is None:
+            return np.asarray(X, dtype=np.float64), None
+        m = self.mfile.take(rows) if self.mfile is not None and not isinstance(self.mask, _Columns) else self.mask[rows]
+        return np.asarray(X, dtype=np.float64), np.asarray(m, dtype=bool)
 
 
 class MaskedPCA(TransformerMixin, BaseEstimator):
@@ -433,9 +480,7 @@ class MaskedPCA(TransformerMixin, BaseEstimator):
                     bad &= ~m
                 if bad.any():
                     r, c = np.argwhere(bad)[0]
-                    raise ValueError(
-                        f"non-finite value at observed entry (row {a + r}, column {c}); mask it or fix the data"
-                    )
+                    raise_non_finite(a + r, c)
             yield a, b, chunk, m
 
     # ------------------------------------------------------------------ fitting
@@ -497,24 +542,56 @@ class MaskedPCA(TransformerMixin, BaseEstimator):
             passes = DaskPasses(X, mask, dtype)
         else:
             passes = _ChunkedPasses(X, mask, dtype, self.chunk_rows or _chunk_rows(p, np.dtype(dtype).itemsize))
-        colsum, nobs, n_missing = passes.stats()
-        mu_fill = np.divide(colsum, nobs, out=np.zeros(p), where=nobs > 0)
-        self.missing_fraction_ = n_missing / float(n * p)
         self.n_features_in_ = p
+        V, mu, colsum, B, Y, nobs, n_missing = self._first_pass(passes, n, p, K, dtype, rng)
+        self.missing_fraction_ = n_missing / float(n * p)
         keep = nobs > 0
         if not keep.any():
             raise ValueError("every pixel is missing for every star")
-        if not keep.all():
+        pk = int(keep.sum())
+        if pk < K:
+            raise ValueError(
+                f"n_components={K} is larger than the data allows: only {pk} pixels are observed for any star"
+            )
+        n_missing -= n * (p - pk)
+        if pk < p:
             # Pixels missing for every star (masked bands) carry no information: the passes skip them,
-            # and they get zero loadings and zero mean.
-            n_missing -= int(n * (~keep).sum())
+            # and they get zero loadings and zero mean. The first pass's products are kept: those
+            # columns of the centred data were zero, and the sample's basis is zero there.
             passes = passes.columns(keep)
-        Z = self._em_fast(passes, n, int(keep.sum()), mu_fill[keep], n_missing > 0, K, dtype, rng, on_pass)
-        if not keep.all():
+            if V.shape[1] == p:  # the exact basis (the identity)
+                V, B, Y, mu, colsum = (
+                    np.eye(pk),
+                    B[keep][:, keep],
+                    np.ascontiguousarray(Y[:, keep]),
+                    mu[keep],
+                    colsum[keep],
+                )
+            elif V.shape[1] <= pk:
+                V, B, mu, colsum = V[keep], B[keep], mu[keep], colsum[keep]
+            else:  # a basis wider than the kept pixels: start again on them
+                V, mu, colsum, B, Y, _, _ = self._first_pass(passes, n, pk, K, dtype, rng)
+        Z = self._em_fast(passes, n, pk, (V, mu, colsum, B, Y), n_missing > 0, K, dtype, on_pass)
+        if pk < p:
             W, mu = np.zeros((K, p)), np.zeros(p)
             W[:, keep], mu[keep] = self.components_, self.mean_
             self.components_, self.mean_ = W, mu
         return Z
+
+    def _first_pass(self, passes, n, p, K, dtype, rng):
+        """The starting basis (from a row sample, which also gives the first centre) and the first
+        pass over the data, which also counts the observed entries and validates them (so that the
+        mean needs no pass of its own). Returns ``(V, centre, column sums, B, Y, observed counts,
+        number missing)``."""
+        kb = min(p, n, K + int(self.oversample))
+        if p <= self.exact_below:
+            kb = p
+        V, mu = self._initial_basis(passes.sample, n, p, kb, rng)
+        if kb == p:
+            V = np.eye(p)
+        Y = np.empty((n, kb), dtype=dtype)
+        colsum, nobs, n_missing, B = passes.first(mu.astype(dtype), V.astype(dtype), Y)
+        return V, mu, colsum, B, Y, nobs, n_missing
 
     def _fit_weighted(self, X, mask, errors, K, dtype, rng, on_pass):
         """The weighted fit (``weights="ivar"`` with non-uniform errors): the EM of version 1."""
@@ -623,13 +700,13 @@ class MaskedPCA(TransformerMixin, BaseEstimator):
             V = np.eye(p)
         else:
             kb = min(p, n, K + int(self.oversample))
-            V = self._initial_basis(
+            V, _ = self._initial_basis(
                 lambda r: (np.asarray(X[r], dtype=np.float64), None if mask is None else np.asarray(mask[r], bool)),
                 n,
                 p,
                 kb,
-                mu_fill,
                 rng,
+                center=mu_fill,
             )
         mu_center = mu_fill.copy()  # mean the pass centres with
         W_prev = Z_prev = None  # model of the previous pass (for imputation)
@@ -692,13 +769,13 @@ class MaskedPCA(TransformerMixin, BaseEstimator):
     @staticmethod
     def _ritz(V, B, K):
         """The Rayleigh–Ritz step of a pass: the eigenpairs of the projected ``Vᵀ Cᵀ C V`` (largest
-        first; ``B = Cᵀ C V``), the K new axes ``W = V E`` and their coefficients ``E``, with
-        deterministic signs (the largest |loading| of each axis is positive)."""
+        first; ``V`` orthonormal, ``B = Cᵀ C V``), the K new axes ``W = V E`` and their coefficients
+        ``E``, with deterministic signs (the largest |loading| of each axis is positive)."""
         lam, E = np.linalg.eigh((V.T @ B + B.T @ V) / 2)
         idx = np.argsort(lam)[::-1]
         lam, E = lam[idx], E[:, idx[:K]]
         W = V @ E
-        sign = np.sign(W[np.argmax(np.abs(W), axis=0), np.arange(K)])
+        sign = np.sign(W[np.argmax(np.abs(W), axis=0), np.arange(W.shape[1])])
         sign[sign == 0] = 1
         return lam, E * sign, W * sign
 
@@ -727,33 +804,23 @@ class MaskedPCA(TransformerMixin, BaseEstimator):
             self.converged_ = bool(exact_basis or (it > 0 and (moved < self.tol or rel < self.tol**2)))
         return self.converged_
 
-    def _em_fast(self, passes, n, p, mu_fill, has_missing, K, dtype, rng, on_pass):
+    def _em_fast(self, passes, n, p, first, has_missing, K, dtype, on_pass):
         """The unweighted EM passes (see the module docstring) over ``passes``: in-memory chunks
         (``_ChunkedPasses``) or a dask graph (``rsca_core.scale.DaskPasses``), the same arithmetic.
 
-        Each pass imputes the missing entries from the previous model (and measures that model's
-        squared error on the observed ones), accumulates ``C V`` and ``Cᵀ C V``, corrects the shift of
-        the mean exactly, and makes a Rayleigh–Ritz step; ``on_pass(pass_index, change, tol)`` is called
-        after every pass (the display is not here). Over 80 lines: the pass, the Ritz step and
-        the stopping rule share their arrays.
+        ``first``: the basis, centre, column sums, ``Cᵀ C V`` and ``C V`` of the first pass
+        (``_first_pass``). Each later pass imputes the missing entries from the previous model (and
+        measures that model's squared error on the observed ones), accumulates ``C V`` and ``Cᵀ C V``,
+        corrects the shift of the mean exactly, and makes a Rayleigh–Ritz step;
+        ``on_pass(pass_index, change, tol)`` is called after every pass (the display is not here).
         """
-        if p < K:
-            raise ValueError(
-                f"n_components={K} is larger than the data allows: only {p} pixels are observed for any star"
-            )
-        if p <= self.exact_below:
-            kb, V = p, np.eye(p)
-        else:
-            kb = min(p, n, K + int(self.oversample))
-            V = self._initial_basis(passes.sample, n, p, kb, mu_fill, rng)
-        mu_center = mu_fill.copy()  # mean the pass centres with
+        V, mu_center, colsum, B, Y = first
+        kb = V.shape[1]
         W_prev = Z_prev = None  # model of the previous pass (for imputation)
         self.objective_ = []
         self.converged_ = False
-        Y = np.empty((n, kb), dtype=dtype)
-        for it in range(int(self.max_iter)):
-            Wt = None if W_prev is None else np.ascontiguousarray(W_prev.T, dtype=dtype)
-            colsum, sq_err, B = passes.run(mu_center.astype(dtype), V.astype(dtype), Wt, Z_prev, Y)
+        sq_err, it = 0.0, 0
+        while True:
             mu_new = mu_center + colsum / n
             delta = mu_new - mu_center
             dv = delta @ V
@@ -763,31 +830,53 @@ class MaskedPCA(TransformerMixin, BaseEstimator):
             stop = self._pass_done(it, W_prev, W, sq_err, has_missing, kb == p, on_pass)
             mu_center = mu_new
             W_prev, Z_prev = W, Z
+            it += 1
+            if stop or it >= int(self.max_iter):
+                break
             if kb < p:
                 V = np.linalg.qr(B)[0]
-            if stop:
-                break
-        self._set_fitted(W, mu_center, lam[:K], n, it + 1)
+            Wt = np.ascontiguousarray(W_prev.T, dtype=dtype)
+            colsum, sq_err, B = passes.run(mu_center.astype(dtype), V.astype(dtype), Wt, Z_prev, Y)
+        self._set_fitted(W, mu_center, lam[:K], n, it)
         return Z
 
-    def _initial_basis(self, take_rows, n, p, kb, mu_fill, rng, n_sample=None):
+    def _initial_basis(self, take_rows, n, p, kb, rng, center=None, n_sample=None):
         """Starting basis: leading right singular vectors of a random row sample (mean-imputed),
         completed with random directions. Saves most of the passes a random start would need.
-        ``take_rows(rows)`` returns those rows of the data (float64) and of the mask (or None)."""
+        ``take_rows(rows)`` returns those rows of the data (float64) and of the mask (or None).
+
+        ``center``: the column centre of the sample; None takes the sample's own observed column
+        means (a column the sample never observes: the mean of all its observed entries), so that the
+        first pass needs no pass of its own for the mean. Returns ``(V, center)``; ``V`` is zero on
+        the columns the sample never observes (a column missing for every star then stays out of it).
+        """
         n_sample = INITIAL_SAMPLE if n_sample is None else n_sample
         rows = np.sort(rng.choice(n, size=min(n, max(n_sample, 4 * kb)), replace=False))
         sample, m = take_rows(rows)
-        sample = (sample - mu_fill).astype(np.float32)  # a start: single precision is plenty, and 2× faster
-        if m is not None:
-            sample[m] = 0.0
+        # a non-finite observed entry is left to the first pass, which names it: here it is missing
+        m = ~np.isfinite(sample) if m is None else m | ~np.isfinite(sample)
+        seen = ~m.all(axis=0)
+        if center is None:
+            cnt = len(rows) - np.count_nonzero(m, axis=0)
+            total = np.where(m, 0.0, sample).sum(axis=0)
+            overall = total.sum() / cnt.sum() if cnt.sum() else 0.0
+            center = np.where(seen, total / np.maximum(cnt, 1), overall)
+        sample = (sample - center).astype(np.float32)  # a start: single precision is plenty, and 2× faster
+        sample[m] = 0.0
         lam, U = np.linalg.eigh((sample @ sample.T).astype(np.float64))  # the sample's Gram matrix: cheaper than an SVD
         top = np.argsort(lam)[::-1][:kb]
         top = top[lam[top] > 1e-12 * max(lam.max(), 1e-300)]
-        V = sample.T.astype(np.float64) @ (U[:, top] / np.sqrt(lam[top]))
+        # Only the columns the sample observes: a band missing for every star changes nothing here.
+        V = sample[:, seen].T.astype(np.float64) @ (U[:, top] / np.sqrt(lam[top]))
+        ps = V.shape[0]
         if V.shape[1] < kb:
-            V = np.hstack([V, rng.standard_normal((p, kb - V.shape[1]))])
-        V += 1e-3 * rng.standard_normal(V.shape) / np.sqrt(p)  # no exact zero overlap with any axis
-        return np.linalg.qr(V)[0]
+            V = np.hstack([V, rng.standard_normal((ps, kb - V.shape[1]))])
+        V += 1e-3 * rng.standard_normal(V.shape) / np.sqrt(ps)  # no exact zero overlap with any axis
+        if kb >= ps:  # the basis spans the whole observed space (or the caller uses the identity)
+            return np.eye(p)[:, :kb], center
+        out = np.zeros((p, kb))
+        out[seen] = np.linalg.qr(V)[0]
+        return out, center
 
     # ------------------------------------------------------------------ projection
     def _check_fitted(self):

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .compress import block_pass, block_stats, is_dask_array, missing_positions
+from .compress import block_first, block_pass, is_dask_array, missing_positions, raise_non_finite
 
 __all__ = ["DaskPasses", "dask_arrays", "scheduler", "write_zarr", "zarr_compressors", "ZARR_ARRAYS"]
 
@@ -74,14 +74,17 @@ def _positions(m):
     return missing_positions(None if m is None else np.asarray(m, dtype=bool))
 
 
-def _stats(x, m, dtype):
-    x = np.array(x, dtype=dtype, copy=True)
-    colsum, nobs, n_missing, bad = block_stats(x, None if m is None else np.asarray(m, dtype=bool))
-    return colsum, nobs, n_missing, bad
+def _first(x, m, mu, V, a):
+    c, _ = _BUFFERS.get(x.shape, mu.dtype)
+    np.subtract(x, mu, out=c, casting="unsafe")  # into this thread's reused buffer
+    colsum, nobs, n_missing, bad, Y, B = block_first(c, None if m is None else np.asarray(m, bool), V)
+    if bad is not None:
+        return None, (colsum, nobs, n_missing, 0.0, [(a + bad[0], bad[1])])
+    return Y, (colsum, nobs, n_missing, np.asarray(B, dtype=np.float64), [])
 
 
 def _pass(x, miss, mu, V, Wt, Zb):
-    """One row block of a pass. ``miss``: the block's missing positions (kept from pass 0), or its
+    """One row block of a pass. ``miss``: the block's missing positions (kept from the first pass), or its
     mask block (read again this pass), or None."""
     if miss is not None and getattr(miss, "dtype", None) == np.bool_:
         miss = _positions(miss)
@@ -92,13 +95,11 @@ def _pass(x, miss, mu, V, Wt, Zb):
 
 
 def _add(parts):
-    colsum, sq, B = parts[0]
-    colsum, B = colsum.copy(), B.copy()
-    for c, s, b in parts[1:]:
-        colsum += c
-        sq += s
-        B += b
-    return colsum, sq, B
+    """The element-wise sum of the parts' tuples (arrays, numbers; lists are joined)."""
+    out = parts[0]
+    for part in parts[1:]:
+        out = tuple(o + q for o, q in zip(out, part))
+    return out
 
 
 def _tree_sum(items, fan_in=8):
@@ -113,9 +114,9 @@ class DaskPasses:
     """The passes of ``MaskedPCA`` over dask arrays ``X`` (N × P) and ``mask`` (bool or None),
     chunked by rows (columns are joined into one chunk).
 
-    Pass 0 (:meth:`stats`) finds the missing positions of every row block and, while they take at
-    most ``keep_fraction`` of the matrix's bytes, keeps them on the executor (``dask.persist``: in
-    the workers' memory on a ``distributed`` cluster), so later passes read only the spectra."""
+    After the first pass (:meth:`first`), the missing positions of every row block are kept on the
+    executor (``dask.persist``: in the workers' memory on a ``distributed`` cluster) while they take at
+    most ``keep_fraction`` of the matrix's bytes, so later passes read only the spectra."""
 
     def __init__(self, X, mask, dtype, keep_fraction: float | None = None):
         import dask.array as da
@@ -130,7 +131,7 @@ class DaskPasses:
         self.keep_fraction = float(KEEP_POSITIONS if keep_fraction is None else keep_fraction)
         edges = np.concatenate([[0], np.cumsum(rows)]).astype(int)
         self.bounds = list(zip(edges[:-1], edges[1:]))
-        self.kept = None  # persisted missing positions of every block, once pass 0 found they fit
+        self.kept = None  # persisted missing positions of every block, once the first pass found they fit
 
     def _blocks(self):
         xb = list(self.X.to_delayed().ravel())
@@ -149,20 +150,22 @@ class DaskPasses:
             return
         self.kept = list(dask.persist(*[delayed(_positions)(m) for _, m in self._blocks()]))
 
-    def stats(self):
-        """Pass 0: observed column sums and counts, number missing (validates the data)."""
+    def first(self, mu_c, V, Y):
+        """The first pass as one dask computation (``block_first``): fills ``Y`` and returns the column
+        sums, observed counts, number missing and B = Cᵀ C V; a non-finite observed entry raises.
+        Then the missing positions of every block are kept on the executor for the later passes."""
         import dask
         from dask import delayed
 
-        parts = dask.compute(*[delayed(_stats)(x, m, self.dtype) for x, m in self._blocks()])
-        for (a, _), (_, _, _, bad) in zip(self.bounds, parts):
-            if bad is not None:
-                raise ValueError(
-                    f"non-finite value at observed entry (row {a + bad[0]}, column {bad[1]}); mask it or fix the data"
-                )
-        n_missing = int(sum(p[2] for p in parts))
-        self._keep_positions(n_missing)
-        return sum(p[0] for p in parts), sum(p[1] for p in parts), n_missing
+        mu_d, V_d = delayed(mu_c, pure=True), delayed(V, pure=True)
+        outs = [delayed(_first, nout=2)(x, m, mu_d, V_d, a) for (x, m), (a, _) in zip(self._blocks(), self.bounds)]
+        *ys, (colsum, nobs, n_missing, B, bad) = dask.compute(*[o[0] for o in outs], _tree_sum([o[1] for o in outs]))
+        if bad:
+            raise_non_finite(*min(bad))
+        for y, (a, b) in zip(ys, self.bounds):
+            Y[a:b] = y
+        self._keep_positions(int(n_missing))
+        return colsum, nobs, int(n_missing), B
 
     def columns(self, keep):
         """The same passes restricted to the columns ``keep`` (missing positions found again)."""

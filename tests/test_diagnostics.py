@@ -342,8 +342,11 @@ def test_simulated_visit_pairs_separate_only_with_plate_systematics(plates):
         # anti-conservative (visit_similarity's docstring): under no shared systematic it falls
         # below 0.05 far more often than 5 %. Measured with plates off on seeds 0-4 of this survey:
         # ratio 0.913, 1.093, 1.005, 0.979, 1.012 and p 0.0035, 0.98, 0.51, 0.62, 0.79 (seed 0 has
-        # only 81 separate pairs). So "off" is judged against "on" (p < 1e-4): no such evidence.
-        assert 0.9 < s["median_ratio"] < 1.1 and s["mannwhitney_p"] > 1e-3
+        # only 81 separate pairs); with simulator version 3 (other stars: element scatter and label
+        # precisions changed) ratio 0.886, 1.035, 0.999, 0.991, 1.040 and p 0.0039, 0.93, 0.67, 0.74,
+        # 0.91, against 0.685-0.924 and p <= 3.5e-6 with plates on. So "off" is judged against "on"
+        # (p < 1e-4): no such evidence, and a median ratio within the null's measured spread.
+        assert 0.85 < s["median_ratio"] < 1.15 and s["mannwhitney_p"] > 1e-3
 
 
 def test_pixels_unobserved_in_reference_set_are_left_out():

@@ -276,6 +276,42 @@ def test_rv_systematics_follow_vhelio():
     assert np.abs(f_off[:, data] - 1).max() == 0
 
 
+def test_rest_frame_shift_error_is_vhelio_times_a_per_star_mismatch_factor():
+    """The rest-frame shift error (template mismatch) is rv_shift_fraction × VHELIO_AVG on average,
+    with a star-to-star factor 1 + rv_mismatch_spread · z: members of a cluster (one VHELIO_AVG)
+    get different shifts. Measured here by regressing each star's change of spectrum onto the
+    gradient of its unshifted spectrum (a small shift δ pixels changes F by −δ·dF/dpixel)."""
+    cfg = {**ALL_OFF, "atomic_lines": True, "rv_systematics": True}
+    frac, spread = 0.004, 0.5
+    on = survey(n_field=150, seed=18, **cfg, rv_shift_fraction=frac, rv_mismatch_spread=spread)
+    off = survey(n_field=150, seed=18, **cfg, rv_shift_fraction=0.0)
+    t = on.stars_all
+    rows = np.arange(len(t))
+    f_on, _ = on.spectra(rows, noiseless=True)
+    f_off, _ = off.spectra(rows, noiseless=True)
+    inner = np.zeros(N_PIXELS, bool)
+    for a, b in sim.CHIP_RANGES:
+        inner[a + 3 : b - 3] = True
+    grad = np.gradient(f_off.astype(float), axis=1)[:, inner]
+    diff = (f_on.astype(float) - f_off)[:, inner]
+    shift_kms = -(diff * grad).sum(1) / (grad * grad).sum(1) * sim.KMS_PER_PIXEL
+    v = t.VHELIO_AVG.to_numpy(float)
+    fast = np.abs(v) > 20
+    factor = shift_kms[fast] / (frac * v[fast])
+    assert fast.sum() > 100
+    assert abs(np.mean(factor) - 1) < 0.12 and 0.4 < np.std(factor) < 0.6
+    # members of one cluster share VHELIO_AVG to ~1 km/s, but not their shift error
+    members = (t.true_cluster != "none").to_numpy() & fast
+    big = t[members].groupby("true_cluster").size().idxmax()
+    m = members & (t.true_cluster == big).to_numpy()
+    assert np.std(shift_kms[m]) > 0.25 * frac * abs(v[m].mean())
+    # with no spread the error is exactly rv_shift_fraction × VHELIO_AVG for every star
+    same = survey(n_field=150, seed=18, **cfg, rv_shift_fraction=frac, rv_mismatch_spread=0.0)
+    f_same, _ = same.spectra(rows, noiseless=True)
+    s0 = -((f_same.astype(float) - f_off)[:, inner] * grad).sum(1) / (grad * grad).sum(1) * sim.KMS_PER_PIXEL
+    assert np.allclose(s0[fast] / (frac * v[fast]), 1, atol=0.03)
+
+
 def _visit_pairs(t, rows):
     vis = t.VISITS.to_numpy()[rows]
     plate = t.plate.to_numpy()[rows]
@@ -420,6 +456,8 @@ def test_bad_config_is_a_clear_error():
         sim.generate_survey(sim.SimulationConfig(), n_field=0)
     with pytest.raises(ValueError, match="unknown simulation setting"):
         sim.SimulationConfig.from_dict({"dibz": False})
+    with pytest.raises(ValueError, match="rv_mismatch_spread must be >= 0"):
+        sim.SimulationConfig(rv_mismatch_spread=-0.5)
 
 
 def test_ensure_default_dataset_builds_once(tmp_path):

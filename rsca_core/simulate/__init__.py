@@ -81,7 +81,9 @@ Physics (each effect a :class:`SimulationConfig` switch; see the field comments 
   rest frame (so they wander over the paper's masked ranges).
 * Residual RV/telluric systematics: imperfectly removed telluric absorption and sky-emission
   residuals sit at fixed *observed* wavelengths, i.e. at a VHELIO_AVG-dependent place in the
-  rest-frame spectrum; plus a small rest-frame shift error ∝ VHELIO_AVG.
+  rest-frame spectrum; plus a small rest-frame shift error (template mismatch) ∝ VHELIO_AVG times
+  a per-star mismatch factor 1 + ``rv_mismatch_spread``·z, so cluster members that share a
+  velocity do not share the error.
 * Plate/visit systematics: each visit (plate + MJD) has its own telluric/sky residual amplitudes
   and a smooth flat-field pattern; a star's spectrum carries the mean over its visits. Cluster
   members are mostly observed on the same plate and visits. Switched off, the telluric/sky

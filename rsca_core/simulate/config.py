@@ -10,7 +10,9 @@ from ..constants import PAPER_MASK_RANGES, ranges_to_mask
 #: Version of the simulator's physics, recorded in every simulated bundle. Raise it whenever a change
 #: makes the same seed and config give other stars or spectra (the app then rebuilds its default
 #: survey instead of showing numbers from an older model). 2: clusters carry catalogue values.
-SIMULATOR_VERSION = 2
+#: 3: per-star template-mismatch factor of the rest-frame shift error; calibrated defaults of
+#: session 5 (docs/simulator.md).
+SIMULATOR_VERSION = 3
 #: Default number of field stars of the embedded default survey.
 DEFAULT_N_FIELD = 20000
 #: Cluster sizes (after the cuts) of the default: 22 clusters, 185 stars, like the paper.
@@ -73,7 +75,7 @@ class SimulationConfig:
     two_alpha_sequences: bool = True  #: a high-α thick-disc sequence besides the low-α thin disc
     thick_fraction: float = 0.2  #: fraction of field giants on the high-α sequence
     dredge_up: bool = True  #: first dredge-up: [C/Fe] down, [N/Fe] up with giant mass
-    element_scatter: float = 0.012  #: independent per-element scatter of field chemistry (dex, typical)
+    element_scatter: float = 0.02  #: independent per-element scatter of field chemistry (dex, typical)
     cluster_spread: float = 0.01  #: intrinsic abundance spread inside a cluster (dex)
     # --- spectra
     atomic_lines: bool = True  #: atomic lines of the 21 species
@@ -90,7 +92,8 @@ class SimulationConfig:
     dib_depth_per_ak: float = 0.2  #: central depth of the 15273 Å band per magnitude of A_K
     rv_systematics: bool = True  #: telluric/sky residuals at observed wavelengths + RV shift error
     rv_strength: float = 1.0  #: amplitude of the telluric/sky residuals (× the star's own draw)
-    rv_shift_fraction: float = 0.002  #: rest-frame velocity error (template mismatch) as a fraction of VHELIO_AVG
+    rv_shift_fraction: float = 0.004  #: rest-frame velocity error (template mismatch) as a fraction of VHELIO_AVG
+    rv_mismatch_spread: float = 0.5  #: star-to-star spread of that error: × (1 + spread · z), z ~ N(0, 1) per star
     plate_systematics: bool = True  #: residuals shared by stars observed on the same visits
     plate_strength: float = 0.5  #: per-visit flat-field pattern left after continuum normalisation (× 0.25 % per term)
     noise: bool = True  #: per-pixel Gaussian noise from the SNR
@@ -122,6 +125,7 @@ class SimulationConfig:
             "thick_fraction",
             "element_scatter",
             "cluster_spread",
+            "rv_mismatch_spread",
             "bad_pixel_fraction",
             "error_floor",
         ):

@@ -244,8 +244,9 @@ def _rv_systematics(F: np.ndarray, cfg, st, rows, obs: Observation) -> None:
         sky = Sk[o : o + N_PIXELS] * (1 - fr) + Sk[o + 1 : o + 1 + N_PIXELS] * fr
         F[k] *= 1 + eps_t[k] * tel
         F[k] += eps_s[k] * sky
-    # rest-frame shift error ∝ VHELIO_AVG (template mismatch): F(λ) → F(λ(1 − δv/c))
-    dpix = (cfg.rv_shift_fraction * cfg.rv_strength * v / KMS_PER_PIXEL).astype(f32)[:, None]
+    # rest-frame shift error ∝ VHELIO_AVG × the star's template-mismatch factor: F(λ) → F(λ(1 − δv/c))
+    factor = 1.0 + cfg.rv_mismatch_spread * ss["mismatch"][rows]
+    dpix = (cfg.rv_shift_fraction * cfg.rv_strength * v * factor / KMS_PER_PIXEL).astype(f32)[:, None]
     F -= dpix * np.gradient(F, axis=1)
 
 

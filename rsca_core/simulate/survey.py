@@ -309,7 +309,10 @@ def _systematics(rng_s, cfg: SimulationConfig, star_visits: list, n_vis: int) ->
         s_tel = rng_s.normal(0.0, 0.10, n) / np.sqrt(nv)
         s_sky = rng_s.normal(0.0, 0.004, n) / np.sqrt(nv)
         s_pat = np.zeros((n, n_basis))
-    return {"tel": s_tel, "sky": s_sky, "pattern": s_pat, "lsf": lsf}
+    # per-star template-mismatch factor of the rest-frame shift error (standard units; drawn last so
+    # that every other draw is the same as without it)
+    mismatch = rng_s.standard_normal(n)
+    return {"tel": s_tel, "sky": s_sky, "pattern": s_pat, "lsf": lsf, "mismatch": mismatch}
 
 
 def _star_table(cat: dict, clusters: list, place: dict, rng_o, ids: list) -> pd.DataFrame:
