@@ -295,7 +295,7 @@ def features_figure(f):
     # every cluster's legend entry visible: rows under the panels, not a scrolling column
     fig.update_layout(legend={"font": {"size": 10}, "orientation": "h", "yanchor": "top", "y": -0.2, "x": 0})
     what = "Top RSCA features" if method == "rsca" else f"First {method.upper()} axes (unranked, no CV)"
-    fig = ui.label_figure(fig, f["label"], f"{what} vs [Fe/H] (field density, cluster members coloured)", top=55)
+    fig = ui.label_figure(fig, f["label"], f"{what} vs [Fe/H] ({field_note(f['features'])}, members coloured)", top=55)
     fig.update_annotations(yshift=4)
     out = fig.to_plotly_json()
     out["data"] = [t for i, feat in enumerate(f["features"]) for t in _density_traces(feat, i + 1, i == 0)]
@@ -349,13 +349,24 @@ def _density_traces(feat, col, showlegend):
     return traces
 
 
+def field_note(panels) -> str:
+    """What the field's heat map shows: every field star is counted in bins, none drawn one by one."""
+    d = next((p["field"] for p in panels if p.get("field") is not None), None)
+    if d is None or "n" not in d:
+        return "field density"
+    return f"field: all {d['n']:,} stars counted in bins (log), {d['n'] - d['n_binned']:,} beyond the axes"
+
+
 def vhelio_figure(f):
     fig = go.Figure()
     fig.update_xaxes(title_text="VHELIO_AVG (km/s)")
     name = axis_name(f.get("method", "rsca"), 0)
     fig.update_yaxes(title_text=name)
     fig = ui.label_figure(
-        fig, f["label"], f"{name[0].upper() + name[1:]} vs VHELIO_AVG (a good feature does not follow the velocity)"
+        fig,
+        f["label"],
+        f"{name[0].upper() + name[1:]} vs VHELIO_AVG (a good feature does not follow the velocity; "
+        f"{field_note([f['vhelio']])})",
     )
     out = fig.to_plotly_json()
     out["data"] = _density_traces(f["vhelio"], 1, False)

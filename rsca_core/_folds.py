@@ -63,9 +63,15 @@ def median(x: np.ndarray) -> float:
     return float(s[n // 2]) if n % 2 else 0.5 * (float(s[n // 2 - 1]) + float(s[n // 2]))
 
 
-def count_below(Ym: np.ndarray, Yf: np.ndarray, pair_ok: np.ndarray, med: float, keep: bool):
+#: Largest (members × field stars) block of distances a fold holds at once: the field is scored in
+#: chunks of ``FOLD_BLOCK // members`` stars, so a fold's memory does not grow with the field.
+FOLD_BLOCK = 1 << 22
+
+
+def count_below(Ym: np.ndarray, Yf: np.ndarray, pair_ok, med: float, keep: bool):
     """Number of allowed pairs with distance < ``med`` (exact near the threshold), the number of
-    allowed pairs, and (``keep``) their distances."""
+    allowed pairs, and (``keep``) their distances. ``pair_ok``: members × field allowed pairs, or
+    None (every pair allowed)."""
     nm, nf = sq_norms(Ym), sq_norms(Yf)
     m2 = med * med
     gap = Ym @ Yf.T  # becomes d² − median², in place
@@ -74,8 +80,12 @@ def count_below(Ym: np.ndarray, Yf: np.ndarray, pair_ok: np.ndarray, med: float,
     gap += nf[None, :]
     # rounding of the product form is below 1e-9 of this bound; closer pairs are recomputed exactly
     tol = 1e-9 * (nm.max(initial=0) + nf.max(initial=0) + m2) + 1e-300
-    n_below = int(np.count_nonzero((gap < -tol) & pair_ok))
-    near = (gap <= tol) & pair_ok
+    below = gap < -tol
+    near = gap <= tol
+    if pair_ok is not None:
+        below &= pair_ok
+        near &= pair_ok
+    n_below = int(np.count_nonzero(below))
     exact = None
     if np.count_nonzero(near) > n_below:  # some allowed pair lies within rounding of the median
         near &= gap >= -tol
@@ -88,20 +98,54 @@ def count_below(Ym: np.ndarray, Yf: np.ndarray, pair_ok: np.ndarray, med: float,
         if exact is not None:
             gap[ii, jj] = exact**2 - m2
         gap += m2
-        dist = np.sqrt(np.maximum(gap[pair_ok], 0.0))
-    return n_below, int(np.count_nonzero(pair_ok)), dist
+        dist = np.sqrt(np.maximum(gap if pair_ok is None else gap[pair_ok], 0.0)).ravel()
+    n_pairs = gap.size if pair_ok is None else int(np.count_nonzero(pair_ok))
+    return n_below, n_pairs, dist
 
 
-def fold_rate(A: np.ndarray, members: np.ndarray, Zf: np.ndarray, sphere: np.ndarray | None, pair_ok, keep: bool):
+def fold_rate(
+    A: np.ndarray,
+    members: np.ndarray,
+    Zf: np.ndarray,
+    sphere: np.ndarray | None,
+    pair_ok,
+    keep: bool,
+    center: np.ndarray | None = None,
+):
     """One cluster under one linear map ``A``.
 
     ``members`` are the cluster's rows already in ``A``'s input space; ``Zf`` its candidate field
-    stars, centred, which ``sphere`` (when given) takes into that space first. Returns (rate,
-    median intra distance, allowed pairs, intra distances, inter distances or None).
+    stars, centred (or minus ``center`` when given), which ``sphere`` (when given) takes into that
+    space first. ``pair_ok``: the allowed (member, field star) pairs, or None for all of them. The
+    field is scored in chunks (:data:`FOLD_BLOCK`); each pair's rounding bound depends on its own
+    norms only, so chunking does not change the count. Returns (rate, median intra distance, allowed
+    pairs, intra distances, inter distances or None).
     """
     Ym = members @ A.T
-    Yf = Zf @ (A if sphere is None else A @ sphere).T
+    M = (A if sphere is None else A @ sphere).T
     intra = intra_distances(Ym)
     med = median(intra)
-    n_below, n_pairs, dist = count_below(Ym, Yf, pair_ok, med, keep)
+    step = max(1, FOLD_BLOCK // max(1, len(Ym)))
+    n_below = n_pairs = 0
+    parts = []
+    for a in range(0, len(Zf), step):
+        zc = Zf[a : a + step]
+        Yf = (zc if center is None else zc - center) @ M
+        ok = None if pair_ok is None else pair_ok[:, a : a + step]
+        nb, npairs, dist = count_below(Ym, Yf, ok, med, keep)
+        n_below += nb
+        n_pairs += npairs
+        if keep:
+            parts.append(dist.reshape(len(Ym), -1) if ok is None else (dist, ok))
+    dist = _join_distances(parts, len(Ym)) if keep else None
     return (n_below / n_pairs if n_pairs else np.nan), med, n_pairs, intra, dist
+
+
+def _join_distances(parts, n_members):
+    """The chunks' distances in the order of one whole-field pass: member by member (row-major)."""
+    if not parts:
+        return np.zeros(0)
+    if isinstance(parts[0], np.ndarray):
+        return np.hstack(parts).ravel() if n_members else np.zeros(0)
+    split = [np.split(dist, np.cumsum(np.count_nonzero(ok, axis=1))[:-1]) for dist, ok in parts]
+    return np.concatenate([chunk[i] for i in range(n_members) for chunk in split])

@@ -102,6 +102,8 @@ class DoppelgangerResult:
     intra_distances: dict = field(default_factory=dict)
     inter_distances: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
+    #: {cluster: :func:`distance_histogram` of its distances} (``keep_distances="histogram"``)
+    histograms: dict = field(default_factory=dict)
 
     @property
     def n_stars_used(self) -> int:
@@ -195,8 +197,12 @@ def doppelganger_rates(
     top_n : int, None or list
         Keep the N most discriminative RSCA axes; a list (e.g. ``[1, 2, 4, None]``) returns a dict
         {top_n: result}, computed in one pass over the folds. RSCA only.
-    keep_distances : bool
-        Keep every cluster's intra- and inter-cluster distances (for histograms).
+    keep_distances : bool or "histogram"
+        True: keep every cluster's intra- and inter-cluster distances (for histograms): memory grows
+        with (cluster stars × field stars). ``"histogram"``: keep only each cluster's
+        :func:`distance_histogram` (``DoppelgangerResult.histograms``; the same counts as from the
+        kept distances), made as each cluster is scored, so memory stays at one cluster's distances
+        whatever the number of clusters (for surveys of millions of field stars). False: neither.
     method : {"rsca", "rca", "lda", "nca"}
         The paper's RSCA, or a metric learner it cites (:mod:`rsca_core.learners`), fitted on the
         training clusters' members only.
@@ -256,7 +262,9 @@ def doppelganger_rates(
             stacklevel=2,
         )
 
-    results = {n: {"rows": [], "intra": {}, "inter": {}} for n in top_ns}
+    if keep_distances not in (True, False, "histogram"):
+        raise ValueError(f"keep_distances must be True, False or 'histogram', not {keep_distances!r}")
+    results = {n: {"rows": [], "intra": {}, "inter": {}, "hist": {}} for n in top_ns}
     # Step 2 is shared by every fold: it depends on the field only (its field-sized sums are split
     # over the cores inside). The rest is thin matrices (K ≤ a few dozen): BLAS threads would add more
     # overhead than they save. The learners use the field mean only to centre (distances do not move).
@@ -319,7 +327,7 @@ def _result(res, settings):
     g = global_rate(df.rate, df.n_stars)
     if not np.isfinite(g):
         warnings.warn("no cluster has a defined rate; the global rate is undefined", UndefinedRateWarning, stacklevel=3)
-    return DoppelgangerResult(g, df, res["intra"], res["inter"], settings)
+    return DoppelgangerResult(g, df, res["intra"], res["inter"], settings, res["hist"])
 
 
 def _fold_loop(groups, fold_geom, pop, members, top_ns, results, keep_distances, flt):
@@ -334,16 +342,17 @@ def _fold_loop(groups, fold_geom, pop, members, top_ns, results, keep_distances,
         if flt is not None:
             pfilter, cvh, ca = flt
             cand, pair_ok = pfilter.candidates(cvh[idx], ca[idx])
-        else:
-            cand = slice(None)
-            pair_ok = np.ones((len(idx), len(Z_pop)), dtype=bool)
-        Zf = np.take(Z_pop, cand, axis=0) if flt is not None else Z_pop.copy()
-        Zf -= mean
+            Zf, center = np.take(Z_pop, cand, axis=0), None
+            Zf -= mean
+        else:  # every field star: centred chunk by chunk inside the fold, not copied whole
+            Zf, center, pair_ok = Z_pop, mean, None
         for n in top_ns:
             rate, med, n_pairs, intra, dist = fold_rate(
-                geom.matrix(n), members[idx], Zf, sphere, pair_ok, keep_distances
+                geom.matrix(n), members[idx], Zf, sphere, pair_ok, bool(keep_distances), center
             )
             results[n]["rows"].append((name, len(idx), rate, med, n_pairs))
-            if keep_distances:
+            if keep_distances == "histogram":  # this cluster's counts only: its distances are dropped here
+                results[n]["hist"][name] = distance_histogram(intra, dist)
+            elif keep_distances:
                 results[n]["intra"][name] = intra
                 results[n]["inter"][name] = dist

@@ -133,3 +133,38 @@ def test_json_shape():
     assert set(d) >= {"global_rate", "clusters"}
     assert [c["name"] for c in d["clusters"]] == sorted(set(ids))
     assert sum(c["n_stars"] for c in d["clusters"]) == len(ids)
+
+
+def test_histogram_mode_counts_every_pair_of_the_brute_force_and_keeps_no_distance():
+    """keep_distances="histogram" (bounded memory on big surveys): each cluster's histogram counts the
+    intra and the filtered inter distances of the fold's own map, computed pair by pair."""
+    from rsca_core.metrics import histogram_edges
+
+    Z_pop, Z_clust, ids, meta = planted(seed=11, spread=0.9)
+    res = doppelganger_rates(Z_pop, Z_clust, ids, **meta, keep_distances="histogram")
+    assert res.intra_distances == {} and res.inter_distances == {}
+    check(res, brute_force(Z_pop, Z_clust, ids, meta))
+    for c in sorted(set(ids)):
+        members = np.flatnonzero(ids == c)
+        if len(members) < 2:
+            continue
+        est = RSCA().fit(Z_pop, Z_clust[ids != c], ids[ids != c])  # the fold's map, refitted
+        Ym, Yp = est.transform(Z_clust[members]), est.transform(Z_pop)
+        intra = [math.dist(Ym[a], Ym[b]) for a in range(len(members)) for b in range(a + 1, len(members))]
+        inter = [
+            math.dist(Ym[a], Yp[f])
+            for a, i in enumerate(members)
+            for f in range(len(Z_pop))
+            if abs(meta["pop_vhelio"][f] - meta["clust_vhelio"][i]) < 5.0
+            and abs(meta["pop_ak"][f] - meta["clust_ak"][i]) < 0.05
+        ]
+        h = res.histograms[c]
+        np.testing.assert_allclose(h["edges"], histogram_edges(intra, inter), rtol=1e-9)
+        top = h["edges"][-1]
+        # the counts, bin by bin, from the distances computed pair by pair
+        for dists, counts in ((intra, h["intra"]), (inter, h["inter"])):
+            assert counts.sum() == len(dists)
+            bins = np.minimum((np.minimum(dists, top) / top * (len(h["edges"]) - 1)).astype(int), len(counts) - 1)
+            np.testing.assert_array_equal(counts, np.bincount(bins, minlength=len(counts)))
+    with pytest.raises(ValueError, match="keep_distances"):
+        doppelganger_rates(Z_pop, Z_clust, ids, keep_distances="all")

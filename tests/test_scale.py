@@ -119,3 +119,40 @@ def test_compress_cli_with_a_scheduler_caches_the_in_memory_result(survey, tmp_p
     # an unreachable scheduler: a one-line error naming it
     assert main(["compress", "--dataset", str(copy), "--k", "4", "--quiet", "--scheduler", "tcp://127.0.0.1:9"]) == 1
     assert "tcp://127.0.0.1:9" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("keep", [0.15, 0.0])  # missing positions kept on the workers / mask read every pass
+def test_a_dask_pass_equals_the_pass_written_out_in_numpy(survey, keep):
+    from rsca_core.scale import DaskPasses
+
+    ds = Dataset.load(survey)
+    X, M = np.asarray(ds.spectra, dtype=np.float32), np.asarray(ds.mask)
+    rng = np.random.default_rng(5)
+    n, p = X.shape
+    mu = X.mean(axis=0)
+    V = np.linalg.qr(rng.standard_normal((p, 7)))[0]
+    Wt = np.linalg.qr(rng.standard_normal((p, 4)))[0].T
+    Z = rng.standard_normal((n, 4))
+    # the passes by hand. First: missing entries take the centre; then: impute from the previous
+    # model Z·Wt, error on the observed entries, C V, Cᵀ C V
+    C0 = np.where(M, 0, X - mu)
+    R = Z @ Wt
+    C = np.where(M, R, X - mu)
+    want = C.sum(axis=0), float(((C - R)[~M] ** 2).sum()), C @ V, C.T @ (C @ V)
+    with scheduler("threads"):
+        passes = DaskPasses(*dask_arrays(ds, chunk_rows=97), np.float32, keep_fraction=keep)
+        Y0 = np.empty((n, 7), np.float32)
+        colsum, nobs, n_missing, B0 = passes.first(mu, V.astype(np.float32), Y0)
+        assert (passes.kept is not None) == (keep > 0)
+        Y = np.empty((n, 7), np.float32)
+        got = passes.run(mu, V.astype(np.float32), Wt.astype(np.float32), Z, Y)
+        again = passes.run(mu, V.astype(np.float32), Wt.astype(np.float32), Z, Y.copy())  # buffers reused
+    assert n_missing == M.sum() and np.array_equal(nobs, n - M.sum(axis=0))
+    np.testing.assert_allclose(colsum, C0.sum(axis=0), atol=1e-3)
+    np.testing.assert_allclose(Y0, C0 @ V, atol=1e-4 * np.abs(C0 @ V).max())
+    np.testing.assert_allclose(B0, C0.T @ (C0 @ V), atol=1e-4 * np.abs(C0.T @ (C0 @ V)).max())
+    np.testing.assert_allclose(got[0], want[0], atol=1e-3)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-4)
+    np.testing.assert_allclose(Y, want[2], atol=1e-4 * np.abs(want[2]).max())
+    np.testing.assert_allclose(got[2], want[3], atol=1e-4 * np.abs(want[3]).max())
+    np.testing.assert_array_equal(again[2], got[2])

@@ -149,12 +149,11 @@ def compute_rates(s: Settings, allow_compute: bool = False, pca=None) -> dict:
             top_n=s.top_n,
             method=s.method,
             random_state=SEED,
+            keep_distances="histogram",  # each cluster's counts, not its distances: memory flat in the field size
         )
     per = res.per_cluster.reset_index(drop=True).copy()
-    hists = {
-        name: distance_histogram(res.intra_distances.get(name, np.empty(0)), res.inter_distances.get(name, np.empty(0)))
-        for name in per["cluster"]
-    }
+    empty = np.empty(0)
+    hists = {name: res.histograms.get(name) or distance_histogram(empty, empty) for name in per["cluster"]}
     return {
         "global_rate": float(res.global_rate),
         "per_cluster": per,
@@ -209,24 +208,32 @@ def _density(x, y) -> dict | None:
         yr = yr + np.array([-0.5, 0.5])
     nb = int(np.clip(np.sqrt(x.size) / 1.5, 15, 70))
     h, xe, ye = np.histogram2d(x, y, bins=(nb, max(10, int(nb * 0.7))), range=(xr, yr))
-    return {"counts": h.T, "x": 0.5 * (xe[1:] + xe[:-1]), "y": 0.5 * (ye[1:] + ye[:-1])}
+    return {
+        "counts": h.T,
+        "x": 0.5 * (xe[1:] + xe[:-1]),
+        "y": 0.5 * (ye[1:] + ye[:-1]),
+        "n": int(x.size),  # field stars with both values; the bins hold those in the central 99 %
+        "n_binned": int(h.sum()),
+    }
 
 
 @cache.memoize()
 def _features_cached(key: str, n_features: int) -> dict:
     s = settings_from_key(key)
     ds = load(s.ds)
+    # only the n_features leading axes are drawn: the field (a million stars on a big survey) is
+    # projected on those alone
     if s.method == "rsca":
         model, ri = fit_map(s)
-        yf = np.asarray(model.transform(ri.z_pop))
         yc = np.asarray(model.transform(ri.z_clust))
+        yf = np.asarray(model.transform(ri.z_pop, top_n=min(n_features, yc.shape[1])))
         scales = np.asarray(model.scales_, float)
     else:  # the method's linear map fitted on every selected cluster (no CV), as fit_map does for RSCA
         from rsca_core.learners import linear_map
 
         ri = rate_inputs(s)
         M = linear_map(s.method, ri.z_clust, ri.cluster_ids, random_state=SEED)
-        yf, yc, scales = ri.z_pop @ M.T, ri.z_clust @ M.T, None
+        yf, yc, scales = ri.z_pop @ M[:n_features].T, ri.z_clust @ M.T, None
     nf = min(n_features, yf.shape[1])
     st, fi = ds.stars, ds.field_index
     feh, vh = st["fe_h"].to_numpy(float), st["vhelio_avg"].to_numpy(float)
