@@ -220,33 +220,29 @@ class _FileRows:
             return None
         return cls(arr) if whole else None
 
+    def _fill(self, fh, row, view, what):
+        """Read ``len(view)`` bytes from row ``row`` on into ``view``; a short file names itself."""
+        fh.seek(self.offset + int(row) * self.row_bytes)
+        got = 0
+        while got < len(view):
+            k = fh.readinto(view[got:])
+            if not k:
+                raise ValueError(f"{self.filename}: truncated ({what} cannot be read)")
+            got += k
+
     def take(self, rows):
         """The rows ``rows`` (sorted indices), read one by one from the file."""
         out = np.empty((len(rows), self.shape[1]), dtype=self.dtype)
         with open(self.filename, "rb", buffering=0) as fh:
             for i, r in enumerate(rows):
-                view = memoryview(out[i]).cast("B")
-                fh.seek(self.offset + int(r) * self.row_bytes)
-                got = 0
-                while got < len(view):
-                    k = fh.readinto(view[got:])
-                    if not k:
-                        raise ValueError(f"{self.filename}: truncated (row {r} cannot be read)")
-                    got += k
+                self._fill(fh, r, memoryview(out[i]).cast("B"), f"row {r}")
         return out
 
     def read(self, a, b, out=None):
         if out is None or out.dtype != self.dtype or out.shape != (b - a, self.shape[1]):
             out = np.empty((b - a, self.shape[1]), dtype=self.dtype)
-        view = memoryview(out).cast("B")
         with open(self.filename, "rb", buffering=0) as fh:
-            fh.seek(self.offset + a * self.row_bytes)
-            got = 0
-            while got < len(view):
-                k = fh.readinto(view[got:])
-                if not k:
-                    raise ValueError(f"{self.filename}: truncated (rows {a}:{b} cannot be read)")
-                got += k
+            self._fill(fh, a, memoryview(out).cast("B"), f"rows {a}:{b}")
         return out
 
 
