@@ -321,9 +321,10 @@ def main():
     chunk_cost = r["per_pass"] * args.workers * args.threads / n_chunks
     print(f"\nprojection to {args.project:,} stars (measured cost of a chunk-pass: {chunk_cost:.2f} s of one core):")
     for w in (args.workers * args.threads, 16, 64):
-        t_comp = (r["n_iter"] + 1) * (args.project / args.chunk_rows) * chunk_cost / w
+        # MaskedPCA version 3: the first of the n_iter passes also counts and validates (no pass 0)
+        t_comp = r["n_iter"] * (args.project / args.chunk_rows) * chunk_cost / w
         print(
-            f"  {w:>3} workers: compress ≈ {t_comp / 60:.0f} min ({r['n_iter']} passes + pass 0), rates ≈ "
+            f"  {w:>3} workers: compress ≈ {t_comp / 60:.0f} min ({r['n_iter']} passes), rates ≈ "
             f"{t_rates * f / 60:.1f} min, tree ≈ {t_index * f * np.log(args.project) / np.log(args.n):.0f} s, "
             f"scores {args.project * args.k * 8 / 2**30:.1f} GiB"
         )
