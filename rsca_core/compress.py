@@ -18,7 +18,7 @@ The fixed point with missing data is the least-squares rank-K fit of the observe
 
 Without weights (the default) one pass is three products per row chunk — the previous model's
 reconstruction (to impute the missing pixels and measure the error of the observed ones), ``C V`` and
-``Cᵀ (C V)`` — into reused buffers, with the missing positions of each chunk found once (pass 0) and
+``Cᵀ (C V)`` — into reused buffers, with the missing positions of each chunk found once (first pass) and
 kept as flat indices (5 % of the matrix in int32 when 5 % is missing). The first pass has no model yet:
 it centres on the mean of the starting row sample, fills the missing entries with it, and counts the
 observed entries and checks them for NaN/inf on the way (no separate pass for the mean). The chunk work
@@ -118,12 +118,8 @@ def read_centred(X, a, b, center, out):
     read, with no further copy.
     """
     if isinstance(X, _Columns):
-        src, o = X.arr[a:b], 0
-        for s, e in X.runs:
-            np.subtract(src[:, s:e], center[o : o + e - s], out=out[:, o : o + e - s])
-            o += e - s
-    else:
-        np.subtract(X[a:b], center, out=out)
+        return X.select(X.arr[a:b], out, center)
+    np.subtract(X[a:b], center, out=out)
     return out
 
 
@@ -138,7 +134,7 @@ def missing_positions(m):
 
 
 def block_stats(x, m, miss=None):
-    """Pass 0 on one row block: observed column sums (float64), observed counts, missing count and
+    """The counting part of the first pass on one row block: observed column sums (float64), observed counts, missing count and
     the first non-finite observed entry (row, column) or None. ``x`` is modified (missing entries → 0).
     ``miss``: the block's missing positions when already found (``missing_positions(m)``).
     """
@@ -248,7 +244,7 @@ class _FileRows:
 
 class _ChunkedPasses:
     """The passes over an in-memory / memory-mapped / Zarr matrix: row chunks read into reused
-    buffers; the missing positions of every chunk are found once (pass 0) and kept while they take
+    buffers; the missing positions of every chunk are found once (first pass) and kept while they take
     at most ``keep_fraction`` of the matrix's bytes (else re-read from the mask each pass)."""
 
     def __init__(self, X, mask, dtype, step, keep_fraction=0.15):
@@ -290,10 +286,10 @@ class _ChunkedPasses:
             np.copyto(out, src, casting="unsafe")
         return out
 
-    def _keep_positions(self, kept, used, m):
+    def _keep_positions(self, kept, used, pos):
+        """Add a block's missing positions ``pos`` to ``kept`` while all of them fit the budget."""
         if kept is None or self.mask is None:
             return None, used
-        pos = missing_positions(m)
         used += 0 if pos is None else pos.nbytes
         return (kept + [pos], used) if used <= self.budget else (None, used)
 
@@ -315,10 +311,8 @@ class _ChunkedPasses:
             n_missing += nm
             Y[a:b] = y
             B += bb
-            if kept is not None and m is not None:
-                used += 0 if miss is None else miss.nbytes
-                kept = kept + [miss] if used <= self.budget else None
-        self.miss = kept if self.mask is not None else None
+            kept, used = self._keep_positions(kept, used, miss)
+        self.miss = kept
         return colsum, nobs, n_missing, B
 
     def columns(self, keep):
@@ -328,7 +322,7 @@ class _ChunkedPasses:
         )
         kept, used = [], 0
         for a, b in sub.bounds:
-            kept, used = sub._keep_positions(kept, used, sub._mask(a, b))
+            kept, used = sub._keep_positions(kept, used, missing_positions(sub._mask(a, b)))
         sub.miss = kept
         return sub
 
@@ -857,6 +851,9 @@ class MaskedPCA(TransformerMixin, BaseEstimator):
             total = np.where(m, 0.0, sample).sum(axis=0)
             overall = total.sum() / cnt.sum() if cnt.sum() else 0.0
             center = np.where(seen, total / np.maximum(cnt, 1), overall)
+        ps = int(seen.sum())
+        if kb >= ps:  # the basis spans the whole observed space (or the caller uses the identity)
+            return np.eye(p)[:, :kb], center
         sample = (sample - center).astype(np.float32)  # a start: single precision is plenty, and 2× faster
         sample[m] = 0.0
         lam, U = np.linalg.eigh((sample @ sample.T).astype(np.float64))  # the sample's Gram matrix: cheaper than an SVD
@@ -864,12 +861,9 @@ class MaskedPCA(TransformerMixin, BaseEstimator):
         top = top[lam[top] > 1e-12 * max(lam.max(), 1e-300)]
         # Only the columns the sample observes: a band missing for every star changes nothing here.
         V = sample[:, seen].T.astype(np.float64) @ (U[:, top] / np.sqrt(lam[top]))
-        ps = V.shape[0]
         if V.shape[1] < kb:
             V = np.hstack([V, rng.standard_normal((ps, kb - V.shape[1]))])
         V += 1e-3 * rng.standard_normal(V.shape) / np.sqrt(ps)  # no exact zero overlap with any axis
-        if kb >= ps:  # the basis spans the whole observed space (or the caller uses the identity)
-            return np.eye(p)[:, :kb], center
         out = np.zeros((p, kb))
         out[seen] = np.linalg.qr(V)[0]
         return out, center
