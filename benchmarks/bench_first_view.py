@@ -31,20 +31,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
+from bench_app import explore_values
 from dash_http import ROOT, Client, DashCallbacks, dockerfile_gunicorn, free_port, start_server, stop_server
 
 WORK = ROOT / "benchmarks" / "_work" / "first-view"
 
 
 def values_for(ds, k, clusters, weights=False):
+    """Explore's control values (``bench_app.explore_values``) plus the inputs the page's other load-time
+    callbacks read."""
     return {
-        "ex-ds.value": ds,
-        "ex-input.value": "spectra",
-        "ex-species.value": ["Fe", "Mg", "Ni", "Si", "Al", "C", "N"],
-        "ex-k.value": str(k),
-        "ex-clusters.value": list(clusters),
-        "ex-cv.value": True,
-        "ex-top.value": "",
+        **explore_values(ds, k, clusters),
         "ex-method.value": "rsca",
         "ex-weights.value": weights,
         "ex-clusters-all.n_clicks": None,
