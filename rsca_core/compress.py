@@ -104,6 +104,10 @@ class _Columns:
 
 #: Rows of the random sample whose leading singular vectors start the subspace iteration.
 INITIAL_SAMPLE = 1000
+#: Rows missing more than this fraction of their pixels get least-squares scores every pass.
+HEAVY_ROW_FRACTION = 0.02
+#: Rows observing fewer than this fraction of the pixels are left out of the fit (score 0, the centre).
+MIN_OBSERVED = 0.1
 
 
 def is_dask_array(X) -> bool:
@@ -172,6 +176,42 @@ def raise_non_finite(row, column):
     raise ValueError(f"non-finite value at observed entry (row {row}, column {column}); mask it or fix the data")
 
 
+def least_squares_rows(c, miss, Wt, Zb, heavy=None, sparse=None):
+    """The scores a pass imputes with: ``Zb`` (the previous pass's) with two kinds of rows replaced.
+
+    * Rows missing more than ``heavy`` (``HEAVY_ROW_FRACTION``) of their pixels take the least-squares
+      fit of their observed pixels by the axes ``Wt`` (K × P), what ``transform`` gives: EM moves such
+      a score towards that fit only by about the row's observed fraction a pass (a row missing 96 % of
+      its pixels needs ~100 passes to get 98 % of the way), so these rows are solved exactly instead.
+      The fixed point is the same.
+    * Rows observing fewer than ``sparse`` (``MIN_OBSERVED``) of the pixels take score 0, and the
+      caller leaves them out of the pass (see ``block_pass``): with so few pixels their least-squares
+      score is ill-posed (hundreds of standard deviations out on the weak axes), and EM would drift
+      them towards it for hundreds of passes, turning the fit as they go.
+
+    Returns ``(scores, sparse_rows)`` (``sparse_rows``: indices into the block, or None).
+    """
+    heavy = HEAVY_ROW_FRACTION if heavy is None else heavy
+    sparse = MIN_OBSERVED if sparse is None else sparse
+    if miss is None:
+        return Zb, None
+    n, p = c.shape
+    cnt = np.bincount(miss // p, minlength=n)
+    rows = np.flatnonzero(cnt > heavy * p)
+    if rows.size == 0:
+        return Zb, None
+    Zb = np.array(Zb, dtype=np.float64)
+    few = cnt[rows] > (1.0 - sparse) * p
+    Zb[rows[few]] = 0.0
+    starts = np.searchsorted(miss, rows * p)
+    for i, s0 in zip(rows[~few], starts[~few]):
+        obs = np.ones(p, bool)
+        obs[miss[s0 : s0 + cnt[i]] - i * p] = False
+        Wo = Wt[:, obs].astype(np.float64)
+        Zb[i] = np.linalg.solve(Wo @ Wo.T, Wo @ c[i, obs].astype(np.float64))
+    return Zb, (rows[few] if few.any() else None)
+
+
 def block_pass(c, miss, V, Wt=None, Zb=None, rbuf=None):
     """One EM pass over a row block ``c`` of the data, already centred on the pass's mean (overwritten).
 
@@ -186,9 +226,12 @@ def block_pass(c, miss, V, Wt=None, Zb=None, rbuf=None):
         if miss is not None:
             np.put(c, miss, 0)
     else:
+        Zb, sparse = least_squares_rows(c, miss, Wt, Zb)
         r = np.matmul(Zb.astype(c.dtype, copy=False), Wt, out=None if rbuf is None else rbuf[: c.shape[0]])
         if miss is not None:
             np.put(c, miss, r.take(miss))
+        if sparse is not None:  # out of the fit: at the centre, no error
+            c[sparse] = r[sparse]
         np.subtract(c, r, out=r)  # residual: 0 at the imputed entries
         # row sums in the data's precision, their total in float64 (≈1e-8 relative)
         sq = float(np.einsum("ij,ij->i", r, r).sum(dtype=np.float64))
@@ -891,6 +934,8 @@ class MaskedPCA(TransformerMixin, BaseEstimator):
 
         For a row with missing pixels m, ``z = (I − W_mᵀ W_m)⁻¹ Wᵀ x₀`` (x₀ = centred row with zeros
         at m): the normal equations of the observed pixels, since the columns of W are orthonormal.
+        A row observing fewer than ``MIN_OBSERVED`` (10 %) of the fitted pixels gets score 0 (the
+        centre), as in the fit: its least-squares score would be ill-posed.
         """
         self._check_fitted()
         X = _check_matrix(X)
@@ -903,6 +948,7 @@ class MaskedPCA(TransformerMixin, BaseEstimator):
             return transform(self, X, mask)  # block by block on the executor, this method on each block
         W = self.components_.T  # (P, K)
         eye = np.eye(W.shape[1])
+        used = np.abs(W).sum(axis=1) > 0  # pixels the fit saw (a band missing for every star is not)
         out = np.empty((X.shape[0], W.shape[1]))
         for a, b, chunk, m in self._iter_chunks(X, mask, np.float64, center=self.mean_):
             if m is not None:
@@ -910,7 +956,9 @@ class MaskedPCA(TransformerMixin, BaseEstimator):
             out[a:b] = chunk @ W
             if m is None:
                 continue
-            for r in np.flatnonzero(m.any(axis=1)):
+            few = np.count_nonzero(m[:, used], axis=1) > (1.0 - MIN_OBSERVED) * used.sum()
+            out[a:b][few] = 0.0  # too few pixels for a score of its own: the centre, as in the fit
+            for r in np.flatnonzero(m.any(axis=1) & ~few):
                 Wm = W[m[r]]
                 G = eye - Wm.T @ Wm
                 try:
