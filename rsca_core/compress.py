@@ -212,7 +212,7 @@ def least_squares_rows(c, miss, Wt, Zb, heavy=None, sparse=None):
     return Zb, (rows[few] if few.any() else None)
 
 
-def block_pass(c, miss, V, Wt=None, Zb=None, rbuf=None, fill=None):
+def block_pass(c, miss, V, Wt=None, Zb=None, rbuf=None):
     """One EM pass over a row block ``c`` of the data, already centred on the pass's mean (overwritten).
 
     ``miss``: flat indices of the block's missing entries (or None). ``Wt`` (K × P) and ``Zb`` (rows × K):
@@ -229,12 +229,10 @@ def block_pass(c, miss, V, Wt=None, Zb=None, rbuf=None, fill=None):
         Zb, sparse = least_squares_rows(c, miss, Wt, Zb)
         r = np.matmul(Zb.astype(c.dtype, copy=False), Wt, out=None if rbuf is None else rbuf[: c.shape[0]])
         if miss is not None:
-            np.put(c, miss, r.take(miss) if fill is None else fill)
+            np.put(c, miss, r.take(miss))
         if sparse is not None:  # out of the fit: at the centre, no error
             c[sparse] = r[sparse]
         np.subtract(c, r, out=r)  # residual: 0 at the imputed entries
-        if fill is not None and miss is not None:
-            np.put(r, miss, 0)
         # row sums in the data's precision, their total in float64 (≈1e-8 relative)
         sq = float(np.einsum("ij,ij->i", r, r).sum(dtype=np.float64))
     colsum = np.asarray(np.ones(c.shape[0], dtype=c.dtype) @ c, dtype=np.float64)
@@ -371,24 +369,7 @@ class _ChunkedPasses:
         sub.miss = kept
         return sub
 
-    def model_at_missing(self, mu_c, W, Z):
-        """The model's values (centred on ``mu_c``) at the kept missing positions, one array per chunk
-        (None when the positions are not kept); rows observing too few pixels get 0."""
-        if self.miss is None:
-            return None
-        p, out = self.X.shape[1], []
-        for (a, b), pos in zip(self.bounds, self.miss):
-            if pos is None:
-                out.append(None)
-                continue
-            rows, cols = pos // p, pos % p
-            cnt = np.bincount(rows, minlength=b - a)
-            z = np.array(Z[a:b], dtype=np.float64)
-            z[cnt > (1.0 - MIN_OBSERVED) * p] = 0.0
-            out.append(np.einsum("ij,ij->i", z[rows], W[cols]))
-        return out
-
-    def run(self, mu_c, V, Wt, Z, Y, fill=None):
+    def run(self, mu_c, V, Wt, Z, Y):
         """One pass: Y (N × kb, filled in place), column sums, squared error and B = Cᵀ C V."""
         p, kb = self.X.shape[1], V.shape[1]
         if Wt is not None and self.rbuf is None:
@@ -397,9 +378,7 @@ class _ChunkedPasses:
         for i, (a, b) in enumerate(self.bounds):
             c = self._rows(a, b, mu_c)
             miss = self.miss[i] if self.miss is not None else missing_positions(self._mask(a, b))
-            cs, e, y, bb = block_pass(
-                c, miss, V, Wt, None if Z is None else Z[a:b], self.rbuf, None if fill is None else fill[i]
-            )
+            cs, e, y, bb = block_pass(c, miss, V, Wt, None if Z is None else Z[a:b], self.rbuf)
             colsum += cs
             sq += e
             Y[a:b] = y
@@ -414,38 +393,6 @@ class _ChunkedPasses:
             return np.asarray(X, dtype=np.float64), None
         m = self.mfile.take(rows) if self.mfile is not None and not isinstance(self.mask, _Columns) else self.mask[rows]
         return np.asarray(X, dtype=np.float64), np.asarray(m, dtype=bool)
-
-
-class _Anderson:
-    """Anderson acceleration (type II, memory ``m``) of the imputed values, in absolute units."""
-
-    def __init__(self, m, mu_first):
-        self.m, self.x, self.X, self.G, self.mu_first = m, None, [], [], mu_first
-
-    def step(self, f_chunks, mu_c, passes):
-        p = passes.X.shape[1]
-        cols = np.concatenate([pos % p for pos in passes.miss if pos is not None])
-        f = np.concatenate([x for x in f_chunks if x is not None]) + mu_c[cols]
-        if self.x is None:
-            self.x = self.mu_first[cols]  # the first pass imputed the first centre
-        g = f - self.x
-        self.X, self.G = (self.X + [self.x])[-(self.m + 1):], (self.G + [g])[-(self.m + 1):]
-        if len(self.G) >= 2:
-            dG = np.array([self.G[j + 1] - self.G[j] for j in range(len(self.G) - 1)]).T
-            dX = np.array([self.X[j + 1] - self.X[j] for j in range(len(self.X) - 1)]).T
-            gamma = np.linalg.lstsq(dG, g, rcond=None)[0]
-            xn = self.x + g - (dX + dG) @ gamma
-        else:
-            xn = f
-        self.x = xn
-        out, i = [], 0
-        for pos in passes.miss:
-            if pos is None:
-                out.append(None)
-                continue
-            out.append(xn[i : i + pos.size] - mu_c[pos % p])
-            i += pos.size
-        return out
 
 
 class MaskedPCA(TransformerMixin, BaseEstimator):
@@ -902,7 +849,6 @@ class MaskedPCA(TransformerMixin, BaseEstimator):
         """
         V, mu_center, colsum, B, Y = first
         kb = V.shape[1]
-        aa = _Anderson(int(getattr(self, "anderson_", 0)), mu_center)
         W_prev = Z_prev = None  # model of the previous pass (for imputation)
         self.objective_ = []
         self.converged_ = False
@@ -923,13 +869,7 @@ class MaskedPCA(TransformerMixin, BaseEstimator):
             if kb < p:
                 V = np.linalg.qr(B)[0]
             Wt = np.ascontiguousarray(W_prev.T, dtype=dtype)
-            fill = None
-            m_aa = int(getattr(self, "anderson_", 0))
-            if m_aa and has_missing and hasattr(passes, "model_at_missing"):
-                f = passes.model_at_missing(mu_center, W_prev, Z_prev)
-                if f is not None:
-                    fill = aa.step(f, mu_center, passes)
-            colsum, sq_err, B = passes.run(mu_center.astype(dtype), V.astype(dtype), Wt, Z_prev, Y, fill)
+            colsum, sq_err, B = passes.run(mu_center.astype(dtype), V.astype(dtype), Wt, Z_prev, Y)
         self._set_fitted(W, mu_center, lam[:K], n, it)
         return Z
 
