@@ -14,7 +14,11 @@ iteration so that every EM step costs one streaming pass over the data:
 
 On complete data this is ordinary PCA (for P ≤ ``exact_below`` the basis is the whole pixel space
 and the answer is exact after one pass; above, subspace iteration runs to ``tol``).
-The fixed point with missing data is the least-squares rank-K fit of the observed entries.
+The fixed point with missing data is the least-squares rank-K fit of the observed entries, with two
+kinds of rows treated apart (:func:`least_squares_rows`): a row missing more than 20 % of its pixels is
+scored by its least-squares fit every pass instead of waiting for EM to move it (same fixed point, far
+fewer passes), and a row observing fewer than 10 % of them (the lowest-SNR stars, masked almost
+everywhere) is left out of the fit and scores 0 (the centre), since its least-squares score is ill-posed.
 
 Without weights (the default) one pass is three products per row chunk — the previous model's
 reconstruction (to impute the missing pixels and measure the error of the observed ones), ``C V`` and
@@ -42,7 +46,9 @@ from .progress import ConvergenceBar
 #: 2: one-pass imputation into reused buffers, missing positions kept as indices, dask passes.
 #: 3: no pass of its own for the mean (the first pass centres on a row sample's mean and counts the
 #: observed entries); the sample is read from the file instead of through the memory map.
-ALGORITHM_VERSION = 3
+#: 4: rows observing fewer than ``MIN_OBSERVED`` of the pixels are left out of the fit (score 0); rows
+#: missing more than ``HEAVY_ROW_FRACTION`` are solved exactly each pass (``least_squares_rows``).
+ALGORITHM_VERSION = 4
 
 #: Default cap of the inverse-variance weights: errors below 0.005 (SNR 200 per pixel) count as 0.005.
 IVAR_CAP = 1.0 / 0.005**2
@@ -104,6 +110,10 @@ class _Columns:
 
 #: Rows of the random sample whose leading singular vectors start the subspace iteration.
 INITIAL_SAMPLE = 1000
+#: Rows missing more than this fraction of their pixels get least-squares scores every pass.
+HEAVY_ROW_FRACTION = 0.2
+#: Rows observing fewer than this fraction of the pixels are left out of the fit (score 0, the centre).
+MIN_OBSERVED = 0.1
 
 
 def is_dask_array(X) -> bool:
@@ -172,6 +182,46 @@ def raise_non_finite(row, column):
     raise ValueError(f"non-finite value at observed entry (row {row}, column {column}); mask it or fix the data")
 
 
+def least_squares_rows(c, miss, Wt, Zb):
+    """The scores a pass imputes with: ``Zb`` (the previous pass's) with two kinds of rows replaced.
+
+    * Rows missing more than ``HEAVY_ROW_FRACTION`` (20 %) of their pixels take the least-squares fit
+      of their observed pixels by the axes ``Wt`` (K × P, orthonormal rows), what ``transform`` gives:
+      EM moves a score towards that fit only by about the row's observed fraction a pass (a row missing
+      90 % of its pixels needs ~40 passes to get 98 % of the way), so these rows are solved exactly.
+      The fixed point is the same. At most one row in 20 of a block, the most-missing first, so that
+      a survey masked everywhere keeps the cost of a pass (its other rows converge as before).
+    * Rows observing fewer than ``MIN_OBSERVED`` (10 %) of the pixels take score 0 (the centre), and
+      ``block_pass`` leaves them out of the fit: with so few pixels their least-squares score is
+      ill-posed (on the default survey 137–477 field standard deviations out on a weak axis for rows
+      missing > 99 %), and EM would drift them towards it for hundreds of passes, turning the fit.
+
+    Returns ``(scores, sparse_rows)`` (``sparse_rows``: indices into the block, or None).
+    """
+    if miss is None:
+        return Zb, None
+    n, p = c.shape
+    cnt = np.bincount(miss // p, minlength=n)
+    sparse = np.flatnonzero(cnt > (1.0 - MIN_OBSERVED) * p)
+    heavy = np.flatnonzero((cnt > HEAVY_ROW_FRACTION * p) & (cnt <= (1.0 - MIN_OBSERVED) * p))
+    if sparse.size == 0 and heavy.size == 0:
+        return Zb, None
+    Zb = np.array(Zb, dtype=np.float64)
+    Zb[sparse] = 0.0
+    heavy = heavy[np.argsort(-cnt[heavy], kind="stable")][: max(1, n // 20)]
+    for i, s0 in zip(heavy, np.searchsorted(miss, heavy * p)):
+        obs = np.ones(p, bool)
+        obs[miss[s0 : s0 + cnt[i]] - i * p] = False
+        Wo = Wt[:, obs].astype(np.float64)
+        if cnt[i] < p - cnt[i]:  # fewer missing than observed: the identity minus the missing part
+            Wm = Wt[:, ~obs].astype(np.float64)
+            G = np.eye(len(Wt)) - Wm @ Wm.T
+        else:
+            G = Wo @ Wo.T
+        Zb[i] = np.linalg.lstsq(G, Wo @ c[i, obs].astype(np.float64), rcond=None)[0]
+    return Zb, (sparse if sparse.size else None)
+
+
 def block_pass(c, miss, V, Wt=None, Zb=None, rbuf=None):
     """One EM pass over a row block ``c`` of the data, already centred on the pass's mean (overwritten).
 
@@ -186,9 +236,12 @@ def block_pass(c, miss, V, Wt=None, Zb=None, rbuf=None):
         if miss is not None:
             np.put(c, miss, 0)
     else:
+        Zb, sparse = least_squares_rows(c, miss, Wt, Zb)
         r = np.matmul(Zb.astype(c.dtype, copy=False), Wt, out=None if rbuf is None else rbuf[: c.shape[0]])
         if miss is not None:
             np.put(c, miss, r.take(miss))
+        if sparse is not None:  # out of the fit: at the centre, no error
+            c[sparse] = r[sparse]
         np.subtract(c, r, out=r)  # residual: 0 at the imputed entries
         # row sums in the data's precision, their total in float64 (≈1e-8 relative)
         sq = float(np.einsum("ij,ij->i", r, r).sum(dtype=np.float64))
@@ -368,8 +421,10 @@ class MaskedPCA(TransformerMixin, BaseEstimator):
         reconstruction error of the observed entries (the EM objective) falls below ``tol``. On
         complete data: when the top-K subspace moves by less than ``tol`` (largest principal angle)
         between passes, or the error changes by less than ``tol²``. The default 1e-4 is the
-        threshold of the paper's PPCA (pyppca); rows with most pixels missing make EM creep on
-        for many passes below it with no visible change of the fit.
+        threshold of the paper's PPCA (pyppca). Rows missing more than 20 % of their pixels are
+        solved exactly every pass (EM would move them by their observed fraction a pass); rows
+        observing fewer than 10 % of the pixels are left out of the fit and score 0 (the centre):
+        their least-squares scores are ill-posed (see ``least_squares_rows``).
     oversample : int
         Extra basis vectors carried by the subspace iteration.
     exact_below : int
@@ -891,6 +946,8 @@ class MaskedPCA(TransformerMixin, BaseEstimator):
 
         For a row with missing pixels m, ``z = (I − W_mᵀ W_m)⁻¹ Wᵀ x₀`` (x₀ = centred row with zeros
         at m): the normal equations of the observed pixels, since the columns of W are orthonormal.
+        A row observing fewer than ``MIN_OBSERVED`` (10 %) of the fitted pixels gets score 0 (the
+        centre), as in the fit: its least-squares score would be ill-posed.
         """
         self._check_fitted()
         X = _check_matrix(X)
@@ -903,6 +960,7 @@ class MaskedPCA(TransformerMixin, BaseEstimator):
             return transform(self, X, mask)  # block by block on the executor, this method on each block
         W = self.components_.T  # (P, K)
         eye = np.eye(W.shape[1])
+        used = np.abs(W).sum(axis=1) > 0  # pixels the fit saw (a band missing for every star is not)
         out = np.empty((X.shape[0], W.shape[1]))
         for a, b, chunk, m in self._iter_chunks(X, mask, np.float64, center=self.mean_):
             if m is not None:
@@ -910,7 +968,9 @@ class MaskedPCA(TransformerMixin, BaseEstimator):
             out[a:b] = chunk @ W
             if m is None:
                 continue
-            for r in np.flatnonzero(m.any(axis=1)):
+            few = np.count_nonzero(m[:, used], axis=1) > (1.0 - MIN_OBSERVED) * used.sum()
+            out[a:b][few] = 0.0  # too few pixels for a score of its own: the centre, as in the fit
+            for r in np.flatnonzero(m.any(axis=1) & ~few):
                 Wm = W[m[r]]
                 G = eye - Wm.T @ Wm
                 try:

@@ -195,3 +195,51 @@ def test_memory_mapped_bundle_with_a_masked_band_reads_the_same_rows(tmp_path):
     c = MaskedPCA(4, random_state=1, chunk_rows=70).fit(mx[10:], mm[10:])  # a slice of the map: read through it
     d = MaskedPCA(4, random_state=1, chunk_rows=70).fit(X[10:].copy(), mask[10:].copy())
     assert np.array_equal(c.components_, d.components_)
+
+
+def test_rows_with_almost_nothing_observed_sit_at_the_centre_and_leave_the_axes_alone():
+    """A spectrum observing fewer than 10 % of the pixels (the lowest-SNR stars, masked almost
+    everywhere) gets score 0 (the centre) and does not shape the axes: the fit equals ordinary PCA of
+    the other, complete rows, however wild its few observed pixels are."""
+    X = low_rank(n=300, p=400, seed=11)
+    rng = np.random.default_rng(12)
+    extra = X[:4] + 40.0 * rng.standard_normal((4, 400))  # wild values ...
+    m_extra = rng.random((4, 400)) > 0.05  # ... at about 5 % of the pixels
+    m_extra[3] = True  # and one row with nothing observed
+    Xa = np.vstack([X, np.where(m_extra, np.nan, extra)])
+    mask = np.vstack([np.zeros_like(X, bool), m_extra])
+    pca = MaskedPCA(5, random_state=0, tol=1e-12, max_iter=300)
+    Z = pca.fit_transform(Xa, mask)
+    comps, _, mu = svd_pca(X, 5)  # the complete rows alone
+    assert subspace_gap(pca.components_, comps) < 1e-8
+    assert np.allclose(pca.mean_, mu, atol=1e-8)
+    assert np.abs(Z[-4:]).max() < 1e-6
+    assert np.array_equal(pca.transform(Xa[-4:], mask[-4:]), np.zeros((4, 5)))
+    assert np.allclose(Z[:-4], (X - mu) @ pca.components_.T, atol=1e-6)
+
+
+def test_heavily_masked_rows_converge_to_their_least_squares_scores_in_fewer_passes(monkeypatch):
+    """Rows missing 30–80 % of their pixels are solved exactly each pass: the fixed point is the same
+    (each row's score is the least-squares fit of its observed pixels, computed here row by row), and
+    it is reached in fewer passes than when EM moves them by their observed fraction a pass."""
+    import rsca_core.compress as compress
+
+    X = low_rank(n=300, p=200, seed=13)
+    rng = np.random.default_rng(14)
+    mask = rng.random(X.shape) < 0.01
+    frac = rng.uniform(0.3, 0.8, size=15)
+    for i, f in enumerate(frac):
+        mask[i] = rng.random(200) < f
+    Xm = np.where(mask, np.nan, X)
+    fast = MaskedPCA(5, random_state=0, tol=1e-8, max_iter=300, exact_below=0)
+    Z = fast.fit_transform(Xm, mask)
+    W, mu = fast.components_.T, fast.mean_
+    for i in range(15):
+        o = ~mask[i]
+        expected = np.linalg.lstsq(W[o], X[i, o] - mu[o], rcond=None)[0]
+        assert np.allclose(Z[i], expected, atol=1e-5)
+    monkeypatch.setattr(compress, "HEAVY_ROW_FRACTION", 1.0)
+    slow = MaskedPCA(5, random_state=0, tol=1e-8, max_iter=300, exact_below=0).fit(Xm, mask)
+    assert fast.converged_ and slow.converged_
+    assert subspace_gap(slow.components_, fast.components_) < 1e-5
+    assert 3 * fast.n_iter_ < slow.n_iter_
