@@ -200,12 +200,20 @@ def convergence_text(what: str, pass_index: int, rel_change: float, tol: float) 
     return f"{what}: pass {pass_index}, change {change} → target {tol:.0e}"
 
 
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
 class ConvergenceBar:
     """Shows an iterative fit converging: called as ``bar(pass_index, rel_change, tol)`` after each pass.
 
     ``progress=True``: a tqdm bar on stderr over −log10(change) towards −log10(tol) (the bar is full
     when the stopping rule is met), with the pass number, the change and the target beside it — not a
-    bar over ``max_iter`` that stops part-way when the fit converges. A callable
+    bar over ``max_iter`` that stops part-way when the fit converges. When stderr is not a terminal (a
+    log file), one plain line a pass instead. A callable
     ``progress(pass_index, rel_change, tol)`` is called as is; False/None: silent.
 
     Examples
@@ -233,6 +241,10 @@ class ConvergenceBar:
             return
         total = max(1, round(-math.log10(tol) * self._STEPS_PER_DECADE)) if 0 < tol < 1 else 1
         text = convergence_text(self.what, pass_index, rel_change, tol)
+        if not _is_terminal(sys.stderr):
+            # a log file: one plain line a pass (a bar under another bar would write cursor-up codes)
+            print(text, file=sys.stderr, flush=True)
+            return
         if self._tqdm is None:
             from tqdm.auto import tqdm
 

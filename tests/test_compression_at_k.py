@@ -99,3 +99,22 @@ def test_exact_k_differs_from_the_leading_axes_of_a_larger_fit(survey):
     assert exact.k == cut.k == 8
     s = np.linalg.svd(exact.components.astype(float) @ cut.components.astype(float).T, compute_uv=False)
     assert s.min() < 0.999
+
+
+def test_progress_into_a_log_file_is_one_plain_line_a_pass(capsys):
+    """Run under nohup or in CI, a compression's progress must read as text: no carriage returns and no
+    cursor-up codes (a bar nested under `reproduce`'s bar wrote "\\x1b[A" into logs)."""
+    from rsca_core.progress import ConvergenceBar
+
+    bar = ConvergenceBar(True, "compressing K=3")
+    for i, change in enumerate([float("inf"), float("inf"), 1e-2, 3e-5]):
+        bar(i, change, 1e-4)
+    bar.close()
+    err = capsys.readouterr().err
+    assert "\r" not in err and "\x1b" not in err
+    assert err.splitlines() == [
+        "compressing K=3: reading the spectra",
+        "compressing K=3: pass 1, change not measured yet → target 1e-04",
+        "compressing K=3: pass 2, change 1.0e-02 → target 1e-04",
+        "compressing K=3: pass 3, change 3.0e-05 → target 1e-04",
+    ]
