@@ -102,6 +102,7 @@ def create_app() -> dash.Dash:
         body, status = service.health()
         return flask.jsonify(body), status
 
+    service.warm.start(server, again=True)  # load the datasets and their default views in the background
     return app
 
 

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import tempfile
 import threading
 import uuid
 import warnings
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,6 +162,9 @@ class RateInputs:
     clust_vhelio: np.ndarray
     clust_ak: np.ndarray
     description: dict = field(default_factory=dict)
+    #: the bundle rows of ``z_pop`` and ``z_clust`` (e.g. to draw them against a star-table column)
+    pop_rows: np.ndarray | None = None
+    clust_rows: np.ndarray | None = None
 
     def as_kwargs(self) -> dict:
         return dict(
@@ -638,6 +641,8 @@ class Dataset:
             clust_vhelio=vh[ci],
             clust_ak=ak[ci],
             description=desc | {"dataset": self.name, "kind": self.kind},
+            pop_rows=fi,
+            clust_rows=ci,
         )
 
 
@@ -797,22 +802,21 @@ def _open_stars_cache(cpath: Path | None, spath: Path, n: int) -> _StarTable | N
     if cpath is None or not cpath.exists():
         return None
     try:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        fh = open(cpath, "rb")  # noqa: SIM115 - kept open by the table: a replaced copy stays readable
-    except (OSError, ImportError):
-        return None
-    try:
-        info = pq.ParquetFile(fh)
+        with open(cpath, "rb") as fh:
+            # mapped, not read: a replaced copy stays readable, and every read has its own position
+            # (threads, and processes forked from this one, never move each other's)
+            data = pa.py_buffer(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ))
+        info = pq.ParquetFile(pa.BufferReader(data))
         names = tuple(info.schema_arrow.names)
         rows = info.metadata.num_rows
-    except Exception:  # unreadable or truncated copy: the CSV is the truth
-        fh.close()
+    except Exception:  # unreadable or truncated copy, or no pyarrow: the CSV is the truth
         return None
     if rows != n or any(c not in names for c in REQUIRED_COLUMNS):
-        fh.close()
         return None
-    return _StarTable(None, parquet=fh, columns=names, n=n, csv=(spath, _file_stamp(spath)))
+    return _StarTable(None, parquet=data, columns=names, n=n, csv=(spath, _file_stamp(spath)))
 
 
 def _file_stamp(path: Path) -> tuple:
@@ -821,14 +825,15 @@ def _file_stamp(path: Path) -> tuple:
 
 
 class _StarTable:
-    """The star table of a :class:`Dataset`: a frame in memory, or the bundle's Parquet copy (an open
-    file) read one column at a time on first use, the whole frame only when asked for. A column the
-    copy cannot give is read from ``stars.csv`` instead, if that file has not changed since the load
-    (else BundleError: a table is never mixed from two versions of the bundle). Thread-safe."""
+    """The star table of a :class:`Dataset`: a frame in memory, or the bundle's Parquet copy (mapped
+    into memory) read one column at a time on first use, the whole frame only when asked for. A
+    column the copy cannot give is read from ``stars.csv`` instead, if that file has not changed
+    since the load (else BundleError: a table is never mixed from two versions of the bundle).
+    Thread-safe; no lock is held while a column is read."""
 
     def __init__(self, frame: pd.DataFrame | None, *, parquet=None, columns=(), n: int = 0, csv=None):
         self._frame = frame
-        self._file = parquet
+        self._data = parquet  # a pyarrow buffer over the mapped copy
         self.columns = tuple(frame.columns) if frame is not None else tuple(columns)
         self._n = len(frame) if frame is not None else int(n)
         self._csv = csv  # (path, (size, mtime)) of stars.csv at load time
@@ -836,19 +841,16 @@ class _StarTable:
         self.checked = frame is None
         self._cols: dict[str, pd.Series] = {}  # at most one entry per column of the file
         self._lock = threading.Lock()
-        if parquet is not None:
-            weakref.finalize(self, parquet.close)
 
     def __len__(self) -> int:
         return self._n
 
     def frame(self) -> pd.DataFrame:
         if self._frame is None:
+            frame = self._read(None)
             with self._lock:
                 if self._frame is None:
-                    self._frame = self._read(None)
-                    self._cols.clear()
-                    self._file.close()
+                    self._frame, self._cols, self._data = frame, {}, None
         return self._frame
 
     def column(self, name: str) -> pd.Series:
@@ -857,28 +859,34 @@ class _StarTable:
             return frame[name]
         if name not in self.columns:
             raise KeyError(name)
-        with self._lock:
-            if self._frame is not None:
-                return self._frame[name]
-            if name not in self._cols:
-                self._cols[name] = self._read([name])[name]
-            return self._cols[name]
+        col = self._cols.get(name)
+        if col is None:
+            read = self._read([name])
+            with self._lock:
+                if self._frame is not None:
+                    return self._frame[name]
+                col = self._cols.setdefault(name, read[name])
+        return col
 
     def _read(self, columns) -> pd.DataFrame:
-        try:
-            self._file.seek(0)
-            # one thread, no pre-buffering: under OMP_NUM_THREADS=1 (the web workers) Arrow's threaded
-            # read of a million-row table took 3–6 s instead of ~0.4 s
-            out = pd.read_parquet(self._file, columns=columns, use_threads=False, pre_buffer=False)
-            if len(out) == self._n:
-                return out
-        except Exception:
-            pass
+        data = self._data
+        if data is not None:
+            try:
+                import pyarrow as pa
+
+                # one thread, no pre-buffering: under OMP_NUM_THREADS=1 (the web workers) Arrow's
+                # threaded read of a million-row table took 3–6 s instead of ~0.4 s
+                out = pd.read_parquet(pa.BufferReader(data), columns=columns, use_threads=False, pre_buffer=False)
+                if len(out) == self._n:
+                    return out
+            except Exception:
+                pass
         spath, stamp = self._csv
         if not spath.exists() or _file_stamp(spath) != stamp:
             raise BundleError(f"{spath}: changed since the bundle was loaded, and its cached copy is unreadable")
         frame = _normalise_stars(_read_stars_csv(spath, self._n))
-        self._frame = frame
+        with self._lock:
+            self._frame, self._cols, self._data = frame, {}, None
         return frame if columns is None else frame[columns]
 
     def __getstate__(self):
