@@ -232,6 +232,15 @@ def _density(x, y) -> dict | None:
     }
 
 
+def members_note(f: dict) -> str:
+    """What a feature panel's coloured markers are (for its title): every cluster member, or a
+    sample of them, said with both counts."""
+    m = f.get("members")
+    if not m or m["shown"] == m["of"]:
+        return "members coloured"
+    return f"{m['shown']:,} of {m['of']:,} cluster members shown (random sample), coloured"
+
+
 def member_sample(n: int, max_members: int) -> np.ndarray:
     """Positions of the cluster members drawn: all of them, or a seeded random sample of
     ``max_members`` in their order (the same sample on every worker)."""
