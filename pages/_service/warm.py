@@ -92,6 +92,7 @@ def _run(server, generation: int) -> None:
         keys = []
     for key in keys:
         _note(key, "waiting", generation)
+    _first_requests(server)
     for key in keys:
         if generation != _State.generation:
             return  # a newer app of this process warms itself
@@ -108,6 +109,17 @@ def _run(server, generation: int) -> None:
         _State.state, _State.seconds = "ready", time.perf_counter() - t0
         done = dict(_State.datasets)
     log.info("worker %d warmed in %.1f s: %s", os.getpid(), time.perf_counter() - t0, done)
+
+
+def _first_requests(server) -> None:
+    """Dash sets itself up on a worker's first request (its callback map, the pages' registry, the
+    index page): made here, so that a visitor's first page does not wait for it."""
+    try:
+        with server.test_client() as client:
+            for path in ("/", "/_dash-layout", "/_dash-dependencies"):
+                client.get(path)
+    except Exception as exc:  # the visitor's request will do it, and say what is wrong
+        log.warning("warm-up: the first requests failed (%s)", hide_paths(str(exc))[:200])
 
 
 def warm_dataset(key: str, note=lambda what: None) -> str:
