@@ -78,6 +78,7 @@ def test_a_fresh_app_warms_and_its_first_view_is_then_a_cache_hit(survey, monkey
     path, server = survey
     loads, computed = [], []
     real_load, real_rates = Dataset.load.__func__, compute.compute_rates
+    go_on = threading.Event()  # the rates computation, once started, waits for this (step 2)
 
     def counting_load(cls, p, *a, **kw):
         loads.append(str(p))
@@ -85,6 +86,7 @@ def test_a_fresh_app_warms_and_its_first_view_is_then_a_cache_hit(survey, monkey
 
     def counting_rates(*a, **kw):
         computed.append(1)
+        assert go_on.wait(60)
         return real_rates(*a, **kw)
 
     monkeypatch.setattr(Dataset, "load", classmethod(counting_load))
@@ -104,21 +106,20 @@ def test_a_fresh_app_warms_and_its_first_view_is_then_a_cache_hit(survey, monkey
         wait_until(lambda: flight.busy(("load", str(path))) and visitor.is_alive())
         time.sleep(0.1)
         assert warm.status()["state"] == "warming" and not loads  # nobody loads while the other load runs
-    # 2. the view's rates are being computed (held here): /healthz answers, and says "warming"
+    # 2. the warm-up computes the view's rates (held in that computation): /healthz answers, and says
+    # "warming"; a visitor asking for the same view waits for it instead of computing it again
+    wait_until(lambda: computed)
     with server.app_context():
         s, problems = service.settings_from_query({"ds": "default"})
         assert not problems and s.k == K and s.clusters is None
-        key = s.key()
-    with flight.hold(("rates", key)):
-        wait_until(lambda: warm.status()["datasets"].get("default") == "view")
-        with server.app_context():
-            body, status = service.health()
-        assert status == 200 and body["status"] == "ok", body
-        assert body["warm"]["state"] == "warming" and body["warm"]["datasets"] == {"default": "view"}
-        second = threading.Thread(target=visit, args=("rates", lambda: service.rates(s)))
-        second.start()
-        time.sleep(0.1)
-        assert not computed  # the visitor waits, it does not compute beside the warm-up
+        body, status = service.health()
+    assert status == 200 and body["status"] == "ok", body
+    assert body["warm"]["state"] == "warming" and body["warm"]["datasets"] == {"default": "view"}
+    second = threading.Thread(target=visit, args=("rates", lambda: service.rates(s)))
+    second.start()
+    time.sleep(0.2)
+    assert len(computed) == 1 and second.is_alive()  # the visitor waits, it does not compute beside the warm-up
+    go_on.set()
     visitor.join(60)
     second.join(60)
     assert warm.wait(60)
