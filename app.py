@@ -14,15 +14,24 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
-import dash
-import dash_bootstrap_components as dbc
-import flask
-from dash import html
+# numpy asks the kernel for transparent huge pages for each large array; with the kernel's usual
+# defrag=madvise, a fault on such a page may wait for memory compaction, and on a server whose memory
+# is full of page cache (big bundles read) a fresh worker's first 240 MB arrays (a 1,000,000-star
+# survey's scores) took 2–3 s each instead of 0.2–0.4 s: the cold first view of that survey 8.1 s
+# with them, 3.9 s without (benchmarks/bench_first_view.py). Off unless the operator sets it; numpy
+# reads it when it is first imported, which is below (dash, flask and gunicorn do not import it).
+os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
 
-from pages import _service as service
+import dash  # noqa: E402
+import dash_bootstrap_components as dbc  # noqa: E402
+import flask  # noqa: E402
+from dash import html  # noqa: E402
+
+from pages import _service as service  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 # In a checkout the stylesheets are in assets/ beside app.py; an installed wheel carries them in pages/assets.
@@ -102,6 +111,7 @@ def create_app() -> dash.Dash:
         body, status = service.health()
         return flask.jsonify(body), status
 
+    service.warm.start(server, again=True)  # load the datasets and their default views in the background
     return app
 
 

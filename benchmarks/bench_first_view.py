@@ -4,21 +4,26 @@
 
 ``DIR`` is a bundle whose K compression is already prepared (e.g. the one ``bench_scale.py --n
 1000000`` leaves, spectra in Zarr); the script loads it once first, as ``compress`` does, which
-keeps a big star table as Parquet in the bundle's cache. The script starts the Dockerfile's gunicorn command on
-127.0.0.1 with ``DIR`` in the data folder beside the default survey (``--baseline``, default
-``data/default``) and, as a browser does when one opens Explore on that survey
-(``/?ds=<name>&k=<k>``):
+keeps a big star table as Parquet in the bundle's cache. The script starts the Dockerfile's gunicorn
+command on 127.0.0.1 with ``DIR`` in the data folder beside the default survey (``--baseline``,
+default ``data/default``) and, as a browser does when one opens Explore on that survey
+(``/?ds=<name>&k=<k>``), GETs the page (the layout reads the query), then posts the callbacks the
+page fires on load: the cluster list and the weights switch of the dataset, then the main one (rates,
+bars), then the feature and histogram panels (in parallel, from the main one's store). Three fresh
+servers (one worker each, as the Dockerfile):
 
-1. GET the page (the layout reads the query), then the callbacks the page fires on load: the
-   cluster list and the weights switch of the dataset, then the main one (rates, bars), then the
-   feature and histogram panels (in parallel, from the main one's store);
-2. the same again (a second visitor: cached answers);
-3. the same first view on the baseline survey, on the same server;
-4. in this process: ``Dataset.load`` + the cached compression + ``doppelganger_rates`` on the same
-   inputs (the floor of the main callback).
+1. warm-up off (``RSCA_WARM=0``): the cold path itself — the worker reads the bundle and computes
+   the view for its first visitor;
+2. warm-up on, the visitor arriving as soon as the server answers (``/healthz`` says "warming"): the
+   requests wait for the warm-up's own loads and computations, never a second copy of them;
+3. warm-up on, the visitor arriving once ``/healthz`` says "ready";
 
-Prints each step's seconds and the first view's total, beside the target (< 3 s), and the peak
-RSS of the gunicorn workers.
+each followed by a second visitor (cached answers); on the last server, the default survey's first
+view (the baseline). Then, in this process: ``Dataset.load`` + the cached compression +
+``doppelganger_rates`` on the same inputs (the floor of the main callback).
+
+Prints each step's seconds and the first view's total, beside the target (< 3 s), the warm-up's
+duration, the machine's load average, and the peak RSS of the gunicorn worker.
 """
 
 from __future__ import annotations
@@ -32,7 +37,17 @@ from pathlib import Path
 
 import psutil
 from bench_app import explore_values
-from dash_http import ROOT, Client, DashCallbacks, dockerfile_gunicorn, free_port, start_server, stop_server
+from dash_http import (
+    ROOT,
+    Client,
+    DashCallbacks,
+    dockerfile_gunicorn,
+    free_port,
+    start_server,
+    stop_server,
+    wait_warm,
+    warm_state,
+)
 
 WORK = ROOT / "benchmarks" / "_work" / "first-view"
 
@@ -113,6 +128,40 @@ def in_process_floor(path, k):
     return {"load bundle": t_load, "read compression": t_comp, "rates": t_rates}, int(np.size(ri.z_pop, 0))
 
 
+SCENARIOS = (
+    ("cold worker, warm-up off", {"RSCA_WARM": "0"}, False),
+    ("fresh worker, visitor at once (warming)", {}, False),
+    ("fresh worker, after /healthz ready", {}, True),
+)
+
+
+def serve(env, data_dir, k, wait_ready, baseline):
+    """One fresh server: the first and a second view of the big survey (and of the baseline)."""
+    port = free_port()
+    proc = start_server(dockerfile_gunicorn(port), env, log_path=WORK / "server.log")
+    rows, notes = [], {}
+    try:
+        t0 = time.perf_counter()
+        if wait_ready:
+            notes["warm-up"], warm = wait_warm(port)
+            notes["warm"] = warm.get("datasets")
+        notes["warm state as the visitor arrives"] = warm_state(port).get("state")
+        steps, sizes, store = first_view(port, DashCallbacks(Client(port)), "survey", k)
+        notes["start to first view end"] = time.perf_counter() - t0
+        rows.append(("first view", steps))
+        steps, _, _ = first_view(port, DashCallbacks(Client(port)), "survey", k)
+        rows.append(("second view (cached)", steps))
+        if baseline:
+            steps, _, _ = first_view(port, DashCallbacks(Client(port)), "default", k)
+            rows.append(("default survey, first view (baseline)", steps))
+        notes["sizes"] = sizes
+        notes["rss"] = max(w.memory_info().rss for w in psutil.Process(proc.pid).children()) / 2**30
+        notes["store"] = store
+    finally:
+        stop_server(proc)
+    return rows, notes
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", required=True, help="the big bundle (its K compression prepared)")
@@ -135,42 +184,40 @@ def main(argv=None) -> int:
     env.update(
         RSCA_DATASET=str(base),
         RSCA_DATA_DIR=str(data_dir),
-        RSCA_STATE_DIR=str(WORK / f"state-{os.getpid()}"),
         RSCA_CACHE_TYPE="simple",
         RSCA_K_FIT=str(max(args.k, 30)),
     )
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env.setdefault(var, "1")
-    port = free_port()
-    cmd = dockerfile_gunicorn(port)
-    proc = start_server(cmd, env, log_path=WORK / "server.log")
-    print(f"server: {' '.join(cmd[2:])} (pid {proc.pid}); survey {big}")
-    try:
-        cbs = DashCallbacks(Client(port))
-        rows = []
-        for label, ds in (("first view, big survey", "survey"), ("second view (cached)", "survey")):
-            steps, sizes, store = first_view(port, cbs, ds, args.k)
-            rows.append((label, steps))
-        print(f"   feature / histogram answers: {sizes[0] / 1e3:.0f} kB / {sizes[1] / 1e3:.0f} kB")
-        steps, _, _ = first_view(port, cbs, "default", args.k)
-        rows.append(("first view, default survey (baseline)", steps))
-        workers = psutil.Process(proc.pid).children()
-        rss = max(w.memory_info().rss for w in workers) / 2**30
-    finally:
-        stop_server(proc)
+    print(f"server: {' '.join(dockerfile_gunicorn(0)[2:])}; survey {big}; load average {os.getloadavg()}")
+    results = []
+    for i, (label, extra, wait_ready) in enumerate(SCENARIOS):
+        state = WORK / f"state-{os.getpid()}-{i}"
+        rows, notes = serve(env | extra | {"RSCA_STATE_DIR": str(state)}, data_dir, args.k, wait_ready, i == 2)
+        results.append((label, rows, notes))
+        print(
+            f"   {label}: warm state as the visitor arrived {notes['warm state as the visitor arrives']!r}"
+            + (f", warm-up {notes['warm-up']:.1f} s ({notes['warm']})" if "warm-up" in notes else "")
+            + f"; server start to the first view's end {notes['start to first view end']:.1f} s;"
+            f" worker RSS {notes['rss']:.2f} GiB; load average {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
     floor, n_field = in_process_floor(big, args.k)
+    sizes = results[-1][2]["sizes"]
+    print(f"   feature / histogram answers: {sizes[0] / 1e3:.0f} kB / {sizes[1] / 1e3:.0f} kB")
     print(f"\nExplore's first view over HTTP (gunicorn, 127.0.0.1), K = {args.k}, seconds; target total < 3 s")
-    names = list(rows[0][1])
-    print(f"   {'':40s}" + "".join(f"{n:>23s}" for n in names))
-    for label, steps in rows:
-        print(f"   {label:40s}" + "".join(f"{steps[n]:23.3f}" for n in names))
+    names = list(results[0][1][0][1])
+    print(f"   {'':62s}" + "".join(f"{n:>23s}" for n in names))
+    for label, rows, _ in results:
+        for what, steps in rows:
+            print(f"   {label + ': ' + what:62s}" + "".join(f"{steps[n]:23.3f}" for n in names))
     print(
         f"   in-process floor ({n_field:,} field stars): "
         + ", ".join(f"{k} {v:.3f} s" for k, v in floor.items())
         + f" = {sum(floor.values()):.3f} s"
     )
-    print(f"   largest gunicorn worker RSS after the views: {rss:.2f} GiB")
-    print(f"   rate shown: {json.dumps(store['per_cluster'][:1])[:120]} …")
+    print(f"   rate shown: {json.dumps(results[-1][2]['store']['per_cluster'][:1])[:120]} …")
+    print(f"   load average at the end: {os.getloadavg()}")
     return 0
 
 

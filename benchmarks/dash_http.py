@@ -197,6 +197,22 @@ def start_server(cmd, env, cwd=ROOT, wait=90.0, log_path=None):
     raise RuntimeError(f"{shlex.join(cmd)} did not answer /healthz within {wait:.0f} s")
 
 
+def warm_state(port: int) -> dict:
+    """The ``warm`` part of /healthz ({"state": "warming" | "ready" | "off", "datasets": …})."""
+    _status, body = Client(port, timeout=30).request("GET", "/healthz")
+    return json.loads(body).get("warm") or {"state": "absent"}
+
+
+def wait_warm(port: int, timeout: float = 600.0, poll: float = 0.2) -> tuple[float, dict]:
+    """Poll /healthz until the worker has finished warming: (seconds waited, its last ``warm``)."""
+    t0 = time.perf_counter()
+    while True:
+        warm = warm_state(port)
+        if warm.get("state") != "warming" or time.perf_counter() - t0 > timeout:
+            return time.perf_counter() - t0, warm
+        time.sleep(poll)
+
+
 def stop_server(proc):
     try:
         os.killpg(proc.pid, signal.SIGTERM)

@@ -295,7 +295,9 @@ def features_figure(f):
     # every cluster's legend entry visible: rows under the panels, not a scrolling column
     fig.update_layout(legend={"font": {"size": 10}, "orientation": "h", "yanchor": "top", "y": -0.2, "x": 0})
     what = "Top RSCA features" if method == "rsca" else f"First {method.upper()} axes (unranked, no CV)"
-    fig = ui.label_figure(fig, f["label"], f"{what} vs [Fe/H] ({field_note(f['features'])}, members coloured)", top=55)
+    fig = ui.label_figure(
+        fig, f["label"], f"{what} vs [Fe/H] ({field_note(f['features'])}, {service.members_note(f)})", top=55
+    )
     fig.update_annotations(yshift=4)
     out = fig.to_plotly_json()
     out["data"] = [t for i, feat in enumerate(f["features"]) for t in _density_traces(feat, i + 1, i == 0)]
@@ -366,7 +368,7 @@ def vhelio_figure(f):
         fig,
         f["label"],
         f"{name[0].upper() + name[1:]} vs VHELIO_AVG (a good feature does not follow the velocity; "
-        f"{field_note([f['vhelio']])})",
+        f"{field_note([f['vhelio']])}; {service.members_note(f)})",
     )
     out = fig.to_plotly_json()
     out["data"] = _density_traces(f["vhelio"], 1, False)

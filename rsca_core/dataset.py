@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import tempfile
+import threading
 import uuid
 import warnings
 from collections.abc import Callable
@@ -160,6 +162,9 @@ class RateInputs:
     clust_vhelio: np.ndarray
     clust_ak: np.ndarray
     description: dict = field(default_factory=dict)
+    #: the bundle rows of ``z_pop`` and ``z_clust`` (e.g. to draw them against a star-table column)
+    pop_rows: np.ndarray | None = None
+    clust_rows: np.ndarray | None = None
 
     def as_kwargs(self) -> dict:
         return dict(
@@ -186,7 +191,9 @@ class Dataset:
         path: str | os.PathLike | None = None,
         cache_root: str | os.PathLike | None = None,
     ):
-        self.stars = _normalise_stars(stars)
+        #: The star table: a frame in memory, or (a big bundle loaded from its Parquet copy) columns
+        #: read on first use; :attr:`stars` is the whole frame, :meth:`star_column` one column.
+        self._table = stars if isinstance(stars, _StarTable) else _StarTable(_normalise_stars(stars))
         self.spectra = spectra
         self.mask = mask
         self.errors = errors
@@ -200,7 +207,7 @@ class Dataset:
 
     # ------------------------------------------------------------------ basic properties
     def _validate(self, where: str = "dataset"):
-        n = len(self.stars)
+        n = len(self._table)
         if self.spectra.ndim != 2 or self.spectra.shape[0] != n:
             raise BundleError(f"{where}: spectra shape {self.spectra.shape} does not match {n} stars")
         if self.mask.shape != self.spectra.shape:
@@ -211,16 +218,49 @@ class Dataset:
             raise BundleError(
                 f"{where}: wavelength has {self.wavelength.shape} entries, spectra have {self.spectra.shape[1]} pixels"
             )
-        missing = [c for c in REQUIRED_COLUMNS if c not in self.stars.columns]
+        missing = [c for c in REQUIRED_COLUMNS if c not in self._table.columns]
         if missing:
             raise BundleError(f"{where}: star table lacks column(s) {', '.join(missing)}")
-        if self.stars["apogee_id"].duplicated().any():
-            dup = self.stars.loc[self.stars["apogee_id"].duplicated(), "apogee_id"].iloc[0]
-            raise BundleError(f"{where}: duplicate apogee_id {dup!r}")
+        if not self._table.checked:  # a Parquet copy is only written from a table that passed this check
+            ids = self.star_column("apogee_id")
+            if ids.duplicated().any():
+                raise BundleError(f"{where}: duplicate apogee_id {ids[ids.duplicated()].iloc[0]!r}")
+
+    @property
+    def stars(self) -> pd.DataFrame:
+        """The star table, one row per star (read whole on first use when the bundle was loaded from
+        its Parquet copy; :meth:`star_column` reads a single column)."""
+        return self._table.frame()
+
+    def star_column(self, name: str) -> pd.Series:
+        """One column of the star table, reading only that column of a big bundle's Parquet copy.
+
+        The pages and the rates need a few columns (``cluster``, ``vhelio_avg``, ``ak_targ``,
+        ``fe_h``) of a million-star table: this reads those alone, where :attr:`stars` reads all.
+
+        Examples
+        --------
+        >>> import numpy as np, pandas as pd
+        >>> from rsca_core.dataset import REQUIRED_COLUMNS
+        >>> stars = pd.DataFrame({c: [0.0, 0.0] for c in REQUIRED_COLUMNS})
+        >>> stars[["apogee_id", "cluster", "visits"]] = [["2M1", "M67", "1"], ["2M2", "", "1"]]
+        >>> ds = Dataset(stars, np.zeros((2, 3), np.float32), np.zeros((2, 3), bool))
+        >>> ds.star_column("cluster").tolist()
+        ['M67', '']
+        """
+        try:
+            return self._table.column(name)
+        except KeyError:
+            raise KeyError(f"{self.name}: the star table has no column {name!r}") from None
+
+    @property
+    def star_columns(self) -> tuple[str, ...]:
+        """Names of the star table's columns (without reading any)."""
+        return self._table.columns
 
     @property
     def n_stars(self) -> int:
-        return len(self.stars)
+        return len(self._table)
 
     @property
     def n_pixels(self) -> int:
@@ -245,7 +285,7 @@ class Dataset:
 
     @property
     def is_cluster(self) -> np.ndarray:
-        return self.stars["cluster"].to_numpy(dtype=object) != ""
+        return (self.star_column("cluster") != "").to_numpy(dtype=bool)
 
     @property
     def field_index(self) -> np.ndarray:
@@ -258,10 +298,10 @@ class Dataset:
     @property
     def cluster_names(self) -> list[str]:
         """Cluster names, sorted."""
-        return sorted(set(self.stars["cluster"][self.is_cluster]))
+        return sorted(set(self.star_column("cluster")[self.is_cluster]))
 
     def cluster_sizes(self) -> pd.Series:
-        return self.stars.loc[self.is_cluster, "cluster"].value_counts().sort_index()
+        return self.star_column("cluster")[self.is_cluster].value_counts().sort_index()
 
     def summary(self) -> dict:
         sizes = self.cluster_sizes()
@@ -281,8 +321,10 @@ class Dataset:
     def abundances(self, species=SPECIES, rows=None) -> np.ndarray:
         """[X/H] of the given species as an (n, len(species)) float array; −9999.99 becomes NaN."""
         cols = [abundance_column(s) for s in species]
-        tab = self.stars.iloc[rows] if rows is not None else self.stars
-        a = tab[cols].to_numpy(dtype=float, copy=True)
+        idx = slice(None) if rows is None else rows
+        a = np.empty((np.arange(self.n_stars)[idx].size, len(cols)))
+        for j, c in enumerate(cols):  # column by column: a big bundle's copy reads only these
+            a[:, j] = self.star_column(c).to_numpy(dtype=float)[idx]
         a[a <= MISSING_VALUE + 1] = np.nan
         return a
 
@@ -334,24 +376,11 @@ class Dataset:
         if not spath.exists():
             raise BundleError(f"{spath}: file missing")
         stars_cache = _stars_cache_path(spath, meta, path, cache_root)
-        stars = _read_stars_cache(stars_cache, n)
+        stars = _open_stars_cache(stars_cache, spath, n)
         if stars is None:
-            try:
-                stars = pd.read_csv(
-                    spath,
-                    dtype={c: str for c in STRING_COLUMNS},
-                    keep_default_na=False,
-                    low_memory=False,
-                    na_values={c: ["", "nan", "NaN"] for c in _numeric_guess(spath)},
-                )
-            except Exception as exc:
-                raise BundleError(f"{spath}: unreadable ({exc})") from None
-            if len(stars) == n and n >= STARS_CACHE_MIN_ROWS:
-                _write_stars_cache(stars_cache, _normalise_stars(stars))
-        if len(stars) != n:
-            raise BundleError(f"{spath}: {len(stars)} rows, expected {n} from meta.json")
+            stars = _read_stars_csv(spath, n)
         try:
-            return cls(
+            ds = cls(
                 stars,
                 arrays["spectra"],
                 arrays["mask"],
@@ -363,6 +392,9 @@ class Dataset:
             )
         except BundleError as exc:
             raise BundleError(f"{path}: {exc}") from None
+        if not isinstance(stars, _StarTable) and n >= STARS_CACHE_MIN_ROWS:
+            _write_stars_cache(stars_cache, ds.stars)  # only a table that passed the checks is kept
+        return ds
 
     def save(self, path, overwrite: bool = False) -> Path:
         """Write the bundle to ``path`` atomically (a temporary directory renamed at the end)."""
@@ -580,21 +612,21 @@ class Dataset:
             raise ValueError(f"input must be 'spectra', 'abundances' or 'subset', not {input!r}")
         if rows is not None:
             keep &= np.asarray(rows, bool)
-        cid = self.stars["cluster"].to_numpy(dtype=object)
-        isc = self.is_cluster
+        cl = self.star_column("cluster")
+        isc = (cl != "").to_numpy(dtype=bool)
         if clusters is not None:
             wanted = {str(c) for c in clusters}
-            unknown = wanted - set(self.cluster_names)
+            unknown = wanted - set(cl[isc])
             if unknown:
                 raise ValueError(f"{self.name}: no cluster named {', '.join(sorted(unknown))}")
-            isc_keep = isc & np.isin(cid, np.array(sorted(wanted), dtype=object))
+            isc_keep = isc & cl.isin(wanted).to_numpy(dtype=bool)
         else:
             isc_keep = isc
         fi, ci = np.flatnonzero(keep & ~isc), np.flatnonzero(keep & isc_keep)
         if len(fi) == 0:
             raise ValueError(f"{self.name}: no field star left for the {input} representation")
-        st = self.stars
-        vh, ak = st["vhelio_avg"].to_numpy(float), st["ak_targ"].to_numpy(float)
+        cid = cl.iloc[ci].to_numpy(dtype=object)  # the cluster rows' names only (no object per field star)
+        vh, ak = self.star_column("vhelio_avg").to_numpy(float), self.star_column("ak_targ").to_numpy(float)
         desc |= {
             "n_field": int(len(fi)),
             "n_cluster_stars": int(len(ci)),
@@ -603,12 +635,14 @@ class Dataset:
         return RateInputs(
             z_pop=np.asarray(_take_rows(z, fi), dtype=float),
             z_clust=np.asarray(z[ci], dtype=float),
-            cluster_ids=cid[ci],
+            cluster_ids=cid,
             pop_vhelio=vh[fi],
             pop_ak=ak[fi],
             clust_vhelio=vh[ci],
             clust_ak=ak[ci],
             description=desc | {"dataset": self.name, "kind": self.kind},
+            pop_rows=fi,
+            clust_rows=ci,
         )
 
 
@@ -727,8 +761,10 @@ class BundleWriter:
 
 
 #: Star tables of at least this many rows are also kept in the bundle's cache folder as Parquet
-#: (``stars-<stamp>.parquet``, the stamp being the size and time of ``stars.csv``): read ~5× faster
-#: than the CSV, so the dashboard's first view of a survey of a million stars does not wait for it.
+#: (``stars-<stamp>.parquet``, the stamp being the size and time of ``stars.csv``), written once the
+#: table has passed the checks of :class:`Dataset`. A load from the copy reads its schema only; each
+#: column is read when first used (a page needs a few of the ~30), so the dashboard's first view of a
+#: survey of a million stars does not wait for the whole table.
 STARS_CACHE_MIN_ROWS = 100_000
 
 
@@ -737,22 +773,127 @@ def _stars_cache_path(spath: Path, meta: dict, path: Path, cache_root) -> Path |
         st = spath.stat()
     except OSError:
         return None
-    stamp = hashlib.sha1(f"{st.st_size}-{st.st_mtime_ns}-{FORMAT_VERSION}".encode()).hexdigest()[:12]
+    # "checked": copies written before they were only made from tables that passed the checks are not used
+    stamp = hashlib.sha1(f"{st.st_size}-{st.st_mtime_ns}-{FORMAT_VERSION}-checked".encode()).hexdigest()[:12]
     folder = Path(cache_root) / (meta.get("uid") or "memory") if cache_root is not None else path / "cache"
     return folder / f"stars-{stamp}.parquet"
 
 
-def _read_stars_cache(cpath: Path | None, n: int) -> pd.DataFrame | None:
-    """The cached star table if it is there, readable and of ``n`` rows (else None: read the CSV)."""
+def _read_stars_csv(spath: Path, n: int) -> pd.DataFrame:
+    """``stars.csv`` as a frame of ``n`` rows (BundleError naming the file otherwise)."""
+    try:
+        stars = pd.read_csv(
+            spath,
+            dtype={c: str for c in STRING_COLUMNS},
+            keep_default_na=False,
+            low_memory=False,
+            na_values={c: ["", "nan", "NaN"] for c in _numeric_guess(spath)},
+        )
+    except Exception as exc:
+        raise BundleError(f"{spath}: unreadable ({exc})") from None
+    if len(stars) != n:
+        raise BundleError(f"{spath}: {len(stars)} rows, expected {n} from meta.json")
+    return stars
+
+
+def _open_stars_cache(cpath: Path | None, spath: Path, n: int) -> _StarTable | None:
+    """The cached star table as a :class:`_StarTable` reading columns on demand, if the copy is
+    there, readable and of ``n`` rows with every required column (else None: read the CSV)."""
     if cpath is None or not cpath.exists():
         return None
     try:
-        # one thread, no pre-buffering: under OMP_NUM_THREADS=1 (the web workers) Arrow's threaded
-        # read of a million-row table took 3–6 s instead of ~0.4 s
-        stars = pd.read_parquet(cpath, use_threads=False, pre_buffer=False)
-    except Exception:  # unreadable or truncated copy: the CSV is the truth
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        with open(cpath, "rb") as fh:
+            # mapped, not read: a replaced copy stays readable, and every read has its own position
+            # (threads, and processes forked from this one, never move each other's)
+            data = pa.py_buffer(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ))
+        info = pq.ParquetFile(pa.BufferReader(data))
+        names = tuple(info.schema_arrow.names)
+        rows = info.metadata.num_rows
+    except Exception:  # unreadable or truncated copy, or no pyarrow: the CSV is the truth
         return None
-    return stars if len(stars) == n else None
+    if rows != n or any(c not in names for c in REQUIRED_COLUMNS):
+        return None
+    return _StarTable(None, parquet=data, columns=names, n=n, csv=(spath, _file_stamp(spath)))
+
+
+def _file_stamp(path: Path) -> tuple:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+class _StarTable:
+    """The star table of a :class:`Dataset`: a frame in memory, or the bundle's Parquet copy (mapped
+    into memory) read one column at a time on first use, the whole frame only when asked for. A
+    column the copy cannot give is read from ``stars.csv`` instead, if that file has not changed
+    since the load (else BundleError: a table is never mixed from two versions of the bundle).
+    Thread-safe; no lock is held while a column is read."""
+
+    def __init__(self, frame: pd.DataFrame | None, *, parquet=None, columns=(), n: int = 0, csv=None):
+        self._frame = frame
+        self._data = parquet  # a pyarrow buffer over the mapped copy
+        self.columns = tuple(frame.columns) if frame is not None else tuple(columns)
+        self._n = len(frame) if frame is not None else int(n)
+        self._csv = csv  # (path, (size, mtime)) of stars.csv at load time
+        #: a Parquet copy is written only from a table that passed Dataset's checks
+        self.checked = frame is None
+        self._cols: dict[str, pd.Series] = {}  # at most one entry per column of the file
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return self._n
+
+    def frame(self) -> pd.DataFrame:
+        if self._frame is None:
+            frame = self._read(None)
+            with self._lock:
+                if self._frame is None:
+                    self._frame, self._cols, self._data = frame, {}, None
+        return self._frame
+
+    def column(self, name: str) -> pd.Series:
+        frame = self._frame
+        if frame is not None:
+            return frame[name]
+        if name not in self.columns:
+            raise KeyError(name)
+        col = self._cols.get(name)
+        if col is None:
+            read = self._read([name])
+            with self._lock:
+                if self._frame is not None:
+                    return self._frame[name]
+                col = self._cols.setdefault(name, read[name])
+        return col
+
+    def _read(self, columns) -> pd.DataFrame:
+        data = self._data
+        if data is not None:
+            try:
+                import pyarrow as pa
+
+                # one thread, no pre-buffering: under OMP_NUM_THREADS=1 (the web workers) Arrow's
+                # threaded read of a million-row table took 3–6 s instead of ~0.4 s
+                out = pd.read_parquet(pa.BufferReader(data), columns=columns, use_threads=False, pre_buffer=False)
+                if len(out) == self._n:
+                    return out
+            except Exception:
+                pass
+        spath, stamp = self._csv
+        if not spath.exists() or _file_stamp(spath) != stamp:
+            raise BundleError(f"{spath}: changed since the bundle was loaded, and its cached copy is unreadable")
+        frame = _normalise_stars(_read_stars_csv(spath, self._n))
+        with self._lock:
+            self._frame, self._cols, self._data = frame, {}, None
+        return frame if columns is None else frame[columns]
+
+    def __getstate__(self):
+        return {"frame": self.frame()}
+
+    def __setstate__(self, state):
+        self.__init__(state["frame"])
 
 
 def _write_stars_cache(cpath: Path | None, stars: pd.DataFrame) -> None:

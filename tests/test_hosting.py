@@ -144,6 +144,27 @@ def build(srv, name, n_field):
 
 
 # ------------------------------------------------------------------------------------------ finding 1
+def test_a_starting_worker_warms_its_datasets_and_health_says_so(main):
+    """Each worker loads the datasets and their default views in the background (issue 14 part 3);
+    /healthz says "warming" until that is done, then "ready", and is 200 all along (a warming worker
+    answers every page). ``fresh`` has no compression: it is loaded, never compressed by the warm-up."""
+    deadline = time.time() + 90
+    while True:
+        status, h = main.health()
+        assert status == 200 and h["status"] == "ok", h
+        assert h["warm"]["state"] in ("warming", "ready"), h
+        if h["warm"]["state"] == "ready":
+            break
+        assert time.time() < deadline, h
+        time.sleep(0.2)
+    assert h["warm"]["datasets"] == {"default": "ready", "fresh": "loaded", "victim": "ready"}, h
+    assert not list((main_data(main) / "fresh").glob("cache/pca-*"))
+
+
+def main_data(srv) -> Path:
+    return Path(srv.env["RSCA_DATA_DIR"])
+
+
 def test_builds_are_capped_in_size_and_disk_one_at_a_time_and_leftovers_removed(main, place):
     data = place / "data"
     status, ans, _ = build(main, "huge", 200_000)

@@ -12,6 +12,8 @@ per job (Dash skips ``_``-prefixed folders of the pages folder, so none of this 
 * :mod:`.jobqueue` - the one bounded queue of background jobs (cap, joining, busy);
 * :mod:`.jobs` - the job store and its manager, progress, the compression job;
 * :mod:`.curves`, :mod:`.systematics`, :mod:`.simulator` - the background work of those pages;
+* :mod:`.flight` - one computation per key at a time (loads, compressions, cached views);
+* :mod:`.warm` - a starting worker loads its datasets and default views in the background;
 * :mod:`.web` - the Flask side (cache, stylesheet, request checks, headers, errors, health).
 
 The names below are the pages' whole vocabulary.
@@ -21,7 +23,7 @@ from rsca_core.constants import PAPER_SUBSET, SPECIES
 from rsca_core.labels import CLUSTER_PALETTE, cluster_colours
 from rsca_core.plotting import DISTANCE_TITLE, MODEBAR_ROOM, figure_title
 
-from . import config, siblings
+from . import config, siblings, warm
 from . import settings as settings_module
 from .compute import (
     STEP_NAMES,
@@ -34,6 +36,7 @@ from .compute import (
     features,
     fit_map,
     inside_steps,
+    members_note,
     paper_value,
     preview_rates,
     rate_inputs,
@@ -161,6 +164,7 @@ __all__ = [
     "compute_rates",
     "config",
     "siblings",
+    "warm",
     "data_dir",
     "dataset_choices",
     "distance_grid",
@@ -177,6 +181,7 @@ __all__ = [
     "hide_paths",
     "init_app",
     "inside_steps",
+    "members_note",
     "k_fit",
     "k_max",
     "load",

@@ -20,6 +20,7 @@ from rsca_core.metrics import distance_histogram
 from . import config
 from .datasets import SEED, compression_ready, dataset_label, load, pca_options, ready_ks, uid
 from .errors import UserError
+from .flight import flight
 from .settings import Settings, settings_from_key
 
 cache = Cache()
@@ -55,7 +56,9 @@ def compression(key, k: int, mask=(), allow_compute: bool = False, weights: str 
             f"{' with extra mask ' + str(list(mask)) if mask else ''} is not computed yet: Explore computes it "
             f"in the background when you choose this K, or run `rsca compress --dataset <folder> --k {k}`"
         )
-    return _compression(key, uid(key), k, SEED, tuple(mask), weights)
+    args = (key, uid(key), k, SEED, tuple(mask), weights)
+    with flight.hold(("compression", *args)):  # read (or fitted) once, however many requests ask at once
+        return _compression(*args)
 
 
 def preview_source(key, k: int, mask=(), weights: str = "none") -> tuple[int, str] | None:
@@ -90,7 +93,9 @@ def preview_rates(s: Settings) -> dict:
             f"the K = {s.k} compression of dataset {s.ds!r} is being computed (no other compression of "
             "this dataset is ready to preview from)"
         )
-    return _preview_cached(s.key(), *src)
+    key = s.key()
+    with flight.hold(("preview", key, *src)):
+        return _preview_cached(key, *src)
 
 
 @cache.memoize()
@@ -170,7 +175,9 @@ def compute_rates(s: Settings, allow_compute: bool = False, pca=None) -> dict:
 
 def rates(s: Settings) -> dict:
     """Doppelganger rates of the settings, cached."""
-    return _rates_cached(s.key())
+    key = s.key()
+    with flight.hold(("rates", key)):  # a request during the warm-up waits for its computation, then reads the cache
+        return _rates_cached(key)
 
 
 @cache.memoize()
@@ -189,10 +196,18 @@ def fit_map(s: Settings):
     return model, ri
 
 
-def features(s: Settings, n_features: int = 3) -> dict:
+#: Cluster members drawn one by one in a feature panel, at most (a random sample beyond, said in the
+#: panel's title): a survey's field is drawn as a 2-D histogram of all its stars, never star by star.
+MAX_MEMBERS_DRAWN = 5000
+
+
+def features(s: Settings, n_features: int = 3, max_members: int = MAX_MEMBERS_DRAWN) -> dict:
     """Top RSCA features (or the first output axes of another method) vs [Fe/H] and VHELIO (field
-    density + cluster members), cached. ``scales`` is None for a method other than RSCA."""
-    return _features_cached(s.key(), n_features)
+    density of all field stars + at most ``max_members`` cluster members drawn), cached. ``scales``
+    is None for a method other than RSCA; ``members`` = {"shown", "of"} counts the drawn members."""
+    key = s.key()
+    with flight.hold(("features", key, n_features, max_members)):
+        return _features_cached(key, n_features, max_members)
 
 
 def _density(x, y) -> dict | None:
@@ -217,8 +232,25 @@ def _density(x, y) -> dict | None:
     }
 
 
+def members_note(f: dict) -> str:
+    """What a feature panel's coloured markers are (for its title): every cluster member, or a
+    sample of them, said with both counts."""
+    m = f.get("members")
+    if not m or m["shown"] == m["of"]:
+        return "members coloured"
+    return f"{m['shown']:,} of {m['of']:,} cluster members shown (random sample), coloured"
+
+
+def member_sample(n: int, max_members: int) -> np.ndarray:
+    """Positions of the cluster members drawn: all of them, or a seeded random sample of
+    ``max_members`` in their order (the same sample on every worker)."""
+    if n <= max_members:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(SEED).choice(n, size=max_members, replace=False))
+
+
 @cache.memoize()
-def _features_cached(key: str, n_features: int) -> dict:
+def _features_cached(key: str, n_features: int, max_members: int = MAX_MEMBERS_DRAWN) -> dict:
     s = settings_from_key(key)
     ds = load(s.ds)
     # only the n_features leading axes are drawn: the field (a million stars on a big survey) is
@@ -235,28 +267,33 @@ def _features_cached(key: str, n_features: int) -> dict:
         M = linear_map(s.method, ri.z_clust, ri.cluster_ids, random_state=SEED)
         yf, yc, scales = ri.z_pop @ M[:n_features].T, ri.z_clust @ M.T, None
     nf = min(n_features, yf.shape[1])
-    st, fi = ds.stars, ds.field_index
-    feh, vh = st["fe_h"].to_numpy(float), st["vhelio_avg"].to_numpy(float)
-    cmask = st["cluster"].isin(set(ri.cluster_ids)).to_numpy()  # the cluster rows of rate_inputs, in bundle order
-    names = np.asarray(ri.cluster_ids)
-    ids = st["apogee_id"].to_numpy(dtype=object)[cmask].astype(str)  # for the click-through to Siblings
+    # the star table's columns alone (a big bundle's copy reads just these) at the rows of
+    # rate_inputs; no Python object per field star
+    feh, vh = ds.star_column("fe_h").to_numpy(float), ds.star_column("vhelio_avg").to_numpy(float)
+    fi = ri.pop_rows
+    drawn = member_sample(len(ri.clust_rows), max_members)
+    rows = ri.clust_rows[drawn]
+    names = np.asarray(ri.cluster_ids)[drawn]
+    ids = ds.star_column("apogee_id").iloc[rows].to_numpy(dtype=object).astype(str)  # click-through to Siblings
+    yc = yc[drawn]
     out = {
         "label": dataset_label(s.ds),
         "features": [],
         "scales": None if scales is None else scales[:nf],
         "method": s.method,
+        "members": {"shown": int(len(drawn)), "of": int(len(ri.clust_rows))},
     }
     for i in range(nf):
         out["features"].append(
             {
                 "index": i,
                 "field": _density(feh[fi], yf[:, i]),
-                "clusters": {"x": feh[cmask], "y": yc[:, i], "name": names, "id": ids},
+                "clusters": {"x": feh[rows], "y": yc[:, i], "name": names, "id": ids},
             }
         )
     out["vhelio"] = {
         "field": _density(vh[fi], yf[:, 0]),
-        "clusters": {"x": vh[cmask], "y": yc[:, 0], "name": names, "id": ids},
+        "clusters": {"x": vh[rows], "y": yc[:, 0], "name": names, "id": ids},
     }
     return out
 

@@ -61,6 +61,7 @@ class AppConfig:
     build_quota_mb: int  # RSCA_BUILD_QUOTA_MB: disk of all browser-built bundles together
     max_body_kb: int  # RSCA_MAX_BODY_KB: largest request body (larger: 413)
     mmap_above_mb: int  # RSCA_MMAP_ABOVE_MB: bundles at least this big are memory-mapped, others read
+    warm: bool = True  # RSCA_WARM: a starting worker loads the datasets and the default view in the background
 
     @property
     def k_max(self) -> int:
@@ -140,6 +141,7 @@ def from_env(env=None) -> AppConfig:
         build_quota_mb=_int(env, "RSCA_BUILD_QUOTA_MB", 1000, 1, 10**7),
         max_body_kb=_int(env, "RSCA_MAX_BODY_KB", 1024, 16, 10**6),
         mmap_above_mb=_int(env, "RSCA_MMAP_ABOVE_MB", 512, 0, 10**7),
+        warm=_bool(env, "RSCA_WARM", True),
     )
 
 

@@ -14,6 +14,7 @@ import pandas as pd
 
 from . import config
 from .errors import UserError, short
+from .flight import flight
 
 log = logging.getLogger("rsca_lab")
 
@@ -77,28 +78,47 @@ def dataset_path(key) -> Path:
 
 class _Loaded:
     """The loaded bundles of this worker: at most MAX entries, one per folder (a changed bundle
-    replaces its old version at once, so a stale copy read into memory is never kept)."""
+    replaces its old version at once, so a stale copy read into memory is never kept). A bundle is
+    loaded by one thread at a time: a request arriving while the worker's warm-up (or another
+    request) loads it waits for that load instead of starting a second one."""
 
     MAX = 4
     lock = threading.Lock()
     items: OrderedDict = OrderedDict()  # path -> (stamp, cache_root, mmap, Dataset)
 
     @classmethod
-    def get(cls, path: str, stamp: tuple, cache_root: str | None, mmap: bool):
-        from rsca_core import Dataset
-
+    def _hit(cls, path: str, stamp: tuple, cache_root: str | None, mmap: bool):
         with cls.lock:
             hit = cls.items.get(path)
             if hit is not None and hit[:3] == (stamp, cache_root, mmap):
                 cls.items.move_to_end(path)
                 return hit[3]
-            cls.items.pop(path, None)
-        ds = Dataset.load(path, mmap=mmap, cache_root=cache_root)
-        with cls.lock:
-            cls.items[path] = (stamp, cache_root, mmap, ds)
-            while len(cls.items) > cls.MAX:
-                cls.items.popitem(last=False)
+            return None
+
+    @classmethod
+    def get(cls, path: str, stamp: tuple, cache_root: str | None, mmap: bool):
+        from rsca_core import Dataset
+
+        ds = cls._hit(path, stamp, cache_root, mmap)
+        if ds is not None:
+            return ds
+        with flight.hold(("load", path)):
+            ds = cls._hit(path, stamp, cache_root, mmap)  # loaded while this thread waited
+            if ds is not None:
+                return ds
+            with cls.lock:
+                cls.items.pop(path, None)
+            ds = Dataset.load(path, mmap=mmap, cache_root=cache_root)
+            with cls.lock:
+                cls.items[path] = (stamp, cache_root, mmap, ds)
+                while len(cls.items) > cls.MAX:
+                    cls.items.popitem(last=False)
         return ds
+
+
+def max_loaded() -> int:
+    """How many bundles a worker keeps loaded at once."""
+    return _Loaded.MAX
 
 
 def bundle_stamp(path: Path) -> tuple:

@@ -58,7 +58,7 @@ def star_options(key, search: str | None, current: str | None = None) -> list[di
     """Up to MAX_OPTIONS star ids of dataset ``key`` containing ``search`` (case-insensitive),
     ``current`` first; a member's label names its cluster."""
     ds = load(key)
-    ids = ds.stars["apogee_id"].astype(str)
+    ids = ds.star_column("apogee_id").astype(str)  # the columns it needs, not the whole table
     if search:
         hits = np.flatnonzero(ids.str.contains(str(search).strip(), case=False, regex=False).to_numpy())
     else:
@@ -66,7 +66,7 @@ def star_options(key, search: str | None, current: str | None = None) -> list[di
     rows = list(hits[:MAX_OPTIONS])
     if current:
         rows = list(np.flatnonzero(ids.to_numpy() == current)[:1]) + rows
-    clusters = ds.stars["cluster"].astype(str).to_numpy()
+    clusters = ds.star_column("cluster").astype(str).to_numpy()
     opts, seen = [], set()
     if current and current not in set(ids.iloc[rows]):  # not a star here: kept, so that the page can say so
         opts.append({"label": current, "value": current})
@@ -85,8 +85,9 @@ def default_star(key) -> str:
     sizes = ds.cluster_sizes()
     if len(sizes):
         name = sizes.idxmax()
-        return str(ds.stars.loc[ds.stars["cluster"] == name, "apogee_id"].iloc[0])
-    return str(ds.stars["apogee_id"].iloc[0])
+        cl = ds.star_column("cluster")
+        return str(ds.star_column("apogee_id")[cl == name].iloc[0])
+    return str(ds.star_column("apogee_id").iloc[0])
 
 
 def star_info(s, star: str) -> dict:
@@ -109,7 +110,7 @@ def star_info(s, star: str) -> dict:
 def spectrum(s, row: int) -> dict:
     ds = load(s.ds)
     return {
-        "name": str(ds.stars["apogee_id"].iloc[row]),
+        "name": str(ds.star_column("apogee_id").iloc[row]),
         "flux": np.asarray(ds.spectra[row], float),
         "mask": np.asarray(ds.mask[row], bool),
     }
@@ -117,7 +118,7 @@ def spectrum(s, row: int) -> dict:
 
 def fe_h(s) -> np.ndarray:
     """[Fe/H] of every star (NaN where not measured)."""
-    return load(s.ds).stars["fe_h"].to_numpy(dtype=float)
+    return load(s.ds).star_column("fe_h").to_numpy(dtype=float)
 
 
 def wavelength(s) -> np.ndarray:

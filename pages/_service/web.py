@@ -8,7 +8,7 @@ import logging
 import sqlite3
 from pathlib import Path
 
-from . import config
+from . import config, warm
 from .compute import init_cache
 from .datasets import compression_ready, default_dataset_path, load, prepared_ks, read_meta
 from .errors import UserError, hide_paths
@@ -51,6 +51,10 @@ def init_app(server) -> None:
 
     server.after_request(_add_headers)
     server.register_error_handler(Exception, _error_page)
+
+    @server.before_request
+    def _warm_this_worker():  # a worker forked from a process that started the app warms itself too
+        warm.start(server)
 
 
 def _add_headers(resp):
@@ -149,12 +153,16 @@ def on_callback_error(exc):
 
 
 def health() -> tuple[dict, int]:
-    """(answer, HTTP status): 503 naming every part that is unusable, without server paths."""
+    """(answer, HTTP status): 503 naming every part that is unusable, without server paths.
+
+    ``"warm"`` says whether this worker is still loading its datasets and default views
+    (:func:`.warm.status`: ``"warming"``, ``"ready"`` or ``"off"``); a warming worker answers every
+    page correctly (a request for what is being loaded waits for it), so it is 200, not 503."""
     cfg = config.get()
     problems = {}
     if not cfg.data_dir.is_dir():
         problems["data folder"] = "missing or not a folder (RSCA_DATA_DIR)"
-    out = {"status": "ok", "k_fit": cfg.k_fit}
+    out = {"status": "ok", "k_fit": cfg.k_fit, "warm": warm.status()}
     try:
         meta = read_meta(default_dataset_path())
         load("default")
