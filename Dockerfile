@@ -8,7 +8,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     OMP_NUM_THREADS=1 \
     OPENBLAS_NUM_THREADS=1 \
-    MKL_NUM_THREADS=1
+    MKL_NUM_THREADS=1 \
+    NUMPY_MADVISE_HUGEPAGE=0
 
 RUN groupadd --system --gid 10001 rsca \
     && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /home/rsca --shell /usr/sbin/nologin rsca
