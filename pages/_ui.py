@@ -65,11 +65,13 @@ def info_alert(text):
     return dbc.Alert(text, color="info", class_name="py-2")
 
 
-def label_figure(fig: go.Figure, label: str | None, title: str | None = None, top: int = 40) -> go.Figure:
+def label_figure(
+    fig: go.Figure, label: str | None, title: str | None = None, top: int = 40, subtitle: str | None = None
+) -> go.Figure:
     """Title a figure and stamp the data kind on it, so that exported PNGs say "simulated".
 
     The title starts below the modebar's strip (``service.MODEBAR_ROOM`` pixels); ``top`` is the
-    room left under that strip for the title (and subplot titles) above the plot."""
+    room left under that strip for the title, its ``subtitle`` line and subplot titles above the plot."""
     tag = ""
     if label:
         colour = "#b8860b" if label == "simulated" else "#2e7d32"
@@ -77,7 +79,7 @@ def label_figure(fig: go.Figure, label: str | None, title: str | None = None, to
     fig.update_layout(
         template=TEMPLATE,
         margin={"l": 60, "r": 20, "t": service.MODEBAR_ROOM + top, "b": 50},
-        title=service.figure_title((title or "") + tag, font_size=14),
+        title=service.figure_title((title or "") + tag, font_size=14, subtitle=subtitle),
     )
     return fig
 

@@ -367,8 +367,9 @@ def vhelio_figure(f):
     fig = ui.label_figure(
         fig,
         f["label"],
-        f"{name[0].upper() + name[1:]} vs VHELIO_AVG (a good feature does not follow the velocity; "
-        f"{field_note([f['vhelio']])}; {service.members_note(f)})",
+        f"{name[0].upper() + name[1:]} vs VHELIO_AVG (a good feature does not follow the velocity)",
+        top=55,
+        subtitle=f"{field_note([f['vhelio']])}; {service.members_note(f)}",
     )
     out = fig.to_plotly_json()
     out["data"] = _density_traces(f["vhelio"], 1, False)
