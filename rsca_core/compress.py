@@ -182,6 +182,30 @@ def raise_non_finite(row, column):
     raise ValueError(f"non-finite value at observed entry (row {row}, column {column}); mask it or fix the data")
 
 
+def too_few_observed(n_missing, n_pixels):
+    """True where a row misses so many of ``n_pixels`` that it observes fewer than ``MIN_OBSERVED``:
+    such a row is left out of the fit and scores 0 (see :func:`least_squares_rows`, ``transform``)."""
+    return n_missing > (1.0 - MIN_OBSERVED) * n_pixels
+
+
+def observed_least_squares(Wt, obs, rhs):
+    """The score ``z`` of one row fitted on its observed pixels ``obs`` by the orthonormal axes ``Wt``
+    (K × P): the normal equations ``(W_oᵀ W_o) z = rhs`` with ``rhs = W_oᵀ x_o``. The Gram matrix is
+    built from the smaller side (the identity minus the missing part when fewer are missing); a
+    singular one (too few pixels) gives the minimum-norm answer."""
+    n_obs = int(np.count_nonzero(obs))
+    if n_obs > obs.size - n_obs:
+        Wm = Wt[:, ~obs].astype(np.float64)
+        G = np.eye(len(Wt)) - Wm @ Wm.T
+    else:
+        Wo = Wt[:, obs].astype(np.float64)
+        G = Wo @ Wo.T
+    try:
+        return np.linalg.solve(G, rhs)
+    except np.linalg.LinAlgError:
+        return np.linalg.lstsq(G, rhs, rcond=None)[0]
+
+
 def least_squares_rows(c, miss, Wt, Zb):
     """The scores a pass imputes with: ``Zb`` (the previous pass's) with two kinds of rows replaced.
 
@@ -202,8 +226,9 @@ def least_squares_rows(c, miss, Wt, Zb):
         return Zb, None
     n, p = c.shape
     cnt = np.bincount(miss // p, minlength=n)
-    sparse = np.flatnonzero(cnt > (1.0 - MIN_OBSERVED) * p)
-    heavy = np.flatnonzero((cnt > HEAVY_ROW_FRACTION * p) & (cnt <= (1.0 - MIN_OBSERVED) * p))
+    few = too_few_observed(cnt, p)
+    sparse = np.flatnonzero(few)
+    heavy = np.flatnonzero((cnt > HEAVY_ROW_FRACTION * p) & ~few)
     if sparse.size == 0 and heavy.size == 0:
         return Zb, None
     Zb = np.array(Zb, dtype=np.float64)
@@ -212,13 +237,8 @@ def least_squares_rows(c, miss, Wt, Zb):
     for i, s0 in zip(heavy, np.searchsorted(miss, heavy * p)):
         obs = np.ones(p, bool)
         obs[miss[s0 : s0 + cnt[i]] - i * p] = False
-        Wo = Wt[:, obs].astype(np.float64)
-        if cnt[i] < p - cnt[i]:  # fewer missing than observed: the identity minus the missing part
-            Wm = Wt[:, ~obs].astype(np.float64)
-            G = np.eye(len(Wt)) - Wm @ Wm.T
-        else:
-            G = Wo @ Wo.T
-        Zb[i] = np.linalg.lstsq(G, Wo @ c[i, obs].astype(np.float64), rcond=None)[0]
+        rhs = Wt[:, obs].astype(np.float64) @ c[i, obs].astype(np.float64)
+        Zb[i] = observed_least_squares(Wt, obs, rhs)
     return Zb, (sparse if sparse.size else None)
 
 
@@ -959,7 +979,6 @@ class MaskedPCA(TransformerMixin, BaseEstimator):
 
             return transform(self, X, mask)  # block by block on the executor, this method on each block
         W = self.components_.T  # (P, K)
-        eye = np.eye(W.shape[1])
         used = np.abs(W).sum(axis=1) > 0  # pixels the fit saw (a band missing for every star is not)
         out = np.empty((X.shape[0], W.shape[1]))
         for a, b, chunk, m in self._iter_chunks(X, mask, np.float64, center=self.mean_):
@@ -968,15 +987,10 @@ class MaskedPCA(TransformerMixin, BaseEstimator):
             out[a:b] = chunk @ W
             if m is None:
                 continue
-            few = np.count_nonzero(m[:, used], axis=1) > (1.0 - MIN_OBSERVED) * used.sum()
+            few = too_few_observed(np.count_nonzero(m[:, used], axis=1), used.sum())
             out[a:b][few] = 0.0  # too few pixels for a score of its own: the centre, as in the fit
             for r in np.flatnonzero(m.any(axis=1) & ~few):
-                Wm = W[m[r]]
-                G = eye - Wm.T @ Wm
-                try:
-                    out[a + r] = np.linalg.solve(G, out[a + r])
-                except np.linalg.LinAlgError:  # too few observed pixels: minimum-norm answer
-                    out[a + r] = np.linalg.lstsq(G, out[a + r], rcond=None)[0]
+                out[a + r] = observed_least_squares(self.components_, ~m[r], out[a + r])
         return out
 
     def inverse_transform(self, Z) -> np.ndarray:
