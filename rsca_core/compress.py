@@ -28,12 +28,17 @@ it centres on the mean of the starting row sample, fills the missing entries wit
 observed entries and checks them for NaN/inf on the way (no separate pass for the mean). The chunk work
 is one function per pass kind (:func:`block_first`, :func:`block_pass`): the in-memory loop and the Dask graph (:mod:`rsca_core.scale`; a dask array
 ``X`` runs every pass as one dask computation, on threads or a ``distributed`` cluster) call the same
-code, so both give the same fit.
+code, so both give the same fit. In memory, several chunks are worked on at once (``n_threads``, one
+chunk per thread, BLAS given the cores divided among them): NumPy's reading, centring and imputation
+run on one core each, so with a single thread they left the other cores idle for about a third of a
+pass (on the 40,000 × 7,514 benchmark a pass went from 2.1 s to 1.5 s on two cores).
 """
 
 from __future__ import annotations
 
+import collections
 import os
+import queue
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
@@ -114,6 +119,13 @@ INITIAL_SAMPLE = 1000
 HEAVY_ROW_FRACTION = 0.2
 #: Rows observing fewer than this fraction of the pixels are left out of the fit (score 0, the centre).
 MIN_OBSERVED = 0.1
+
+
+def usable_cores() -> int:
+    """The number of cores this process may run on (its CPU affinity where the OS tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def is_dask_array(X) -> bool:
@@ -315,22 +327,67 @@ class _FileRows:
         return out
 
 
+class _Buffers:
+    """One thread's reused chunk buffers: the rows, the reconstruction, full-width raw rows."""
+
+    def __init__(self, rows):
+        self.rows, self.recon, self.raw = rows, None, None
+
+
 class _ChunkedPasses:
     """The passes over an in-memory / memory-mapped / Zarr matrix: row chunks read into reused
     buffers; the missing positions of every chunk are found once (first pass) and kept while they take
     at most ``keep_fraction`` of the matrix's bytes (else re-read from the mask each pass)."""
 
-    def __init__(self, X, mask, dtype, step, keep_fraction=0.15):
+    def __init__(self, X, mask, dtype, step, keep_fraction=0.15, threads=1):
         self.X, self.mask, self.dtype, self.step = X, mask, np.dtype(dtype), int(step)
         self.xfile = _FileRows.of(X.arr if isinstance(X, _Columns) else X)
         self.mfile = _FileRows.of(mask.arr if isinstance(mask, _Columns) else mask)
-        self.raw = None  # full-width rows of a column selection read from the file
         n, p = X.shape
         self.bounds = [(a, min(n, a + self.step)) for a in range(0, n, self.step)]
-        self.buf = np.empty((min(n, self.step), p), dtype=self.dtype)
-        self.rbuf = None
+        self.threads = max(1, min(int(threads), len(self.bounds)))
+        self.free = queue.SimpleQueue()  # one set of chunk buffers per thread, taken by a chunk's work
+        for _ in range(self.threads):
+            self.free.put(_Buffers(np.empty((min(n, self.step), p), dtype=self.dtype)))
         self.budget = keep_fraction * n * p * self.dtype.itemsize
         self.miss = None
+
+    def _chunks(self, work):
+        """``work(i, a, b, bufs)`` for every chunk, its results yielded in chunk order.
+
+        With ``threads`` > 1 the chunks run on that many threads, each with its own buffers, and BLAS
+        gets the cores divided among them: the reading, centring and imputation of one chunk (one core
+        each in NumPy) then overlap another chunk's products. Each chunk's arithmetic is the same
+        whichever thread runs it, and the results are added in chunk order: the fit does not depend on
+        the number of threads.
+        """
+
+        def run(i, a, b):
+            bufs = self.free.get()
+            try:
+                return work(i, a, b, bufs)
+            finally:
+                self.free.put(bufs)
+
+        if self.threads == 1:
+            for i, (a, b) in enumerate(self.bounds):
+                yield run(i, a, b)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        from threadpoolctl import threadpool_info, threadpool_limits
+
+        # the cores divided among the threads, never more BLAS threads than were set (OPENBLAS_NUM_THREADS)
+        now = max((i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"), default=1)
+        blas = max(1, min(now, usable_cores() // self.threads))
+        with threadpool_limits(limits=blas, user_api="blas"), ThreadPoolExecutor(self.threads) as pool:
+            pending = collections.deque()
+            for i, (a, b) in enumerate(self.bounds):
+                pending.append(pool.submit(run, i, a, b))
+                if len(pending) > 2 * self.threads:  # a bounded window: results are P × kb each
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
 
     def _mask(self, a, b):
         if self.mfile is None:
@@ -338,18 +395,21 @@ class _ChunkedPasses:
         m = self.mfile.read(a, b)
         return self.mask.select(m) if isinstance(self.mask, _Columns) else m
 
-    def _rows(self, a, b, center=None):
-        """Rows a:b in the reused buffer (minus ``center`` when given)."""
-        out = self.buf[: b - a]
+    def _rows(self, a, b, center=None, bufs=None):
+        """Rows a:b in a reused buffer (minus ``center`` when given)."""
+        if bufs is None:
+            bufs = self.free.get()
+            self.free.put(bufs)
+        out = bufs.rows[: b - a]
         if self.xfile is None:
             if center is None:
                 np.copyto(out, self.X[a:b], casting="unsafe")
                 return out
             return read_centred(self.X, a, b, center, out)
         if isinstance(self.X, _Columns):
-            if self.raw is None:
-                self.raw = np.empty((self.buf.shape[0], self.X.arr.shape[1]), dtype=self.xfile.dtype)
-            src = self.xfile.read(a, b, self.raw[: b - a])
+            if bufs.raw is None:
+                bufs.raw = np.empty((bufs.rows.shape[0], self.X.arr.shape[1]), dtype=self.xfile.dtype)
+            src = self.xfile.read(a, b, bufs.raw[: b - a])
             self.X.select(src, out, center)
             return out
         src = self.xfile.read(a, b, out)
@@ -372,11 +432,14 @@ class _ChunkedPasses:
         are kept for the next passes and a non-finite observed entry raises."""
         p, kb = self.X.shape[1], V.shape[1]
         colsum, nobs, n_missing, B, kept, used = np.zeros(p), np.zeros(p, np.int64), 0, np.zeros((p, kb)), [], 0
-        for a, b in self.bounds:
-            c = self._rows(a, b, mu_c)
+
+        def work(i, a, b, bufs):
+            c = self._rows(a, b, mu_c, bufs)
             m = self._mask(a, b)
             miss = missing_positions(m)
-            cs, nb, nm, bad, y, bb = block_first(c, m, V, miss)
+            return (a, b, miss) + block_first(c, m, V, miss)
+
+        for a, b, miss, cs, nb, nm, bad, y, bb in self._chunks(work):
             if bad is not None:
                 raise_non_finite(a + bad[0], bad[1])
             colsum += cs
@@ -391,7 +454,11 @@ class _ChunkedPasses:
     def columns(self, keep):
         """The same passes restricted to the columns ``keep`` (missing positions found again)."""
         sub = _ChunkedPasses(
-            _Columns(self.X, keep), None if self.mask is None else _Columns(self.mask, keep), self.dtype, self.step
+            _Columns(self.X, keep),
+            None if self.mask is None else _Columns(self.mask, keep),
+            self.dtype,
+            self.step,
+            threads=self.threads,
         )
         kept, used = [], 0
         for a, b in sub.bounds:
@@ -402,13 +469,16 @@ class _ChunkedPasses:
     def run(self, mu_c, V, Wt, Z, Y):
         """One pass: Y (N × kb, filled in place), column sums, squared error and B = Cᵀ C V."""
         p, kb = self.X.shape[1], V.shape[1]
-        if Wt is not None and self.rbuf is None:
-            self.rbuf = np.empty_like(self.buf)
         colsum, sq, B = np.zeros(p), 0.0, np.zeros((p, kb))
-        for i, (a, b) in enumerate(self.bounds):
-            c = self._rows(a, b, mu_c)
+
+        def work(i, a, b, bufs):
+            c = self._rows(a, b, mu_c, bufs)
             miss = self.miss[i] if self.miss is not None else missing_positions(self._mask(a, b))
-            cs, e, y, bb = block_pass(c, miss, V, Wt, None if Z is None else Z[a:b], self.rbuf)
+            if Wt is not None and bufs.recon is None:
+                bufs.recon = np.empty_like(bufs.rows)
+            return (a, b) + block_pass(c, miss, V, Wt, None if Z is None else Z[a:b], bufs.recon)
+
+        for a, b, cs, e, y, bb in self._chunks(work):
             colsum += cs
             sq += e
             Y[a:b] = y
@@ -451,6 +521,11 @@ class MaskedPCA(TransformerMixin, BaseEstimator):
         With at most this many pixels, the whole pixel space is the basis (exact eigen-solve).
     chunk_rows : int or None
         Rows read per chunk (default: ~48 MB per chunk).
+    n_threads : int or None
+        Row chunks worked on at once, each by its own thread with its own buffers (two chunks' worth
+        of memory per thread); BLAS gets the cores divided among them. None: the number of cores
+        this process may use, at most 4. The fit is the same for any number (same arithmetic per chunk,
+        results added in chunk order).
     progress : bool or callable
         ``True``: a bar on stderr that follows the convergence (each decade of improvement of the
         objective fills the same length; full when the change reaches ``tol``), with the pass number,
@@ -501,6 +576,7 @@ class MaskedPCA(TransformerMixin, BaseEstimator):
         oversample=10,
         exact_below=1024,
         chunk_rows=None,
+        n_threads=None,
         progress=False,
         weights=None,
         ivar_cap=IVAR_CAP,
@@ -512,6 +588,7 @@ class MaskedPCA(TransformerMixin, BaseEstimator):
         self.oversample = oversample
         self.exact_below = exact_below
         self.chunk_rows = chunk_rows
+        self.n_threads = n_threads
         self.progress = progress
         self.weights = weights
         self.ivar_cap = ivar_cap
@@ -525,6 +602,15 @@ class MaskedPCA(TransformerMixin, BaseEstimator):
             raise ValueError(f"n_components={k} is larger than the data allows (min(n_stars, n_pixels) = {min(n, p)})")
         if int(self.max_iter) < 1:
             raise ValueError("max_iter must be at least 1")
+
+    def _threads(self):
+        """The number of chunk threads (``n_threads``; default: the usable cores, at most 4)."""
+        if self.n_threads is not None:
+            t = self.n_threads
+            if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 1:
+                raise ValueError(f"n_threads must be a positive integer or None, got {t!r}")
+            return int(t)
+        return min(4, usable_cores())
 
     def _iter_chunks(self, X, mask, dtype, validate=True, center=None):
         """Row chunks of X as fresh arrays of ``dtype`` (minus ``center``), with their masks."""
@@ -606,7 +692,8 @@ class MaskedPCA(TransformerMixin, BaseEstimator):
 
             passes = DaskPasses(X, mask, dtype)
         else:
-            passes = _ChunkedPasses(X, mask, dtype, self.chunk_rows or _chunk_rows(p, np.dtype(dtype).itemsize))
+            step = self.chunk_rows or _chunk_rows(p, np.dtype(dtype).itemsize)
+            passes = _ChunkedPasses(X, mask, dtype, step, threads=self._threads())
         self.n_features_in_ = p
         V, mu, colsum, B, Y, nobs, n_missing = self._first_pass(passes, n, p, K, dtype, rng)
         self.missing_fraction_ = n_missing / float(n * p)

@@ -243,3 +243,27 @@ def test_heavily_masked_rows_converge_to_their_least_squares_scores_in_fewer_pas
     assert fast.converged_ and slow.converged_
     assert subspace_gap(slow.components_, fast.components_) < 1e-5
     assert 3 * fast.n_iter_ < slow.n_iter_
+
+
+def test_chunks_worked_on_by_several_threads_give_the_one_thread_fit(tmp_path):
+    """Each thread reads, imputes and multiplies its own chunks into its own buffers, the results
+    added in chunk order: any number of threads gives the same fit (bit for bit from two threads on,
+    where every chunk's BLAS runs on one core; one thread lets BLAS use the cores, which may round
+    differently), and a bad value in a late chunk is still named by its row."""
+    X = low_rank(n=640, p=1300, seed=11, dtype=np.float32)
+    rng = np.random.default_rng(11)
+    mask = rng.random(X.shape) < 0.05
+    np.save(tmp_path / "x.npy", X)
+    mx = np.load(tmp_path / "x.npy", mmap_mode="r")
+    fits = {t: MaskedPCA(5, random_state=3, chunk_rows=40, n_threads=t).fit(mx, mask) for t in (1, 2, 3, 5)}
+    for t in (3, 5):
+        assert np.array_equal(fits[t].components_, fits[2].components_)
+        assert np.array_equal(fits[t].mean_, fits[2].mean_) and fits[t].n_iter_ == fits[2].n_iter_
+    assert subspace_gap(fits[1].components_, fits[2].components_) < 1e-6
+    assert np.allclose(fits[1].mean_, fits[2].mean_, atol=1e-6)
+    Xn = X.copy()
+    Xn[601, 17] = np.inf
+    with pytest.raises(ValueError, match=r"row 601, column 17"):
+        MaskedPCA(5, chunk_rows=40, n_threads=3).fit(Xn, mask & False)
+    with pytest.raises(ValueError, match="n_threads"):
+        MaskedPCA(5, n_threads=0).fit(X)
