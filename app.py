@@ -135,7 +135,8 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--prepare-only",
         action="store_true",
-        help="build the default dataset and its PCA compressions (K = 2, 30, RSCA_K_FIT) if missing, then exit "
+        help="build the default dataset and its PCA compressions (K = 2, 30, RSCA_K_FIT) if missing, compute "
+        "the first view of every dataset with a prepared compression (kept on disk for the workers), then exit "
         "(used at Docker build time)",
     )
     args = parser.parse_args(argv)
@@ -146,6 +147,7 @@ def main(argv=None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         print(f"default dataset ready: {path}")
+        service.warm.prepare(server)  # every dataset's first view, kept on disk for the workers
         return 0
     if not 0 < args.port < 65536:
         print(f"error: port {args.port} is outside 1..65535", file=sys.stderr)

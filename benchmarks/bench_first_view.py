@@ -9,7 +9,7 @@ command on 127.0.0.1 with ``DIR`` in the data folder beside the default survey (
 default ``data/default``) and, as a browser does when one opens Explore on that survey
 (``/?ds=<name>&k=<k>``), GETs the page (the layout reads the query), then posts the callbacks the
 page fires on load: the cluster list and the weights switch of the dataset, then the main one (rates,
-bars), then the feature and histogram panels (in parallel, from the main one's store). Three fresh
+bars), then the feature and histogram panels (in parallel, from the main one's store). Five fresh
 servers (one worker each, as the Dockerfile):
 
 1. warm-up off (``RSCA_WARM=0``): the cold path itself — the worker reads the bundle and computes
@@ -17,6 +17,9 @@ servers (one worker each, as the Dockerfile):
 2. warm-up on, the visitor arriving as soon as the server answers (``/healthz`` says "warming"): the
    requests wait for the warm-up's own loads and computations, never a second copy of them;
 3. warm-up on, the visitor arriving once ``/healthz`` says "ready";
+4. and 5. the state folder prepared first by ``python app.py --prepare-only`` (which keeps every
+   dataset's first view on disk, ``pages/_service/first_views.py``): a cold worker with the warm-up
+   off, and a fresh worker with the visitor arriving at once;
 
 each followed by a second visitor (cached answers); on the last server, the default survey's first
 view (the baseline). Then, in this process: ``Dataset.load`` + the cached compression +
@@ -31,6 +34,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -128,11 +133,24 @@ def in_process_floor(path, k):
     return {"load bundle": t_load, "read compression": t_comp, "rates": t_rates}, int(np.size(ri.z_pop, 0))
 
 
+#: (label, extra environment, wait for /healthz "ready", state folder prepared by --prepare-only)
 SCENARIOS = (
-    ("cold worker, warm-up off", {"RSCA_WARM": "0"}, False),
-    ("fresh worker, visitor at once (warming)", {}, False),
-    ("fresh worker, after /healthz ready", {}, True),
+    ("cold worker, warm-up off", {"RSCA_WARM": "0"}, False, False),
+    ("fresh worker, visitor at once (warming)", {}, False, False),
+    ("fresh worker, after /healthz ready", {}, True, False),
+    ("prepared, cold worker, warm-up off", {"RSCA_WARM": "0"}, False, True),
+    ("prepared, fresh worker, visitor at once", {}, False, True),
 )
+
+
+def prepare(env):
+    """``python app.py --prepare-only`` with ``env`` (its state folder): the first views kept on disk."""
+    t = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "app.py", "--prepare-only"], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    )
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("dataset ")]
+    return time.perf_counter() - t, lines
 
 
 def serve(env, data_dir, k, wait_ready, baseline):
@@ -191,8 +209,11 @@ def main(argv=None) -> int:
         env.setdefault(var, "1")
     print(f"server: {' '.join(dockerfile_gunicorn(0)[2:])}; survey {big}; load average {os.getloadavg()}")
     results = []
-    for i, (label, extra, wait_ready) in enumerate(SCENARIOS):
+    for i, (label, extra, wait_ready, prepared) in enumerate(SCENARIOS):
         state = WORK / f"state-{os.getpid()}-{i}"
+        if prepared:
+            seconds, lines = prepare(env | {"RSCA_STATE_DIR": str(state)})
+            print(f"   {label}: --prepare-only {seconds:.1f} s: {'; '.join(lines)}", flush=True)
         rows, notes = serve(env | extra | {"RSCA_STATE_DIR": str(state)}, data_dir, args.k, wait_ready, i == 2)
         results.append((label, rows, notes))
         print(
@@ -203,7 +224,7 @@ def main(argv=None) -> int:
             flush=True,
         )
     floor, n_field = in_process_floor(big, args.k)
-    sizes = results[-1][2]["sizes"]
+    sizes = results[2][2]["sizes"]
     print(f"   feature / histogram answers: {sizes[0] / 1e3:.0f} kB / {sizes[1] / 1e3:.0f} kB")
     print(f"\nExplore's first view over HTTP (gunicorn, 127.0.0.1), K = {args.k}, seconds; target total < 3 s")
     names = list(results[0][1][0][1])
@@ -216,7 +237,8 @@ def main(argv=None) -> int:
         + ", ".join(f"{k} {v:.3f} s" for k, v in floor.items())
         + f" = {sum(floor.values()):.3f} s"
     )
-    print(f"   rate shown: {json.dumps(results[-1][2]['store']['per_cluster'][:1])[:120]} …")
+    for label, _rows, notes in results:
+        print(f"   rate shown ({label}): {json.dumps(notes['store']['per_cluster'][:1])[:100]} …")
     print(f"   load average at the end: {os.getloadavg()}")
     return 0
 

@@ -174,3 +174,41 @@ def test_a_sampled_member_panel_says_how_many_it_shows_and_the_rate_is_of_all_st
     rate, n_field = independent_rate(path)
     assert r["n_field"] == n_field and r["n_cluster_stars"] == 30
     assert r["global_rate"] == pytest.approx(rate, rel=1e-12)
+
+
+def test_a_worker_started_later_reads_the_first_view_kept_on_disk(survey, monkeypatch):
+    """The default view's rates and panels are kept in the state folder: a fresh worker (empty result
+    cache) answers them without computing; a refitted compression or other settings are computed."""
+    path, server = survey
+    store = path.parent / "state" / "first-views"
+    with server.app_context():
+        s, _ = service.settings_from_query({"ds": "default"})
+        r0, f0 = service.rates(s), service.features(s)
+        other = service.rates(service.settings_from_query({"ds": "default", "k": "2"})[0])
+    entries = sorted(p for p in store.iterdir() if p.stat().st_size > 100)
+    assert len(entries) == 2 and all(p.stat().st_mode & 0o077 == 0 for p in entries)  # rates + panels, private
+    assert other["global_rate"] != r0["global_rate"]  # K = 2 was computed, and not kept
+
+    def fresh_worker():
+        compute.cache.clear()
+        compute._compression.cache_clear()
+
+    fresh_worker()
+    computed = []
+    monkeypatch.setattr(compute, "compute_rates", lambda *a, **kw: computed.append("rates"))
+    monkeypatch.setattr(compute, "compute_features", lambda *a, **kw: computed.append("features"))
+    with server.app_context():
+        r, f = service.rates(s), service.features(s)
+    assert computed == []
+    rate, n_field = independent_rate(path)
+    assert r["global_rate"] == pytest.approx(rate, rel=1e-12) and r["n_field"] == n_field
+    assert r["per_cluster"].equals(r0["per_cluster"])
+    np.testing.assert_array_equal(f["features"][0]["field"]["counts"], f0["features"][0]["field"]["counts"])
+    # the compression refitted (new file time): the kept view is of the old one, so it is computed again
+    comp = Dataset.load(path).compression_path(K)
+    st = comp.stat()
+    os.utime(comp, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    fresh_worker()
+    with server.app_context():
+        service.rates(s)
+    assert computed == ["rates"]

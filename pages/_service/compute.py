@@ -17,7 +17,7 @@ from flask_caching import Cache
 
 from rsca_core.metrics import distance_histogram
 
-from . import config
+from . import config, first_views
 from .datasets import SEED, compression_ready, dataset_label, load, pca_options, ready_ks, uid
 from .errors import UserError
 from .flight import flight
@@ -182,7 +182,7 @@ def rates(s: Settings) -> dict:
 
 @cache.memoize()
 def _rates_cached(key: str) -> dict:
-    return compute_rates(settings_from_key(key))
+    return first_views.kept("rates", key, lambda: compute_rates(settings_from_key(key)))
 
 
 def fit_map(s: Settings):
@@ -251,7 +251,17 @@ def member_sample(n: int, max_members: int) -> np.ndarray:
 
 @cache.memoize()
 def _features_cached(key: str, n_features: int, max_members: int = MAX_MEMBERS_DRAWN) -> dict:
-    s = settings_from_key(key)
+    return first_views.kept(
+        "features",
+        key,
+        lambda: compute_features(settings_from_key(key), n_features, max_members),
+        n_features,
+        max_members,
+    )
+
+
+def compute_features(s: Settings, n_features: int = 3, max_members: int = MAX_MEMBERS_DRAWN) -> dict:
+    """The feature panels of :func:`features`, uncached."""
     ds = load(s.ds)
     # only the n_features leading axes are drawn: the field (a million stars on a big survey) is
     # projected on those alone

@@ -1,7 +1,8 @@
 """A starting worker warms itself: a background thread loads the datasets' bundles (the default one
 first, at most as many as a worker keeps loaded) and, where the default K's compression is prepared,
-computes each one's default Explore view (the compression, the rates and bars, the feature panels)
-into the result cache, so that a visitor arriving later gets answers at once.
+computes each one's default Explore view (the rates and bars, the feature panels; read back from disk
+when an earlier worker kept them, :mod:`.first_views`) into the result cache, then reads the
+compression for the visitor's next settings, so that a visitor arriving later gets answers at once.
 
 A request arriving while the thread works on the same bundle or view waits for that one computation
 (:mod:`.flight`), never starts a second; anything else is answered as usual. ``/healthz`` reports
@@ -136,10 +137,30 @@ def warm_dataset(key: str, note=lambda what: None) -> str:
     if s.input != "spectra" or not compression_ready(key, k=s.k):
         return "loaded"
     note("view")
-    compression(key, s.k)
-    rates(s)
+    rates(s)  # read back from disk when an earlier worker or --prepare-only kept it (first_views)
     features(s)
+    compression(key, s.k)  # for the visitor's next settings (already read when the view was computed)
     return "ready"
+
+
+def prepare(server, say=print) -> dict:
+    """Compute the first view of every dataset of the data folder whose default compression is
+    prepared, in this process (``python app.py --prepare-only``): they are kept on disk
+    (:mod:`.first_views`), so that any worker started later answers them at once. Returns
+    {key: "ready" | "loaded" | "failed: …"}; ``say`` is told each one."""
+    from .datasets import dataset_paths
+
+    out = {}
+    for key in dataset_paths():
+        t = time.perf_counter()
+        try:
+            with server.app_context():
+                out[key] = warm_dataset(key)
+        except Exception as exc:  # a broken bundle: say so and go on with the others
+            out[key] = f"failed: {hide_paths(str(exc))[:200]}"
+        what = {"ready": "first view computed and kept", "loaded": "no prepared compression: loaded only"}
+        say(f"dataset {key}: {what.get(out[key], out[key])} ({time.perf_counter() - t:.1f} s)")
+    return out
 
 
 def _new_lock_in_child() -> None:
