@@ -94,16 +94,10 @@ def star_info(s, star: str) -> dict:
     ds = load(s.ds)
     emb = embedding(s)
     row = emb.index_of(star)
-    st = ds.stars.iloc[row]
-    return {
-        "row": row,
-        "apogee_id": str(st["apogee_id"]),
-        "cluster": str(st["cluster"]),
-        "teff": float(st["teff"]),
-        "logg": float(st["logg"]),
-        "fe_h": float(st["fe_h"]),
-        "vhelio_avg": float(st["vhelio_avg"]),
-        "ak_targ": float(st["ak_targ"]),
+    kinds = {"apogee_id": str, "cluster": str, "teff": float, "logg": float, "fe_h": float, "vhelio_avg": float}
+    # one value of each column (a big bundle reads those columns alone, not its whole table)
+    return {"row": row} | {
+        name: kind(ds.star_column(name).iloc[row]) for name, kind in (kinds | {"ak_targ": float}).items()
     }
 
 
