@@ -212,3 +212,21 @@ def test_a_worker_started_later_reads_the_first_view_kept_on_disk(survey, monkey
     with server.app_context():
         service.rates(s)
     assert computed == ["rates"]
+
+
+def test_a_first_view_kept_by_another_version_is_computed_again(survey, monkeypatch):
+    """An entry that cannot be read back (kept by another pandas, a damaged file) is a miss, not an error."""
+    path, server = survey
+    from pages._service import first_views
+
+    with server.app_context():
+        s, _ = service.settings_from_query({"ds": "default"})
+        r0 = service.rates(s)
+        compute.cache.clear()
+
+        def broken(self, name):
+            raise ModuleNotFoundError("No module named 'pandas.core.indexes.numeric'")
+
+        monkeypatch.setattr(first_views._store().__class__, "get", broken)
+        r = service.rates(s)
+    assert r["global_rate"] == r0["global_rate"] == pytest.approx(independent_rate(path)[0], rel=1e-12)

@@ -81,7 +81,11 @@ def kept(kind: str, key: str, compute: Callable[[], object], *extra) -> object:
     if store is None:
         return compute()
     name = repr((kind, key, extra, tag))
-    hit = store.get(name)
+    try:
+        hit = store.get(name)
+    except Exception as exc:  # e.g. kept by another version of pandas: computed and kept again
+        log.warning("first view on disk unreadable (%s): computed again", str(exc)[:200])
+        hit = None
     if hit is not None:
         return hit
     out = compute()
