@@ -8,13 +8,14 @@ rows = basis vectors in the sphered space) and ``scales_`` / ``weights_`` (resca
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
+
+from .compress import usable_cores
 
 VARIANTS = ("raw", "scaled", "transformed")
 LOO_STACK_ELEMENTS = 4_000_000  # leave-one-out folds are batched so that their stack stays this small
@@ -97,10 +98,7 @@ def _field_sums(Z_pop, n_parts=4):
         block = Z_pop[ab[0] : ab[1]]
         return np.ones(len(block)) @ block, block.T @ block
 
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
+    cores = usable_cores()
     with threadpool_limits(limits=1, user_api="blas"):
         if cores < 2 or n < 50_000:
             parts = [part(ab) for ab in zip(bounds[:-1], bounds[1:])]

@@ -1,9 +1,13 @@
 """MaskedPCA: ordinary PCA on complete data, a better fit than mean imputation with missing pixels."""
 
+import threading
+
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 from rsca_core import MaskedPCA
+from rsca_core.compress import blas_threads
 
 
 def low_rank(n=300, p=200, rank=6, noise=0.05, seed=0, dtype=float):
@@ -263,7 +267,13 @@ def test_chunks_worked_on_by_several_threads_give_the_one_thread_fit(tmp_path):
     assert np.allclose(fits[1].mean_, fits[2].mean_, atol=1e-6)
     Xn = X.copy()
     Xn[601, 17] = np.inf
+    blas_before = blas_threads()
     with pytest.raises(ValueError, match=r"row 601, column 17"):
         MaskedPCA(5, chunk_rows=40, n_threads=3).fit(Xn, mask & False)
+    # the error leaves no chunk thread behind and BLAS with the threads it had
+    assert not [t for t in threading.enumerate() if t.name.startswith("rsca-chunk")]
+    assert blas_threads() == blas_before
     with pytest.raises(ValueError, match="n_threads"):
         MaskedPCA(5, n_threads=0).fit(X)
+    with threadpool_limits(limits=1, user_api="blas"):  # one BLAS thread allowed: the default is one chunk thread
+        assert MaskedPCA(5)._threads() == 1

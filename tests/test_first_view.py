@@ -11,6 +11,7 @@ service attached, as ``app.create_app`` attaches it.
 from __future__ import annotations
 
 import os
+import pickle
 import threading
 import time
 
@@ -185,7 +186,7 @@ def test_a_worker_started_later_reads_the_first_view_kept_on_disk(survey, monkey
         s, _ = service.settings_from_query({"ds": "default"})
         r0, f0 = service.rates(s), service.features(s)
         other = service.rates(service.settings_from_query({"ds": "default", "k": "2"})[0])
-    entries = sorted(p for p in store.iterdir() if p.stat().st_size > 100)
+    entries = sorted(store.iterdir())
     assert len(entries) == 2 and all(p.stat().st_mode & 0o077 == 0 for p in entries)  # rates + panels, private
     assert other["global_rate"] != r0["global_rate"]  # K = 2 was computed, and not kept
 
@@ -214,19 +215,58 @@ def test_a_worker_started_later_reads_the_first_view_kept_on_disk(survey, monkey
     assert computed == ["rates"]
 
 
-def test_a_first_view_kept_by_another_version_is_computed_again(survey, monkeypatch):
-    """An entry that cannot be read back (kept by another pandas, a damaged file) is a miss, not an error."""
+def test_prepare_keeps_every_first_view_and_an_unsafe_folder_is_not_used(survey, monkeypatch, caplog):
+    path, server = survey
+    from pages._service import first_views
+
+    said = []
+    assert warm.prepare(server, say=said.append) == {"default": "kept"}
+    assert said and said[0].startswith("dataset default: first view on disk")
+    with server.app_context():
+        s, _ = service.settings_from_query({"ds": "default"})
+        assert first_views.stored("rates", s.key())
+        assert first_views.stored("features", s.key(), compute.N_FEATURES, compute.MAX_MEMBERS_DRAWN)
+    # a store others may write in is not read (its pickles could be anyone's): views are computed
+    store = path.parent / "state" / "first-views"
+    store.chmod(0o777)
+    first_views._warned.clear()
+    compute.cache.clear()
+    computed = []
+    real = compute.compute_rates
+    monkeypatch.setattr(compute, "compute_rates", lambda *a, **kw: computed.append(1) or real(*a, **kw))
+    with server.app_context():
+        r = service.rates(s)
+    assert computed == [1] and r["global_rate"] == pytest.approx(independent_rate(path)[0], rel=1e-12)
+    assert "first views are not kept on disk" in caplog.text
+    assert warm.prepare(server, say=said.append) == {"default": "not kept"}
+
+
+def test_a_first_view_kept_by_other_code_or_unreadable_is_computed_again(survey, monkeypatch):
+    """An entry written by other code (another version of the app) or one that cannot be read back
+    (kept by another pandas, a damaged file) is a miss: the view is computed and the entry replaced."""
     path, server = survey
     from pages._service import first_views
 
     with server.app_context():
         s, _ = service.settings_from_query({"ds": "default"})
         r0 = service.rates(s)
-        compute.cache.clear()
-
-        def broken(self, name):
-            raise ModuleNotFoundError("No module named 'pandas.core.indexes.numeric'")
-
-        monkeypatch.setattr(first_views._store().__class__, "get", broken)
-        r = service.rates(s)
-    assert r["global_rate"] == r0["global_rate"] == pytest.approx(independent_rate(path)[0], rel=1e-12)
+        service.features(s)
+    entries = sorted((path.parent / "state" / "first-views").glob("*.pkl"))
+    assert len(entries) == 2
+    computed = []
+    real = compute.compute_rates
+    monkeypatch.setattr(compute, "compute_rates", lambda *a, **kw: computed.append(1) or real(*a, **kw))
+    # 1. another version of the code wrote them
+    monkeypatch.setattr(first_views, "code_fingerprint", lambda: "another-version")
+    compute.cache.clear()
+    with server.app_context():
+        r1 = service.rates(s)
+    assert computed == [1] and r1["global_rate"] == r0["global_rate"]
+    # 2. damaged files (a pickle naming a module this Python does not have, or bytes cut short)
+    for p in entries:
+        p.write_bytes(pickle.dumps(0)[:2] + b"cnot_a_module\nThing\n.")
+    compute.cache.clear()
+    with server.app_context():
+        r2 = service.rates(s)
+        assert first_views.stored("rates", s.key())  # computed, then kept again over the damaged file
+    assert computed == [1, 1] and r2["global_rate"] == pytest.approx(independent_rate(path)[0], rel=1e-12)

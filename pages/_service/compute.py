@@ -9,6 +9,7 @@ chosen by RSCA_CACHE_TYPE (see :mod:`.config`); :func:`init_cache` attaches it t
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 from dataclasses import asdict, replace
 
@@ -36,8 +37,18 @@ class CompressionNotReady(UserError):
 
 
 @functools.lru_cache(maxsize=6)
-def _compression(key: str, uid_: str, k: int, seed: int, mask: tuple, weights: str = "none"):
+def _compression(key: str, uid_: str, k: int, seed: int, mask: tuple, weights: str = "none", file_id=None):
     return load(key).compress(k, seed=seed, extra_mask_ranges=mask, **pca_options(weights))
+
+
+def _file_id(key, k: int, mask, weights) -> tuple | None:
+    """(size, time, inode) of the compression's file, or None: a refitted file is a new one, never
+    answered from this worker's copy of the old one."""
+    try:
+        st = os.stat(load(key).compression_path(k, SEED, tuple(mask), **pca_options(weights)))
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns, st.st_ino
 
 
 def compression(key, k: int, mask=(), allow_compute: bool = False, weights: str = "none"):
@@ -56,7 +67,7 @@ def compression(key, k: int, mask=(), allow_compute: bool = False, weights: str 
             f"{' with extra mask ' + str(list(mask)) if mask else ''} is not computed yet: Explore computes it "
             f"in the background when you choose this K, or run `rsca compress --dataset <folder> --k {k}`"
         )
-    args = (key, uid(key), k, SEED, tuple(mask), weights)
+    args = (key, uid(key), k, SEED, tuple(mask), weights, _file_id(key, k, mask, weights))
     with flight.hold(("compression", *args)):  # read (or fitted) once, however many requests ask at once
         return _compression(*args)
 
@@ -201,7 +212,11 @@ def fit_map(s: Settings):
 MAX_MEMBERS_DRAWN = 5000
 
 
-def features(s: Settings, n_features: int = 3, max_members: int = MAX_MEMBERS_DRAWN) -> dict:
+#: Feature panels drawn (the top RSCA features).
+N_FEATURES = 3
+
+
+def features(s: Settings, n_features: int = N_FEATURES, max_members: int = MAX_MEMBERS_DRAWN) -> dict:
     """Top RSCA features (or the first output axes of another method) vs [Fe/H] and VHELIO (field
     density of all field stars + at most ``max_members`` cluster members drawn), cached. ``scales``
     is None for a method other than RSCA; ``members`` = {"shown", "of"} counts the drawn members."""
@@ -249,6 +264,17 @@ def member_sample(n: int, max_members: int) -> np.ndarray:
     return np.sort(np.random.default_rng(SEED).choice(n, size=max_members, replace=False))
 
 
+def keep_first_view(s: Settings) -> bool:
+    """Compute (or find) the default view ``s``'s rates and panels in the store of first views, past
+    the result cache (:mod:`.first_views`; ``app.py --prepare-only``): True when both are on disk."""
+    key = s.key()
+    _, rates_kept = first_views.keep("rates", key, lambda: compute_rates(s))
+    _, panels_kept = first_views.keep(
+        "features", key, lambda: compute_features(s, N_FEATURES, MAX_MEMBERS_DRAWN), N_FEATURES, MAX_MEMBERS_DRAWN
+    )
+    return rates_kept and panels_kept
+
+
 @cache.memoize()
 def _features_cached(key: str, n_features: int, max_members: int = MAX_MEMBERS_DRAWN) -> dict:
     return first_views.kept(
@@ -260,7 +286,7 @@ def _features_cached(key: str, n_features: int, max_members: int = MAX_MEMBERS_D
     )
 
 
-def compute_features(s: Settings, n_features: int = 3, max_members: int = MAX_MEMBERS_DRAWN) -> dict:
+def compute_features(s: Settings, n_features: int = N_FEATURES, max_members: int = MAX_MEMBERS_DRAWN) -> dict:
     """The feature panels of :func:`features`, uncached."""
     ds = load(s.ds)
     # only the n_features leading axes are drawn: the field (a million stars on a big survey) is

@@ -1,60 +1,94 @@
 """Each dataset's first view, kept on disk: the rates and feature panels of its default Explore
 settings (the page ``/?ds=<key>`` opens on), computed once and read back by every later worker.
 
-The warm-up of a starting worker (:mod:`.warm`) and ``python app.py --prepare-only`` compute them;
-after that a fresh worker — a restarted server, a recycled gunicorn worker, another container on the
-same state folder — answers a survey's first view by reading two small files instead of reading the
-compression's scores and fitting RSCA on every field star (on a 1,000,000-star survey: seconds).
-Other settings stay in the ordinary result cache (:mod:`.compute`).
+The warm-up of a starting worker (:mod:`.warm`), the first visitor and ``python app.py
+--prepare-only`` store them; after that a fresh worker — a restarted server, a recycled gunicorn
+worker, another process on the same state folder — answers a survey's first view by reading two
+small files instead of reading the compression's scores and fitting RSCA on every field star (on a
+1,000,000-star survey: seconds). Other settings stay in the ordinary result cache (:mod:`.compute`).
 
-The files live in the app's private state folder (``RSCA_STATE_DIR/first-views``, at most
-``MAX_ENTRIES`` of them; pickles, like the filesystem result cache beside them, never in a bundle).
-An entry's name holds the settings' cache key (the dataset's uid among them) and the identity of
-the compression file the result comes from (its name carries the fitting algorithm's version; its
-size and time change when it is refitted): a rebuilt bundle or a new compression is never answered
-from an old entry. A store that cannot be written (a read-only state folder) is skipped.
+Where and how: one file per view in ``RSCA_STATE_DIR/first-views`` (pickles, like the filesystem
+result cache beside them; never in a bundle), at most ``MAX_ENTRIES`` files, the least recently
+written removed first. The folder is used only if this user owns it and nobody else may write in it.
+An entry is answered only if it was computed
+
+* for the same settings (the dataset's uid among them),
+* from the same compression file (name — which carries the fitting algorithm's version —, size,
+  time and inode, unchanged while the view was computed: a refitted compression is a new file),
+* by the same code (:func:`code_fingerprint`: the source of the modules that compute a view);
+
+anything else is computed again and replaces it. A file that cannot be read or written is a miss,
+never an error (a read-only state folder: the views are computed as without this module).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import os
+import pickle
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 from . import config
 
 log = logging.getLogger("rsca_lab")
 
-#: Entries kept at most (two a dataset: rates and panels; the oldest go first beyond).
+#: Files kept at most (two a dataset: rates and panels); the least recently written go first.
 MAX_ENTRIES = 64
 
 
-class _Store:
-    lock = threading.Lock()
-    cache = None
-    where = None
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """A hash of the source of the modules a first view is computed by (the service's computations,
+    rsca_core's rates, RSCA, folds, learners and dataset): any change to them retires every entry."""
+    import rsca_core._folds
+    import rsca_core.dataset
+    import rsca_core.learners
+    import rsca_core.metrics
+    import rsca_core.rsca
+
+    from . import compute, settings
+
+    h = hashlib.sha256()
+    for mod in (
+        compute,
+        settings,
+        rsca_core.metrics,
+        rsca_core.rsca,
+        rsca_core._folds,
+        rsca_core.learners,
+        rsca_core.dataset,
+    ):
+        h.update(Path(mod.__file__).read_bytes())
+    return h.hexdigest()[:16]
 
 
-def _store():
-    """This process's store (cachelib's file cache in the state folder), or None when unusable."""
+_warned = threading.Event()
+
+
+def folder() -> Path | None:
+    """The store's folder (made private to this user), or None when it cannot be used safely."""
     where = config.state_dir() / "first-views"
-    with _Store.lock:
-        if _Store.where != where:
-            _Store.where, _Store.cache = where, None
-            try:
-                from cachelib import FileSystemCache
-
-                where.mkdir(parents=True, exist_ok=True)
-                _Store.cache = FileSystemCache(str(where), threshold=MAX_ENTRIES, default_timeout=0, mode=0o600)
-            except OSError as exc:
-                log.warning("first views are not kept on disk (%s)", exc.strerror or exc)
-        return _Store.cache
+    try:
+        where.mkdir(parents=True, exist_ok=True, mode=0o700)
+        st = os.stat(where)
+        ok = st.st_uid == os.geteuid() and not st.st_mode & 0o022 and os.access(where, os.R_OK | os.W_OK | os.X_OK)
+    except OSError as exc:
+        ok, why = False, exc.strerror or str(exc)
+    else:
+        why = "it belongs to another user, is writable by others, or is not readable and writable"
+    if not ok and not _warned.is_set():
+        _warned.set()
+        log.warning("first views are not kept on disk: %s (%s)", where, why)
+    return where if ok else None
 
 
 def source_tag(s) -> str | None:
-    """The identity of the compression a default view is computed from (file name, size, time in ns),
-    or None when the settings are not a dataset's default view or it has no compression yet."""
+    """The identity of the compression file a default view is computed from (name, size, time in ns,
+    inode), or None when the settings are not a dataset's default view or it has no compression."""
     from .datasets import SEED, load, pca_options
     from .settings import settings_from_query
 
@@ -68,29 +102,82 @@ def source_tag(s) -> str | None:
         st = os.stat(path)
     except OSError:
         return None
-    return f"{path.name}:{st.st_size}:{st.st_mtime_ns}"
+    return f"{path.name}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+
+
+def _entry(where: Path, kind: str, key: str, extra: tuple) -> Path:
+    return where / (hashlib.sha256(repr((kind, key, extra)).encode()).hexdigest()[:40] + ".pkl")
+
+
+def _read(path: Path, tag: str):
+    """The stored view at ``path`` if it was computed from ``tag`` by this code, else None."""
+    try:
+        with open(path, "rb") as fh:
+            rec = pickle.load(fh)
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # damaged, kept by another pandas, unreadable: a miss
+        log.warning("first view %s unreadable (%s): computed again", path.name, str(exc)[:200])
+        return None
+    if isinstance(rec, dict) and rec.get("tag") == tag and rec.get("code") == code_fingerprint():
+        return rec.get("value")
+    return None
+
+
+def _write(path: Path, tag: str, value) -> bool:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            pickle.dump({"tag": tag, "code": code_fingerprint(), "value": value}, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
+    except Exception as exc:  # a full disk, a read-only folder: the view is still answered
+        log.warning("first view not kept on disk (%s)", str(exc)[:200])
+        tmp.unlink(missing_ok=True)
+        return False
+    _prune(path.parent)
+    return True
+
+
+def _prune(where: Path) -> None:
+    """At most MAX_ENTRIES files: the least recently written are removed."""
+    try:
+        files = sorted(where.glob("*.pkl"), key=lambda p: p.stat().st_mtime_ns)
+    except OSError:
+        return
+    for old in files[: max(0, len(files) - MAX_ENTRIES)]:
+        old.unlink(missing_ok=True)
 
 
 def kept(kind: str, key: str, compute: Callable[[], object], *extra) -> object:
-    """``compute()``, read from the store instead when ``key`` is a dataset's default view already
-    stored for the same compression, and stored when it is computed."""
+    """``compute()``, read from the store instead when ``key`` is a dataset's default view stored
+    from the same compression by the same code, and stored when it is computed."""
+    return keep(kind, key, compute, *extra)[0]
+
+
+def keep(kind: str, key: str, compute: Callable[[], object], *extra) -> tuple[object, bool]:
+    """As :func:`kept`, also saying whether the view is now on disk (read from it or stored)."""
+    from .settings import settings_from_key
+
+    s = settings_from_key(key)
+    tag = source_tag(s)
+    where = folder() if tag is not None else None
+    if where is None:
+        return compute(), False
+    path = _entry(where, kind, key, extra)
+    hit = _read(path, tag)
+    if hit is not None:
+        return hit, True
+    out = compute()
+    if source_tag(s) != tag:  # the compression was rewritten while the view was computed: not kept
+        return out, False
+    return out, _write(path, tag, out)
+
+
+def stored(kind: str, key: str, *extra) -> bool:
+    """Is this view on disk, from the dataset's current compression and this code?"""
     from .settings import settings_from_key
 
     tag = source_tag(settings_from_key(key))
-    store = _store() if tag is not None else None
-    if store is None:
-        return compute()
-    name = repr((kind, key, extra, tag))
-    try:
-        hit = store.get(name)
-    except Exception as exc:  # e.g. kept by another version of pandas: computed and kept again
-        log.warning("first view on disk unreadable (%s): computed again", str(exc)[:200])
-        hit = None
-    if hit is not None:
-        return hit
-    out = compute()
-    try:
-        store.set(name, out)
-    except Exception as exc:  # a full disk: the view is still answered
-        log.warning("first view not kept on disk (%s)", str(exc)[:200])
-    return out
+    where = folder() if tag is not None else None
+    return where is not None and _read(_entry(where, kind, key, extra), tag) is not None

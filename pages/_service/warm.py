@@ -144,21 +144,32 @@ def warm_dataset(key: str, note=lambda what: None) -> str:
 
 
 def prepare(server, say=print) -> dict:
-    """Compute the first view of every dataset of the data folder whose default compression is
-    prepared, in this process (``python app.py --prepare-only``): they are kept on disk
-    (:mod:`.first_views`), so that any worker started later answers them at once. Returns
-    {key: "ready" | "loaded" | "failed: …"}; ``say`` is told each one."""
-    from .datasets import dataset_paths
+    """Keep on disk the first view of every dataset of the data folder whose default compression is
+    prepared, in this process (``python app.py --prepare-only``; :mod:`.first_views`), so that any
+    worker started later answers them at once. Returns {key: "kept" | "not kept" | "no compression" |
+    "failed: …"}; ``say`` is told each one."""
+    from .compute import keep_first_view
+    from .datasets import compression_ready, dataset_paths, load
+    from .settings import settings_from_query
 
     out = {}
     for key in dataset_paths():
         t = time.perf_counter()
         try:
             with server.app_context():
-                out[key] = warm_dataset(key)
+                load(key)
+                s, _problems = settings_from_query({"ds": key})
+                if s.input != "spectra" or not compression_ready(key, k=s.k):
+                    out[key] = "no compression"
+                else:
+                    out[key] = "kept" if keep_first_view(s) else "not kept"
         except Exception as exc:  # a broken bundle: say so and go on with the others
             out[key] = f"failed: {hide_paths(str(exc))[:200]}"
-        what = {"ready": "first view computed and kept", "loaded": "no prepared compression: loaded only"}
+        what = {
+            "kept": "first view on disk",
+            "not kept": "first view computed but not kept (see the log: state folder not usable?)",
+            "no compression": "default compression not prepared: nothing to keep",
+        }
         say(f"dataset {key}: {what.get(out[key], out[key])} ({time.perf_counter() - t:.1f} s)")
     return out
 
