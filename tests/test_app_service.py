@@ -218,8 +218,22 @@ def test_cache_keys_name_k_fit(monkeypatch, tmp_path):
         monkeypatch.setenv("RSCA_K_FIT", kf)
         service.config.reload()
         monkeypatch.setattr(service.settings_module, "uid", lambda key: "same-bundle")
+        monkeypatch.setattr(service.settings_module, "compression_file_id", lambda *a: "pca-k10.npz:1:2:3")
         keys.append(service.Settings(k=10).key())
     assert keys[0] != keys[1] and '"k_fit": 12' in keys[0]
+
+
+def test_cache_keys_name_the_compression_file(monkeypatch):
+    """A result computed from one compression file is never answered for a refitted or upgraded one
+    (another name, size, time or inode): the file's identity is part of the key of spectra settings."""
+    monkeypatch.setattr(service.settings_module, "uid", lambda key: "same-bundle")
+    ids = iter(["pca-k10-seed0-a4.npz:100:1:7", "pca-k10-seed0-a4.npz:100:2:8"])
+    monkeypatch.setattr(service.settings_module, "compression_file_id", lambda *a: next(ids))
+    before, after = service.Settings(k=10).key(), service.Settings(k=10).key()
+    assert before != after and '"compression": "pca-k10-seed0-a4.npz:100:1:7"' in before
+    # abundance inputs have no compression: their key does not look for one
+    monkeypatch.setattr(service.settings_module, "compression_file_id", lambda *a: pytest.fail("looked up"))
+    assert '"compression"' not in service.Settings(input="subset").key()
 
 
 def test_pages_are_not_found_in_the_service_package():
@@ -292,6 +306,7 @@ def test_method_is_a_url_setting_validated_by_the_parser(monkeypatch):
     assert (s.method, s.top_n) == ("rca", None) and "RSCA only" in problems[0]
     # every cache key names the method
     monkeypatch.setattr(service.settings_module, "uid", lambda key: "same-bundle")
+    monkeypatch.setattr(service.settings_module, "compression_file_id", lambda *a: "pca-k30.npz:1:2:3")
     keys = {service.Settings(method=m).key() for m in service.METHODS}
     assert len(keys) == len(service.METHODS) and all('"method": ' in k for k in keys)
 

@@ -9,7 +9,6 @@ chosen by RSCA_CACHE_TYPE (see :mod:`.config`); :func:`init_cache` attaches it t
 from __future__ import annotations
 
 import functools
-import os
 import warnings
 from dataclasses import asdict, replace
 
@@ -19,7 +18,7 @@ from flask_caching import Cache
 from rsca_core.metrics import distance_histogram
 
 from . import config, first_views
-from .datasets import SEED, compression_ready, dataset_label, load, pca_options, ready_ks, uid
+from .datasets import SEED, compression_file_id, compression_ready, dataset_label, load, pca_options, ready_ks, uid
 from .errors import UserError
 from .flight import flight
 from .settings import Settings, settings_from_key
@@ -38,17 +37,8 @@ class CompressionNotReady(UserError):
 
 @functools.lru_cache(maxsize=6)
 def _compression(key: str, uid_: str, k: int, seed: int, mask: tuple, weights: str = "none", file_id=None):
+    # file_id (datasets.compression_file_id) keys the copy: a refitted file is read again
     return load(key).compress(k, seed=seed, extra_mask_ranges=mask, **pca_options(weights))
-
-
-def _file_id(key, k: int, mask, weights) -> tuple | None:
-    """(size, time, inode) of the compression's file, or None: a refitted file is a new one, never
-    answered from this worker's copy of the old one."""
-    try:
-        st = os.stat(load(key).compression_path(k, SEED, tuple(mask), **pca_options(weights)))
-    except OSError:
-        return None
-    return st.st_size, st.st_mtime_ns, st.st_ino
 
 
 def compression(key, k: int, mask=(), allow_compute: bool = False, weights: str = "none"):
@@ -67,7 +57,7 @@ def compression(key, k: int, mask=(), allow_compute: bool = False, weights: str 
             f"{' with extra mask ' + str(list(mask)) if mask else ''} is not computed yet: Explore computes it "
             f"in the background when you choose this K, or run `rsca compress --dataset <folder> --k {k}`"
         )
-    args = (key, uid(key), k, SEED, tuple(mask), weights, _file_id(key, k, mask, weights))
+    args = (key, uid(key), k, SEED, tuple(mask), weights, compression_file_id(key, k, mask, weights))
     with flight.hold(("compression", *args)):  # read (or fitted) once, however many requests ask at once
         return _compression(*args)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -185,6 +186,19 @@ def prepared_ks() -> tuple[int, ...]:
 def pca_options(weights="none") -> dict:
     """The MaskedPCA options of the app's compressions: {} (plain) or {"weights": "ivar"}."""
     return {} if weights in (None, "none") else {"weights": weights}
+
+
+def compression_file_id(key, k: int, mask=(), weights="none") -> str | None:
+    """The identity of dataset ``key``'s exact K = ``k`` compression file — name (which carries the
+    fitting algorithm's version), size, time in ns, inode — or None when it is not on disk: a
+    refitted or upgraded compression is a new identity, so nothing computed from the old one is
+    answered for it (cache keys, this worker's copy, the first views on disk)."""
+    path = load(key).compression_path(int(k), SEED, tuple(mask), **pca_options(weights))
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return f"{path.name}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
 
 
 def compression_ready(key, mask=(), weights="none", k=None) -> bool:

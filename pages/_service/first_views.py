@@ -87,9 +87,10 @@ def folder() -> Path | None:
 
 
 def source_tag(s) -> str | None:
-    """The identity of the compression file a default view is computed from (name, size, time in ns,
-    inode), or None when the settings are not a dataset's default view or it has no compression."""
-    from .datasets import SEED, load, pca_options
+    """The identity of the compression file a default view is computed from
+    (:func:`.datasets.compression_file_id`), or None when the settings are not a dataset's default
+    view or it has no compression."""
+    from .datasets import compression_file_id
     from .settings import settings_from_query
 
     if s.input != "spectra":
@@ -97,12 +98,7 @@ def source_tag(s) -> str | None:
     default, _problems = settings_from_query({"ds": s.ds})
     if default.key() != s.key():
         return None
-    path = load(s.ds).compression_path(s.k, SEED, tuple(s.mask), **pca_options(s.weights))
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return f"{path.name}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+    return compression_file_id(s.ds, s.k, s.mask, s.weights)
 
 
 def _entry(where: Path, kind: str, key: str, extra: tuple) -> Path:

@@ -15,7 +15,7 @@ from rsca_core.learners import METHODS
 
 from . import config
 from .config import K_MIN
-from .datasets import cluster_names, dataset_path, load, uid
+from .datasets import cluster_names, compression_file_id, dataset_path, load, uid
 from .errors import UserError, short
 
 DEFAULT_K = 30
@@ -42,8 +42,12 @@ class Settings:
     weights: str = "none"  # "ivar": the flux-error-weighted PCA (spectra input, bundles with errors.npy)
 
     def key(self) -> str:
-        """Cache key: every setting plus the dataset's uid and the compression size K_FIT."""
+        """Cache key: every setting plus the dataset's uid, the compression size K_FIT and, for
+        spectra, the identity of the exact compression's file (None until it is computed): a result
+        computed from a compression is never answered for a refitted or upgraded one."""
         extra = {"uid": uid(self.ds), "k_fit": config.k_fit()}
+        if self.input == "spectra":
+            extra["compression"] = compression_file_id(self.ds, self.k, self.mask, self.weights)
         return json.dumps(asdict(self) | extra, sort_keys=True, default=list)
 
 
