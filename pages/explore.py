@@ -120,6 +120,14 @@ def layout(**query):
 ui.register_settings_callbacks(P, with_method=True, with_weights=True)
 
 
+def spread_text(r) -> str | None:
+    """ "± sd" of the global rate over the clusters resampled (rsca_core.metrics.rate_spread), or None."""
+    sd = r.get("rate_spread")
+    if sd is None or not math.isfinite(sd):
+        return None
+    return f"± {sd:.4f} (sd over the clusters resampled)"
+
+
 def rate_card(r, s):
     """The global rate of settings ``s``. When ``r["preview"]`` is set, the rate comes from a stand-in
     compression while the exact one is computed in the background: said in the card, never beside a
@@ -168,6 +176,7 @@ def rate_card(r, s):
                                 **{"data-rate": repr(float(g)) if g is not None else "nan"},
                                 **{"data-preview": "1" if preview else "0"},
                             ),
+                            html.Div(spread_text(r), id=f"{P}-rate-spread", className="small text-muted"),
                             ui.kind_badge(r["label"]),
                         ],
                         width="auto",

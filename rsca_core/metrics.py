@@ -53,6 +53,32 @@ def global_rate(rates, n_stars) -> float:
     return float(np.average(r[ok], weights=w[ok])) if ok.any() else float("nan")
 
 
+def rate_spread(rates, n_stars, n_boot: int = 2000, seed: int = 0) -> float:
+    """How well the cluster sample fixes the global rate: the standard deviation of
+    :func:`global_rate` over ``n_boot`` resamples of the clusters with replacement (clusters with an
+    undefined rate left out first; ``nan`` with fewer than two defined rates).
+
+    The global rate averages a few dozen clusters' rates, and a different sample of clusters would give
+    another average: on the default simulated survey (22 clusters, K = 30) this spread is 0.0045
+    around 0.0114. For large samples it approaches ``sqrt(Σ n_c² (r_c − R)²) / Σ n_c``.
+
+    Examples
+    --------
+    >>> round(rate_spread([0.0, 0.1], [1, 1], n_boot=20000), 2)   # exact: 0.05 / sqrt(2)
+    0.04
+    >>> rate_spread([0.02, float("nan")], [5, 3])
+    nan
+    """
+    r = np.asarray(rates, float)
+    w = np.asarray(n_stars, float)
+    ok = np.isfinite(r)
+    r, w = r[ok], w[ok]
+    if r.size < 2:
+        return float("nan")
+    idx = np.random.default_rng(seed).integers(0, r.size, size=(int(n_boot), r.size))
+    return float(np.std((w[idx] * r[idx]).sum(axis=1) / w[idx].sum(axis=1)))
+
+
 def histogram_edges(intra, inter, bins: int = HIST_BINS) -> np.ndarray:
     """Shared bin edges of an intra- and inter-cluster distance histogram.
 
@@ -106,6 +132,12 @@ class DoppelgangerResult:
     histograms: dict = field(default_factory=dict)
 
     @property
+    def rate_spread(self) -> float:
+        """:func:`rate_spread` of the per-cluster rates: the global rate's sampling error from the
+        cluster sample (standard deviation over 2,000 resamples of the clusters, seed 0)."""
+        return rate_spread(self.per_cluster["rate"], self.per_cluster["n_stars"])
+
+    @property
     def n_stars_used(self) -> int:
         ok = self.per_cluster["rate"].notna()
         return int(self.per_cluster.loc[ok, "n_stars"].sum())
@@ -122,7 +154,13 @@ class DoppelgangerResult:
             for r in self.per_cluster.itertuples()
         ]
         g = None if np.isnan(self.global_rate) else float(self.global_rate)
-        return {"global_rate": g, "clusters": rows, "settings": self.settings}
+        sd = self.rate_spread
+        return {
+            "global_rate": g,
+            "rate_spread": None if np.isnan(sd) else sd,
+            "clusters": rows,
+            "settings": self.settings,
+        }
 
     def to_json(self, **kw) -> str:
         return json.dumps(self.to_dict(), **kw)

@@ -347,9 +347,12 @@ def test_the_app_rate_equals_evaluate_to_1e12(dash_duo, dash_app, bundle, k, top
     cmd = [sys.executable, "-m", "rsca_core", "evaluate", "--dataset", str(bundle), "--k", str(k), "--json"]
     cmd += ([] if top is None else ["--top-n", str(top)]) + ([] if cv else ["--no-cv"])
     out = subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True).stdout
-    want = json.loads(out)["global_rate"]
+    evaluated = json.loads(out)
+    want = evaluated["global_rate"]
     assert abs(got - want) <= 1e-12, (got, want)
     assert f"{want:.4f}" == dash_duo.find_element("#ex-global-rate").text
+    # the rate's spread over the clusters resampled: the same number on the page and from evaluate
+    assert dash_duo.find_element("#ex-rate-spread").text.startswith(f"± {evaluated['rate_spread']:.4f} ")
     assert not severe(dash_duo.get_logs())
 
 

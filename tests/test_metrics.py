@@ -168,3 +168,23 @@ def test_histogram_mode_counts_every_pair_of_the_brute_force_and_keeps_no_distan
             np.testing.assert_array_equal(counts, np.bincount(bins, minlength=len(counts)))
     with pytest.raises(ValueError, match="keep_distances"):
         doppelganger_rates(Z_pop, Z_clust, ids, keep_distances="all")
+
+
+def test_rate_spread_is_the_bootstrap_sd_of_the_global_rate_over_clusters():
+    """Against the exact bootstrap distribution (all 3³ equally likely resamples of three clusters,
+    enumerated) and, with many clusters, the delta-method closed form sqrt(Σ n²(r − R)²) / Σ n."""
+    import itertools
+
+    from rsca_core.metrics import global_rate, rate_spread
+
+    rates, sizes = np.array([0.0, 0.05, 0.2]), np.array([10, 4, 3])
+    exact = [global_rate(rates[list(i)], sizes[list(i)]) for i in itertools.product(range(3), repeat=3)]
+    sd = rate_spread(rates, sizes, n_boot=200_000)
+    assert sd == pytest.approx(np.std(exact), rel=0.01)
+    # undefined rates are left out first; fewer than two defined: nan
+    assert rate_spread(np.r_[rates, np.nan], np.r_[sizes, 7], n_boot=200_000) == pytest.approx(sd, rel=0.01)
+    assert np.isnan(rate_spread([0.1, np.nan], [3, 4]))
+    rng = np.random.default_rng(3)
+    r, n = rng.uniform(0, 0.1, 60), rng.integers(3, 20, 60)
+    closed = np.sqrt(np.sum(n**2 * (r - global_rate(r, n)) ** 2)) / n.sum()
+    assert rate_spread(r, n, n_boot=20_000) == pytest.approx(closed, rel=0.05)

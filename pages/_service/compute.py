@@ -162,6 +162,7 @@ def compute_rates(s: Settings, allow_compute: bool = False, pca=None) -> dict:
     hists = {name: res.histograms.get(name) or distance_histogram(empty, empty) for name in per["cluster"]}
     return {
         "global_rate": float(res.global_rate),
+        "rate_spread": res.rate_spread,  # sd over the clusters resampled (metrics.rate_spread)
         "per_cluster": per,
         "hists": hists,
         "n_field": int(len(ri.z_pop)),
