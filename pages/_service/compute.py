@@ -184,7 +184,12 @@ def rates(s: Settings) -> dict:
 
 @cache.memoize()
 def _rates_cached(key: str) -> dict:
-    return first_views.kept("rates", key, lambda: compute_rates(settings_from_key(key)))
+    return _rates_kept(key)[0]
+
+
+def _rates_kept(key: str) -> tuple[dict, bool]:
+    """The rates of ``key``, from (or into) the first views on disk when it is a default view."""
+    return first_views.keep("rates", key, lambda: compute_rates(settings_from_key(key)))
 
 
 def fit_map(s: Settings):
@@ -259,16 +264,17 @@ def keep_first_view(s: Settings) -> bool:
     """Compute (or find) the default view ``s``'s rates and panels in the store of first views, past
     the result cache (:mod:`.first_views`; ``app.py --prepare-only``): True when both are on disk."""
     key = s.key()
-    _, rates_kept = first_views.keep("rates", key, lambda: compute_rates(s))
-    _, panels_kept = first_views.keep(
-        "features", key, lambda: compute_features(s, N_FEATURES, MAX_MEMBERS_DRAWN), N_FEATURES, MAX_MEMBERS_DRAWN
-    )
-    return rates_kept and panels_kept
+    return _rates_kept(key)[1] and _features_kept(key, N_FEATURES, MAX_MEMBERS_DRAWN)[1]
 
 
 @cache.memoize()
 def _features_cached(key: str, n_features: int, max_members: int = MAX_MEMBERS_DRAWN) -> dict:
-    return first_views.kept(
+    return _features_kept(key, n_features, max_members)[0]
+
+
+def _features_kept(key: str, n_features: int, max_members: int) -> tuple[dict, bool]:
+    """The feature panels of ``key``, from (or into) the first views on disk when it is a default view."""
+    return first_views.keep(
         "features",
         key,
         lambda: compute_features(settings_from_key(key), n_features, max_members),

@@ -145,22 +145,24 @@ def _prune(where: Path) -> None:
         old.unlink(missing_ok=True)
 
 
-def kept(kind: str, key: str, compute: Callable[[], object], *extra) -> object:
-    """``compute()``, read from the store instead when ``key`` is a dataset's default view stored
-    from the same compression by the same code, and stored when it is computed."""
-    return keep(kind, key, compute, *extra)[0]
-
-
-def keep(kind: str, key: str, compute: Callable[[], object], *extra) -> tuple[object, bool]:
-    """As :func:`kept`, also saying whether the view is now on disk (read from it or stored)."""
+def _locate(kind: str, key: str, extra: tuple):
+    """``(settings, tag, entry path)`` of a view; the path is None when it is not a default view with
+    a compression or the store cannot be used."""
     from .settings import settings_from_key
 
     s = settings_from_key(key)
     tag = source_tag(s)
     where = folder() if tag is not None else None
-    if where is None:
+    return s, tag, None if where is None else _entry(where, kind, key, extra)
+
+
+def keep(kind: str, key: str, compute: Callable[[], object], *extra) -> tuple[object, bool]:
+    """``compute()``, read from the store instead when ``key`` is a dataset's default view stored
+    from the same compression by the same code, and stored when it is computed; also whether the view
+    is now on disk (read from it or stored)."""
+    s, tag, path = _locate(kind, key, extra)
+    if path is None:
         return compute(), False
-    path = _entry(where, kind, key, extra)
     hit = _read(path, tag)
     if hit is not None:
         return hit, True
@@ -172,8 +174,5 @@ def keep(kind: str, key: str, compute: Callable[[], object], *extra) -> tuple[ob
 
 def stored(kind: str, key: str, *extra) -> bool:
     """Is this view on disk, from the dataset's current compression and this code?"""
-    from .settings import settings_from_key
-
-    tag = source_tag(settings_from_key(key))
-    where = folder() if tag is not None else None
-    return where is not None and _read(_entry(where, kind, key, extra), tag) is not None
+    _s, tag, path = _locate(kind, key, extra)
+    return path is not None and _read(path, tag) is not None

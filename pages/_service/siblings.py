@@ -94,11 +94,10 @@ def star_info(s, star: str) -> dict:
     ds = load(s.ds)
     emb = embedding(s)
     row = emb.index_of(star)
-    kinds = {"apogee_id": str, "cluster": str, "teff": float, "logg": float, "fe_h": float, "vhelio_avg": float}
+    kinds = {"apogee_id": str, "cluster": str, "teff": float, "logg": float, "fe_h": float}
+    kinds |= {"vhelio_avg": float, "ak_targ": float}
     # one value of each column (a big bundle reads those columns alone, not its whole table)
-    return {"row": row} | {
-        name: kind(ds.star_column(name).iloc[row]) for name, kind in (kinds | {"ak_targ": float}).items()
-    }
+    return {"row": row} | {name: kind(ds.star_column(name).iloc[row]) for name, kind in kinds.items()}
 
 
 def spectrum(s, row: int) -> dict:

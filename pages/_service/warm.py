@@ -123,18 +123,26 @@ def _first_requests(server) -> None:
         log.warning("warm-up: the first requests failed (%s)", hide_paths(str(exc))[:200])
 
 
+def default_view(key: str):
+    """Load dataset ``key``; the Settings of its default Explore view (``/?ds=<key>``), or None when
+    that view's compression is not prepared (nothing here computes one)."""
+    from .datasets import compression_ready, load
+    from .settings import settings_from_query
+
+    load(key)
+    s, _problems = settings_from_query({"ds": key})
+    return s if s.input == "spectra" and compression_ready(key, k=s.k) else None
+
+
 def warm_dataset(key: str, note=lambda what: None) -> str:
     """Load one dataset and compute its default Explore view (the settings of ``/?ds=<key>``):
     "ready", or "loaded" when its default K's compression is not prepared (not computed here).
     ``note(what)`` is told the step ("loading", "view")."""
     from .compute import compression, features, rates
-    from .datasets import compression_ready, load
-    from .settings import settings_from_query
 
     note("loading")
-    load(key)
-    s, _problems = settings_from_query({"ds": key})
-    if s.input != "spectra" or not compression_ready(key, k=s.k):
+    s = default_view(key)
+    if s is None:
         return "loaded"
     note("view")
     rates(s)  # read back from disk when an earlier worker or --prepare-only kept it (first_views)
@@ -149,20 +157,15 @@ def prepare(server, say=print) -> dict:
     worker started later answers them at once. Returns {key: "kept" | "not kept" | "no compression" |
     "failed: …"}; ``say`` is told each one."""
     from .compute import keep_first_view
-    from .datasets import compression_ready, dataset_paths, load
-    from .settings import settings_from_query
+    from .datasets import dataset_paths
 
     out = {}
     for key in dataset_paths():
         t = time.perf_counter()
         try:
             with server.app_context():
-                load(key)
-                s, _problems = settings_from_query({"ds": key})
-                if s.input != "spectra" or not compression_ready(key, k=s.k):
-                    out[key] = "no compression"
-                else:
-                    out[key] = "kept" if keep_first_view(s) else "not kept"
+                s = default_view(key)
+                out[key] = "no compression" if s is None else "kept" if keep_first_view(s) else "not kept"
         except Exception as exc:  # a broken bundle: say so and go on with the others
             out[key] = f"failed: {hide_paths(str(exc))[:200]}"
         what = {
