@@ -25,7 +25,7 @@ from pathlib import Path
 # with them, 3.9 s without (benchmarks/bench_first_view.py). Off unless the operator sets it; numpy
 # reads it when it is first imported, which is below (dash, flask and gunicorn do not import it).
 os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
-if __name__ == "__main__" and "--prepare-only" in sys.argv[1:]:
+if "--prepare-only" in sys.argv[1:]:  # `python app.py` or the `rsca-lab` script (which imports this module)
     os.environ["RSCA_WARM"] = "0"  # this process only prepares: no warm-up thread loading datasets beside it
 
 import dash  # noqa: E402
