@@ -119,7 +119,9 @@ def cmd_evaluate(args) -> int:
         rate = "   undef" if np.isnan(r.rate) else f"{r.rate:8.4f}"
         print(f"  {r.cluster:<{w}} {r.n_stars:>4} {rate} {r.n_inter_pairs:>8}")
     print(
-        f"  global rate: {res.global_rate:.4f} ± {res.rate_spread:.4f} (sd over the clusters resampled)\n"
+        f"  global rate: {res.global_rate:.4f}"
+        + ("" if np.isnan(res.rate_spread) else f" ± {res.rate_spread:.4f} (sd over the clusters resampled)")
+        + "\n"
         f"               (paper, APOGEE DR16: {PAPER_RESULTS['spectra_k30']:.3f} for spectra "
         f"at K=30, {PAPER_RESULTS['abundance_subset']:.3f} for the best abundance subset)"
     )
