@@ -13,6 +13,7 @@ from . import _service as service
 from . import _ui as ui
 
 P = "sim"
+SIMULATE_START = "Starting: simulating the survey (queued, then drawing the stars)…"
 PREPARE_ID = f"{P}-prepare"  # the button under a finished build (pressed through the Data page)
 
 
@@ -70,14 +71,7 @@ def simulate_card():
                 dbc.Button("Build", id=f"{P}-run", color="primary", size="sm", class_name="me-2 mt-2"),
                 dcc.Store(id=f"{P}-request"),  # one token per click: each click is a new build (see below)
                 dbc.Button("Cancel", id=f"{P}-cancel", color="secondary", size="sm", class_name="mt-2", disabled=True),
-                dbc.Progress(
-                    id=f"{P}-progress",
-                    value=0,
-                    striped=True,
-                    animated=True,
-                    class_name="mt-2",
-                    style={"display": "none"},
-                ),
+                ui.progress_block(f"{P}-progress", SIMULATE_START),
                 html.Div(id=f"{P}-result", className="small mt-2"),
             ]
         ),
@@ -134,10 +128,10 @@ def register_simulate_callbacks(dataset_select: str):
         running=[
             (Output(f"{P}-run", "disabled"), True, False),
             (Output(f"{P}-cancel", "disabled"), False, True),
-            (Output(f"{P}-progress", "style"), {"display": "flex"}, {"display": "none"}),
+            ui.progress_running(f"{P}-progress"),
         ],
         cancel=[Input(f"{P}-cancel", "n_clicks")],
-        progress=[Output(f"{P}-progress", "value"), Output(f"{P}-progress", "label")],
+        **ui.progress_args(f"{P}-progress", SIMULATE_START),
     )
     def build(set_progress, _n, name, n_field, seed, flag_values, flag_ids):
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dash_bootstrap_components as dbc
 import plotly.graph_objects as go
-from dash import Input, dcc, html
+from dash import Input, Output, dcc, html
 
 from . import _service as service
 
@@ -63,6 +63,37 @@ def error_alert(text):
 
 def info_alert(text):
     return dbc.Alert(text, color="info", class_name="py-2")
+
+
+def progress_block(id, starting: str, class_name: str = "mt-2"):
+    """A background job's progress: a line of text (the phase, the EM pass and its change) above a bar.
+
+    The text sits outside the bar so that it is readable from the first second, when the bar is still
+    empty; ``starting`` names the phase shown until the job's first report (``progress_args``). Hidden
+    until the job runs (``progress_running``)."""
+    return html.Div(
+        [
+            html.Div(starting, id=f"{id}-text", className="small text-muted mb-1 progress-text"),
+            dbc.Progress(id=id, value=0, striped=True, animated=True),
+        ],
+        id=f"{id}-box",
+        className=class_name,
+        style={"display": "none"},
+    )
+
+
+def progress_running(id):
+    """The ``running=`` entry that shows a ``progress_block`` while its job runs."""
+    return (Output(f"{id}-box", "style"), {"display": "block"}, {"display": "none"})
+
+
+def progress_args(id, starting: str) -> dict:
+    """``progress=`` and ``progress_default=`` of a background callback reporting to a ``progress_block``:
+    (percent, text); before the first report the text names the phase (``starting``)."""
+    return {
+        "progress": [Output(id, "value"), Output(f"{id}-text", "children")],
+        "progress_default": [0, starting],
+    }
 
 
 def label_figure(

@@ -52,6 +52,11 @@ CARDS = {
 }
 
 
+def _starting(name) -> str:
+    """The progress text of a card's job before its first report: the job's name and what comes first."""
+    return f"Starting: {CARDS[name][0]} (queued, then reading the data)…"
+
+
 CAPS_TEXT = {
     "k_sweep": f"Limits on this server: at most {service.CAPS['k_values']} K values.",
     "top_n": f"Limits on this server: at most {service.CAPS['seeds']} seeds.",
@@ -142,14 +147,7 @@ def card(name, query):
                     ],
                     class_name="g-2 mb-2",
                 ),
-                dbc.Progress(
-                    id=f"{P}-{name}-progress",
-                    value=0,
-                    striped=True,
-                    animated=True,
-                    style={"display": "none"},
-                    class_name="mb-2",
-                ),
+                ui.progress_block(f"{P}-{name}-progress", _starting(name), class_name="mb-2"),
                 html.Div(id=f"{P}-{name}-msg"),
                 html.Div(id=f"{P}-{name}-csv-msg"),
                 dcc.Graph(
@@ -251,10 +249,10 @@ def _register(name):
         running=[
             (Output(f"{P}-{name}-run", "disabled"), True, False),
             (Output(f"{P}-{name}-cancel", "disabled"), False, True),
-            (Output(f"{P}-{name}-progress", "style"), {"display": "flex"}, {"display": "none"}),
+            ui.progress_running(f"{P}-{name}-progress"),
         ],
         cancel=[Input(f"{P}-{name}-cancel", "n_clicks")],
-        progress=[Output(f"{P}-{name}-progress", "value"), Output(f"{P}-{name}-progress", "label")],
+        **ui.progress_args(f"{P}-{name}-progress", _starting(name)),
         cache_args_to_ignore=[0],
     )
     def run(set_progress, _n, _card, ds, *values):

@@ -15,6 +15,7 @@ from ._simulate_form import PREPARE_ID, register_simulate_callbacks, simulate_ca
 dash.register_page(__name__, path="/data", name="Data", title="RSCA Lab - Data", order=5)
 
 P = "dt"
+PCA_START = "Starting: preparing the compression (queued, then reading the spectra)…"
 
 
 def layout(**query):
@@ -68,14 +69,7 @@ def layout(**query):
                                         dbc.Button(
                                             "Cancel", id=f"{P}-pca-cancel", size="sm", color="secondary", disabled=True
                                         ),
-                                        dbc.Progress(
-                                            id=f"{P}-pca-progress",
-                                            value=0,
-                                            striped=True,
-                                            animated=True,
-                                            class_name="mt-2",
-                                            style={"display": "none"},
-                                        ),
+                                        ui.progress_block(f"{P}-pca-progress", PCA_START),
                                         html.Div(id=f"{P}-pca-result", className="small mt-2"),
                                     ]
                                 ),
@@ -257,11 +251,11 @@ def update(ds, _done):
     running=[
         (Output(f"{P}-pca-run", "disabled"), True, False),
         (Output(f"{P}-pca-cancel", "disabled"), False, True),
-        (Output(f"{P}-pca-progress", "style"), {"display": "flex"}, {"display": "none"}),
+        ui.progress_running(f"{P}-pca-progress"),
     ],
     cancel=[Input(f"{P}-pca-cancel", "n_clicks")],
     cache_args_to_ignore=[0],  # the click count: repeated clicks join one job
-    progress=[Output(f"{P}-pca-progress", "value"), Output(f"{P}-pca-progress", "label")],
+    **ui.progress_args(f"{P}-pca-progress", PCA_START),
 )
 def prepare(set_progress, _n, ds):
     try:

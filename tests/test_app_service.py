@@ -473,3 +473,20 @@ def test_the_web_process_computes_with_one_blas_thread_and_jobs_get_theirs_back(
     assert jobqueue._with_blas_threads(blas, 2)() == 2  # what a job process runs with
     threadpool_limits(limits=1, user_api="blas")
     jobs.reset_background_manager()
+
+
+def test_a_jobs_progress_never_moves_back_within_a_phase_and_keeps_its_whole_text():
+    """An EM pass whose change grows again must not move the bar back (a user reads that as a restart);
+    a new phase (the sweep's own count after a compression) starts from its own value."""
+    from pages._service.jobs import progress_reporter
+
+    got = []
+    report = progress_reporter(got.append)
+    long_target = "compressing K=50: pass 23, change 1.2e-03 → target 1e-04 (the exact fit for this K, then the rates)"
+    report(0.0, "compressing K=50: reading the spectra")
+    report(0.55, "compressing K=50: pass 5, change 1.0e-03 → target 1e-04")
+    report(0.47, long_target)
+    report(0.25, "K sweep: 2/8")
+    report(0.20, "K sweep: 2/8")
+    assert [v for v, _ in got] == [0, 55, 55, 25, 25]
+    assert got[2][1] == long_target  # not cut at the target

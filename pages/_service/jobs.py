@@ -8,6 +8,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -93,13 +94,26 @@ def reset_background_manager() -> None:
     _Manager.value = None
 
 
+def progress_phase(text) -> str:
+    """The phase a progress text belongs to: the text before its counters ("compressing K=30" of
+    "compressing K=30 … pass 7, change …"; "K sweep" of "K sweep: 8/18")."""
+    return re.split(r":| pass \d| \d+/\d+", str(text), maxsplit=1)[0].strip()
+
+
 def progress_reporter(set_progress):
     """``report(fraction, text)`` for a background job: best effort (a busy job store must not
-    fail the job)."""
+    fail the job). Within one phase the bar never moves back (an EM pass whose change grows again
+    leaves it where it was; the text still gives the change); a new phase starts from its own value."""
+    state = {"phase": None, "best": 0.0}
 
     def report(fraction, text):
         with contextlib.suppress(Exception):
-            set_progress((int(round(100 * max(0.0, min(1.0, float(fraction))))), str(text)[:80]))
+            f = max(0.0, min(1.0, float(fraction)))
+            phase = progress_phase(text)
+            if phase == state["phase"]:
+                f = max(f, state["best"])
+            state["phase"], state["best"] = phase, f
+            set_progress((int(round(100 * f)), str(text)[:200]))
 
     return report
 
