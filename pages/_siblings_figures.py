@@ -83,6 +83,7 @@ def features_vs_feh(
     members=None,
     siblings_label="siblings",
     n_features=3,
+    title="Siblings among all stars",
 ):
     """Top RSCA features vs [Fe/H]: every star as a grey density, the siblings (or candidates) in
     red, the chosen one in blue, the star as a gold star, a cluster's ``members`` as gold circles and
@@ -99,7 +100,7 @@ def features_vs_feh(
     for i in range(n):
         fig.update_xaxes(title_text="[Fe/H]", row=1, col=i + 1)
         fig.update_yaxes(title_text=f"RSCA feature {i + 1}", title_standoff=4, row=1, col=i + 1)
-    fig = ui.label_figure(fig, label, "Siblings among all stars: RSCA features vs [Fe/H]")
+    fig = ui.label_figure(fig, label, f"{title}: RSCA features vs [Fe/H]")
     fig.update_layout(legend={"orientation": "h", "y": -0.25, "font": {"size": 11}})
     out = fig.to_plotly_json()
     layers = _layers(fe_h, coords, star, siblings, chosen, new_points, members, siblings_label)

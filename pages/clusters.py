@@ -82,7 +82,8 @@ def grid_figure(r):
 )
 def update(ds, inp, species, k, clusters, cv, top, method):
     try:
-        s = service.settings_from_controls(ds, inp, k, species, clusters, cv, top, method=method)
+        notes = []  # a top-N out of range: all axes and a message, as in a URL
+        s = service.settings_from_controls(ds, inp, k, species, clusters, cv, top, method=method, notes=notes)
         r = service.rates(s)
     except Exception as exc:
         msg = service.describe_error(exc)
@@ -98,7 +99,7 @@ def update(ds, inp, species, k, clusters, cv, top, method):
     )
     q = service.settings_to_query(s)
     return (
-        ui.messages(r.get("warnings")),
+        ui.messages(notes + list(r.get("warnings") or [])),
         summary,
         grid_figure(r),
         {"settings": service.settings_to_dict(s)},

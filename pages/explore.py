@@ -18,6 +18,7 @@ from . import _ui as ui
 dash.register_page(__name__, path="/", name="Explore", title="RSCA Lab - Explore", order=0)
 
 P = "ex"
+IVAR_START = "Starting: the exact compression for these settings (queued, then reading the spectra)…"
 cluster_colours = ui.cluster_colours
 MAP_RSCA_ONLY = "the map file holds an RSCA map"
 
@@ -45,14 +46,7 @@ def layout(**query):
                     dbc.Col(
                         [
                             html.Div(id=f"{P}-msg"),
-                            dbc.Progress(
-                                id=f"{P}-ivar-progress",
-                                value=0,
-                                striped=True,
-                                animated=True,
-                                style={"display": "none"},
-                                class_name="mb-2",
-                            ),
+                            ui.progress_block(f"{P}-ivar-progress", IVAR_START, class_name="mb-2"),
                             html.Div(id=f"{P}-ivar-msg"),
                             dcc.Loading(html.Div(id=f"{P}-rate"), type="dot", delay_show=400),
                             dbc.Row(
@@ -157,7 +151,7 @@ def rate_card(r, s):
                     dbc.Col(
                         [
                             html.Div(
-                                f"Global doppelganger rate ({service.METHOD_LABELS[s.method]})",
+                                f"Global doppelganger rate, {service.METHOD_LABELS[s.method]}",
                                 id=f"{P}-rate-title",
                                 className="small text-muted",
                             ),
@@ -403,7 +397,10 @@ _UPDATE_OUTPUTS = (
 def update(ds, inp, species, k, clusters, cv, top, method, weights):
     try:
         w = "ivar" if weights else "none"
-        s = service.settings_from_controls(ds, inp, k, species, clusters, cv, top, method=method, weights=w)
+        notes = []  # a top-N out of range: all axes and a message, as in a URL
+        s = service.settings_from_controls(
+            ds, inp, k, species, clusters, cv, top, method=method, weights=w, notes=notes
+        )
         # a K (or weighting) whose exact compression is not ready yet: a labelled preview meanwhile,
         # while the background job (prepare_exact) computes it
         pending = s.input == "spectra" and not service.compression_ready(s.ds, s.mask, s.weights, k=s.k)
@@ -414,7 +411,7 @@ def update(ds, inp, species, k, clusters, cv, top, method, weights):
         fig = ui.empty_figure(msg)
         return ui.error_alert(msg), None, fig, None, no_update, no_update, no_update, True, True, none
     q = service.settings_to_query(s)
-    warn = ui.messages(r.get("warnings"), color="warning")
+    warn = ui.messages(notes + list(r.get("warnings") or []), color="warning")
     # the histogram callback draws from the store, so it never recomputes rates on another worker
     per = r["per_cluster"]
     hists = {
@@ -480,8 +477,8 @@ def need_compression(ds, inp, k, weights):
     Input(f"{P}-ivar-need", "data"),
     background=True,
     prevent_initial_call=True,
-    running=[(Output(f"{P}-ivar-progress", "style"), {"display": "flex"}, {"display": "none"})],
-    progress=[Output(f"{P}-ivar-progress", "value"), Output(f"{P}-ivar-progress", "label")],
+    running=[ui.progress_running(f"{P}-ivar-progress")],
+    **ui.progress_args(f"{P}-ivar-progress", IVAR_START),
 )
 def prepare_exact(set_progress, need):
     """The exact K compression (plain or flux-error-weighted), through the one bounded job queue

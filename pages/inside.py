@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 import dash
 import dash_bootstrap_components as dbc
 import numpy as np
 import plotly.graph_objects as go
 from dash import Input, Output, callback, clientside_callback, dcc, html, no_update
+from plotly.colors import qualitative
 
 from . import _service as service
 from . import _ui as ui
@@ -24,16 +27,19 @@ EXPLAIN = (
     "field has variance 1 along every direction and no correlation between the axes (its covariance is the "
     "identity, below). Distances no longer favour the directions where stars vary most.",
     "Reparametrize: subtract from each cluster star its cluster's mean and find the principal axes of these "
-    "residuals. Rotating into them lines the axes up with the directions along which cluster members scatter.",
+    "residuals. Rotating into them lines the axes up with the directions along which cluster members scatter; "
+    "the field's covariance stays the identity, as a rotation cannot change that. The angle of the rotation is given below: it is "
+    "small when the members already scatter along the sphered axes, and then this step barely moves the plot.",
     "Rescale: divide each residual axis by σ = sqrt(σc²/(1−σc²)), where σc is the pooled robust spread of "
     "cluster members along it (the field's spread is 1), then order the axes by σ, smallest first: RSCA axis 1 "
     "is the direction in which siblings are tightest relative to the field. Axes where siblings are as spread "
-    "as the field (σc ≥ 1) get weight 0. Clusters are now compact, the field wide.",
+    "as the field (σc ≥ 1) get weight 0. Each axis is stretched as a whole (field and clusters alike, by 1/σ, "
+    "below), so the axes along which siblings are tightest count most in a distance.",
 )
 
 #: Height of the step plot (px), also in its layout: drawn first at another height, Plotly would widen the
 #: fixed ranges to keep one unit the same length on both axes, and keep the wider ranges after a resize.
-STEPS_HEIGHT = 520
+STEPS_HEIGHT = 640
 
 #: The plotted axes of each step, x then y (the numbers under the text use the same order).
 AXIS_TITLES = (
@@ -64,18 +70,8 @@ LINES = {
     "CO": (15580, 15780, 16190, 16610),
     "DIB": (15273, 15653),
 }
-LINE_COLOURS = {
-    "Fe": "#c0392b",
-    "Mg": "#2980b9",
-    "Si": "#27ae60",
-    "Al": "#8e44ad",
-    "Ca": "#d35400",
-    "Ti": "#16a085",
-    "Ni": "#7f8c8d",
-    "Mn": "#f39c12",
-    "CO": "#34495e",
-    "DIB": "#e84393",
-}
+#: One distinct colour per species marker (Plotly's 24-colour qualitative palette, in LINES' order).
+LINE_COLOURS = dict(zip(LINES, qualitative.Dark24))
 
 
 def layout(**query):
@@ -198,7 +194,10 @@ def steps_figure(d, step):
     fig.update_yaxes(
         title_text=axes[1], range=[-lim, lim] if lim else None, zeroline=True, scaleanchor="x", scaleratio=1
     )
-    fig.update_layout(legend={"font": {"size": 10}}, height=STEPS_HEIGHT)
+    # every cluster's legend entry visible: rows under the plot, not a scrolling column
+    fig.update_layout(
+        legend={"font": {"size": 10}, "orientation": "h", "yanchor": "top", "y": -0.12, "x": 0}, height=STEPS_HEIGHT
+    )
     return ui.label_figure(fig, d["label"], service.STEP_NAMES[step])
 
 
@@ -224,12 +223,16 @@ def vectors_figure(v, axis):
                 y=[top * 1.08] * len(xs),
                 mode="markers",
                 name=el,
-                marker={"symbol": "triangle-down", "size": 8, "color": LINE_COLOURS.get(el, "#95a5a6")},
+                marker={"symbol": "triangle-down", "size": 8, "color": LINE_COLOURS[el]},
                 hovertemplate=el + " %{x} Å<extra></extra>",
             )
         )
     sc = v["scales"][axis]
-    fig.update_layout(xaxis_title="wavelength (Å)", yaxis_title="weight per pixel", legend={"font": {"size": 10}})
+    fig.update_layout(
+        xaxis_title="wavelength (Å)",
+        yaxis_title="weight per pixel",
+        legend={"font": {"size": 10}, "orientation": "h", "yanchor": "top", "y": -0.22, "x": 0},
+    )
     return ui.label_figure(
         fig, v["label"], f"RSCA axis {axis + 1} of the K = {v['k']} map in wavelength space (σ = {sc:.3g})"
     )
@@ -237,6 +240,14 @@ def vectors_figure(v, axis):
 
 def _num(x) -> str:
     return "∞" if not np.isfinite(x) else f"{x:.3f}"
+
+
+def rotation_degrees(d) -> float:
+    """The angle (0–90°) by which step 3 turns the sphered axes: from the linear map between the cluster
+    stars' coordinates after steps 2 and 3 (a rotation, possibly with a reflection or a swap of axes)."""
+    a, b = np.asarray(d["clusters"][1], float), np.asarray(d["clusters"][2], float)
+    R = np.linalg.lstsq(a - a.mean(0), b - b.mean(0), rcond=None)[0]
+    return float(np.degrees(np.arccos(min(1.0, abs(R[0, 0]) / max(np.linalg.norm(R[:, 0]), 1e-300)))))
 
 
 def step_numbers(d, step) -> str:
@@ -256,6 +267,7 @@ def step_numbers(d, step) -> str:
     sc = d["sigma_c"]
     if step == 2:
         return (
+            f"The rotation turns the axes by {rotation_degrees(d):.1f}°. "
             f"Pooled robust spread of cluster members σc: x: residual axis 1, σc = {_num(sc[0])}; "
             f"y: residual axis 2, σc = {_num(sc[1])}."
         )
@@ -292,6 +304,19 @@ def update(ds, k, clusters):
     try:
         s = service.settings_from_controls(ds, "spectra", k, None, clusters, True, None)
         return None, steps_store(s), ui.kind_badge(service.dataset_label(s.ds))
+    except service.CompressionNotReady:
+        # The K = 2 fit this page draws is missing (a freshly built survey): Explore computes it in the
+        # background (the one job queue), with its progress; no work is started from here.
+        link = dcc.Link("open Explore at K = 2", href="/?" + urlencode({"ds": ds or "", "k": 2}))
+        note = ui.info_alert(
+            [
+                "These steps are drawn from the dataset's K = 2 compression, which is not computed yet: ",
+                link,
+                " (it computes it in the background, with its progress), then come back here.",
+            ]
+        )
+        empty = ui.empty_figure("the K = 2 compression is not computed yet").to_plotly_json()
+        return note, {"figs": [empty] * 4, "numbers": [None] * 4, "explain": list(EXPLAIN)}, no_update
     except Exception as exc:
         msg = service.describe_error(exc)
         empty = ui.empty_figure(msg).to_plotly_json()

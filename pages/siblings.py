@@ -416,6 +416,7 @@ def _cluster_view(s, emb, cluster, pf, want):
         chosen=None if chosen_row is None else (chosen_row, emb.apogee_id[chosen_row]),
         members=(members, emb.apogee_id[members].tolist()),
         siblings_label="candidates",
+        title=f"Candidate members of {res.cluster} among all stars",
     )
     centre_member = int(members[np.argmin(((emb.coords[members] - res.centre) ** 2).sum(1))])
     other = None if chosen_row is None else data.spectrum(s, chosen_row)

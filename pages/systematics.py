@@ -14,6 +14,8 @@ from . import _ui as ui
 dash.register_page(__name__, path="/systematics", name="Systematics", title="RSCA Lab - Systematics", order=3)
 
 P = "sy"
+RESID_START = "Starting: App. A/B residuals (queued, then compressing the spectra)…"
+RATE_START = "Starting: the rate with these pixels masked (queued, then compressing)…"
 
 
 def layout(**query):
@@ -66,8 +68,12 @@ def _controls(s):
 def _residuals_card():
     running = dbc.Row(
         [
-            dbc.Col(html.Span("Computing App. A/B residuals…", className="small"), width="auto"),
-            dbc.Col(dbc.Progress(id=f"{P}-progress", value=0, striped=True, animated=True)),
+            dbc.Col(
+                [
+                    html.Div(RESID_START, id=f"{P}-progress-text", className="small text-muted mb-1 progress-text"),
+                    dbc.Progress(id=f"{P}-progress", value=0, striped=True, animated=True),
+                ]
+            ),
             dbc.Col(dbc.Button("Cancel", id=f"{P}-cancel", size="sm", color="secondary"), width="auto"),
         ],
         align="center",
@@ -128,14 +134,7 @@ def _mask_card(mask_text, unit):
                     class_name="me-2",
                 ),
                 dbc.Button("Cancel", id=f"{P}-rate-cancel", size="sm", color="secondary", disabled=True),
-                dbc.Progress(
-                    id=f"{P}-rate-progress",
-                    value=0,
-                    striped=True,
-                    animated=True,
-                    style={"display": "none"},
-                    class_name="mt-2",
-                ),
+                ui.progress_block(f"{P}-rate-progress", RATE_START),
                 html.Div(id=f"{P}-rate-result", className="mt-2"),
             ]
         ),
@@ -235,7 +234,7 @@ def residual_figure(d, kind, user_mask, label):
     background=True,
     running=[(Output(f"{P}-running", "style"), {}, {"display": "none"})],
     cancel=[Input(f"{P}-cancel", "n_clicks")],
-    progress=[Output(f"{P}-progress", "value"), Output(f"{P}-progress", "label")],
+    **ui.progress_args(f"{P}-progress", RESID_START),
 )
 def run_residuals(set_progress, ds, ncomp):
     try:
@@ -349,11 +348,11 @@ def _k(k):
     running=[
         (Output(f"{P}-rate-run", "disabled"), True, False),
         (Output(f"{P}-rate-cancel", "disabled"), False, True),
-        (Output(f"{P}-rate-progress", "style"), {"display": "flex"}, {"display": "none"}),
+        ui.progress_running(f"{P}-rate-progress"),
     ],
     cancel=[Input(f"{P}-rate-cancel", "n_clicks")],
     cache_args_to_ignore=[0],  # the click count: repeated clicks join one job
-    progress=[Output(f"{P}-rate-progress", "value"), Output(f"{P}-rate-progress", "label")],
+    **ui.progress_args(f"{P}-rate-progress", RATE_START),
 )
 def rate_with_mask(set_progress, _n, ds, k, mask_text, unit):
     try:
@@ -415,7 +414,12 @@ def visits(ds, k):
         f"Median normalised pair distance: together {mt:.3f}, separate {ms:.3f}"
         if mt is not None and ms is not None
         else "Not enough pairs in one of the groups"
-    ) + (f"; one-sided Mann-Whitney p = {p:.3g} (together closer)" if p else "")
+    ) + (
+        f"; one-sided Mann-Whitney test of 'together closer than separate': p = {p:.3g}, "
+        + ("significant at 5 %" if p < 0.05 else "not significant at 5 % (no sign of a shared-visit effect)")
+        if p is not None and np.isfinite(p)
+        else ""
+    )
     fig = ui.label_figure(
         fig, v["label"], f"App. C: distances between siblings observed together vs separately (K = {s.k})"
     )

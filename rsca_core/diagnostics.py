@@ -729,7 +729,7 @@ def _cmd_diagnose(args) -> int:
             print(f"compared within the {s['n_clusters_compared']} clusters that have both kinds of pairs")
         print(
             f"median similarity together {s['median_together']:.3f}, separate {s['median_separate']:.3f} "
-            f"(ratio {s['median_ratio']:.3f}); Mann-Whitney p (together closer) {s['mannwhitney_p']:.3g}, "
+            f"(ratio {s['median_ratio']:.3f}); one-sided Mann-Whitney p (alternative: together closer) {s['mannwhitney_p']:.3g}, "
             f"KS p {s['ks_p']:.3g}"
         )
         table = res.to_frame()

@@ -156,6 +156,7 @@ def fig_ablation(table: pd.DataFrame, label: str | None = None) -> go.Figure:
                 x=order,
                 y=sub["mean"],
                 name=f"on {v}",
+                offsetgroup=str(v),
                 marker_color=VARIANT_COLOURS.get(v, GREY),
                 error_y=None if err is None else dict(type="data", array=err),
                 text=[f"{y:.3f}" if pd.notna(y) else "n/a" for y in sub["mean"]],
@@ -171,9 +172,10 @@ def fig_ablation(table: pd.DataFrame, label: str | None = None) -> go.Figure:
                 mode="markers",
                 name="paper, APOGEE DR16 (transformed)",
                 marker=PAPER_MARKER,
+                offsetgroup="transformed",  # over the bar it compares with, not the group's middle
             )
         )
-    fig.update_layout(barmode="group")
+    fig.update_layout(barmode="group", scattermode="group")
     fig.update_xaxes(title="input representation")
     fig.update_yaxes(title="global doppelganger rate", rangemode="tozero")
     return _layout(fig, _title("Doppelganger rate by representation and method", label, table_seed(table)))
@@ -205,6 +207,7 @@ def fig_methods(table: pd.DataFrame, label: str | None = None) -> go.Figure:
                 x=order,
                 y=sub["global_rate"],
                 name=names[m],
+                offsetgroup=str(m),
                 marker_color=METHOD_COLOURS.get(m, GREY),
                 text=[f"{y:.3f}" if pd.notna(y) else "n/a" for y in sub["global_rate"]],
                 textposition="outside",
@@ -221,9 +224,10 @@ def fig_methods(table: pd.DataFrame, label: str | None = None) -> go.Figure:
                 mode="markers",
                 name="paper, APOGEE DR16 (RSCA)",
                 marker=PAPER_MARKER,
+                offsetgroup="rsca",  # over RSCA's bar, not the group's middle
             )
         )
-    fig.update_layout(barmode="group")
+    fig.update_layout(barmode="group", scattermode="group")
     fig.update_xaxes(title="input representation")
     fig.update_yaxes(title="global doppelganger rate", rangemode="tozero")
     title = "RSCA against the metric learners it cites (leave-one-cluster-out)"

@@ -261,6 +261,8 @@ def test_explore_method_selector_shows_the_engines_rate_and_disables_top_n(dash_
     assert "method=rca" in dash_duo.driver.current_url
     assert dash_duo.find_element("#ex-top").get_attribute("disabled") is not None
     assert "RSCA only" in dash_duo.find_element("#ex-top-note").text
+    # the paper's 0.020 is RSCA's: not set beside another method's rate as if comparable
+    assert dash_duo.find_element("#ex-paper").text == "RSCA only: the paper ran no RCA"
     assert dash_duo.find_element("#ex-dl-map").get_attribute("disabled") is not None
     # the CSV download names the method, in its file name and its method column
     click(dash_duo, "#ex-dl-csv")
@@ -379,12 +381,14 @@ def test_a_k_not_ready_shows_a_labelled_preview_then_the_exact_rate(dash_duo, da
         preview = float(dash_duo.find_element("#ex-global-rate").get_attribute("data-rate"))
         want = core["rate"](z=ds.compress(12, seed=0).scores[:, :11]).global_rate
         assert abs(preview - want) <= 1e-12
+        # the phase is named in a line of its own above the bar (readable while the bar is still empty)
         bar = wait_js(
             dash_duo,
-            "var b = document.querySelector('#ex-ivar-progress .progress-bar'); return b ? b.innerText : null",
+            "var b = document.getElementById('ex-ivar-progress-text');"
+            "return b && b.offsetParent !== null ? b.innerText : null",
             lambda t: bool(t),
         )
-        assert "loading the spectra" in bar or "compressing K=11" in bar
+        assert bar.startswith("Starting: the exact compression") or "compressing K=11" in bar
     got, _ = _shown_exact_rate(dash_duo, 11)
     cmd = [sys.executable, "-m", "rsca_core", "evaluate", "--dataset", str(bundle), "--k", "11", "--json"]
     want = json.loads(subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True).stdout)["global_rate"]
@@ -1007,6 +1011,9 @@ def test_top_n_zero_is_answered_like_minus_one_with_one_range(dash_duo, dash_app
     for typed in ("0", "-1"):  # typed in the box: the same words
         set_input(dash_duo, "#ex-top", typed)
         dash_duo.wait_for_contains_text("#ex-msg", f"top-N = {typed} is out of range: choose 1…8", timeout=30)
+        assert "using all axes" in dash_duo.find_element("#ex-msg").text
+        # ... and answered the same way: the view stays on all axes instead of going blank
+        assert shown_rate(dash_duo) == f"{core['rate'](k=8).global_rate:.4f}"
     set_input(dash_duo, "#ex-k", 5)  # the range follows K
     dash_duo.wait_for_text_to_equal("#ex-top-note", "1–5; blank = all axes", timeout=30)
     assert not severe(dash_duo.get_logs())
@@ -1044,4 +1051,19 @@ def test_every_panel_has_axis_titles_and_nothing_hides_under_the_modebar(dash_du
     open_page(dash_duo, "/siblings")
     dash_duo.wait_for_element("#sb-star-id", timeout=60)
     check_layout(dash_duo, ["sb-features", "sb-spectrum"])
+
+    # Inside RSCA: every cluster's legend entry shown at once under the step plot, and one colour per
+    # species on the axis-vector plot
+    open_page(dash_duo, "/inside?step=1")
+    wait_js(
+        dash_duo,
+        "return document.querySelector('#in-steps .js-plotly-plot').data.length",
+        lambda n: n == 1 + len(names),
+    )
+    figs = check_layout(dash_duo, ["in-steps", "in-vectors"])
+    assert figs["in-steps"]["legend_items"] == 1 + len(names)
+    species = dash_duo.driver.execute_script(
+        "return document.querySelector('#in-vectors .js-plotly-plot').data.slice(1).map(t => t.marker.color)"
+    )
+    assert len(species) > 10 and len(set(species)) == len(species)
     assert not severe(dash_duo.get_logs())

@@ -21,7 +21,7 @@ from . import config, first_views
 from .datasets import SEED, compression_file_id, compression_ready, dataset_label, load, pca_options, ready_ks, uid
 from .errors import UserError
 from .flight import flight
-from .settings import Settings, settings_from_key
+from .settings import METHOD_LABELS, Settings, settings_from_key
 
 cache = Cache()
 STEP_NAMES = ("1. Compress", "2. Sphere", "3. Reparametrize", "4. Rescale")
@@ -332,6 +332,9 @@ def compute_features(s: Settings, n_features: int = N_FEATURES, max_members: int
 
 
 def paper_value(s: Settings) -> str:
+    """The paper's rate for this setting, said for what it is: RSCA's (the paper ran no other method)."""
+    if s.method != "rsca":
+        return "RSCA only: the paper ran no " + METHOD_LABELS.get(s.method, s.method)
     if s.input == "spectra":
         return "0.020 (spectra, K = 30)" if s.k == 30 else "0.020 (spectra, at K = 30)"
     if s.input == "subset":

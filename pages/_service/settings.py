@@ -316,12 +316,13 @@ def settings_to_query(
 
 
 def settings_from_controls(
-    ds, input_, k, species, clusters, cv, top_n, mask=(), method="rsca", weights="none"
+    ds, input_, k, species, clusters, cv, top_n, mask=(), method="rsca", weights="none", notes=None
 ) -> Settings:
     """Settings from control values; raises UserError with a message for the page.
 
     ``top_n`` is ignored (the page disables its control) unless ``method`` is "rsca"; ``weights``
-    (the compression's) unless the input is spectra."""
+    (the compression's) unless the input is spectra. With a list ``notes``, a top-N out of its range
+    is answered as in a URL: all axes, and the message appended to ``notes`` (else it raises)."""
     if ds is None:
         raise UserError("choose a dataset")
     dataset_path(ds)
@@ -333,7 +334,13 @@ def settings_from_controls(
     k = parse_int(k, "K", K_MIN, config.k_max())
     sp = parse_species(species) if input_ == "subset" else PAPER_SUBSET
     method = parse_method(method if method is not None else "rsca")
-    top = parse_top(top_n, input_, k, sp) if method == "rsca" else None
+    try:
+        top = parse_top(top_n, input_, k, sp) if method == "rsca" else None
+    except UserError as exc:
+        if notes is None:
+            raise
+        notes.append(f"top-N: {exc}; using all axes")
+        top = None
     cl = None if clusters == ALL else parse_clusters(ds, clusters if clusters is not None else [])
     w = check_weights(ds, parse_weights(weights or "none")) if input_ == "spectra" else "none"
     return Settings(
