@@ -7,11 +7,12 @@ ablation, the cross-validated K sweep, Fig. 3's feature correlations) and check 
 the band values as JSON. ``--set name=value`` measures a physical parameter of ``SimulationConfig``
 at other values (each change must keep to SPEC §5's ranges and be documented with its reason).
 
-    python benchmarks/calibration_seeds.py --seeds 0 1 2            (~10 min a seed on 2 cores)
+    python benchmarks/calibration_seeds.py --seeds 0 1 2            (1.5–5 min a seed on 2 cores)
     python benchmarks/calibration_seeds.py --seeds 1 --set element_scatter=0.018 --out /tmp/cal
 
 Surveys are kept under ``--out`` (``<tag>_seed<S>``) and reused when asked again with the same
-settings, so re-running with more seeds only simulates the new ones.
+settings and simulator version, so re-running with more seeds only simulates the new ones; the JSON
+(``<tag>.json``) keeps the seeds of earlier runs.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from _common import ROOT
 from rsca_core import Dataset, bands
 from rsca_core.experiments_cli import run_experiments, settings_for
 from rsca_core.simulate import SimulationConfig, simulate
+from rsca_core.simulate.config import SIMULATOR_VERSION
 
 EXPERIMENTS = ("top_n", "ablation", "k_sweep", "features")
 
@@ -49,7 +51,7 @@ def parse_set(items) -> dict:
 
 def survey(out: Path, tag: str, seed: int, n_field: int, settings: dict) -> Dataset:
     path = out / f"{tag}_seed{seed}"
-    wanted = {"n_field": n_field, "seed": seed, "settings": settings}
+    wanted = {"n_field": n_field, "seed": seed, "settings": settings, "simulator_version": SIMULATOR_VERSION}
     stamp = path / "calibration_settings.json"
     if not (stamp.exists() and json.loads(stamp.read_text()) == wanted):
         simulate(
@@ -94,7 +96,15 @@ def main(argv=None):
     tag = args.tag or ("defaults" if not settings else "_".join(f"{k}-{v}" for k, v in sorted(settings.items())))
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"setting: {settings or 'the defaults'}; {args.n_field} field stars; seeds {args.seeds}", flush=True)
-    lines, record = [], {"settings": settings, "n_field": args.n_field, "seeds": {}}
+    out_json = args.out / f"{tag}.json"
+    record = {"settings": settings, "n_field": args.n_field, "simulator_version": SIMULATOR_VERSION, "seeds": {}}
+    if out_json.exists():  # keep the seeds of earlier runs of this setting
+        old = json.loads(out_json.read_text())
+        if {k: old.get(k) for k in ("settings", "n_field", "simulator_version")} == {
+            k: record[k] for k in ("settings", "n_field", "simulator_version")
+        }:
+            record["seeds"] = old.get("seeds", {})
+    lines = []
     for seed in args.seeds:
         t0 = time.perf_counter()
         ds = survey(args.out, tag, seed, args.n_field, settings)
@@ -113,8 +123,8 @@ def main(argv=None):
         record["seeds"][str(seed)] = {b.name: {"value": b.value, "band": b.band, "ok": b.ok} for b in checked}
         print(f"seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
         print("\n".join(lines), flush=True)
-    (args.out / f"{tag}.json").write_text(json.dumps(record, indent=1, default=float))
-    print(f"written {args.out / (tag + '.json')}")
+    out_json.write_text(json.dumps(record, indent=1, default=float))
+    print(f"written {out_json} (seeds {', '.join(sorted(record['seeds'], key=int))})")
 
 
 if __name__ == "__main__":

@@ -172,7 +172,14 @@ def spectrum_pair(wave, star, other, label, lines=()):
     if other is not None:
         fo = masked(other["flux"], other["mask"])
         fig.add_trace(
-            go.Scatter(x=wave, y=fo, mode="lines", name=other["name"], line={"color": CHOSEN_COLOUR, "width": 1}),
+            go.Scatter(
+                x=wave,
+                y=fo,
+                mode="lines",
+                name=other["name"],
+                line={"color": CHOSEN_COLOUR, "width": 1},
+                opacity=0.6,  # the star's spectrum shows through where the two agree
+            ),
             row=1,
             col=1,
         )
@@ -184,7 +191,11 @@ def spectrum_pair(wave, star, other, label, lines=()):
             col=1,
         )
     shapes, notes = [], []
-    for w, element in lines:
+    # names of lines closer than ~1/70 of the window would be drawn on top of each other: each line is
+    # drawn, but a name only when it clears the previous one or is its element's first
+    min_sep = (np.nanmax(wave) - np.nanmin(wave)) / 70 if len(wave) else 0.0
+    last, named = -np.inf, set()
+    for w, element in sorted(lines):
         shapes.append(
             {
                 "type": "line",
@@ -197,6 +208,10 @@ def spectrum_pair(wave, star, other, label, lines=()):
                 "line": {"color": "rgba(120,120,200,0.3)", "width": 1},
             }
         )
+        if w - last < min_sep and element in named:  # every element keeps at least one name
+            continue
+        last = w
+        named.add(element)
         notes.append(
             {
                 "x": w,

@@ -81,13 +81,14 @@ def grid_figure(r):
     *ui.settings_inputs(P, with_method=True),
 )
 def update(ds, inp, species, k, clusters, cv, top, method):
+    notes = []  # a top-N out of range: all axes and a message, as in a URL
     try:
-        notes = []  # a top-N out of range: all axes and a message, as in a URL
         s = service.settings_from_controls(ds, inp, k, species, clusters, cv, top, method=method, notes=notes)
         r = service.rates(s)
     except Exception as exc:
         msg = service.describe_error(exc)
-        return ui.error_alert(msg), None, ui.empty_figure(msg), None, no_update, no_update, no_update, True
+        alert = ui.error_alert(msg) if not notes else ui.error_alert(html.Ul([html.Li(m) for m in [msg, *notes]]))
+        return alert, None, ui.empty_figure(msg), None, no_update, no_update, no_update, True
     g = r["global_rate"]
     summary = html.Div(
         [

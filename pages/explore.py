@@ -395,9 +395,9 @@ _UPDATE_OUTPUTS = (
 
 @callback(*_UPDATE_OUTPUTS, *ui.settings_inputs(P, with_method=True, with_weights=True))
 def update(ds, inp, species, k, clusters, cv, top, method, weights):
+    notes = []  # a top-N out of range: all axes and a message, as in a URL
     try:
         w = "ivar" if weights else "none"
-        notes = []  # a top-N out of range: all axes and a message, as in a URL
         s = service.settings_from_controls(
             ds, inp, k, species, clusters, cv, top, method=method, weights=w, notes=notes
         )
@@ -409,7 +409,8 @@ def update(ds, inp, species, k, clusters, cv, top, method, weights):
         msg = service.describe_error(exc)
         none = "nothing to download: the view has no result"
         fig = ui.empty_figure(msg)
-        return ui.error_alert(msg), None, fig, None, no_update, no_update, no_update, True, True, none
+        alert = ui.error_alert(msg) if not notes else ui.error_alert(html.Ul([html.Li(m) for m in [msg, *notes]]))
+        return alert, None, fig, None, no_update, no_update, no_update, True, True, none
     q = service.settings_to_query(s)
     warn = ui.messages(notes + list(r.get("warnings") or []), color="warning")
     # the histogram callback draws from the store, so it never recomputes rates on another worker

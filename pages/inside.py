@@ -283,6 +283,19 @@ def step_numbers(d, step) -> str:
     return "; ".join(parts) + "."
 
 
+def _not_ready_note(ds) -> list:
+    """What to do when the dataset's compressions are missing (a freshly built survey): the Data page
+    prepares every one this page draws (K = 2 and the map's K); Explore computes K = 2 alone."""
+    return [
+        "These steps are drawn from the dataset's K = 2 compression, which is not computed yet: prepare the "
+        "dataset's compressions on the ",
+        dcc.Link("Data page", href="/data"),
+        " (“Prepare compression”, with its progress), or ",
+        dcc.Link("open Explore at K = 2", href="/?" + urlencode({"ds": ds or "", "k": 2})),
+        ", which computes that one in the background; then come back here.",
+    ]
+
+
 def steps_store(s) -> dict:
     """Everything the step slider shows, for every step, so that moving it only redraws (in the browser)."""
     d = service.inside_steps(s)
@@ -307,14 +320,7 @@ def update(ds, k, clusters):
     except service.CompressionNotReady:
         # The K = 2 fit this page draws is missing (a freshly built survey): Explore computes it in the
         # background (the one job queue), with its progress; no work is started from here.
-        link = dcc.Link("open Explore at K = 2", href="/?" + urlencode({"ds": ds or "", "k": 2}))
-        note = ui.info_alert(
-            [
-                "These steps are drawn from the dataset's K = 2 compression, which is not computed yet: ",
-                link,
-                " (it computes it in the background, with its progress), then come back here.",
-            ]
-        )
+        note = ui.info_alert(_not_ready_note(ds))
         empty = ui.empty_figure("the K = 2 compression is not computed yet").to_plotly_json()
         return note, {"figs": [empty] * 4, "numbers": [None] * 4, "explain": list(EXPLAIN)}, no_update
     except Exception as exc:
@@ -356,5 +362,7 @@ def update_vectors(axis, ds, k, clusters):
         v = service.axis_vectors(s)
         axis = int(axis) if axis is not None and 0 <= int(axis) < len(v["vectors"]) else 0
         return vectors_figure(v, axis)
+    except service.CompressionNotReady:
+        return ui.empty_figure(f"the K = {k} compression is not computed yet: prepare it on the Data page")
     except Exception as exc:
         return ui.empty_figure(service.describe_error(exc))

@@ -409,14 +409,18 @@ def visits(ds, k):
     )
     sm = v["summary"]
     mt, ms = sm.get("median_together"), sm.get("median_separate")
-    p = sm.get("mannwhitney_p") or sm.get("p_mannwhitney") or sm.get("p_value")
+    p = next((sm[key] for key in ("mannwhitney_p", "p_mannwhitney", "p_value") if sm.get(key) is not None), None)
     text = (
         f"Median normalised pair distance: together {mt:.3f}, separate {ms:.3f}"
         if mt is not None and ms is not None
         else "Not enough pairs in one of the groups"
     ) + (
         f"; one-sided Mann-Whitney test of 'together closer than separate': p = {p:.3g}, "
-        + ("significant at 5 %" if p < 0.05 else "not significant at 5 % (no sign of a shared-visit effect)")
+        + (
+            "significant at 5 % (siblings observed together are closer)"
+            if p < 0.05
+            else "not significant at 5 % (no evidence here of a shared-visit effect)"
+        )
         if p is not None and np.isfinite(p)
         else ""
     )

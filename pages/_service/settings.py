@@ -339,7 +339,7 @@ def settings_from_controls(
     except UserError as exc:
         if notes is None:
             raise
-        notes.append(f"top-N: {exc}; using all axes")
+        notes.append(f"{exc}; using all axes")
         top = None
     cl = None if clusters == ALL else parse_clusters(ds, clusters if clusters is not None else [])
     w = check_weights(ds, parse_weights(weights or "none")) if input_ == "spectra" else "none"
