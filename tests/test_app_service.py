@@ -490,3 +490,15 @@ def test_a_jobs_progress_never_moves_back_within_a_phase_and_keeps_its_whole_tex
     report(0.20, "K sweep: 2/8")
     assert [v for v, _ in got] == [0, 55, 55, 25, 25]
     assert got[2][1] == long_target  # not cut at the target
+
+
+def test_a_counted_phase_is_named_as_it_starts_not_after_its_first_unit():
+    """A sweep's rates follow its compressions: without a report at its start the bar kept the last
+    compression's text for the seconds the first rate took."""
+    from pages._service.jobs import UnitProgress
+
+    got = []
+    bar = UnitProgress(4, lambda f, t: got.append((f, t)), "K sweep")
+    assert got == [(0.0, "K sweep: 0/4")]
+    bar.update()
+    assert got[-1] == (0.25, "K sweep: 1/4")

@@ -140,6 +140,8 @@ class UnitProgress:
     def __init__(self, total, report, what):
         self.n, self.total, self.report, self.what = 0, max(1, int(total)), report, what
         self._last = 0.0
+        if self.report:  # the phase is named as it starts, not after its first unit (seconds later)
+            self.report(0.0, f"{self.what}: 0/{self.total}")
 
     def update(self, n=1):
         self.n += n
