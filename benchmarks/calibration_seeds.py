@@ -45,7 +45,10 @@ def parse_set(items) -> dict:
             out[name.strip()] = json.loads(value)
         except json.JSONDecodeError:
             out[name.strip()] = value
-    SimulationConfig.from_dict(out)  # unknown names and invalid values fail here, before any work
+    try:  # unknown names and invalid values fail here, in one line, before any work
+        SimulationConfig.from_dict(out)
+    except (TypeError, ValueError) as exc:
+        raise SystemExit(f"--set: {exc}") from None
     return out
 
 

@@ -57,20 +57,22 @@ def messages(problems, color="warning", id=None):
     return dbc.Alert(body, color=color, class_name="py-2 small", **kw)
 
 
-def error_alert(text):
-    return dbc.Alert(text, color="danger", class_name="py-2 user-error")
+def error_alert(text, notes=()):
+    """The page's error; with ``notes`` (what the page set aside, e.g. a top-N out of range) all in a list."""
+    body = html.Ul([html.Li(m) for m in [text, *notes]]) if notes else text
+    return dbc.Alert(body, color="danger", class_name="py-2 user-error")
 
 
 def info_alert(text):
     return dbc.Alert(text, color="info", class_name="py-2")
 
 
-def progress_block(id, starting: str, class_name: str = "mt-2"):
+def progress_block(id, starting: str, class_name: str = "mt-2", hidden: bool = True):
     """A background job's progress: a line of text (the phase, the EM pass and its change) above a bar.
 
     The text sits outside the bar so that it is readable from the first second, when the bar is still
     empty; ``starting`` names the phase shown until the job's first report (``progress_args``). Hidden
-    until the job runs (``progress_running``)."""
+    until the job runs (``progress_running``), unless ``hidden`` is False (a container shows it)."""
     return html.Div(
         [
             html.Div(starting, id=f"{id}-text", className="small text-muted mb-1 progress-text"),
@@ -78,7 +80,7 @@ def progress_block(id, starting: str, class_name: str = "mt-2"):
         ],
         id=f"{id}-box",
         className=class_name,
-        style={"display": "none"},
+        style={"display": "none"} if hidden else {},
     )
 
 

@@ -87,7 +87,7 @@ def update(ds, inp, species, k, clusters, cv, top, method):
         r = service.rates(s)
     except Exception as exc:
         msg = service.describe_error(exc)
-        alert = ui.error_alert(msg) if not notes else ui.error_alert(html.Ul([html.Li(m) for m in [msg, *notes]]))
+        alert = ui.error_alert(msg, notes)
         return alert, None, ui.empty_figure(msg), None, no_update, no_update, no_update, True
     g = r["global_rate"]
     summary = html.Div(

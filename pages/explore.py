@@ -409,7 +409,7 @@ def update(ds, inp, species, k, clusters, cv, top, method, weights):
         msg = service.describe_error(exc)
         none = "nothing to download: the view has no result"
         fig = ui.empty_figure(msg)
-        alert = ui.error_alert(msg) if not notes else ui.error_alert(html.Ul([html.Li(m) for m in [msg, *notes]]))
+        alert = ui.error_alert(msg, notes)
         return alert, None, fig, None, no_update, no_update, no_update, True, True, none
     q = service.settings_to_query(s)
     warn = ui.messages(notes + list(r.get("warnings") or []), color="warning")

@@ -296,6 +296,12 @@ def _not_ready_note(ds) -> list:
     ]
 
 
+def _empty_store(text) -> dict:
+    """The slider's store when there is nothing to draw: ``text`` in place of every step's plot."""
+    empty = ui.empty_figure(text).to_plotly_json()
+    return {"figs": [empty] * 4, "numbers": [None] * 4, "explain": list(EXPLAIN)}
+
+
 def steps_store(s) -> dict:
     """Everything the step slider shows, for every step, so that moving it only redraws (in the browser)."""
     d = service.inside_steps(s)
@@ -318,15 +324,12 @@ def update(ds, k, clusters):
         s = service.settings_from_controls(ds, "spectra", k, None, clusters, True, None)
         return None, steps_store(s), ui.kind_badge(service.dataset_label(s.ds))
     except service.CompressionNotReady:
-        # The K = 2 fit this page draws is missing (a freshly built survey): Explore computes it in the
-        # background (the one job queue), with its progress; no work is started from here.
-        note = ui.info_alert(_not_ready_note(ds))
-        empty = ui.empty_figure("the K = 2 compression is not computed yet").to_plotly_json()
-        return note, {"figs": [empty] * 4, "numbers": [None] * 4, "explain": list(EXPLAIN)}, no_update
+        # The K = 2 fit this page draws is missing (a freshly built survey): the Data page or Explore
+        # computes it in the background (the one job queue), with its progress; no work starts here.
+        return ui.info_alert(_not_ready_note(ds)), _empty_store("the K = 2 compression is not computed yet"), no_update
     except Exception as exc:
         msg = service.describe_error(exc)
-        empty = ui.empty_figure(msg).to_plotly_json()
-        return ui.error_alert(msg), {"figs": [empty] * 4, "numbers": [None] * 4, "explain": list(EXPLAIN)}, no_update
+        return ui.error_alert(msg), _empty_store(msg), no_update
 
 
 # Moving the slider picks the step from the store in the browser: no round trip to the server.

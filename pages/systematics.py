@@ -68,12 +68,8 @@ def _controls(s):
 def _residuals_card():
     running = dbc.Row(
         [
-            dbc.Col(
-                [
-                    html.Div(RESID_START, id=f"{P}-progress-text", className="small text-muted mb-1 progress-text"),
-                    dbc.Progress(id=f"{P}-progress", value=0, striped=True, animated=True),
-                ]
-            ),
+            # shown with the row (``{P}-running``), which also holds the Cancel button
+            dbc.Col(ui.progress_block(f"{P}-progress", RESID_START, class_name="", hidden=False)),
             dbc.Col(dbc.Button("Cancel", id=f"{P}-cancel", size="sm", color="secondary"), width="auto"),
         ],
         align="center",
