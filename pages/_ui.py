@@ -20,6 +20,7 @@ TOP_NOTE = "blank = all axes"
 TOP_OFF_NOTE = "RSCA only: the other methods have no ranked axes to keep"
 WEIGHTS_NOTE = "spectra only; each pixel weighted by 1/σ² (capped); computed once in the background"
 NO_ERRORS_NOTE = "this dataset stores no flux errors (errors.npy)"
+K_HELP = "spectra only; press Enter to apply"
 
 
 def cluster_colours(names):
@@ -151,9 +152,14 @@ def graph(id, height=None, **kw):
     return dcc.Graph(id=id, figure=empty_figure(), config=GRAPH_CONFIG, style=style, **kw)
 
 
-def _field(label, control, help_=None):
+def _field(label, control, help_=None, for_=None):
+    """A labelled control; ``for_`` ties the label to a text box's id (a click on it focuses the box)."""
     return html.Div(
-        [dbc.Label(label, class_name="small fw-semibold mb-1"), control, dbc.FormText(help_) if help_ else None],
+        [
+            dbc.Label(label, class_name="small fw-semibold mb-1", **({"html_for": for_} if for_ else {})),
+            control,
+            dbc.FormText(help_) if help_ else None,
+        ],
         className="mb-3",
     )
 
@@ -195,9 +201,13 @@ def settings_controls(
     with_k=True,
     with_method=False,
     with_weights=False,
+    k_help=K_HELP,
+    k_for=None,
 ):
     """The common controls (dataset, input, K, clusters, CV, method, top-N) with ids ``{prefix}-…``.
 
+    ``k_for`` ends the K label and ``k_help`` is the line under the box: a page whose K sets only part of
+    it (beside other numbers of components) says which part.
     With ``with_method``, the top-N box is disabled (with a note) while the method is not RSCA
     (see :func:`register_settings_callbacks`)."""
     try:
@@ -246,9 +256,10 @@ def settings_controls(
     if with_k:
         rows.append(
             _field(
-                f"K (PCA components, {service.K_MIN}–{service.k_max()})",
+                f"K (PCA components, {service.K_MIN}–{service.k_max()})" + (f" {k_for}" if k_for else ""),
                 dbc.Input(id=f"{prefix}-k", type="text", inputmode="numeric", value=str(s.k), debounce=True, size="sm"),
-                "spectra only; press Enter to apply",
+                k_help,
+                for_=f"{prefix}-k",
             )
         )
     if with_weights:

@@ -49,15 +49,28 @@ def layout(**query):
     )
 
 
+#: The page has two numbers of PCA components that do different things; each box says which part it sets.
+K_FOR = "for App. C and the masked rate"
+K_HELP = "the compression of every star that App. C and the rate with bands masked use; press Enter to apply"
+NCOMP_MIN, NCOMP_MAX = 2, 60
+NCOMP_LABEL = f"App. A/B: PCA components of the quiet stars ({NCOMP_MIN}–{NCOMP_MAX})"
+NCOMP_HELP = (
+    "not K: a separate PCA of the low-extinction and low-velocity stars, whose residuals the App. A and B "
+    "panels show; runs in the background, cached for everyone; press Enter to apply"
+)
+
+
 def _controls(s):
     return [
-        ui.settings_controls(P, s, with_input=False, with_top=False, with_cv=False, with_clusters=False),
+        ui.settings_controls(
+            P, s, with_input=False, with_top=False, with_cv=False, with_clusters=False, k_help=K_HELP, k_for=K_FOR
+        ),
         dbc.Card(
             dbc.CardBody(
                 [
-                    dbc.Label("Diagnostic PCA components", class_name="small fw-semibold"),
-                    dbc.Input(id=f"{P}-ncomp", value="30", inputmode="numeric", size="sm", debounce=True),
-                    dbc.FormText("App. A/B run in the background and are cached for everyone."),
+                    dbc.Label(NCOMP_LABEL, html_for=f"{P}-ncomp", class_name="small fw-semibold mb-1"),
+                    dbc.Input(id=f"{P}-ncomp", type="text", value="30", inputmode="numeric", size="sm", debounce=True),
+                    dbc.FormText(NCOMP_HELP),
                 ]
             ),
             class_name="mt-3 shadow-sm",
@@ -217,7 +230,9 @@ def residual_figure(d, kind, user_mask, label):
         yaxis_title="mean residual flux",
         legend={"orientation": "h", "x": 0, "y": -0.32, "xanchor": "left", "yanchor": "top", "font": {"size": 11}},
     )
-    subtitle = f"{selection}: {sm.get('n_high', '?')} against {sm.get('n_low', '?')} stars"
+    subtitle = f"{selection}: {sm.get('n_high', '?')} against {sm.get('n_low', '?')} stars" + (
+        f"; residuals from the quiet stars' {sm['n_components']}-component PCA" if sm.get("n_components") else ""
+    )
     fig = ui.label_figure(fig, label, f"{title}<br><span style='font-size:11px'>{subtitle}</span>", top=60)
     fig.update_layout(margin={"b": 95})
     return fig
@@ -235,7 +250,7 @@ def residual_figure(d, kind, user_mask, label):
 def run_residuals(set_progress, ds, ncomp):
     try:
         service.admit()  # a slot in the job queue, or "busy, try again"
-        n = service.parse_int(ncomp, "diagnostic PCA components", 2, 60)
+        n = service.parse_int(ncomp, "App. A/B PCA components", NCOMP_MIN, NCOMP_MAX)
         return service.residual_diagnostics(ds, n_components=n, report=service.progress_reporter(set_progress))
     except Exception as exc:
         return {"error": service.describe_error(exc)}

@@ -690,6 +690,27 @@ def test_systematics_mask_in_angstrom_is_the_same_as_the_pixel_mask(dash_duo, da
     assert not severe(dash_duo.get_logs())
 
 
+def test_systematics_labels_say_which_part_each_number_of_components_sets(dash_duo, dash_app):
+    """Two boxes of PCA components side by side: K (App. C and the masked rate) and the App. A/B PCA of
+    the quiet stars. Each label names what it sets, and the App. A/B panels state the number typed in theirs."""
+    dash_duo.start_server(dash_app, port=free_port())
+    open_page(dash_duo, "/systematics")
+    dash_duo.wait_for_element("#sy-ncomp", timeout=30)
+    k_label = dash_duo.find_element("label[for='sy-k']").text
+    n_label = dash_duo.find_element("label[for='sy-ncomp']").text
+    assert k_label.startswith("K (PCA components, 2–") and "for App. C and the masked rate" in k_label
+    assert n_label == "App. A/B: PCA components of the quiet stars (2–60)"
+    assert "App. A/B" not in k_label
+    set_input(dash_duo, "#sy-ncomp", 8)
+    title = (
+        "var g = document.querySelector('#sy-ext .js-plotly-plot');"
+        " return g && g.layout && g.layout.title ? g.layout.title.text : ''"
+    )
+    shown = wait_js(dash_duo, title, lambda t: t and "8-component" in t, timeout=240)
+    assert "residuals from the quiet stars' 8-component PCA" in shown, shown
+    assert not severe(dash_duo.get_logs())
+
+
 def test_curves_methods_experiment_runs_in_the_background_and_matches_the_engine(dash_duo, dash_app, core):
     dash_duo.start_server(dash_app, port=free_port())
     open_page(dash_duo, "/curves")
