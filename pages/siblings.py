@@ -20,6 +20,8 @@ dash.register_page(__name__, path="/siblings", name="Siblings", title="RSCA Lab 
 P = "sb"
 MODES = {"star": "a star's siblings", "cluster": "a cluster's candidates", "upload": "upload spectra"}
 N_DEFAULT, N_MAX = 50, 500
+#: why the pair filter is off for uploads: it compares two stars' VHELIO_AVG and AK_TARG
+PF_UPLOAD_NOTE = "not used for uploads: an uploaded spectrum has no VHELIO or AK to compare"
 TABLE_COLUMNS = (
     ("apogee_id", "APOGEE_ID", None),
     ("distance", "distance", ".4f"),
@@ -74,7 +76,11 @@ def _controls(s, p):
 
     def field(label, control, help_=None, id=None):
         return html.Div(
-            [dbc.Label(label, class_name="small fw-semibold mb-1"), control, dbc.FormText(help_) if help_ else None],
+            [
+                dbc.Label(label, class_name="small fw-semibold mb-1"),
+                control,
+                dbc.FormText(help_) if help_ is not None else None,
+            ],
             className="mb-3",
             **({"id": id} if id else {}),
         )
@@ -106,7 +112,13 @@ def _controls(s, p):
                 ),
                 field(
                     "Pair filter",
-                    dbc.Switch(id=f"{P}-pf", label="|ΔVHELIO| < 5 km/s, |ΔAK| < 0.05", value=p["pf"]),
+                    dbc.Switch(
+                        id=f"{P}-pf",
+                        label="|ΔVHELIO| < 5 km/s, |ΔAK| < 0.05",
+                        value=p["pf"],
+                        disabled=p["mode"] == "upload",
+                    ),
+                    html.Span(PF_UPLOAD_NOTE if p["mode"] == "upload" else None, id=f"{P}-pf-note"),
                 ),
                 field(
                     "aspcapStar files",
@@ -208,11 +220,21 @@ def star_options(search, current, ds):
     Output(f"{P}-star-box", "style"),
     Output(f"{P}-cluster-box", "style"),
     Output(f"{P}-upload-box", "style"),
+    Output(f"{P}-pf", "disabled"),
+    Output(f"{P}-pf-note", "children"),
     Input(f"{P}-mode", "value"),
 )
 def boxes(mode):
+    """The controls of the chosen mode; the pair filter is kept (as set) but off for uploads."""
     hide = {"display": "none"}
-    return ({} if mode == "star" else hide, {} if mode == "cluster" else hide, {} if mode == "upload" else hide)
+    upload = mode == "upload"
+    return (
+        {} if mode == "star" else hide,
+        {} if mode == "cluster" else hide,
+        {} if upload else hide,
+        upload,
+        PF_UPLOAD_NOTE if upload else None,
+    )
 
 
 def _query(s, mode, star, n, pf, cluster, sib):

@@ -198,6 +198,29 @@ def test_upload_places_good_files_and_names_bad_ones(dash_duo, dash_app, emb, tm
     assert not severe(dash_duo.get_logs())
 
 
+def test_pair_filter_is_off_with_a_reason_in_upload_mode_and_back_in_the_others(dash_duo, dash_app, emb):
+    """Uploads are placed without the pair filter (an uploaded spectrum has no VHELIO or AK): in upload mode
+    the switch is disabled and says why; back in a star's or a cluster's mode it works again, as it was set."""
+    star = emb.apogee_id[np.flatnonzero(emb.cluster == "NGC_2682")[0]]
+    pf_off = "return document.getElementById('sb-pf').disabled"
+    dash_duo.start_server(dash_app, port=free_port())
+    open_page(dash_duo, f"/siblings?star={quote(star)}&n=20&pf=1")
+    dash_duo.wait_for_contains_text("#sb-star-summary", "passing the pair filter", timeout=60)
+    assert wait_js(dash_duo, pf_off, lambda v: v is False) is False
+    assert dash_duo.find_element("#sb-pf-note").text == ""
+    for mode, off in (("upload", True), ("cluster", False), ("upload", True), ("star", False)):
+        click(dash_duo, f"#sb-mode input[value='{mode}']")
+        assert wait_js(dash_duo, pf_off, lambda v, off=off: v is off) is off, mode
+        note = dash_duo.find_element("#sb-pf-note").text
+        if off:
+            assert note == "not used for uploads: an uploaded spectrum has no VHELIO or AK to compare"
+        else:
+            assert note == "", mode
+        assert dash_duo.find_element("#sb-pf").is_selected(), f"{mode}: the switch lost its setting"
+    dash_duo.wait_for_contains_text("#sb-star-summary", "passing the pair filter", timeout=60)
+    assert not severe(dash_duo.get_logs())
+
+
 def test_csv_download_matches_the_table(dash_duo, dash_app, emb):
     star = emb.apogee_id[np.flatnonzero(emb.cluster == "NGC_6791")[0]]
     dash_duo.start_server(dash_app, port=free_port())
