@@ -12,6 +12,7 @@ import re
 import dash
 import dash_bootstrap_components as dbc
 import pandas as pd
+import plotly.graph_objects as go
 from dash import Input, Output, State, callback, dcc, html, no_update
 
 from . import _service as service
@@ -70,6 +71,9 @@ CAPS_TEXT = {
 
 NOTHING_YET = "Nothing to download yet: press Run first (the CSV holds the run's table)."
 NOT_YET_NOTE = "(after a run)"  # beside the CSV button while it is off
+#: the first line of a figure left from an earlier run when the run after it is cancelled
+PREVIOUS = "previous run"
+PREVIOUS_COLOUR = "#b02a37"
 
 
 def _default(name, field, value):
@@ -214,16 +218,20 @@ def badge(ds):
         return None
 
 
+#: the cards whose run shows a table under its figure
+TABLES = ("top_n", "ablation", "methods")
+
+
 def _table_view(name, table):
+    if name not in TABLES:
+        return None
     if name == "top_n":
         t = table[["axes", "mean", "std"] + [c for c in ("paper_mean", "paper_std") if c in table.columns]].copy()
     elif name == "ablation":
         t = table[["representation", "variant", "mean"] + [c for c in ("paper",) if c in table.columns]].copy()
-    elif name == "methods":
+    else:  # methods
         t = table[["representation", "method_name", "global_rate", "n_clusters_rated", "notes"]].copy()
         t = t.rename(columns={"method_name": "method", "n_clusters_rated": "clusters rated"})
-    else:
-        return None
     for c in t.columns:
         if pd.api.types.is_float_dtype(t[c]):
             t[c] = t[c].map(lambda v: "" if pd.isna(v) else f"{v:.4f}")
@@ -272,6 +280,18 @@ def _register(name):
         return fig, _table_view(name, table), {"csv": csv, "label": label, "ds": ds, "params": params}, None
 
     @callback(
+        Output(f"{P}-{name}-fig", "figure", allow_duplicate=True),
+        Output(f"{P}-{name}-msg", "children", allow_duplicate=True),
+        Input(f"{P}-{name}-cancel", "n_clicks"),
+        State(f"{P}-{name}-fig", "figure"),
+        State(f"{P}-{name}-store", "data"),
+        prevent_initial_call=True,
+    )
+    def cancelled(_n, fig, store):
+        """A cancelled run leaves the figure of the run before it: say so on it (and in exported PNGs)."""
+        return cancelled_view(name, fig, store)
+
+    @callback(
         Output(f"{P}-{name}-csv", "disabled"),
         Output(f"{P}-{name}-csv", "title"),
         Output(f"{P}-{name}-csv-tip", "title"),
@@ -296,6 +316,36 @@ def _register(name):
         rest = "_".join(f"{service.name_part(f)}-{_value_part(v)}" for f, v in store["params"].items())
         filename = service.download_name("curves", name, store["ds"], rest, "csv")
         return {"content": store["csv"], "filename": filename, "type": "text/csv"}, None
+
+
+def run_settings(name, store) -> str:
+    """A finished run's parameters as the card names them, e.g. "K values 5,10,15" or "K 30, seeds 2"
+    (and its dataset when it is not the default one)."""
+    labels = {field: label for field, label, _ in CARDS[name][2]}
+    parts = [f"{labels.get(f, f)} {v}" for f, v in store["params"].items()]
+    if store["ds"] != "default":
+        parts.append(f"dataset {store['ds']}")
+    return ", ".join(parts)
+
+
+def cancelled_view(name, fig, store):
+    """(figure, message) after a cancelled run: the previous run's figure titled "previous run: <its
+    settings>" (its own title below), or a blank panel when no run has finished in this card."""
+    if not _valid(store) or not isinstance(fig, dict):
+        text = "Run cancelled: nothing computed. Press Run to start again."
+        return ui.empty_figure(text, height=260), ui.info_alert(text)
+    settings = run_settings(name, store)
+    what = "figure and table below are" if name in TABLES else "figure below is"
+    msg = ui.info_alert(f"Run cancelled. The {what} the previous run's ({settings}).")
+    fig = go.Figure(fig)
+    title = fig.layout.title
+    old = title.text or ""
+    if old.startswith(f"<b>{PREVIOUS}</b>"):  # already labelled (a second cancel)
+        return fig, msg
+    below = " ".join(t for t in (old, title.subtitle.text if title.subtitle else None) if t)
+    head = service.figure_title(f"<b>{PREVIOUS}</b>: {settings}", subtitle=below or None)
+    fig.update_layout(title=head | {"font": {"size": 14, "color": PREVIOUS_COLOUR}})
+    return fig, msg
 
 
 def _valid(store) -> bool:

@@ -749,6 +749,59 @@ def test_curves_methods_experiment_runs_in_the_background_and_matches_the_engine
     assert not severe(dash_duo.get_logs())
 
 
+CU_FIG_TITLE = (
+    "var g = document.querySelector('#{card}-fig .js-plotly-plot'); if (!g || !g.layout) return null;"
+    " var t = g.layout.title || {}; return [t.text || '', (t.subtitle && t.subtitle.text) || '',"
+    " (g.layout.annotations || []).map(a => a.text).join(' '),"
+    " g._fullData.length ? Array.from(g._fullData[0].x) : []]"
+)
+
+
+def _cancel_held_run(dash_duo, card, field, value):
+    """Type ``value``, press Run and, while the run waits for the K = 10 compression the test holds, Cancel."""
+    set_input(dash_duo, f"#{card}-{field}", value)
+    click(dash_duo, f"#{card}-run")
+    assert wait_js(dash_duo, f"return !document.getElementById('{card}-cancel').disabled", bool), "never ran"
+    click(dash_duo, f"#{card}-cancel")
+    assert wait_js(dash_duo, f"return document.getElementById('{card}-run').disabled === false", bool)
+
+
+def test_curves_a_cancelled_run_leaves_the_previous_figure_labelled_as_such(dash_duo, dash_app, bundle):
+    """After Cancel the card keeps the previous run's figure, titled "previous run: <its settings>" (its own
+    title under it) with a message saying so; a card with no finished run shows a blank "cancelled" panel.
+    The cancelled runs wait for a K = 10 compression the test holds, so they are cancelled mid-run."""
+    from pages._service.jobs import exclusive
+
+    dash_duo.start_server(dash_app, port=free_port())
+    open_page(dash_duo, "/curves")
+    dash_duo.wait_for_element("#cu-k_sweep-run", timeout=30)
+    title = CU_FIG_TITLE.replace("{card}", "cu-k_sweep")
+    set_input(dash_duo, "#cu-k_sweep-ks", f"2,{K_FIT}")  # both compressions on disk
+    click(dash_duo, "#cu-k_sweep-run")
+    first = wait_js(dash_duo, title, lambda v: v and "PCA dimensionality" in v[0], timeout=180)
+    assert first[3] == [2, K_FIT]
+    with exclusive(f"compress:{bundle}:10:0"):
+        _cancel_held_run(dash_duo, "cu-k_sweep", "ks", "10")
+        shown = wait_js(dash_duo, title, lambda v: v and "previous run" in v[0])
+        assert shown[0] == f"<b>previous run</b>: K values 2,{K_FIT}"
+        assert shown[1].startswith(first[0])  # the figure's own title, under the label
+        assert shown[3] == [2, K_FIT]  # still the previous run's points
+        assert dash_duo.find_element("#cu-k_sweep-msg").text == (
+            f"Run cancelled. The figure below is the previous run's (K values 2,{K_FIT})."
+        )
+        # a card with nothing finished: a blank panel saying the run was cancelled
+        _cancel_held_run(dash_duo, "cu-data_size", "ks", "10")
+        blank = wait_js(dash_duo, CU_FIG_TITLE.replace("{card}", "cu-data_size"), lambda v: v and "cancelled" in v[2])
+        assert "Run cancelled: nothing computed" in blank[2] and blank[3] == []
+    # the next finished run replaces the label and the message
+    set_input(dash_duo, "#cu-k_sweep-ks", f"2,{K_FIT}")
+    click(dash_duo, "#cu-k_sweep-run")
+    again = wait_js(dash_duo, title, lambda v: v and "previous run" not in v[0] and "PCA" in v[0], timeout=120)
+    assert again[0] == first[0]
+    assert wait_js(dash_duo, "return document.getElementById('cu-k_sweep-msg').innerText", lambda t: t == "") == ""
+    assert not severe(dash_duo.get_logs())
+
+
 def test_every_page_opens_without_console_errors(dash_duo, dash_app):
     dash_duo.start_server(dash_app, port=free_port())
     for path, marker in (
