@@ -58,16 +58,28 @@ def _navbar():
                 dbc.Nav(
                     [
                         dbc.NavItem(
-                            dbc.NavLink(name, href=href, active="exact", id=f"nav-{href.strip('/') or 'explore'}")
+                            dbc.NavLink(
+                                name,
+                                href=href,
+                                active="exact",
+                                id=f"nav-{href.strip('/') or 'explore'}",
+                                class_name="text-nowrap",
+                            )
                         )
                         for name, href in NAV
                     ],
                     navbar=True,
                     class_name="me-auto",
                 ),
+                # the whole line from 1200 px; on a narrower screen (e.g. 1024 px) only the reference,
+                # so that the bar stays on one line
                 html.Span(
                     "chemical likeness of stars - de Mijolla & Ness (2022)",
-                    className="navbar-text small text-light d-none d-lg-inline",
+                    className="navbar-text small text-light text-nowrap d-none d-xl-inline",
+                ),
+                html.Span(
+                    "de Mijolla & Ness (2022)",
+                    className="navbar-text small text-light text-nowrap d-none d-lg-inline d-xl-none",
                 ),
             ],
             fluid=True,

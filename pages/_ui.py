@@ -21,6 +21,7 @@ TOP_OFF_NOTE = "RSCA only: the other methods have no ranked axes to keep"
 WEIGHTS_NOTE = "spectra only; each pixel weighted by 1/σ² (capped); computed once in the background"
 NO_ERRORS_NOTE = "this dataset stores no flux errors (errors.npy)"
 K_HELP = "spectra only; press Enter to apply"
+CLUSTERS_SELECTED = "{num_selected} clusters selected"
 
 
 def cluster_colours(names):
@@ -177,6 +178,12 @@ def _clusters_field(prefix, names, value):
                     multi=True,
                     placeholder="select at least two clusters",
                     maxHeight=300,
+                    # with two or more chosen the box shows only the count (app.css): the first names,
+                    # cut to a few letters in a narrow column, said nothing ("B… 22 selected"); no clear
+                    # button either (the "none" link below clears), so the count fits a 1024 px screen
+                    labels={"selected_count": CLUSTERS_SELECTED},
+                    className="cluster-select",
+                    clearable=False,
                 ),
                 html.Div(
                     [

@@ -825,6 +825,50 @@ def test_every_page_opens_without_console_errors(dash_duo, dash_app):
     assert r["status"] == "ok"
 
 
+NAVBAR_JS = """
+var bar = document.querySelector('.navbar').getBoundingClientRect();
+var items = Array.from(document.querySelectorAll('.navbar .navbar-brand, .navbar .nav-link, .navbar .navbar-text'))
+  .filter(e => e.offsetParent !== null).map(function (e) {
+    var r = e.getBoundingClientRect(), text = document.createRange();
+    text.selectNodeContents(e);  // one rectangle per line of the label's text
+    return {text: e.innerText, top: r.top, bottom: r.bottom, right: r.right, lines: text.getClientRects().length};
+  });
+return {width: window.innerWidth, height: bar.height, right: bar.right, items: items};
+"""
+CLUSTER_BOX_JS = """
+var box = document.getElementById(arguments[0]).getBoundingClientRect();
+var inside = Array.from(document.querySelectorAll('#' + arguments[0] + ' .dash-dropdown-trigger > *'))
+  .filter(e => e.offsetParent !== null).map(e => e.getBoundingClientRect().right <= box.right);
+return {text: document.getElementById(arguments[0]).innerText.trim(), inside: inside};
+"""
+
+
+@pytest.mark.parametrize("width", [1024, 1400])
+def test_navbar_is_one_line_and_the_cluster_box_readable_on_narrow_and_wide_screens(dash_duo, dash_app, core, width):
+    dash_duo.start_server(dash_app, port=free_port())
+    dash_duo.driver.set_window_size(width, 900)
+    open_page(dash_duo, "/")
+    shown_rate(dash_duo)
+    bar = dash_duo.driver.execute_script(NAVBAR_JS)
+    assert abs(bar["width"] - width) <= 20, bar["width"]
+    names = [i["text"] for i in bar["items"]]
+    assert names[:8] == ["RSCA Lab", "Explore", "Clusters", "Curves", "Systematics", "Inside RSCA", "Siblings", "Data"]
+    assert bar["height"] < 64, f"the navbar wraps: {bar}"
+    for item in bar["items"]:  # one row, every label on one line, nothing past the right edge
+        assert item["lines"] == 1 and item["top"] < bar["height"] / 2 < item["bottom"], item
+        assert item["right"] <= bar["right"], item
+    assert "de Mijolla & Ness (2022)" in names[-1]  # the reference, whole (the longer line from 1200 px)
+    assert ("chemical likeness" in names[-1]) == (width >= 1200)
+    n = len(core["names"])
+    for prefix, page in (("ex", "/"), ("cl", "/clusters")):
+        open_page(dash_duo, page)
+        shown_rate(dash_duo, f"#{prefix}-global-rate")
+        box = dash_duo.driver.execute_script(CLUSTER_BOX_JS, f"{prefix}-clusters")
+        assert box["text"] == f"{n} clusters selected", box
+        assert box["inside"] and all(box["inside"]), f"{page}: part of the cluster box is cut off: {box}"
+    assert not severe(dash_duo.get_logs())
+
+
 def test_data_page_builds_a_simulated_survey_in_the_background(dash_duo, dash_app):
     from rsca_core import Dataset, doppelganger_rates
 
