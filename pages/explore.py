@@ -200,7 +200,12 @@ def rate_card(r, s):
                                 ),
                             ],
                             className="small mb-0",
-                        )
+                        ),
+                        # beside the numbers from 1200 px; under them on a narrower screen, where a third
+                        # column was a word wide
+                        width=12,
+                        xl=True,
+                        class_name="mt-2 mt-xl-0",
                     ),
                 ],
                 align="center",
