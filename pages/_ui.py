@@ -110,7 +110,7 @@ def label_figure(
     tag = ""
     if label:
         colour = "#b8860b" if label == "simulated" else "#2e7d32"
-        tag = f" <span style='color:{colour}'>[{label} data]</span>"
+        tag = f" <span style='color:{colour}'>({service.data_tag(label)})</span>"  # as on Curves and exports
     fig.update_layout(
         template=TEMPLATE,
         margin={"l": 60, "r": 20, "t": service.MODEBAR_ROOM + top, "b": 50},

@@ -231,9 +231,10 @@ def residual_figure(d, kind, user_mask, label):
         legend={"orientation": "h", "x": 0, "y": -0.32, "xanchor": "left", "yanchor": "top", "font": {"size": 11}},
     )
     subtitle = f"{selection}: {sm.get('n_high', '?')} against {sm.get('n_low', '?')} stars" + (
-        f"; residuals from the quiet stars' {sm['n_components']}-component PCA" if sm.get("n_components") else ""
+        f"; quiet-star PCA with {sm['n_components']} components" if sm.get("n_components") else ""
     )
-    fig = ui.label_figure(fig, label, f"{title}<br><span style='font-size:11px'>{subtitle}</span>", top=60)
+    # the data tag ends the short first line: at the end of the long second one a narrow screen cut it off
+    fig = ui.label_figure(fig, label, title, top=60, subtitle=f"<span style='font-size:11px'>{subtitle}</span>")
     fig.update_layout(margin={"b": 95})
     return fig
 

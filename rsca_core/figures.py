@@ -27,6 +27,7 @@ from .labels import (
     METHOD_COLOURS,
     cluster_colours,
     data_label,
+    data_tag,
     label_name,
     require_columns,
     table_seed,
@@ -64,8 +65,7 @@ def _figure(title: str, label: str, seed, figsize) -> Figure:
     """A constrained-layout figure on an Agg canvas whose title says simulated/real and the seed."""
     fig = Figure(figsize=figsize, layout="constrained")
     FigureCanvasAgg(fig)
-    tag = "SIMULATED data" if label == "simulated" else f"{label} data"
-    fig.suptitle(f"{title}\n({tag}{'' if seed is None else f', seed {seed}'})", fontsize=11)
+    fig.suptitle(f"{title}\n({data_tag(label, seed)})", fontsize=11)
     return fig
 
 

@@ -76,6 +76,19 @@ def label_name(column: str) -> str:
     return LABEL_NAMES.get(column, column)
 
 
+def data_tag(label: str | None, seed=None) -> str:
+    """The tag every figure's title carries, so that nothing made from simulated data passes for real:
+    one spelling for the matplotlib files, the Plotly figures and every page of the dashboard.
+
+    Examples
+    --------
+    >>> data_tag("simulated"), data_tag("real", seed=3)
+    ('SIMULATED data', 'real data, seed 3')
+    """
+    tag = "SIMULATED data" if label == "simulated" else f"{label} data"
+    return tag if seed is None else f"{tag}, seed {seed}"
+
+
 def data_label(table, label: str | None = None) -> str:
     """ "simulated" or "real": ``label`` if given, else the table's (or result dict's) ``label``.
 

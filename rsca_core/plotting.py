@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .constants import PAPER_RESULTS
-from .labels import METHOD_COLOURS, data_label, label_name, require_columns, table_seed
+from .labels import METHOD_COLOURS, data_label, data_tag, label_name, require_columns, table_seed
 
 #: Colours of the paper's figures: CV blue / no-CV green (Fig. 2); raw blue, scaled green,
 #: transformed red (Fig. 4); cluster stars orange (Fig. 3).
@@ -54,11 +54,10 @@ def figure_title(text: str, font_size: int | None = None, subtitle: str | None =
 def _title(text, label, seed=None, wrap=None):
     """The title with its data tag; ``wrap`` (default: for a title over 55 characters) puts the tag
     on a second line, so that a long title is not cut at a narrow figure's edge."""
-    tag = "SIMULATED data" if label == "simulated" else f"{label} data"
-    extra = "" if seed is None else f", seed {seed}"
+    tag = data_tag(label, seed)
     if len(text) > 55 if wrap is None else wrap:
-        return figure_title(text, subtitle=f"({tag}{extra})")
-    return figure_title(f"{text} <span style='font-size:0.8em;color:#555'>({tag}{extra})</span>")
+        return figure_title(text, subtitle=f"({tag})")
+    return figure_title(f"{text} <span style='font-size:0.8em;color:#555'>({tag})</span>")
 
 
 def _layout(fig, title, height=420, width=None, **kw):

@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -704,10 +705,11 @@ def test_systematics_labels_say_which_part_each_number_of_components_sets(dash_d
     set_input(dash_duo, "#sy-ncomp", 8)
     title = (
         "var g = document.querySelector('#sy-ext .js-plotly-plot');"
-        " return g && g.layout && g.layout.title ? g.layout.title.text : ''"
+        " return g && g.layout && g.layout.title && g.layout.title.subtitle ? g.layout.title.subtitle.text : ''"
     )
-    shown = wait_js(dash_duo, title, lambda t: t and "8-component" in t, timeout=240)
-    assert "residuals from the quiet stars' 8-component PCA" in shown, shown
+    shown = wait_js(dash_duo, title, lambda t: t and "with 8 components" in t, timeout=240)
+    assert "quiet-star PCA with 8 components" in shown, shown
+    check_layout(dash_duo, ["sy-ext", "sy-rv"])  # the two-line titles clear of the modebar
     assert not severe(dash_duo.get_logs())
 
 
@@ -799,6 +801,36 @@ def test_curves_a_cancelled_run_leaves_the_previous_figure_labelled_as_such(dash
     again = wait_js(dash_duo, title, lambda v: v and "previous run" not in v[0] and "PCA" in v[0], timeout=120)
     assert again[0] == first[0]
     assert wait_js(dash_duo, "return document.getElementById('cu-k_sweep-msg').innerText", lambda t: t == "") == ""
+    assert not severe(dash_duo.get_logs())
+
+
+TITLE_TEXT_JS = (
+    "var g = document.getElementById(arguments[0]); return g ? Array.from("
+    "g.querySelectorAll('.gtitle, .gtitle-subtitle')).map(e => e.textContent).join(' ') : ''"
+)
+DATA_TAG = re.compile(r"[\[(][^\[\]()]*\bdata\b[^\[\]()]*[\])]", re.IGNORECASE)  # "(… data …)" or "[… data …]"
+
+
+def test_every_page_spells_the_data_tag_the_same(dash_duo, dash_app):
+    """The tag saying a figure is of simulated data reads the same on every page: the dashboard's own
+    figures (Explore, Systematics, Siblings) and the experiment figures of Curves, as in the exports."""
+    dash_duo.start_server(dash_app, port=free_port())
+    titles = {}
+    for page, graph in (("/", "ex-bars"), ("/systematics", "sy-visits"), ("/siblings", "sb-features")):
+        open_page(dash_duo, page)
+        titles[graph] = wait_js(dash_duo, TITLE_TEXT_JS.replace("arguments[0]", repr(graph)), bool, timeout=120)
+    open_page(dash_duo, "/curves")
+    dash_duo.wait_for_element("#cu-k_sweep-run", timeout=30)
+    set_input(dash_duo, "#cu-k_sweep-ks", f"2,{K_FIT}")
+    click(dash_duo, "#cu-k_sweep-run")
+    titles["cu-k_sweep-fig"] = wait_js(
+        dash_duo, TITLE_TEXT_JS.replace("arguments[0]", "'cu-k_sweep-fig'"), lambda t: t and "data" in t, timeout=180
+    )
+    for graph, text in titles.items():
+        tags = DATA_TAG.findall(text)
+        assert tags, f"{graph}: no data tag in its title {text!r}"
+        for tag in tags:  # Curves adds the seed its numbers were computed with
+            assert re.fullmatch(r"\(SIMULATED data(, seed \d+)?\)", tag), f"{graph}: {tag!r} in {text!r}"
     assert not severe(dash_duo.get_logs())
 
 

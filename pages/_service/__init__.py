@@ -20,7 +20,7 @@ The names below are the pages' whole vocabulary.
 """
 
 from rsca_core.constants import PAPER_SUBSET, SPECIES
-from rsca_core.labels import CLUSTER_PALETTE, cluster_colours
+from rsca_core.labels import CLUSTER_PALETTE, cluster_colours, data_tag
 from rsca_core.plotting import DISTANCE_TITLE, MODEBAR_ROOM, figure_title
 
 from . import config, siblings, warm
@@ -118,6 +118,7 @@ __all__ = [
     "MODEBAR_ROOM",
     "figure_title",
     "CLUSTER_PALETTE",
+    "data_tag",
     "cluster_colours",
     "BUILDS_OFF",
     "Busy",
