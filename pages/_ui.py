@@ -21,6 +21,7 @@ TOP_OFF_NOTE = "RSCA only: the other methods have no ranked axes to keep"
 WEIGHTS_NOTE = "spectra only; each pixel weighted by 1/σ² (capped); computed once in the background"
 NO_ERRORS_NOTE = "this dataset stores no flux errors (errors.npy)"
 K_HELP = "spectra only; press Enter to apply"
+K_HELP_SPECTRA_ONLY = "press Enter to apply"  # a page without the input choice: K is all there is
 CLUSTERS_SELECTED = "{num_selected} clusters selected"
 
 
@@ -208,7 +209,7 @@ def settings_controls(
     with_k=True,
     with_method=False,
     with_weights=False,
-    k_help=K_HELP,
+    k_help=None,
     k_for=None,
 ):
     """The common controls (dataset, input, K, clusters, CV, method, top-N) with ids ``{prefix}-…``.
@@ -265,7 +266,7 @@ def settings_controls(
             _field(
                 f"K (PCA components, {service.K_MIN}–{service.k_max()})" + (f" {k_for}" if k_for else ""),
                 dbc.Input(id=f"{prefix}-k", type="text", inputmode="numeric", value=str(s.k), debounce=True, size="sm"),
-                k_help,
+                k_help or (K_HELP if with_input else K_HELP_SPECTRA_ONLY),
                 for_=f"{prefix}-k",
             )
         )

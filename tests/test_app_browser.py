@@ -548,6 +548,9 @@ def test_inside_rsca_steps_follow_the_slider(dash_duo, dash_app, core):
     else:
         assert np.allclose(np.cov(xy.T), np.eye(2), atol=0.15)
     assert "step=2" in dash_duo.driver.current_url
+    # the page has no input choice (spectra is all it shows), so K's help does not say "spectra only"
+    k_help = dash_duo.driver.execute_script("return document.getElementById('in-k').parentElement.innerText")
+    assert "Enter" in k_help and "spectra only" not in k_help, k_help
     assert not severe(dash_duo.get_logs())
 
 
